@@ -1,0 +1,46 @@
+# audius_indexer — the two commands that matter: `make demo` and `make test`.
+# Every target installs what is missing first (scripts/install-deps.sh is idempotent).
+SHELL := /bin/bash
+PG_CONFIG ?= /usr/bin/pg_config
+CARGO ?= cargo
+PYTEST ?= .venv/bin/pytest
+PYTEST_ARGS ?=
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps build install unit integration test demo bench-triggers fmt clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+# Release build of the extension (fat LTO) installed into the system PostgreSQL 15 directories.
+# Never run while a cluster has the library loaded: tests and demo start their clusters after this.
+install: deps
+	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG) --no-default-features --features pg15
+
+build: deps
+	$(CARGO) build --release --no-default-features --features pg15
+
+# Tier 1: pure logic (src/eth/*), plain #[test] + property tests, no PostgreSQL.
+unit: deps
+	$(CARGO) test --lib --no-default-features --features pg15 -- eth::
+
+# Tiers 2-4: real PostgreSQL 15 clusters (as the postgres OS user) + real anvil + Multicall3.
+integration: install
+	$(PYTEST) tests $(PYTEST_ARGS)
+
+test: unit integration
+
+demo: install
+	.venv/bin/python scripts/demo.py
+
+bench-triggers: install
+	.venv/bin/python bench/triggers/run.py
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf .venv tools/node_modules tests/.build

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs what `make test` / `make demo` need, skipping whatever is already present.
+# Idempotent; safe to re-run. Runs as root on Debian 12 (CI and dev machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PGRX_VERSION=0.18.1
+APT_PKGS=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config postgresql-15-cron sudo)
+
+log() { printf '[install-deps] %s\n' "$*"; }
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "apt: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "apt: all present"
+fi
+
+if cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+  log "cargo-pgrx $PGRX_VERSION: present"
+else
+  log "cargo-pgrx $PGRX_VERSION: installing (~8 min)"
+  cargo install --locked cargo-pgrx --version "$PGRX_VERSION"
+fi
+
+PGRX_HOME="${PGRX_HOME:-$HOME/.pgrx}"
+if grep -qs '^pg15 *= *"/usr/bin/pg_config"' "$PGRX_HOME/config.toml"; then
+  log "pgrx init: present"
+else
+  log "pgrx init --pg15 /usr/bin/pg_config"
+  cargo pgrx init --pg15 /usr/bin/pg_config
+fi
+
+# npm tooling (anvil, cast, solc-js) into a git-ignored folder, pinned by package-lock.json.
+if [ -x tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] && [ -d tools/node_modules/solc ] \
+   && cmp -s tools/package-lock.json tools/node_modules/.package-lock.json 2>/dev/null; then
+  log "npm tools: present"
+else
+  log "npm tools: npm ci"
+  (cd tools && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# Python test runner (pytest + psycopg), pinned in tests/requirements.txt, into the git-ignored .venv.
+if [ -x .venv/bin/pytest ] && cmp -s tests/requirements.txt .venv/.requirements.installed; then
+  log "python venv: present"
+else
+  log "python venv: installing tests/requirements.txt"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+  cp tests/requirements.txt .venv/.requirements.installed
+fi
+log "done"

@@ -1,0 +1,318 @@
+//! ABI for the calls we make: Multicall3 `aggregate3` / `getBlockNumber` and the three AUDIO reads.
+//!
+//! One chunk = one `aggregate3` whose first sub-call is Multicall3's own `getBlockNumber()` (so every
+//! value carries the block it was read at, in the same round trip) followed by three sub-calls per
+//! holder, all with `allowFailure = true` so one bad sub-call cannot fail the batch.
+
+use alloy_primitives::{Address, Bytes, U256};
+use alloy_sol_types::{sol, SolCall};
+use std::fmt;
+
+sol! {
+    /// Multicall3 call descriptor.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Call3 { address target; bool allowFailure; bytes callData; }
+    /// Multicall3 per-call result.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Result3 { bool success; bytes returnData; }
+
+    function aggregate3(Call3[] calls) external payable returns (Result3[] returnData);
+    function getBlockNumber() external view returns (uint256 blockNumber);
+
+    function balanceOf(address account) external view returns (uint256);
+    function totalStakedFor(address account) external view returns (uint256);
+    function getTotalDelegatorStake(address delegator) external view returns (uint256);
+
+    /// Solidity's `revert("reason")` payload.
+    function Error(string reason);
+}
+
+/// The three reads made per holder, in sub-call order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    BalanceOf,
+    TotalStakedFor,
+    GetTotalDelegatorStake,
+}
+
+impl Read {
+    pub const ALL: [Read; 3] = [Read::BalanceOf, Read::TotalStakedFor, Read::GetTotalDelegatorStake];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Read::BalanceOf => "balanceOf",
+            Read::TotalStakedFor => "totalStakedFor",
+            Read::GetTotalDelegatorStake => "getTotalDelegatorStake",
+        }
+    }
+
+    fn calldata(self, holder: Address) -> Vec<u8> {
+        match self {
+            Read::BalanceOf => balanceOfCall { account: holder }.abi_encode(),
+            Read::TotalStakedFor => totalStakedForCall { account: holder }.abi_encode(),
+            Read::GetTotalDelegatorStake => {
+                getTotalDelegatorStakeCall { delegator: holder }.abi_encode()
+            }
+        }
+    }
+}
+
+/// Where the three reads go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contracts {
+    pub multicall: Address,
+    pub token: Address,
+    pub staking: Address,
+    pub delegate_manager: Address,
+}
+
+impl Contracts {
+    fn target(&self, read: Read) -> Address {
+        match read {
+            Read::BalanceOf => self.token,
+            Read::TotalStakedFor => self.staking,
+            Read::GetTotalDelegatorStake => self.delegate_manager,
+        }
+    }
+}
+
+/// Number of sub-calls in the aggregate3 for `holders` holders.
+pub fn subcall_count(holders: usize) -> usize {
+    3 * holders + 1
+}
+
+/// Calldata of one `aggregate3` for a chunk of holders: `getBlockNumber()` first, then
+/// balanceOf/totalStakedFor/getTotalDelegatorStake per holder.
+pub fn encode_chunk(contracts: &Contracts, holders: &[Address]) -> Vec<u8> {
+    let mut calls = Vec::with_capacity(subcall_count(holders.len()));
+    calls.push(Call3 {
+        target: contracts.multicall,
+        allowFailure: true,
+        callData: Bytes::from(getBlockNumberCall {}.abi_encode()),
+    });
+    for &h in holders {
+        for read in Read::ALL {
+            calls.push(Call3 {
+                target: contracts.target(read),
+                allowFailure: true,
+                callData: Bytes::from(read.calldata(h)),
+            });
+        }
+    }
+    aggregate3Call { calls }.abi_encode()
+}
+
+/// Size in bytes of the aggregate3 calldata for `holders` holders (exact: every sub-call has a fixed
+/// shape), used to respect a request byte budget without encoding.
+pub fn chunk_calldata_len(holders: usize) -> usize {
+    // selector + offset + length + n offsets + n × (target, allowFailure, bytes offset, bytes len,
+    // 36 bytes of calldata padded to 64); getBlockNumber's calldata is 4 bytes padded to 32.
+    let n = subcall_count(holders);
+    let per_holder_call = 32 * 4 + 64;
+    4 + 32 + 32 + 32 * n + (32 * 4 + 32) + (n - 1) * per_holder_call
+}
+
+/// Decoding the outer aggregate3 answer failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// `eth_call` returned `0x`: no contract code answers at the Multicall3 address.
+    NoCode,
+    /// The bytes are not an ABI-encoded `Result3[]`.
+    Abi(String),
+    /// Multicall3 returned a different number of results than calls were sent.
+    CountMismatch { expected: usize, got: usize },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::NoCode => write!(f, "eth_call returned 0x (no contract code answers there)"),
+            DecodeError::Abi(e) => write!(f, "cannot decode aggregate3 result: {e}"),
+            DecodeError::CountMismatch { expected, got } => write!(
+                f,
+                "aggregate3 returned {got} results for {expected} calls"
+            ),
+        }
+    }
+}
+
+/// Decodes an aggregate3 answer and checks it has exactly `expected` results.
+pub fn decode_aggregate3(data: &[u8], expected: usize) -> Result<Vec<Result3>, DecodeError> {
+    if data.is_empty() {
+        return Err(DecodeError::NoCode);
+    }
+    let results =
+        aggregate3Call::abi_decode_returns(data).map_err(|e| DecodeError::Abi(e.to_string()))?;
+    if results.len() != expected {
+        return Err(DecodeError::CountMismatch { expected, got: results.len() });
+    }
+    Ok(results)
+}
+
+/// Why one sub-call produced no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubcallFailure {
+    /// `success = false`; the revert data (may be empty).
+    Reverted(Vec<u8>),
+    /// `success = true` with empty return data (e.g. no code at the target).
+    Empty,
+    /// `success = true` with fewer than 32 bytes.
+    Short(usize),
+}
+
+impl fmt::Display for SubcallFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubcallFailure::Reverted(data) if data.is_empty() => write!(f, "reverted without data"),
+            SubcallFailure::Reverted(data) => match revert_reason(data) {
+                Some(reason) => write!(f, "reverted: {reason:?} (0x{})", hex(data)),
+                None => write!(f, "reverted (0x{})", hex(data)),
+            },
+            SubcallFailure::Empty => write!(f, "returned no data (no code at the target?)"),
+            SubcallFailure::Short(n) => write!(f, "returned {n} bytes, expected 32"),
+        }
+    }
+}
+
+/// The seed's decode states plus short data: success + ≥32 bytes → the first word; success + empty
+/// → failure; success + <32 bytes → failure; success = false → failure (with the revert data).
+pub fn decode_uint(r: &Result3) -> Result<U256, SubcallFailure> {
+    if !r.success {
+        return Err(SubcallFailure::Reverted(r.returnData.to_vec()));
+    }
+    match r.returnData.len() {
+        0 => Err(SubcallFailure::Empty),
+        n if n < 32 => Err(SubcallFailure::Short(n)),
+        _ => Ok(U256::from_be_slice(&r.returnData[..32])),
+    }
+}
+
+/// The reason string of a Solidity `Error(string)` revert, if that is what `data` is.
+pub fn revert_reason(data: &[u8]) -> Option<String> {
+    if data.len() < 4 || data[..4] != ErrorCall::SELECTOR {
+        return None;
+    }
+    ErrorCall::abi_decode(data).ok().map(|e| e.reason)
+}
+
+pub fn hex(data: &[u8]) -> String {
+    use std::fmt::Write;
+    data.iter().fold(String::with_capacity(data.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_sol_types::SolValue;
+    use proptest::prelude::*;
+
+    fn addr(last: u8) -> Address {
+        let mut b = [0u8; 20];
+        b[19] = last;
+        Address::from(b)
+    }
+
+    fn contracts() -> Contracts {
+        Contracts { multicall: addr(1), token: addr(2), staking: addr(3), delegate_manager: addr(4) }
+    }
+
+    #[test]
+    fn selectors_are_pinned() {
+        assert_eq!(aggregate3Call::SELECTOR, [0x82, 0xad, 0x56, 0xcb]);
+        assert_eq!(balanceOfCall::SELECTOR, [0x70, 0xa0, 0x82, 0x31]);
+        assert_eq!(totalStakedForCall::SELECTOR, [0x4b, 0x34, 0x1a, 0xed]);
+        assert_eq!(getTotalDelegatorStakeCall::SELECTOR, [0xb0, 0x30, 0x3b, 0x75]);
+        assert_eq!(getBlockNumberCall::SELECTOR, [0x42, 0xcb, 0xb1, 0x5c]);
+    }
+
+    #[test]
+    fn chunk_round_trips_and_has_block_number_first() {
+        let holders = [addr(0xaa), addr(0xbb)];
+        let data = encode_chunk(&contracts(), &holders);
+        assert_eq!(&data[..4], &aggregate3Call::SELECTOR);
+        assert_eq!(data.len(), chunk_calldata_len(holders.len()));
+        let decoded = aggregate3Call::abi_decode(&data).unwrap();
+        assert_eq!(decoded.calls.len(), 7);
+        assert_eq!(decoded.calls[0].target, addr(1));
+        assert_eq!(decoded.calls[0].callData.as_ref(), getBlockNumberCall::SELECTOR);
+        let targets: Vec<_> = decoded.calls[1..].iter().map(|c| c.target).collect();
+        assert_eq!(targets, [addr(2), addr(3), addr(4), addr(2), addr(3), addr(4)]);
+        assert!(decoded.calls.iter().all(|c| c.allowFailure));
+        // holder argument left-padded to 32 bytes after the selector
+        let c = &decoded.calls[4].callData;
+        assert_eq!(&c[..4], &balanceOfCall::SELECTOR);
+        assert_eq!(&c[4..16], &[0u8; 12]);
+        assert_eq!(&c[16..36], addr(0xbb).as_slice());
+    }
+
+    #[test]
+    fn calldata_len_formula_matches_encoder() {
+        for n in [0usize, 1, 3, 50, 200] {
+            let holders: Vec<_> = (0..n).map(|i| addr(i as u8)).collect();
+            assert_eq!(encode_chunk(&contracts(), &holders).len(), chunk_calldata_len(n), "n={n}");
+        }
+    }
+
+    fn result(success: bool, data: Vec<u8>) -> Result3 {
+        Result3 { success, returnData: Bytes::from(data) }
+    }
+
+    #[test]
+    fn decode_states_match_the_seed() {
+        let v123 = U256::from(123).abi_encode();
+        assert_eq!(decode_uint(&result(true, v123)), Ok(U256::from(123)));
+        assert_eq!(decode_uint(&result(true, vec![0; 32])), Ok(U256::ZERO));
+        let failed = decode_uint(&result(false, U256::from(999).abi_encode()));
+        assert!(matches!(failed, Err(SubcallFailure::Reverted(_))));
+        assert_eq!(decode_uint(&result(true, vec![])), Err(SubcallFailure::Empty));
+        assert_eq!(decode_uint(&result(true, vec![1; 31])), Err(SubcallFailure::Short(31)));
+        assert_eq!(decode_uint(&result(true, vec![0xff; 32])), Ok(U256::MAX));
+    }
+
+    #[test]
+    fn aggregate3_results_round_trip_and_count_is_checked() {
+        let results = vec![result(true, U256::from(42).abi_encode()), result(false, vec![])];
+        let encoded = results.abi_encode();
+        let decoded = decode_aggregate3(&encoded, 2).unwrap();
+        assert_eq!(decode_uint(&decoded[0]), Ok(U256::from(42)));
+        assert!(decode_uint(&decoded[1]).is_err());
+        assert_eq!(
+            decode_aggregate3(&encoded, 3),
+            Err(DecodeError::CountMismatch { expected: 3, got: 2 })
+        );
+        assert_eq!(decode_aggregate3(&[], 3), Err(DecodeError::NoCode));
+        assert!(matches!(decode_aggregate3(&[1, 2, 3], 3), Err(DecodeError::Abi(_))));
+    }
+
+    #[test]
+    fn revert_reasons_are_readable() {
+        let data = ErrorCall { reason: "MockAudioToken: forced revert".into() }.abi_encode();
+        assert_eq!(revert_reason(&data).as_deref(), Some("MockAudioToken: forced revert"));
+        let msg = SubcallFailure::Reverted(data).to_string();
+        assert!(msg.contains("forced revert") && msg.contains("0x08c379a0"), "{msg}");
+        assert_eq!(SubcallFailure::Reverted(vec![]).to_string(), "reverted without data");
+        assert_eq!(revert_reason(&[0xde, 0xad]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(data in proptest::collection::vec(any::<u8>(), 0..2048), n in 0usize..700) {
+            let _ = decode_aggregate3(&data, n);
+            let _ = revert_reason(&data);
+            let _ = decode_uint(&Result3 { success: true, returnData: Bytes::from(data.clone()) });
+            let _ = SubcallFailure::Reverted(data).to_string();
+        }
+
+        #[test]
+        fn mutated_valid_answers_never_panic(values in proptest::collection::vec(any::<[u8; 32]>(), 1..20), flip in any::<(usize, u8)>()) {
+            let results: Vec<Result3> = values.iter().map(|v| result(true, v.to_vec())).collect();
+            let mut encoded = results.abi_encode();
+            let i = flip.0 % encoded.len();
+            encoded[i] ^= flip.1;
+            let _ = decode_aggregate3(&encoded, values.len());
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Parsing and normalising wallet strings.
+//!
+//! Accepted: `0x`/`0X` followed by exactly 40 hex digits. All-lowercase and all-uppercase digits are
+//! taken as they are; a mixed-case address is an EIP-55 checksum and must verify (a wrong checksum
+//! is almost always a typo, so it is refused rather than silently read). Whitespace is never
+//! trimmed: `' 0xab…'` is refused, because a DBA passing it has a bug upstream worth seeing.
+//! The normal form is lowercase `0x` + 40 hex, which is what `eth_wallet_balances.wallet` stores.
+
+use alloy_primitives::{keccak256, Address};
+use std::fmt;
+
+/// Why a wallet string was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressError {
+    MissingPrefix,
+    WrongLength(usize),
+    NotHex(char),
+    BadChecksum,
+}
+
+impl fmt::Display for AddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressError::MissingPrefix => write!(f, "must start with 0x"),
+            AddressError::WrongLength(n) => {
+                write!(f, "has {n} hex digits after 0x, expected 40")
+            }
+            AddressError::NotHex(c) => write!(f, "contains non-hex character {c:?}"),
+            AddressError::BadChecksum => {
+                write!(f, "is mixed-case but fails the EIP-55 checksum (typo?)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AddressError {}
+
+/// Parses a wallet string into an address (see module docs for what is accepted).
+pub fn parse_address(s: &str) -> Result<Address, AddressError> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .ok_or(AddressError::MissingPrefix)?;
+    if let Some(c) = digits.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(AddressError::NotHex(c));
+    }
+    if digits.len() != 40 {
+        return Err(AddressError::WrongLength(digits.len()));
+    }
+    let has_lower = digits.bytes().any(|b| b.is_ascii_lowercase());
+    let has_upper = digits.bytes().any(|b| b.is_ascii_uppercase());
+    let lower = digits.to_ascii_lowercase();
+    if has_lower && has_upper && checksum_digits(&lower) != digits {
+        return Err(AddressError::BadChecksum);
+    }
+    let mut bytes = [0u8; 20];
+    for (i, chunk) in lower.as_bytes().chunks(2).enumerate() {
+        bytes[i] = (hex_val(chunk[0]) << 4) | hex_val(chunk[1]);
+    }
+    Ok(Address::from(bytes))
+}
+
+/// Lowercase `0x` + 40 hex: the form stored in `eth_wallet_balances.wallet`.
+pub fn normalize(addr: &Address) -> String {
+    format!("{addr:#x}")
+}
+
+/// EIP-55 checksummed form (`0x` + mixed-case hex).
+pub fn to_checksum(addr: &Address) -> String {
+    let lower = format!("{addr:x}");
+    format!("0x{}", checksum_digits(&lower))
+}
+
+fn checksum_digits(lower40: &str) -> String {
+    let hash = keccak256(lower40.as_bytes());
+    lower40
+        .char_indices()
+        .map(|(i, c)| {
+            let nibble = (hash[i / 2] >> (if i % 2 == 0 { 4 } else { 0 })) & 0x0f;
+            if c.is_ascii_alphabetic() && nibble >= 8 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn hex_val(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => unreachable!("validated as lowercase hex"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    // EIP-55 test vectors from the EIP.
+    const VECTORS: &[&str] = &[
+        "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+        "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+        "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+    ];
+
+    #[test]
+    fn checksummed_vectors_round_trip() {
+        for v in VECTORS {
+            let a = parse_address(v).unwrap();
+            assert_eq!(to_checksum(&a), *v);
+            assert_eq!(normalize(&a), v.to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn upper_and_lower_accepted() {
+        let v = VECTORS[0];
+        let upper = format!("0X{}", &v[2..].to_ascii_uppercase());
+        let lower = v.to_ascii_lowercase();
+        assert_eq!(parse_address(&upper).unwrap(), parse_address(&lower).unwrap());
+    }
+
+    #[test]
+    fn bad_inputs_refused_with_reason() {
+        let bad_checksum = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD";
+        assert_eq!(parse_address(bad_checksum), Err(AddressError::BadChecksum));
+        assert_eq!(parse_address("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"), Err(AddressError::MissingPrefix));
+        assert_eq!(parse_address("0x1234"), Err(AddressError::WrongLength(4)));
+        assert_eq!(
+            parse_address("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed00"),
+            Err(AddressError::WrongLength(42))
+        );
+        assert_eq!(
+            parse_address("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaeg"),
+            Err(AddressError::NotHex('g'))
+        );
+        assert_eq!(
+            parse_address(" 0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"),
+            Err(AddressError::MissingPrefix)
+        );
+        assert_eq!(
+            parse_address("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beae "),
+            Err(AddressError::NotHex(' '))
+        );
+        assert_eq!(parse_address(""), Err(AddressError::MissingPrefix));
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_never_panics(s in ".{0,64}") {
+            let _ = parse_address(&s);
+        }
+
+        #[test]
+        fn normalised_and_checksummed_forms_parse_back(bytes in proptest::array::uniform20(any::<u8>())) {
+            let a = Address::from(bytes);
+            prop_assert_eq!(parse_address(&normalize(&a)).unwrap(), a);
+            prop_assert_eq!(parse_address(&to_checksum(&a)).unwrap(), a);
+        }
+    }
+}

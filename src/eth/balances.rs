@@ -1,0 +1,287 @@
+//! Reading total AUDIO balances: chunk planning, splitting, and "sum of three or nothing".
+//!
+//! Holders are read in chunks (one `aggregate3` each). A chunk holds at most `chunk_size` holders
+//! and at most as many as fit the request byte budget. When the node says a chunk is too big
+//! (out of gas, request/response too large), the chunk is halved and both halves are read, down to
+//! a single holder. Any other chunk failure fails the whole read: callers never see a partial set.
+
+use crate::eth::abi::{self, Contracts, Read, Result3, SubcallFailure};
+use alloy_primitives::{Address, U256};
+use alloy_primitives::ruint::aliases::U512;
+use std::fmt;
+
+/// The three values for one holder, as read at `block`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderBalance {
+    pub wallet: Address,
+    pub token: Result<U256, SubcallFailure>,
+    pub staked: Result<U256, SubcallFailure>,
+    pub delegated: Result<U256, SubcallFailure>,
+    pub block: u64,
+}
+
+impl HolderBalance {
+    fn parts(&self) -> [(Read, &Result<U256, SubcallFailure>); 3] {
+        [
+            (Read::BalanceOf, &self.token),
+            (Read::TotalStakedFor, &self.staked),
+            (Read::GetTotalDelegatorStake, &self.delegated),
+        ]
+    }
+
+    /// balance + staked + delegated, exactly (may exceed 2^256), or None if any read failed.
+    pub fn total(&self) -> Option<U512> {
+        self.parts()
+            .iter()
+            .try_fold(U512::ZERO, |acc, (_, r)| r.as_ref().ok().map(|v| acc + U512::from(*v)))
+    }
+
+    /// Which sub-calls failed and why, e.g. `balanceOf reverted: "…" (0x08c3…)`; None if all passed.
+    pub fn error(&self) -> Option<String> {
+        let msgs: Vec<String> = self
+            .parts()
+            .iter()
+            .filter_map(|(read, r)| r.as_ref().err().map(|e| format!("{} {e}", read.name())))
+            .collect();
+        (!msgs.is_empty()).then(|| msgs.join("; "))
+    }
+}
+
+/// Why a chunk could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkError<E> {
+    /// The transport failed (already retried as far as policy allows).
+    Fetch(E),
+    /// The answer was not a usable aggregate3 result.
+    Decode(abi::DecodeError),
+    /// Multicall3's own getBlockNumber() failed.
+    BlockNumber(SubcallFailure),
+}
+
+impl<E: fmt::Display> fmt::Display for ChunkError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChunkError::Fetch(e) => write!(f, "{e}"),
+            ChunkError::Decode(e) => write!(f, "{e}"),
+            ChunkError::BlockNumber(e) => write!(f, "Multicall3 getBlockNumber() {e}"),
+        }
+    }
+}
+
+/// Bytes of JSON around the hex calldata in an eth_call request (method, params, to, ids).
+const REQUEST_OVERHEAD: usize = 160;
+
+/// Request body size for a chunk of `holders` holders.
+pub fn request_bytes(holders: usize) -> usize {
+    REQUEST_OVERHEAD + 2 * abi::chunk_calldata_len(holders)
+}
+
+/// Holders per chunk: `chunk_size`, reduced until the request fits `max_request_bytes` (0 = no
+/// byte budget). Never below 1.
+pub fn effective_chunk_size(chunk_size: usize, max_request_bytes: usize) -> usize {
+    let mut n = chunk_size.max(1);
+    if max_request_bytes > 0 {
+        while n > 1 && request_bytes(n) > max_request_bytes {
+            // request size is affine in n: jump close, then settle
+            let per = request_bytes(2) - request_bytes(1);
+            let fit = max_request_bytes.saturating_sub(request_bytes(0)) / per;
+            n = if fit >= 1 && fit < n { fit } else { n - 1 };
+        }
+    }
+    n
+}
+
+/// Statistics of one read, for tests and status views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    pub requests: usize,
+    pub splits: usize,
+}
+
+/// Reads all holders. `fetch(calldata, holders)` sends one aggregate3 and returns the raw return
+/// data; `wants_split(err)` says whether a fetch error means "chunk too big".
+pub fn read_all<E>(
+    contracts: &Contracts,
+    holders: &[Address],
+    chunk_size: usize,
+    max_request_bytes: usize,
+    mut fetch: impl FnMut(&[u8], usize) -> Result<Vec<u8>, E>,
+    wants_split: impl Fn(&E) -> bool,
+    stats: &mut ReadStats,
+) -> Result<Vec<HolderBalance>, ChunkError<E>> {
+    let size = effective_chunk_size(chunk_size, max_request_bytes);
+    let mut out = Vec::with_capacity(holders.len());
+    // explicit stack of pending slices, processed in order (halves pushed in reverse)
+    let mut pending: Vec<&[Address]> = holders.chunks(size).rev().collect();
+    while let Some(chunk) = pending.pop() {
+        stats.requests += 1;
+        match read_chunk(contracts, chunk, &mut fetch) {
+            Ok(mut v) => out.append(&mut v),
+            Err(ChunkError::Fetch(e)) if chunk.len() > 1 && wants_split(&e) => {
+                stats.splits += 1;
+                let (a, b) = chunk.split_at(chunk.len() / 2);
+                pending.push(b);
+                pending.push(a);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn read_chunk<E>(
+    contracts: &Contracts,
+    chunk: &[Address],
+    fetch: &mut impl FnMut(&[u8], usize) -> Result<Vec<u8>, E>,
+) -> Result<Vec<HolderBalance>, ChunkError<E>> {
+    let calldata = abi::encode_chunk(contracts, chunk);
+    let raw = fetch(&calldata, chunk.len()).map_err(ChunkError::Fetch)?;
+    decode_chunk(chunk, &raw)
+}
+
+/// Decodes one aggregate3 answer for `chunk` (public for tests and fuzzing).
+pub fn decode_chunk<E>(chunk: &[Address], raw: &[u8]) -> Result<Vec<HolderBalance>, ChunkError<E>> {
+    let results = abi::decode_aggregate3(raw, abi::subcall_count(chunk.len())).map_err(ChunkError::Decode)?;
+    let block = abi::decode_uint(&results[0]).map_err(ChunkError::BlockNumber)?;
+    let block = u64::try_from(block).unwrap_or(u64::MAX);
+    let per_holder: &[Result3] = &results[1..];
+    Ok(chunk
+        .iter()
+        .zip(per_holder.chunks_exact(3))
+        .map(|(&wallet, r)| HolderBalance {
+            wallet,
+            token: abi::decode_uint(&r[0]),
+            staked: abi::decode_uint(&r[1]),
+            delegated: abi::decode_uint(&r[2]),
+            block,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eth::abi::{aggregate3Call, Result3};
+    use alloy_primitives::Bytes;
+    use alloy_sol_types::{SolCall, SolValue};
+    use proptest::prelude::*;
+
+    fn addr(i: u32) -> Address {
+        let mut b = [0u8; 20];
+        b[16..].copy_from_slice(&i.to_be_bytes());
+        Address::from(b)
+    }
+
+    fn contracts() -> Contracts {
+        Contracts { multicall: addr(1), token: addr(2), staking: addr(3), delegate_manager: addr(4) }
+    }
+
+    fn ok(v: U256) -> Result3 {
+        Result3 { success: true, returnData: Bytes::from(v.abi_encode()) }
+    }
+
+    /// A fake chain: value of holder h on contract c = h*10 + c; holder 0xdead reverts on staking.
+    fn fake_node(calldata: &[u8], max_holders: usize) -> Result<Vec<u8>, String> {
+        let call = aggregate3Call::abi_decode(calldata).map_err(|e| e.to_string())?;
+        if call.calls.len() > 3 * max_holders + 1 {
+            return Err("out of gas".into());
+        }
+        let mut results = vec![ok(U256::from(777u64))];
+        for c in &call.calls[1..] {
+            let holder = U256::from_be_slice(&c.callData[4..36]).to::<u64>();
+            let which = if c.target == addr(2) { 1 } else if c.target == addr(3) { 2 } else { 3 };
+            if holder == 0xdead && which == 2 {
+                results.push(Result3 { success: false, returnData: Bytes::new() });
+            } else {
+                results.push(ok(U256::from(holder * 10 + which)));
+            }
+        }
+        Ok(results.abi_encode())
+    }
+
+    #[test]
+    fn sums_and_failures_per_holder() {
+        let holders = [addr(5), addr(0xdead), addr(7)];
+        let mut stats = ReadStats::default();
+        let out = read_all(&contracts(), &holders, 200, 0, |c, _| fake_node(c, 1000), |_| false, &mut stats).unwrap();
+        assert_eq!(stats.requests, 1);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].total(), Some(U512::from(51 + 52 + 53)));
+        assert_eq!(out[0].block, 777);
+        assert_eq!(out[1].total(), None);
+        assert_eq!(out[1].error().unwrap(), "totalStakedFor reverted without data");
+        assert!(out[1].token.is_ok() && out[1].delegated.is_ok());
+        assert_eq!(out[2].wallet, addr(7));
+    }
+
+    #[test]
+    fn totals_beyond_u256_are_exact() {
+        let h = HolderBalance { wallet: addr(1), token: Ok(U256::MAX), staked: Ok(U256::MAX), delegated: Ok(U256::from(2)), block: 1 };
+        assert_eq!(h.total().unwrap(), U512::from(U256::MAX) * U512::from(2) + U512::from(2));
+    }
+
+    #[test]
+    fn chunking_and_halving() {
+        let holders: Vec<_> = (10..410).map(addr).collect();
+        let mut stats = ReadStats::default();
+        let out = read_all(&contracts(), &holders, 200, 0, |c, _| fake_node(c, 50), |e| e.contains("out of gas"), &mut stats).unwrap();
+        assert_eq!(out.iter().map(|h| h.wallet).collect::<Vec<_>>(), holders, "order kept");
+        assert!(out.iter().all(|h| h.total().is_some()));
+        // 2 chunks of 200 → 4 of 100 → 8 of 50: 2 + 4 + 8 requests, 6 splits
+        assert_eq!(stats, ReadStats { requests: 14, splits: 6 });
+        let mut stats = ReadStats::default();
+        let err = read_all(&contracts(), &holders[..4], 200, 0, |c, _| fake_node(c, 0), |e| e.contains("out of gas"), &mut stats);
+        assert_eq!(err, Err(ChunkError::Fetch("out of gas".into())), "a single holder that still fails is an error");
+    }
+
+    #[test]
+    fn other_fetch_errors_fail_the_whole_read() {
+        let holders: Vec<_> = (0..300).map(addr).collect();
+        let mut n = 0;
+        let mut stats = ReadStats::default();
+        let r = read_all(&contracts(), &holders, 100, 0, |c, _| { n += 1; if n == 2 { Err("boom".to_string()) } else { fake_node(c, 1000) } }, |_| false, &mut stats);
+        assert_eq!(r, Err(ChunkError::Fetch("boom".into())));
+    }
+
+    #[test]
+    fn byte_budget_limits_chunk_size() {
+        assert_eq!(effective_chunk_size(200, 0), 200);
+        assert_eq!(effective_chunk_size(0, 0), 1);
+        let n = effective_chunk_size(200, 100_000);
+        assert!(request_bytes(n) <= 100_000 && request_bytes(n + 1) > 100_000, "n={n}");
+        assert_eq!(effective_chunk_size(200, 10), 1);
+        // the real encoder agrees with the estimate (hex doubles, plus JSON overhead)
+        let holders: Vec<_> = (0..n as u32).map(addr).collect();
+        let body = crate::eth::rpc::eth_call_body(1, "0xca11bde05977b3631167028862be2a173976ca11", &abi::encode_chunk(&contracts(), &holders));
+        assert!(body.len() <= request_bytes(n), "{} > {}", body.len(), request_bytes(n));
+    }
+
+    #[test]
+    fn bad_answers_are_chunk_errors() {
+        let chunk = [addr(1)];
+        let short = vec![ok(U256::from(1u8)); 3].abi_encode();
+        assert!(matches!(decode_chunk::<()>(&chunk, &short), Err(ChunkError::Decode(abi::DecodeError::CountMismatch { expected: 4, got: 3 }))));
+        let mut bad_block = vec![ok(U256::from(1u8)); 4];
+        bad_block[0] = Result3 { success: false, returnData: Bytes::new() };
+        assert!(matches!(decode_chunk::<()>(&chunk, &bad_block.abi_encode()), Err(ChunkError::BlockNumber(_))));
+        assert!(matches!(decode_chunk::<()>(&chunk, &[]), Err(ChunkError::Decode(abi::DecodeError::NoCode))));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_answers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096), n in 1u32..5) {
+            let chunk: Vec<_> = (0..n).map(addr).collect();
+            let _ = decode_chunk::<()>(&chunk, &data);
+        }
+
+        #[test]
+        fn split_reads_equal_unsplit_reads(count in 1u32..120, limit in 1usize..40, chunk in 1usize..70) {
+            let holders: Vec<_> = (100..100 + count).map(addr).collect();
+            let mut s1 = ReadStats::default();
+            let mut s2 = ReadStats::default();
+            let a = read_all(&contracts(), &holders, chunk, 0, |c, _| fake_node(c, limit), |e| e.contains("out of gas"), &mut s1).unwrap();
+            let b = read_all(&contracts(), &holders, 1000, 0, |c, _| fake_node(c, 1000), |_| false, &mut s2).unwrap();
+            prop_assert_eq!(a, b);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Pure Ethereum logic: no pgrx types here, unit-tested with plain `#[test]` and proptest.
+pub mod abi;
+pub mod address;
+pub mod balances;
+pub mod blocking;
+pub mod rpc;

@@ -1,0 +1,760 @@
+//! JSON-RPC over HTTP(S): endpoints, the wire call, error classification, retries and failover.
+//!
+//! Nothing here touches PostgreSQL. Blocking I/O runs on a helper thread (see `blocking.rs`) so the
+//! backend can keep answering cancel and `statement_timeout`; the retry loop takes its clock and its
+//! (interruptible) sleep as arguments so it can be tested without a network or real time.
+//!
+//! Egress rules: only `http`/`https`; redirects are never followed; no proxy from the environment;
+//! error messages name `host[:port]` only — URLs carry API keys in their path or query.
+
+use serde_json::{json, Value};
+use std::fmt;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+/// One RPC endpoint. `Display` shows only the host, never the path, query or userinfo.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    url: String,
+    host: String,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| "is not a URL (expected http://host[:port]/…)".to_string())?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(format!("uses scheme {scheme:?}; only http and https are allowed"));
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if host.is_empty() {
+            return Err("has no host".to_string());
+        }
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("contains whitespace".to_string());
+        }
+        Ok(Endpoint { url: url.to_string(), host: host.to_ascii_lowercase() })
+    }
+
+    /// `host[:port]`: what messages and statistics show.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.host)
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({})", self.host)
+    }
+}
+
+/// Splits the `rpc_urls` list (comma/whitespace separated) into endpoints, in order.
+pub fn parse_endpoint_list(list: &str) -> Result<Vec<Endpoint>, String> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, u)| Endpoint::parse(u).map_err(|e| format!("entry {} {e}", i + 1)))
+        .collect()
+}
+
+/// What went wrong with one RPC request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcErrorKind {
+    /// Could not connect (refused, unreachable, DNS).
+    Connect(String),
+    /// No complete answer within the per-attempt timeout.
+    Timeout(Duration),
+    /// The connection broke or the body ended early.
+    ConnectionLost(String),
+    /// Rate limited: HTTP 429 or a provider's rate-limit error.
+    RateLimited { detail: String, retry_after: Option<Duration> },
+    /// An HTTP status other than 200 (429 is `RateLimited`, 3xx is `Redirect`).
+    HttpStatus { status: u16, retry_after: Option<Duration> },
+    /// A 3xx answer; redirects are never followed.
+    Redirect { status: u16, location_host: Option<String> },
+    /// The body is not a JSON-RPC answer, or the result is not well-formed hex.
+    BadResponse(String),
+    /// The node answered with a JSON-RPC error object.
+    JsonRpc { code: i64, message: String },
+    /// The node ran out of gas executing the call (a smaller chunk may pass).
+    OutOfGas(String),
+    /// Request or response too large for the node (a smaller chunk may pass).
+    TooLarge(String),
+}
+
+/// An RPC failure, with the host it happened on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    pub host: String,
+    pub kind: RpcErrorKind,
+}
+
+impl RpcError {
+    pub fn new(ep: &Endpoint, kind: RpcErrorKind) -> RpcError {
+        RpcError { host: ep.host.clone(), kind }
+    }
+
+    /// Worth retrying (possibly elsewhere): network trouble, rate limits, gateway errors.
+    /// Never: reverts, invalid params, garbage answers, out-of-gas (that is split instead).
+    pub fn is_transient(&self) -> bool {
+        match &self.kind {
+            RpcErrorKind::Connect(_)
+            | RpcErrorKind::Timeout(_)
+            | RpcErrorKind::ConnectionLost(_)
+            | RpcErrorKind::RateLimited { .. } => true,
+            RpcErrorKind::HttpStatus { status, .. } => matches!(status, 502..=504),
+            RpcErrorKind::JsonRpc { code, message } => is_transient_jsonrpc(*code, message),
+            _ => false,
+        }
+    }
+
+    /// The chunk may succeed if split into smaller requests.
+    pub fn wants_smaller_chunk(&self) -> bool {
+        matches!(self.kind, RpcErrorKind::OutOfGas(_) | RpcErrorKind::TooLarge(_))
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match &self.kind {
+            RpcErrorKind::RateLimited { retry_after, .. } | RpcErrorKind::HttpStatus { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// SQLSTATE class the glue reports this with (see README "Errors").
+    pub fn sqlstate(&self) -> &'static str {
+        match &self.kind {
+            RpcErrorKind::Connect(_) => "08001",
+            RpcErrorKind::Timeout(_) | RpcErrorKind::ConnectionLost(_) => "08006",
+            RpcErrorKind::JsonRpc { .. } | RpcErrorKind::OutOfGas(_) => "38000",
+            RpcErrorKind::RateLimited { .. } => "53400",
+            RpcErrorKind::TooLarge(_) => "54000",
+            RpcErrorKind::HttpStatus { .. } | RpcErrorKind::Redirect { .. } | RpcErrorKind::BadResponse(_) => {
+                "08P01"
+            }
+        }
+    }
+}
+
+impl fmt::Display for RpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = &self.host;
+        match &self.kind {
+            RpcErrorKind::Connect(d) => write!(f, "cannot connect to RPC host {h}: {d}"),
+            RpcErrorKind::Timeout(t) => {
+                write!(f, "RPC host {h} did not answer within {} ms", t.as_millis())
+            }
+            RpcErrorKind::ConnectionLost(d) => write!(f, "connection to RPC host {h} lost: {d}"),
+            RpcErrorKind::RateLimited { detail, .. } => write!(f, "RPC host {h} rate-limited the request: {detail}"),
+            RpcErrorKind::HttpStatus { status, .. } => write!(f, "RPC host {h} answered HTTP {status}"),
+            RpcErrorKind::Redirect { status, location_host } => write!(
+                f,
+                "RPC host {h} answered HTTP {status} redirect{}; redirects are not followed",
+                location_host.as_ref().map(|l| format!(" to {l}")).unwrap_or_default()
+            ),
+            RpcErrorKind::BadResponse(d) => write!(f, "RPC host {h} sent an unusable answer: {d}"),
+            RpcErrorKind::JsonRpc { code, message } => {
+                write!(f, "RPC host {h} answered JSON-RPC error {code}: {message}")
+            }
+            RpcErrorKind::OutOfGas(m) => write!(f, "RPC host {h}: eth_call ran out of gas: {m}"),
+            RpcErrorKind::TooLarge(m) => write!(f, "RPC host {h}: request or response too large: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+fn is_transient_jsonrpc(code: i64, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    // -32005 limit exceeded (EIP-1474), -32007 QuickNode, -32090 Ankr-style, 429 as a code;
+    // "header not found"/"missing trie node" = a lagging node behind a load balancer.
+    matches!(code, -32005 | -32007 | -32090 | 429)
+        || ["rate limit", "too many requests", "exceeded its compute units", "request rate exceeded",
+            "capacity", "throughput", "header not found", "try again", "temporarily unavailable"]
+            .iter()
+            .any(|p| m.contains(p))
+}
+
+fn classify_jsonrpc(code: i64, message: String) -> RpcErrorKind {
+    let m = message.to_ascii_lowercase();
+    if m.contains("out of gas") || m.contains("gas required exceeds") || m.contains("gas limit reached") {
+        RpcErrorKind::OutOfGas(message)
+    } else if ["response size", "response too large", "result too large", "request too large",
+               "request entity too large", "payload too large", "too many sub-calls"]
+        .iter()
+        .any(|p| m.contains(p))
+    {
+        RpcErrorKind::TooLarge(message)
+    } else if matches!(code, -32005 | -32007 | -32090 | 429)
+        || m.contains("rate limit")
+        || m.contains("too many requests")
+        || m.contains("exceeded its compute units")
+        || m.contains("request rate exceeded")
+    {
+        RpcErrorKind::RateLimited { detail: format!("JSON-RPC error {code}: {message}"), retry_after: None }
+    } else {
+        RpcErrorKind::JsonRpc { code, message }
+    }
+}
+
+/// Parses a `Retry-After` header: delta-seconds only (HTTP dates are treated as absent), capped.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let secs: f64 = v.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+/// Turns one HTTP answer into the `result` string of a JSON-RPC response, or an error.
+pub fn parse_http_answer(
+    ep: &Endpoint,
+    status: u16,
+    retry_after: Option<&str>,
+    location: Option<&str>,
+    body: &[u8],
+) -> Result<Value, RpcError> {
+    let retry_after = retry_after.and_then(parse_retry_after);
+    let err = |kind| Err(RpcError::new(ep, kind));
+    match status {
+        200 => {}
+        429 => return err(RpcErrorKind::RateLimited { detail: "HTTP 429".into(), retry_after }),
+        413 => return err(RpcErrorKind::TooLarge("HTTP 413".into())),
+        300..=399 => {
+            let location_host = location
+                .and_then(|l| Endpoint::parse(l).ok())
+                .map(|e| e.host().to_string());
+            return err(RpcErrorKind::Redirect { status, location_host });
+        }
+        _ => return err(RpcErrorKind::HttpStatus { status, retry_after }),
+    }
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return err(RpcErrorKind::BadResponse(format!(
+                "body is not JSON ({e}; {} bytes, starts {:?})",
+                body.len(),
+                String::from_utf8_lossy(&body[..body.len().min(40)])
+            )))
+        }
+    };
+    if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
+        let code = e.get("code").and_then(Value::as_i64).unwrap_or(0);
+        let mut message = e.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+        if let Some(data) = e.get("data").filter(|d| !d.is_null()) {
+            let data = data.as_str().map(str::to_string).unwrap_or_else(|| data.to_string());
+            message.push_str(&format!(" (data: {})", truncate(&data, 300)));
+        }
+        return err(classify_jsonrpc(code, truncate(&message, 500)));
+    }
+    match v.get("result") {
+        Some(r) => Ok(r.clone()),
+        None => err(RpcErrorKind::BadResponse("JSON without result or error".into())),
+    }
+}
+
+/// Decodes a `0x…` hex quantity/data string.
+pub fn decode_hex_result(ep: &Endpoint, v: &Value) -> Result<Vec<u8>, RpcError> {
+    let bad = |d: String| RpcError::new(ep, RpcErrorKind::BadResponse(d));
+    let s = v.as_str().ok_or_else(|| bad(format!("result is not a hex string: {}", truncate(&v.to_string(), 60))))?;
+    let digits = s.strip_prefix("0x").ok_or_else(|| bad(format!("malformed hex result (no 0x): {}", truncate(s, 60))))?;
+    if digits.len() % 2 != 0 {
+        return Err(bad(format!("malformed hex result (odd length {})", digits.len())));
+    }
+    let mut out = Vec::with_capacity(digits.len() / 2);
+    for pair in digits.as_bytes().chunks(2) {
+        let hi = (pair[0] as char).to_digit(16);
+        let lo = (pair[1] as char).to_digit(16);
+        match (hi, lo) {
+            (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+            _ => return Err(bad(format!("malformed hex result near {:?}", String::from_utf8_lossy(pair)))),
+        }
+    }
+    Ok(out)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The JSON-RPC request body of `eth_call(to, data, "latest")`.
+pub fn eth_call_body(id: u64, to: &str, data: &[u8]) -> String {
+    let mut hexdata = String::with_capacity(2 + data.len() * 2);
+    hexdata.push_str("0x");
+    hexdata.push_str(&crate::eth::abi::hex(data));
+    json!({"jsonrpc": "2.0", "id": id, "method": "eth_call",
+           "params": [{"to": to, "data": hexdata}, "latest"]})
+    .to_string()
+}
+
+/// Generic request body.
+pub fn request_body(id: u64, method: &str, params: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+}
+
+/// One HTTP POST of a JSON-RPC body. Blocking: call it on a helper thread (see `blocking.rs`).
+pub fn http_post(ep: &Endpoint, body: &str, timeout: Duration, max_response_bytes: u64) -> Result<Value, RpcError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .http_status_as_error(false)
+        .proxy(None)
+        .user_agent(concat!("audius_indexer/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    let resp = agent
+        .post(ep.url())
+        .header("content-type", "application/json")
+        .send(body)
+        .map_err(|e| RpcError::new(ep, classify_transport_error(e, timeout)))?;
+    let status = resp.status().as_u16();
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let retry_after = header("retry-after");
+    let location = header("location");
+    let mut buf = Vec::new();
+    let read = resp
+        .into_body()
+        .into_with_config()
+        .limit(max_response_bytes)
+        .reader()
+        .read_to_end(&mut buf);
+    if let Err(e) = read {
+        let kind = match e.kind() {
+            std::io::ErrorKind::TimedOut => RpcErrorKind::Timeout(timeout),
+            _ => {
+                let msg = e.to_string();
+                if msg.contains("limit") || msg.contains("exceeds") {
+                    RpcErrorKind::TooLarge(format!("response larger than {max_response_bytes} bytes"))
+                } else {
+                    RpcErrorKind::ConnectionLost(format!("reading the answer failed: {msg}"))
+                }
+            }
+        };
+        return Err(RpcError::new(ep, kind));
+    }
+    parse_http_answer(ep, status, retry_after.as_deref(), location.as_deref(), &buf)
+}
+
+fn classify_transport_error(e: ureq::Error, timeout: Duration) -> RpcErrorKind {
+    use ureq::Error as E;
+    match e {
+        E::Timeout(_) => RpcErrorKind::Timeout(timeout),
+        E::HostNotFound => RpcErrorKind::Connect("host not found".into()),
+        E::ConnectionFailed => RpcErrorKind::Connect("connection failed".into()),
+        E::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => RpcErrorKind::Connect("connection refused".into()),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => RpcErrorKind::Timeout(timeout),
+            std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::NotFound => {
+                RpcErrorKind::Connect(io.to_string())
+            }
+            _ => RpcErrorKind::ConnectionLost(io.to_string()),
+        },
+        E::BadUri(u) => RpcErrorKind::Connect(format!("bad URL: {}", truncate(&u, 0))),
+        E::BodyExceedsLimit(n) => RpcErrorKind::TooLarge(format!("response larger than {n} bytes")),
+        E::TooManyRedirects | E::RedirectFailed => RpcErrorKind::Redirect { status: 0, location_host: None },
+        other => RpcErrorKind::ConnectionLost(other.to_string()),
+    }
+}
+
+/// Exponential backoff with full jitter, bounded by a retry count and a total time budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff step.
+    pub base: Duration,
+    /// Largest single backoff (also caps `Retry-After`).
+    pub cap: Duration,
+    /// Total time for all attempts and waits of one logical request.
+    pub budget: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before retry number `retry` (1-based). `Retry-After` wins when given (capped);
+    /// otherwise a uniformly jittered value in [step/2, step] with step = base·2^(retry-1) ≤ cap.
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, random: u64) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(self.cap);
+        }
+        let step = self.base.saturating_mul(1u32 << (retry.saturating_sub(1)).min(20)).min(self.cap);
+        let half = step / 2;
+        let span = step.saturating_sub(half).as_micros() as u64;
+        half + Duration::from_micros(if span == 0 { 0 } else { random % (span + 1) })
+    }
+}
+
+/// Per-endpoint health, for failover and for the SQL statistics view.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointStats {
+    pub requests: u64,
+    pub failures: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub last_latency: Option<Duration>,
+    pub total_latency: Duration,
+    pub cooldown_until: Option<Instant>,
+}
+
+/// Ordered endpoints with cool-downs: a failing endpoint is skipped until its cool-down ends.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub list: Vec<Endpoint>,
+    pub stats: Vec<EndpointStats>,
+    pub cooldown: Duration,
+}
+
+impl Endpoints {
+    pub fn new(list: Vec<Endpoint>, cooldown: Duration) -> Endpoints {
+        let stats = vec![EndpointStats::default(); list.len()];
+        Endpoints { list, stats, cooldown }
+    }
+
+    /// Keeps statistics for endpoints that stay when the configured list changes.
+    pub fn reconfigure(&mut self, list: Vec<Endpoint>, cooldown: Duration) {
+        if list != self.list {
+            let stats = list
+                .iter()
+                .map(|e| self.list.iter().position(|o| o == e).map(|i| self.stats[i].clone()).unwrap_or_default())
+                .collect();
+            self.list = list;
+            self.stats = stats;
+        }
+        self.cooldown = cooldown;
+    }
+
+    /// First endpoint (in configured order) not cooling down; if all are, the one whose cool-down
+    /// ends first — a request is never refused just because everything failed recently.
+    pub fn pick(&self, now: Instant, skip: &[usize]) -> Option<usize> {
+        let candidates = (0..self.list.len()).filter(|i| !skip.contains(i));
+        let mut best: Option<(usize, Instant)> = None;
+        for i in candidates {
+            match self.stats[i].cooldown_until {
+                Some(t) if t > now => {
+                    if best.is_none_or(|(_, bt)| t < bt) {
+                        best = Some((i, t));
+                    }
+                }
+                _ => return Some(i),
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    pub fn record(&mut self, i: usize, now: Instant, latency: Duration, outcome: Result<(), &RpcError>) {
+        let s = &mut self.stats[i];
+        s.requests += 1;
+        s.last_latency = Some(latency);
+        s.total_latency += latency;
+        match outcome {
+            Ok(()) => {
+                s.consecutive_failures = 0;
+                s.cooldown_until = None;
+            }
+            Err(e) => {
+                s.failures += 1;
+                s.last_error = Some(e.to_string());
+                // Only endpoint trouble cools an endpoint down; a revert is the request's fault.
+                if e.is_transient() || matches!(e.kind, RpcErrorKind::HttpStatus { .. } | RpcErrorKind::BadResponse(_) | RpcErrorKind::Redirect { .. }) {
+                    s.consecutive_failures += 1;
+                    let factor = 1u32 << (s.consecutive_failures - 1).min(6);
+                    s.cooldown_until = Some(now + self.cooldown.saturating_mul(factor));
+                }
+            }
+        }
+    }
+}
+
+/// The request was abandoned because the session was cancelled / is shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
+
+/// Outcome of `execute`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecError {
+    Rpc(RpcError),
+    Interrupted,
+}
+
+impl From<Interrupted> for ExecError {
+    fn from(_: Interrupted) -> Self {
+        ExecError::Interrupted
+    }
+}
+
+/// Sends one logical request with failover and retries.
+///
+/// `send(endpoint, attempt_timeout)` performs one attempt; `sleep(d)` waits interruptibly;
+/// `now()` is the clock; `random()` feeds the jitter. A transient failure moves on to the next
+/// healthy endpoint right away when there is one, and otherwise waits the backoff first.
+/// Deterministic failures return at once. The budget bounds attempts and waits together; each
+/// attempt's timeout is the smaller of `attempt_timeout` and what is left of the budget.
+pub fn execute<T>(
+    endpoints: &mut Endpoints,
+    policy: &RetryPolicy,
+    attempt_timeout: Duration,
+    mut send: impl FnMut(&Endpoint, Duration) -> Result<Result<T, RpcError>, Interrupted>,
+    mut sleep: impl FnMut(Duration) -> Result<(), Interrupted>,
+    now: impl Fn() -> Instant,
+    mut random: impl FnMut() -> u64,
+) -> Result<T, ExecError> {
+    let start = now();
+    let deadline = start + policy.budget;
+    let mut retries = 0u32;
+    let mut tried_since_wait: Vec<usize> = Vec::new();
+    loop {
+        let t = now();
+        let i = match endpoints.pick(t, &tried_since_wait) {
+            Some(i) => i,
+            None => {
+                tried_since_wait.clear();
+                endpoints.pick(t, &[]).expect("at least one endpoint")
+            }
+        };
+        let left = deadline.saturating_duration_since(t);
+        let timeout = attempt_timeout.min(left.max(Duration::from_millis(1)));
+        let result = send(&endpoints.list[i], timeout)?;
+        let elapsed = now().saturating_duration_since(t);
+        match result {
+            Ok(v) => {
+                endpoints.record(i, now(), elapsed, Ok(()));
+                return Ok(v);
+            }
+            Err(e) => {
+                endpoints.record(i, now(), elapsed, Err(&e));
+                if !e.is_transient() || retries >= policy.max_retries {
+                    return Err(ExecError::Rpc(e));
+                }
+                retries += 1;
+                tried_since_wait.push(i);
+                let another_healthy = endpoints
+                    .pick(now(), &tried_since_wait)
+                    .is_some_and(|j| endpoints.stats[j].cooldown_until.is_none_or(|c| c <= now()));
+                if !another_healthy {
+                    let wait = policy.delay(retries, e.retry_after(), random());
+                    if now() + wait >= deadline {
+                        return Err(ExecError::Rpc(e));
+                    }
+                    sleep(wait)?;
+                    tried_since_wait.clear();
+                }
+                if now() >= deadline {
+                    return Err(ExecError::Rpc(e));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn ep(s: &str) -> Endpoint {
+        Endpoint::parse(s).unwrap()
+    }
+
+    #[test]
+    fn endpoints_show_only_host() {
+        let e = ep("https://user:pw@Mainnet.Example.com:8545/v2/SECRETKEY?apikey=zzz");
+        assert_eq!(e.to_string(), "mainnet.example.com:8545");
+        assert_eq!(format!("{e:?}"), "Endpoint(mainnet.example.com:8545)");
+        let err = RpcError::new(&e, RpcErrorKind::HttpStatus { status: 500, retry_after: None });
+        assert!(!err.to_string().contains("SECRET") && !err.to_string().contains("zzz"));
+        assert!(Endpoint::parse("file:///etc/passwd").unwrap_err().contains("only http and https"));
+        assert!(Endpoint::parse("gopher://x").is_err());
+        assert!(Endpoint::parse("localhost:8545").is_err());
+        assert!(Endpoint::parse("http:///x").is_err());
+        assert_eq!(parse_endpoint_list(" http://a:1, https://b/k ").unwrap().len(), 2);
+        assert!(parse_endpoint_list("http://a, ftp://b").unwrap_err().starts_with("entry 2"));
+    }
+
+    #[test]
+    fn http_answers_are_classified() {
+        let e = ep("http://h:1/key");
+        let ok = parse_http_answer(&e, 200, None, None, br#"{"jsonrpc":"2.0","id":1,"result":"0x01"}"#);
+        assert_eq!(ok.unwrap(), Value::String("0x01".into()));
+        let r429 = parse_http_answer(&e, 429, Some("1"), None, b"").unwrap_err();
+        assert!(r429.is_transient());
+        assert_eq!(r429.retry_after(), Some(Duration::from_secs(1)));
+        assert!(parse_http_answer(&e, 503, None, None, b"").unwrap_err().is_transient());
+        let r500 = parse_http_answer(&e, 500, None, None, b"").unwrap_err();
+        assert!(!r500.is_transient());
+        assert_eq!(r500.sqlstate(), "08P01");
+        let redirect = parse_http_answer(&e, 302, None, Some("http://evil:9/x?k=1"), b"").unwrap_err();
+        assert_eq!(redirect.kind, RpcErrorKind::Redirect { status: 302, location_host: Some("evil:9".into()) });
+        let garbage = parse_http_answer(&e, 200, None, None, b"<html>").unwrap_err();
+        assert_eq!(garbage.sqlstate(), "08P01");
+        let revert = parse_http_answer(&e, 200, None, None,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":3,"message":"execution reverted","data":"0x08c3"}}"#).unwrap_err();
+        assert!(!revert.is_transient());
+        assert_eq!(revert.sqlstate(), "38000");
+        assert!(revert.to_string().contains("execution reverted"));
+        let limited = parse_http_answer(&e, 200, None, None,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32005,"message":"limit exceeded"}}"#).unwrap_err();
+        assert!(limited.is_transient());
+        let alchemy = parse_http_answer(&e, 200, None, None,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":429,"message":"Your app has exceeded its compute units per second capacity"}}"#).unwrap_err();
+        assert!(alchemy.is_transient());
+        let oog = parse_http_answer(&e, 200, None, None,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"out of gas"}}"#).unwrap_err();
+        assert!(oog.wants_smaller_chunk() && !oog.is_transient());
+        assert!(parse_http_answer(&e, 413, None, None, b"").unwrap_err().wants_smaller_chunk());
+        let invalid = parse_http_answer(&e, 200, None, None,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"invalid params"}}"#).unwrap_err();
+        assert!(!invalid.is_transient());
+    }
+
+    #[test]
+    fn hex_results_are_checked() {
+        let e = ep("http://h");
+        assert_eq!(decode_hex_result(&e, &json!("0x")).unwrap(), Vec::<u8>::new());
+        assert_eq!(decode_hex_result(&e, &json!("0x0aFF")).unwrap(), vec![0x0a, 0xff]);
+        for bad in [json!("0x123"), json!("12"), json!("0xzz"), json!(5), json!(null)] {
+            let err = decode_hex_result(&e, &bad).unwrap_err();
+            assert_eq!(err.sqlstate(), "08P01", "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("99999999"), Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let p = RetryPolicy { max_retries: 5, base: Duration::from_millis(100), cap: Duration::from_secs(2), budget: Duration::from_secs(30) };
+        for r in 1..=8u32 {
+            let step = Duration::from_millis(100 * (1u64 << (r - 1))).min(Duration::from_secs(2));
+            for rnd in [0u64, 1, 12345, u64::MAX] {
+                let d = p.delay(r, None, rnd);
+                assert!(d >= step / 2 && d <= step, "retry {r}: {d:?} not in [{:?}, {step:?}]", step / 2);
+            }
+        }
+        assert_eq!(p.delay(1, Some(Duration::from_secs(1)), 7), Duration::from_secs(1));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(99)), 7), Duration::from_secs(2));
+    }
+
+    /// A fake clock and scripted answers per endpoint.
+    struct Sim {
+        t: Cell<Instant>,
+        sleeps: Cell<Duration>,
+    }
+
+    fn run(
+        eps: &mut Endpoints,
+        policy: RetryPolicy,
+        script: &mut dyn FnMut(&Endpoint) -> Result<u32, RpcErrorKind>,
+    ) -> (Result<u32, ExecError>, Duration, Vec<String>) {
+        let sim = Sim { t: Cell::new(Instant::now()), sleeps: Cell::new(Duration::ZERO) };
+        let mut log = Vec::new();
+        let r = execute(
+            eps,
+            &policy,
+            Duration::from_secs(1),
+            |e, _| {
+                log.push(e.host().to_string());
+                sim.t.set(sim.t.get() + Duration::from_millis(10));
+                Ok(script(e).map_err(|k| RpcError::new(e, k)))
+            },
+            |d| {
+                sim.t.set(sim.t.get() + d);
+                sim.sleeps.set(sim.sleeps.get() + d);
+                Ok(())
+            },
+            || sim.t.get(),
+            || 42,
+        );
+        (r, sim.sleeps.get(), log)
+    }
+
+    fn policy(max_retries: u32) -> RetryPolicy {
+        RetryPolicy { max_retries, base: Duration::from_millis(200), cap: Duration::from_secs(5), budget: Duration::from_secs(20) }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_then_success() {
+        let mut eps = Endpoints::new(vec![ep("http://a:1")], Duration::from_secs(5));
+        let mut n = 0;
+        let (r, slept, log) = run(&mut eps, policy(3), &mut |_| {
+            n += 1;
+            if n == 1 { Err(RpcErrorKind::RateLimited { detail: "429".into(), retry_after: Some(Duration::from_secs(1)) }) } else { Ok(7) }
+        });
+        assert_eq!(r, Ok(7));
+        assert_eq!(slept, Duration::from_secs(1));
+        assert_eq!(log.len(), 2);
+        assert_eq!(eps.stats[0].requests, 2);
+        assert_eq!(eps.stats[0].failures, 1);
+    }
+
+    #[test]
+    fn deterministic_errors_are_not_retried() {
+        let mut eps = Endpoints::new(vec![ep("http://a:1"), ep("http://b:1")], Duration::from_secs(5));
+        let (r, slept, log) = run(&mut eps, policy(5), &mut |_| Err(RpcErrorKind::JsonRpc { code: 3, message: "execution reverted".into() }));
+        assert!(matches!(r, Err(ExecError::Rpc(_))));
+        assert_eq!((slept, log.len()), (Duration::ZERO, 1));
+    }
+
+    #[test]
+    fn failover_skips_a_refusing_endpoint_without_waiting() {
+        let mut eps = Endpoints::new(vec![ep("http://a:1"), ep("http://b:1")], Duration::from_secs(5));
+        let (r, slept, log) = run(&mut eps, policy(3), &mut |e| {
+            if e.host() == "a:1" { Err(RpcErrorKind::Connect("connection refused".into())) } else { Ok(1) }
+        });
+        assert_eq!(r, Ok(1));
+        assert_eq!(slept, Duration::ZERO);
+        assert_eq!(log, ["a:1", "b:1"]);
+        // a is cooling down: the next request goes straight to b
+        let (_, _, log2) = run(&mut eps, policy(3), &mut |_| Ok(2));
+        assert_eq!(log2, ["b:1"]);
+        assert_eq!(eps.stats[0].failures, 1);
+        assert_eq!(eps.stats[1].requests, 2);
+    }
+
+    #[test]
+    fn retries_are_bounded_by_count_and_budget() {
+        let mut eps = Endpoints::new(vec![ep("http://a:1")], Duration::from_millis(1));
+        let (r, _, log) = run(&mut eps, policy(3), &mut |_| Err(RpcErrorKind::HttpStatus { status: 503, retry_after: None }));
+        assert!(matches!(r, Err(ExecError::Rpc(_))));
+        assert_eq!(log.len(), 4);
+        let tight = RetryPolicy { budget: Duration::from_millis(500), ..policy(100) };
+        let mut eps = Endpoints::new(vec![ep("http://a:1")], Duration::from_millis(1));
+        let (r, slept, _) = run(&mut eps, tight, &mut |_| Err(RpcErrorKind::Timeout(Duration::from_secs(1))));
+        assert!(matches!(r, Err(ExecError::Rpc(_))));
+        assert!(slept <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn all_cooling_down_still_tries_the_soonest() {
+        let mut eps = Endpoints::new(vec![ep("http://a:1"), ep("http://b:1")], Duration::from_secs(60));
+        let now = Instant::now();
+        eps.stats[0].cooldown_until = Some(now + Duration::from_secs(30));
+        eps.stats[1].cooldown_until = Some(now + Duration::from_secs(10));
+        assert_eq!(eps.pick(now, &[]), Some(1));
+        eps.reconfigure(vec![ep("http://b:1")], Duration::from_secs(1));
+        assert_eq!(eps.stats.len(), 1);
+        assert!(eps.stats[0].cooldown_until.is_some());
+    }
+}

@@ -1,0 +1,178 @@
+"""Throwaway PostgreSQL 15 clusters for tests, benchmarks and the demo.
+
+PostgreSQL refuses to run as root, so initdb/postgres run as the `postgres` OS user, under `env -i`
+(root's RUST_BACKTRACE etc. must not leak into the server), in a temp dir owned by postgres, on a free
+port, with the unix socket inside that dir and TCP on 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+SERVER_ENV = ["env", "-i", f"PATH={PG_BIN}:/usr/bin:/bin", "LANG=C.UTF-8", "TZ=UTC"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    prefix = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    return subprocess.run(prefix + SERVER_ENV + list(cmd), check=check, text=True,
+                          capture_output=True, **kw)
+
+
+class Cluster:
+    """One initdb'd cluster. `settings` go into postgresql.conf (values are written verbatim)."""
+
+    def __init__(self, settings: dict[str, str] | None = None, preload: list[str] | None = None,
+                 name: str = "pg"):
+        self.root = Path(tempfile.mkdtemp(prefix=f"audius_indexer_{name}_"))
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self.datadir = self.root / "data"
+        self.sockdir = str(self.root)
+        self.logfile = self.root / "server.log"
+        self.port = free_port()
+        self.settings = dict(settings or {})
+        self.preload = list(preload or [])
+        self.running = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def init(self) -> "Cluster":
+        _as_postgres(str(PG_BIN / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U", "postgres",
+                     "--no-sync", "-E", "UTF8", "--locale=C.UTF-8")
+        conf = {
+            "port": str(self.port),
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.sockdir}'",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "log_line_prefix": "'%m [%p] %b %a: '",
+            "max_connections": "60",
+            "shared_buffers": "128MB",
+        }
+        if self.preload:
+            conf["shared_preload_libraries"] = "'" + ",".join(self.preload) + "'"
+        conf.update(self.settings)
+        with open(self.datadir / "postgresql.conf", "a") as f:
+            f.write("\n# --- audius_indexer test harness ---\n")
+            for k, v in conf.items():
+                f.write(f"{k} = {v}\n")
+        return self
+
+    def start(self) -> "Cluster":
+        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
+                     "-w", "-t", "30", "start")
+        self.running = True
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.running:
+            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop",
+                         check=False)
+            self.running = False
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def reload(self) -> None:
+        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "reload")
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- access ----------------------------------------------------------------------------
+    def conninfo(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"host={self.sockdir} port={self.port} dbname={dbname} user={user}"
+
+    def connect(self, dbname: str = "postgres", user: str = "postgres", autocommit: bool = True,
+                **kw) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo(dbname, user), autocommit=autocommit, **kw)
+
+    def psql(self, *args: str, dbname: str = "postgres", check: bool = True) -> str:
+        """Runs psql (as root is fine: it is only a client)."""
+        out = subprocess.run([str(PG_BIN / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-h", self.sockdir,
+                              "-p", str(self.port), "-U", "postgres", "-d", dbname, *args],
+                             text=True, capture_output=True, check=False)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"psql failed ({out.returncode}): {out.stderr}")
+        return out.stdout
+
+    def create_database(self, name: str) -> None:
+        with self.connect() as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+
+    def log_text(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def assert_log_clean(self) -> None:
+        """No backend crashed and nothing PANICked (checked after every suite)."""
+        text = self.log_text()
+        bad = [line for line in text.splitlines()
+               if "terminated by signal" in line or "PANIC" in line]
+        assert not bad, "server log shows crashes:\n" + "\n".join(bad[:20])
+
+    def set_system(self, conn: psycopg.Connection | None = None, **settings) -> None:
+        """ALTER SYSTEM SET name = value (None → RESET) for SIGHUP-context settings, then reload and
+        wait until this cluster's new sessions see the values."""
+        own = conn is None
+        conn = conn or self.connect()
+        try:
+            for k, v in settings.items():
+                name = k if "." in k else f"audius_indexer.{k}"
+                if v is None:
+                    conn.execute(f"ALTER SYSTEM RESET {name}")
+                else:
+                    conn.execute(f"ALTER SYSTEM SET {name} = %s".replace("%s", _literal(v)))
+            conn.execute("SELECT pg_reload_conf()")
+        finally:
+            if own:
+                conn.close()
+        deadline = time.time() + 10
+        while True:
+            with self.connect() as c:
+                ok = True
+                for k, v in settings.items():
+                    name = k if "." in k else f"audius_indexer.{k}"
+                    cur = c.execute("SELECT current_setting(%s, true)", (name,)).fetchone()[0]
+                    if v is not None and not _same(cur, v):
+                        ok = False
+                if ok:
+                    return
+            if time.time() > deadline:
+                raise TimeoutError(f"settings not visible after reload: {settings}")
+            time.sleep(0.05)
+
+
+def _literal(v) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def _same(cur: str | None, want) -> bool:
+    if cur is None:
+        return False
+    if isinstance(want, bool):
+        return cur == ("on" if want else "off")
+    # numeric settings may come back with units (e.g. '2s'); accept a prefix match on plain numbers
+    return cur == str(want) or cur.rstrip("msk").rstrip() == str(want)
