@@ -1,7 +1,33 @@
 //! audius_indexer: the hot paths of an Ethereum/Audius indexer inside PostgreSQL.
+//!
+//! - `eth/`: pure logic (ABI, addresses, JSON-RPC, retries, chunk planning), no pgrx types.
+//! - `reader.rs`: settings → reads, interrupt-aware RPC, errors with SQLSTATEs.
+//! - `api/`: the SQL functions; `sql/`: the SQL that is naturally SQL.
+//! - `worker.rs`: the stale-sweep background worker; `triggers/`: the Rust dedupe triggers.
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod api;
 pub mod eth;
+mod gucs;
+mod reader;
 mod triggers;
+mod worker;
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/triggers.sql",
+    name = "triggers",
+    requires = [
+        triggers::handle_on_user_challenge,
+        triggers::handle_challenge_disbursement,
+        triggers::handle_sol_reward_disbursement
+    ]
+);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}

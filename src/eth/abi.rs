@@ -36,7 +36,11 @@ pub enum Read {
 }
 
 impl Read {
-    pub const ALL: [Read; 3] = [Read::BalanceOf, Read::TotalStakedFor, Read::GetTotalDelegatorStake];
+    pub const ALL: [Read; 3] = [
+        Read::BalanceOf,
+        Read::TotalStakedFor,
+        Read::GetTotalDelegatorStake,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -126,12 +130,13 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::NoCode => write!(f, "eth_call returned 0x (no contract code answers there)"),
+            DecodeError::NoCode => {
+                write!(f, "eth_call returned 0x (no contract code answers there)")
+            }
             DecodeError::Abi(e) => write!(f, "cannot decode aggregate3 result: {e}"),
-            DecodeError::CountMismatch { expected, got } => write!(
-                f,
-                "aggregate3 returned {got} results for {expected} calls"
-            ),
+            DecodeError::CountMismatch { expected, got } => {
+                write!(f, "aggregate3 returned {got} results for {expected} calls")
+            }
         }
     }
 }
@@ -144,7 +149,10 @@ pub fn decode_aggregate3(data: &[u8], expected: usize) -> Result<Vec<Result3>, D
     let results =
         aggregate3Call::abi_decode_returns(data).map_err(|e| DecodeError::Abi(e.to_string()))?;
     if results.len() != expected {
-        return Err(DecodeError::CountMismatch { expected, got: results.len() });
+        return Err(DecodeError::CountMismatch {
+            expected,
+            got: results.len(),
+        });
     }
     Ok(results)
 }
@@ -197,10 +205,11 @@ pub fn revert_reason(data: &[u8]) -> Option<String> {
 
 pub fn hex(data: &[u8]) -> String {
     use std::fmt::Write;
-    data.iter().fold(String::with_capacity(data.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    data.iter()
+        .fold(String::with_capacity(data.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -216,7 +225,12 @@ mod tests {
     }
 
     fn contracts() -> Contracts {
-        Contracts { multicall: addr(1), token: addr(2), staking: addr(3), delegate_manager: addr(4) }
+        Contracts {
+            multicall: addr(1),
+            token: addr(2),
+            staking: addr(3),
+            delegate_manager: addr(4),
+        }
     }
 
     #[test]
@@ -224,7 +238,10 @@ mod tests {
         assert_eq!(aggregate3Call::SELECTOR, [0x82, 0xad, 0x56, 0xcb]);
         assert_eq!(balanceOfCall::SELECTOR, [0x70, 0xa0, 0x82, 0x31]);
         assert_eq!(totalStakedForCall::SELECTOR, [0x4b, 0x34, 0x1a, 0xed]);
-        assert_eq!(getTotalDelegatorStakeCall::SELECTOR, [0xb0, 0x30, 0x3b, 0x75]);
+        assert_eq!(
+            getTotalDelegatorStakeCall::SELECTOR,
+            [0xb0, 0x30, 0x3b, 0x75]
+        );
         assert_eq!(getBlockNumberCall::SELECTOR, [0x42, 0xcb, 0xb1, 0x5c]);
     }
 
@@ -237,9 +254,15 @@ mod tests {
         let decoded = aggregate3Call::abi_decode(&data).unwrap();
         assert_eq!(decoded.calls.len(), 7);
         assert_eq!(decoded.calls[0].target, addr(1));
-        assert_eq!(decoded.calls[0].callData.as_ref(), getBlockNumberCall::SELECTOR);
+        assert_eq!(
+            decoded.calls[0].callData.as_ref(),
+            getBlockNumberCall::SELECTOR
+        );
         let targets: Vec<_> = decoded.calls[1..].iter().map(|c| c.target).collect();
-        assert_eq!(targets, [addr(2), addr(3), addr(4), addr(2), addr(3), addr(4)]);
+        assert_eq!(
+            targets,
+            [addr(2), addr(3), addr(4), addr(2), addr(3), addr(4)]
+        );
         assert!(decoded.calls.iter().all(|c| c.allowFailure));
         // holder argument left-padded to 32 bytes after the selector
         let c = &decoded.calls[4].callData;
@@ -252,12 +275,19 @@ mod tests {
     fn calldata_len_formula_matches_encoder() {
         for n in [0usize, 1, 3, 50, 200] {
             let holders: Vec<_> = (0..n).map(|i| addr(i as u8)).collect();
-            assert_eq!(encode_chunk(&contracts(), &holders).len(), chunk_calldata_len(n), "n={n}");
+            assert_eq!(
+                encode_chunk(&contracts(), &holders).len(),
+                chunk_calldata_len(n),
+                "n={n}"
+            );
         }
     }
 
     fn result(success: bool, data: Vec<u8>) -> Result3 {
-        Result3 { success, returnData: Bytes::from(data) }
+        Result3 {
+            success,
+            returnData: Bytes::from(data),
+        }
     }
 
     #[test]
@@ -267,33 +297,60 @@ mod tests {
         assert_eq!(decode_uint(&result(true, vec![0; 32])), Ok(U256::ZERO));
         let failed = decode_uint(&result(false, U256::from(999).abi_encode()));
         assert!(matches!(failed, Err(SubcallFailure::Reverted(_))));
-        assert_eq!(decode_uint(&result(true, vec![])), Err(SubcallFailure::Empty));
-        assert_eq!(decode_uint(&result(true, vec![1; 31])), Err(SubcallFailure::Short(31)));
+        assert_eq!(
+            decode_uint(&result(true, vec![])),
+            Err(SubcallFailure::Empty)
+        );
+        assert_eq!(
+            decode_uint(&result(true, vec![1; 31])),
+            Err(SubcallFailure::Short(31))
+        );
         assert_eq!(decode_uint(&result(true, vec![0xff; 32])), Ok(U256::MAX));
     }
 
     #[test]
     fn aggregate3_results_round_trip_and_count_is_checked() {
-        let results = vec![result(true, U256::from(42).abi_encode()), result(false, vec![])];
+        let results = vec![
+            result(true, U256::from(42).abi_encode()),
+            result(false, vec![]),
+        ];
         let encoded = results.abi_encode();
         let decoded = decode_aggregate3(&encoded, 2).unwrap();
         assert_eq!(decode_uint(&decoded[0]), Ok(U256::from(42)));
         assert!(decode_uint(&decoded[1]).is_err());
         assert_eq!(
             decode_aggregate3(&encoded, 3),
-            Err(DecodeError::CountMismatch { expected: 3, got: 2 })
+            Err(DecodeError::CountMismatch {
+                expected: 3,
+                got: 2
+            })
         );
         assert_eq!(decode_aggregate3(&[], 3), Err(DecodeError::NoCode));
-        assert!(matches!(decode_aggregate3(&[1, 2, 3], 3), Err(DecodeError::Abi(_))));
+        assert!(matches!(
+            decode_aggregate3(&[1, 2, 3], 3),
+            Err(DecodeError::Abi(_))
+        ));
     }
 
     #[test]
     fn revert_reasons_are_readable() {
-        let data = ErrorCall { reason: "MockAudioToken: forced revert".into() }.abi_encode();
-        assert_eq!(revert_reason(&data).as_deref(), Some("MockAudioToken: forced revert"));
+        let data = ErrorCall {
+            reason: "MockAudioToken: forced revert".into(),
+        }
+        .abi_encode();
+        assert_eq!(
+            revert_reason(&data).as_deref(),
+            Some("MockAudioToken: forced revert")
+        );
         let msg = SubcallFailure::Reverted(data).to_string();
-        assert!(msg.contains("forced revert") && msg.contains("0x08c379a0"), "{msg}");
-        assert_eq!(SubcallFailure::Reverted(vec![]).to_string(), "reverted without data");
+        assert!(
+            msg.contains("forced revert") && msg.contains("0x08c379a0"),
+            "{msg}"
+        );
+        assert_eq!(
+            SubcallFailure::Reverted(vec![]).to_string(),
+            "reverted without data"
+        );
         assert_eq!(revert_reason(&[0xde, 0xad]), None);
     }
 

@@ -1,12 +1,14 @@
 //! Parsing and normalising wallet strings.
 //!
-//! Accepted: `0x`/`0X` followed by exactly 40 hex digits. All-lowercase and all-uppercase digits are
-//! taken as they are; a mixed-case address is an EIP-55 checksum and must verify (a wrong checksum
-//! is almost always a typo, so it is refused rather than silently read). Whitespace is never
-//! trimmed: `' 0xab…'` is refused, because a DBA passing it has a bug upstream worth seeing.
+//! Accepted: `0x`/`0X` followed by exactly 40 hex digits, in any case. Mixed case is *not* checked
+//! against EIP-55, on purpose: the seed (go-ethereum's `HexToAddress`) never checked it and real
+//! Audius data does not always pass it — Audius's own config spells the AUDIO token
+//! `0x18aAA7115705e8be94bfFEbDE57Af9BFc265B998`, whose checksum is wrong (`…FFEBDE…`). Refusing such
+//! values would break the sweep on data the seed handled. Whitespace is never trimmed:
+//! `' 0xab…'` is refused, because a DBA passing it has a bug upstream worth seeing.
 //! The normal form is lowercase `0x` + 40 hex, which is what `eth_wallet_balances.wallet` stores.
 
-use alloy_primitives::{keccak256, Address};
+use alloy_primitives::Address;
 use std::fmt;
 
 /// Why a wallet string was refused.
@@ -15,7 +17,6 @@ pub enum AddressError {
     MissingPrefix,
     WrongLength(usize),
     NotHex(char),
-    BadChecksum,
 }
 
 impl fmt::Display for AddressError {
@@ -26,9 +27,6 @@ impl fmt::Display for AddressError {
                 write!(f, "has {n} hex digits after 0x, expected 40")
             }
             AddressError::NotHex(c) => write!(f, "contains non-hex character {c:?}"),
-            AddressError::BadChecksum => {
-                write!(f, "is mixed-case but fails the EIP-55 checksum (typo?)")
-            }
         }
     }
 }
@@ -47,12 +45,7 @@ pub fn parse_address(s: &str) -> Result<Address, AddressError> {
     if digits.len() != 40 {
         return Err(AddressError::WrongLength(digits.len()));
     }
-    let has_lower = digits.bytes().any(|b| b.is_ascii_lowercase());
-    let has_upper = digits.bytes().any(|b| b.is_ascii_uppercase());
     let lower = digits.to_ascii_lowercase();
-    if has_lower && has_upper && checksum_digits(&lower) != digits {
-        return Err(AddressError::BadChecksum);
-    }
     let mut bytes = [0u8; 20];
     for (i, chunk) in lower.as_bytes().chunks(2).enumerate() {
         bytes[i] = (hex_val(chunk[0]) << 4) | hex_val(chunk[1]);
@@ -66,13 +59,15 @@ pub fn normalize(addr: &Address) -> String {
 }
 
 /// EIP-55 checksummed form (`0x` + mixed-case hex).
+#[cfg(test)]
 pub fn to_checksum(addr: &Address) -> String {
     let lower = format!("{addr:x}");
     format!("0x{}", checksum_digits(&lower))
 }
 
+#[cfg(test)]
 fn checksum_digits(lower40: &str) -> String {
-    let hash = keccak256(lower40.as_bytes());
+    let hash = alloy_primitives::keccak256(lower40.as_bytes());
     lower40
         .char_indices()
         .map(|(i, c)| {
@@ -121,14 +116,28 @@ mod tests {
         let v = VECTORS[0];
         let upper = format!("0X{}", &v[2..].to_ascii_uppercase());
         let lower = v.to_ascii_lowercase();
-        assert_eq!(parse_address(&upper).unwrap(), parse_address(&lower).unwrap());
+        assert_eq!(
+            parse_address(&upper).unwrap(),
+            parse_address(&lower).unwrap()
+        );
     }
 
     #[test]
     fn bad_inputs_refused_with_reason() {
-        let bad_checksum = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD";
-        assert_eq!(parse_address(bad_checksum), Err(AddressError::BadChecksum));
-        assert_eq!(parse_address("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"), Err(AddressError::MissingPrefix));
+        // A wrong EIP-55 checksum is accepted (see module docs): Audius's AUDIO address has one.
+        let audio = parse_address("0x18aAA7115705e8be94bfFEbDE57Af9BFc265B998").unwrap();
+        assert_ne!(
+            to_checksum(&audio),
+            "0x18aAA7115705e8be94bfFEbDE57Af9BFc265B998"
+        );
+        assert_eq!(
+            normalize(&audio),
+            "0x18aaa7115705e8be94bffebde57af9bfc265b998"
+        );
+        assert_eq!(
+            parse_address("5aaeb6053f3e94c9b9a09f33669435e7ef1beaed"),
+            Err(AddressError::MissingPrefix)
+        );
         assert_eq!(parse_address("0x1234"), Err(AddressError::WrongLength(4)));
         assert_eq!(
             parse_address("0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed00"),

@@ -6,8 +6,8 @@
 //! a single holder. Any other chunk failure fails the whole read: callers never see a partial set.
 
 use crate::eth::abi::{self, Contracts, Read, Result3, SubcallFailure};
-use alloy_primitives::{Address, U256};
 use alloy_primitives::ruint::aliases::U512;
+use alloy_primitives::{Address, U256};
 use std::fmt;
 
 /// The three values for one holder, as read at `block`.
@@ -31,9 +31,9 @@ impl HolderBalance {
 
     /// balance + staked + delegated, exactly (may exceed 2^256), or None if any read failed.
     pub fn total(&self) -> Option<U512> {
-        self.parts()
-            .iter()
-            .try_fold(U512::ZERO, |acc, (_, r)| r.as_ref().ok().map(|v| acc + U512::from(*v)))
+        self.parts().iter().try_fold(U512::ZERO, |acc, (_, r)| {
+            r.as_ref().ok().map(|v| acc + U512::from(*v))
+        })
     }
 
     /// Which sub-calls failed and why, e.g. `balanceOf reverted: "…" (0x08c3…)`; None if all passed.
@@ -141,7 +141,8 @@ fn read_chunk<E>(
 
 /// Decodes one aggregate3 answer for `chunk` (public for tests and fuzzing).
 pub fn decode_chunk<E>(chunk: &[Address], raw: &[u8]) -> Result<Vec<HolderBalance>, ChunkError<E>> {
-    let results = abi::decode_aggregate3(raw, abi::subcall_count(chunk.len())).map_err(ChunkError::Decode)?;
+    let results =
+        abi::decode_aggregate3(raw, abi::subcall_count(chunk.len())).map_err(ChunkError::Decode)?;
     let block = abi::decode_uint(&results[0]).map_err(ChunkError::BlockNumber)?;
     let block = u64::try_from(block).unwrap_or(u64::MAX);
     let per_holder: &[Result3] = &results[1..];
@@ -173,11 +174,19 @@ mod tests {
     }
 
     fn contracts() -> Contracts {
-        Contracts { multicall: addr(1), token: addr(2), staking: addr(3), delegate_manager: addr(4) }
+        Contracts {
+            multicall: addr(1),
+            token: addr(2),
+            staking: addr(3),
+            delegate_manager: addr(4),
+        }
     }
 
     fn ok(v: U256) -> Result3 {
-        Result3 { success: true, returnData: Bytes::from(v.abi_encode()) }
+        Result3 {
+            success: true,
+            returnData: Bytes::from(v.abi_encode()),
+        }
     }
 
     /// A fake chain: value of holder h on contract c = h*10 + c; holder 0xdead reverts on staking.
@@ -189,9 +198,18 @@ mod tests {
         let mut results = vec![ok(U256::from(777u64))];
         for c in &call.calls[1..] {
             let holder = U256::from_be_slice(&c.callData[4..36]).to::<u64>();
-            let which = if c.target == addr(2) { 1 } else if c.target == addr(3) { 2 } else { 3 };
+            let which = if c.target == addr(2) {
+                1
+            } else if c.target == addr(3) {
+                2
+            } else {
+                3
+            };
             if holder == 0xdead && which == 2 {
-                results.push(Result3 { success: false, returnData: Bytes::new() });
+                results.push(Result3 {
+                    success: false,
+                    returnData: Bytes::new(),
+                });
             } else {
                 results.push(ok(U256::from(holder * 10 + which)));
             }
@@ -203,35 +221,87 @@ mod tests {
     fn sums_and_failures_per_holder() {
         let holders = [addr(5), addr(0xdead), addr(7)];
         let mut stats = ReadStats::default();
-        let out = read_all(&contracts(), &holders, 200, 0, |c, _| fake_node(c, 1000), |_| false, &mut stats).unwrap();
+        let out = read_all(
+            &contracts(),
+            &holders,
+            200,
+            0,
+            |c, _| fake_node(c, 1000),
+            |_| false,
+            &mut stats,
+        )
+        .unwrap();
         assert_eq!(stats.requests, 1);
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].total(), Some(U512::from(51 + 52 + 53)));
         assert_eq!(out[0].block, 777);
         assert_eq!(out[1].total(), None);
-        assert_eq!(out[1].error().unwrap(), "totalStakedFor reverted without data");
+        assert_eq!(
+            out[1].error().unwrap(),
+            "totalStakedFor reverted without data"
+        );
         assert!(out[1].token.is_ok() && out[1].delegated.is_ok());
         assert_eq!(out[2].wallet, addr(7));
     }
 
     #[test]
     fn totals_beyond_u256_are_exact() {
-        let h = HolderBalance { wallet: addr(1), token: Ok(U256::MAX), staked: Ok(U256::MAX), delegated: Ok(U256::from(2)), block: 1 };
-        assert_eq!(h.total().unwrap(), U512::from(U256::MAX) * U512::from(2) + U512::from(2));
+        let h = HolderBalance {
+            wallet: addr(1),
+            token: Ok(U256::MAX),
+            staked: Ok(U256::MAX),
+            delegated: Ok(U256::from(2)),
+            block: 1,
+        };
+        assert_eq!(
+            h.total().unwrap(),
+            U512::from(U256::MAX) * U512::from(2) + U512::from(2)
+        );
     }
 
     #[test]
     fn chunking_and_halving() {
         let holders: Vec<_> = (10..410).map(addr).collect();
         let mut stats = ReadStats::default();
-        let out = read_all(&contracts(), &holders, 200, 0, |c, _| fake_node(c, 50), |e| e.contains("out of gas"), &mut stats).unwrap();
-        assert_eq!(out.iter().map(|h| h.wallet).collect::<Vec<_>>(), holders, "order kept");
+        let out = read_all(
+            &contracts(),
+            &holders,
+            200,
+            0,
+            |c, _| fake_node(c, 50),
+            |e| e.contains("out of gas"),
+            &mut stats,
+        )
+        .unwrap();
+        assert_eq!(
+            out.iter().map(|h| h.wallet).collect::<Vec<_>>(),
+            holders,
+            "order kept"
+        );
         assert!(out.iter().all(|h| h.total().is_some()));
         // 2 chunks of 200 → 4 of 100 → 8 of 50: 2 + 4 + 8 requests, 6 splits
-        assert_eq!(stats, ReadStats { requests: 14, splits: 6 });
+        assert_eq!(
+            stats,
+            ReadStats {
+                requests: 14,
+                splits: 6
+            }
+        );
         let mut stats = ReadStats::default();
-        let err = read_all(&contracts(), &holders[..4], 200, 0, |c, _| fake_node(c, 0), |e| e.contains("out of gas"), &mut stats);
-        assert_eq!(err, Err(ChunkError::Fetch("out of gas".into())), "a single holder that still fails is an error");
+        let err = read_all(
+            &contracts(),
+            &holders[..4],
+            200,
+            0,
+            |c, _| fake_node(c, 0),
+            |e| e.contains("out of gas"),
+            &mut stats,
+        );
+        assert_eq!(
+            err,
+            Err(ChunkError::Fetch("out of gas".into())),
+            "a single holder that still fails is an error"
+        );
     }
 
     #[test]
@@ -239,7 +309,22 @@ mod tests {
         let holders: Vec<_> = (0..300).map(addr).collect();
         let mut n = 0;
         let mut stats = ReadStats::default();
-        let r = read_all(&contracts(), &holders, 100, 0, |c, _| { n += 1; if n == 2 { Err("boom".to_string()) } else { fake_node(c, 1000) } }, |_| false, &mut stats);
+        let r = read_all(
+            &contracts(),
+            &holders,
+            100,
+            0,
+            |c, _| {
+                n += 1;
+                if n == 2 {
+                    Err("boom".to_string())
+                } else {
+                    fake_node(c, 1000)
+                }
+            },
+            |_| false,
+            &mut stats,
+        );
         assert_eq!(r, Err(ChunkError::Fetch("boom".into())));
     }
 
@@ -248,23 +333,50 @@ mod tests {
         assert_eq!(effective_chunk_size(200, 0), 200);
         assert_eq!(effective_chunk_size(0, 0), 1);
         let n = effective_chunk_size(200, 100_000);
-        assert!(request_bytes(n) <= 100_000 && request_bytes(n + 1) > 100_000, "n={n}");
+        assert!(
+            request_bytes(n) <= 100_000 && request_bytes(n + 1) > 100_000,
+            "n={n}"
+        );
         assert_eq!(effective_chunk_size(200, 10), 1);
         // the real encoder agrees with the estimate (hex doubles, plus JSON overhead)
         let holders: Vec<_> = (0..n as u32).map(addr).collect();
-        let body = crate::eth::rpc::eth_call_body(1, "0xca11bde05977b3631167028862be2a173976ca11", &abi::encode_chunk(&contracts(), &holders));
-        assert!(body.len() <= request_bytes(n), "{} > {}", body.len(), request_bytes(n));
+        let body = crate::eth::rpc::eth_call_body(
+            1,
+            "0xca11bde05977b3631167028862be2a173976ca11",
+            &abi::encode_chunk(&contracts(), &holders),
+        );
+        assert!(
+            body.len() <= request_bytes(n),
+            "{} > {}",
+            body.len(),
+            request_bytes(n)
+        );
     }
 
     #[test]
     fn bad_answers_are_chunk_errors() {
         let chunk = [addr(1)];
         let short = vec![ok(U256::from(1u8)); 3].abi_encode();
-        assert!(matches!(decode_chunk::<()>(&chunk, &short), Err(ChunkError::Decode(abi::DecodeError::CountMismatch { expected: 4, got: 3 }))));
+        assert!(matches!(
+            decode_chunk::<()>(&chunk, &short),
+            Err(ChunkError::Decode(abi::DecodeError::CountMismatch {
+                expected: 4,
+                got: 3
+            }))
+        ));
         let mut bad_block = vec![ok(U256::from(1u8)); 4];
-        bad_block[0] = Result3 { success: false, returnData: Bytes::new() };
-        assert!(matches!(decode_chunk::<()>(&chunk, &bad_block.abi_encode()), Err(ChunkError::BlockNumber(_))));
-        assert!(matches!(decode_chunk::<()>(&chunk, &[]), Err(ChunkError::Decode(abi::DecodeError::NoCode))));
+        bad_block[0] = Result3 {
+            success: false,
+            returnData: Bytes::new(),
+        };
+        assert!(matches!(
+            decode_chunk::<()>(&chunk, &bad_block.abi_encode()),
+            Err(ChunkError::BlockNumber(_))
+        ));
+        assert!(matches!(
+            decode_chunk::<()>(&chunk, &[]),
+            Err(ChunkError::Decode(abi::DecodeError::NoCode))
+        ));
     }
 
     proptest! {

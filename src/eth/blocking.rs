@@ -39,7 +39,10 @@ pub fn run_interruptible<T: Send + 'static>(
 }
 
 /// Sleeps for `d`, calling `poll` every `POLL_SLICE`.
-pub fn sleep_interruptible(d: Duration, poll: &mut dyn FnMut() -> Result<(), Interrupted>) -> Result<(), Interrupted> {
+pub fn sleep_interruptible(
+    d: Duration,
+    poll: &mut dyn FnMut() -> Result<(), Interrupted>,
+) -> Result<(), Interrupted> {
     let end = Instant::now() + d;
     loop {
         poll()?;
@@ -59,7 +62,9 @@ fn spawn_with_signals_blocked(f: impl FnOnce() + Send + 'static) {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let spawned = std::thread::Builder::new().name("audius_indexer rpc".into()).spawn(f);
+        let spawned = std::thread::Builder::new()
+            .name("audius_indexer rpc".into())
+            .spawn(f);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         spawned.expect("cannot start the RPC helper thread");
     }
@@ -83,13 +88,14 @@ mod tests {
     fn poll_can_abandon_a_hung_call() {
         let start = Instant::now();
         let mut polls = 0;
-        let r = run_interruptible(
-            || std::thread::sleep(Duration::from_secs(5)),
-            &mut || {
-                polls += 1;
-                if polls >= 3 { Err(Interrupted) } else { Ok(()) }
-            },
-        );
+        let r = run_interruptible(|| std::thread::sleep(Duration::from_secs(5)), &mut || {
+            polls += 1;
+            if polls >= 3 {
+                Err(Interrupted)
+            } else {
+                Ok(())
+            }
+        });
         assert_eq!(r, Err(Interrupted));
         assert!(start.elapsed() < Duration::from_secs(1));
     }
@@ -100,7 +106,8 @@ mod tests {
             || unsafe {
                 let mut cur: libc::sigset_t = std::mem::zeroed();
                 libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
-                libc::sigismember(&cur, libc::SIGINT) == 1 && libc::sigismember(&cur, libc::SIGALRM) == 1
+                libc::sigismember(&cur, libc::SIGINT) == 1
+                    && libc::sigismember(&cur, libc::SIGALRM) == 1
             },
             &mut || Ok(()),
         );
@@ -117,7 +124,11 @@ mod tests {
     fn sleep_is_interruptible() {
         let start = Instant::now();
         let r = sleep_interruptible(Duration::from_secs(5), &mut || {
-            if start.elapsed() > Duration::from_millis(50) { Err(Interrupted) } else { Ok(()) }
+            if start.elapsed() > Duration::from_millis(50) {
+                Err(Interrupted)
+            } else {
+                Ok(())
+            }
         });
         assert_eq!(r, Err(Interrupted));
         assert!(start.elapsed() < Duration::from_secs(1));

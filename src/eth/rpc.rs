@@ -25,7 +25,9 @@ impl Endpoint {
             .split_once("://")
             .ok_or_else(|| "is not a URL (expected http://host[:port]/…)".to_string())?;
         if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-            return Err(format!("uses scheme {scheme:?}; only http and https are allowed"));
+            return Err(format!(
+                "uses scheme {scheme:?}; only http and https are allowed"
+            ));
         }
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -35,7 +37,10 @@ impl Endpoint {
         if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("contains whitespace".to_string());
         }
-        Ok(Endpoint { url: url.to_string(), host: host.to_ascii_lowercase() })
+        Ok(Endpoint {
+            url: url.to_string(),
+            host: host.to_ascii_lowercase(),
+        })
     }
 
     /// `host[:port]`: what messages and statistics show.
@@ -79,11 +84,20 @@ pub enum RpcErrorKind {
     /// The connection broke or the body ended early.
     ConnectionLost(String),
     /// Rate limited: HTTP 429 or a provider's rate-limit error.
-    RateLimited { detail: String, retry_after: Option<Duration> },
+    RateLimited {
+        detail: String,
+        retry_after: Option<Duration>,
+    },
     /// An HTTP status other than 200 (429 is `RateLimited`, 3xx is `Redirect`).
-    HttpStatus { status: u16, retry_after: Option<Duration> },
+    HttpStatus {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     /// A 3xx answer; redirects are never followed.
-    Redirect { status: u16, location_host: Option<String> },
+    Redirect {
+        status: u16,
+        location_host: Option<String>,
+    },
     /// The body is not a JSON-RPC answer, or the result is not well-formed hex.
     BadResponse(String),
     /// The node answered with a JSON-RPC error object.
@@ -103,7 +117,10 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(ep: &Endpoint, kind: RpcErrorKind) -> RpcError {
-        RpcError { host: ep.host.clone(), kind }
+        RpcError {
+            host: ep.host.clone(),
+            kind,
+        }
     }
 
     /// Worth retrying (possibly elsewhere): network trouble, rate limits, gateway errors.
@@ -122,14 +139,16 @@ impl RpcError {
 
     /// The chunk may succeed if split into smaller requests.
     pub fn wants_smaller_chunk(&self) -> bool {
-        matches!(self.kind, RpcErrorKind::OutOfGas(_) | RpcErrorKind::TooLarge(_))
+        matches!(
+            self.kind,
+            RpcErrorKind::OutOfGas(_) | RpcErrorKind::TooLarge(_)
+        )
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
         match &self.kind {
-            RpcErrorKind::RateLimited { retry_after, .. } | RpcErrorKind::HttpStatus { retry_after, .. } => {
-                *retry_after
-            }
+            RpcErrorKind::RateLimited { retry_after, .. }
+            | RpcErrorKind::HttpStatus { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -142,9 +161,9 @@ impl RpcError {
             RpcErrorKind::JsonRpc { .. } | RpcErrorKind::OutOfGas(_) => "38000",
             RpcErrorKind::RateLimited { .. } => "53400",
             RpcErrorKind::TooLarge(_) => "54000",
-            RpcErrorKind::HttpStatus { .. } | RpcErrorKind::Redirect { .. } | RpcErrorKind::BadResponse(_) => {
-                "08P01"
-            }
+            RpcErrorKind::HttpStatus { .. }
+            | RpcErrorKind::Redirect { .. }
+            | RpcErrorKind::BadResponse(_) => "08P01",
         }
     }
 }
@@ -158,19 +177,31 @@ impl fmt::Display for RpcError {
                 write!(f, "RPC host {h} did not answer within {} ms", t.as_millis())
             }
             RpcErrorKind::ConnectionLost(d) => write!(f, "connection to RPC host {h} lost: {d}"),
-            RpcErrorKind::RateLimited { detail, .. } => write!(f, "RPC host {h} rate-limited the request: {detail}"),
-            RpcErrorKind::HttpStatus { status, .. } => write!(f, "RPC host {h} answered HTTP {status}"),
-            RpcErrorKind::Redirect { status, location_host } => write!(
+            RpcErrorKind::RateLimited { detail, .. } => {
+                write!(f, "RPC host {h} rate-limited the request: {detail}")
+            }
+            RpcErrorKind::HttpStatus { status, .. } => {
+                write!(f, "RPC host {h} answered HTTP {status}")
+            }
+            RpcErrorKind::Redirect {
+                status,
+                location_host,
+            } => write!(
                 f,
                 "RPC host {h} answered HTTP {status} redirect{}; redirects are not followed",
-                location_host.as_ref().map(|l| format!(" to {l}")).unwrap_or_default()
+                location_host
+                    .as_ref()
+                    .map(|l| format!(" to {l}"))
+                    .unwrap_or_default()
             ),
             RpcErrorKind::BadResponse(d) => write!(f, "RPC host {h} sent an unusable answer: {d}"),
             RpcErrorKind::JsonRpc { code, message } => {
                 write!(f, "RPC host {h} answered JSON-RPC error {code}: {message}")
             }
             RpcErrorKind::OutOfGas(m) => write!(f, "RPC host {h}: eth_call ran out of gas: {m}"),
-            RpcErrorKind::TooLarge(m) => write!(f, "RPC host {h}: request or response too large: {m}"),
+            RpcErrorKind::TooLarge(m) => {
+                write!(f, "RPC host {h}: request or response too large: {m}")
+            }
         }
     }
 }
@@ -182,20 +213,39 @@ fn is_transient_jsonrpc(code: i64, message: &str) -> bool {
     // -32005 limit exceeded (EIP-1474), -32007 QuickNode, -32090 Ankr-style, 429 as a code;
     // "header not found"/"missing trie node" = a lagging node behind a load balancer.
     matches!(code, -32005 | -32007 | -32090 | 429)
-        || ["rate limit", "too many requests", "exceeded its compute units", "request rate exceeded",
-            "capacity", "throughput", "header not found", "try again", "temporarily unavailable"]
-            .iter()
-            .any(|p| m.contains(p))
+        || [
+            "rate limit",
+            "too many requests",
+            "exceeded its compute units",
+            "request rate exceeded",
+            "capacity",
+            "throughput",
+            "header not found",
+            "try again",
+            "temporarily unavailable",
+        ]
+        .iter()
+        .any(|p| m.contains(p))
 }
 
 fn classify_jsonrpc(code: i64, message: String) -> RpcErrorKind {
     let m = message.to_ascii_lowercase();
-    if m.contains("out of gas") || m.contains("gas required exceeds") || m.contains("gas limit reached") {
+    if m.contains("out of gas")
+        || m.contains("gas required exceeds")
+        || m.contains("gas limit reached")
+    {
         RpcErrorKind::OutOfGas(message)
-    } else if ["response size", "response too large", "result too large", "request too large",
-               "request entity too large", "payload too large", "too many sub-calls"]
-        .iter()
-        .any(|p| m.contains(p))
+    } else if [
+        "response size",
+        "response too large",
+        "result too large",
+        "request too large",
+        "request entity too large",
+        "payload too large",
+        "too many sub-calls",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
     {
         RpcErrorKind::TooLarge(message)
     } else if matches!(code, -32005 | -32007 | -32090 | 429)
@@ -204,7 +254,10 @@ fn classify_jsonrpc(code: i64, message: String) -> RpcErrorKind {
         || m.contains("exceeded its compute units")
         || m.contains("request rate exceeded")
     {
-        RpcErrorKind::RateLimited { detail: format!("JSON-RPC error {code}: {message}"), retry_after: None }
+        RpcErrorKind::RateLimited {
+            detail: format!("JSON-RPC error {code}: {message}"),
+            retry_after: None,
+        }
     } else {
         RpcErrorKind::JsonRpc { code, message }
     }
@@ -228,15 +281,28 @@ pub fn parse_http_answer(
     let err = |kind| Err(RpcError::new(ep, kind));
     match status {
         200 => {}
-        429 => return err(RpcErrorKind::RateLimited { detail: "HTTP 429".into(), retry_after }),
+        429 => {
+            return err(RpcErrorKind::RateLimited {
+                detail: "HTTP 429".into(),
+                retry_after,
+            })
+        }
         413 => return err(RpcErrorKind::TooLarge("HTTP 413".into())),
         300..=399 => {
             let location_host = location
                 .and_then(|l| Endpoint::parse(l).ok())
                 .map(|e| e.host().to_string());
-            return err(RpcErrorKind::Redirect { status, location_host });
+            return err(RpcErrorKind::Redirect {
+                status,
+                location_host,
+            });
         }
-        _ => return err(RpcErrorKind::HttpStatus { status, retry_after }),
+        _ => {
+            return err(RpcErrorKind::HttpStatus {
+                status,
+                retry_after,
+            })
+        }
     }
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -250,26 +316,45 @@ pub fn parse_http_answer(
     };
     if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
         let code = e.get("code").and_then(Value::as_i64).unwrap_or(0);
-        let mut message = e.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut message = e
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if let Some(data) = e.get("data").filter(|d| !d.is_null()) {
-            let data = data.as_str().map(str::to_string).unwrap_or_else(|| data.to_string());
+            let data = data
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| data.to_string());
             message.push_str(&format!(" (data: {})", truncate(&data, 300)));
         }
         return err(classify_jsonrpc(code, truncate(&message, 500)));
     }
     match v.get("result") {
         Some(r) => Ok(r.clone()),
-        None => err(RpcErrorKind::BadResponse("JSON without result or error".into())),
+        None => err(RpcErrorKind::BadResponse(
+            "JSON without result or error".into(),
+        )),
     }
 }
 
 /// Decodes a `0x…` hex quantity/data string.
 pub fn decode_hex_result(ep: &Endpoint, v: &Value) -> Result<Vec<u8>, RpcError> {
     let bad = |d: String| RpcError::new(ep, RpcErrorKind::BadResponse(d));
-    let s = v.as_str().ok_or_else(|| bad(format!("result is not a hex string: {}", truncate(&v.to_string(), 60))))?;
-    let digits = s.strip_prefix("0x").ok_or_else(|| bad(format!("malformed hex result (no 0x): {}", truncate(s, 60))))?;
+    let s = v.as_str().ok_or_else(|| {
+        bad(format!(
+            "result is not a hex string: {}",
+            truncate(&v.to_string(), 60)
+        ))
+    })?;
+    let digits = s
+        .strip_prefix("0x")
+        .ok_or_else(|| bad(format!("malformed hex result (no 0x): {}", truncate(s, 60))))?;
     if digits.len() % 2 != 0 {
-        return Err(bad(format!("malformed hex result (odd length {})", digits.len())));
+        return Err(bad(format!(
+            "malformed hex result (odd length {})",
+            digits.len()
+        )));
     }
     let mut out = Vec::with_capacity(digits.len() / 2);
     for pair in digits.as_bytes().chunks(2) {
@@ -277,7 +362,12 @@ pub fn decode_hex_result(ep: &Endpoint, v: &Value) -> Result<Vec<u8>, RpcError> 
         let lo = (pair[1] as char).to_digit(16);
         match (hi, lo) {
             (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
-            _ => return Err(bad(format!("malformed hex result near {:?}", String::from_utf8_lossy(pair)))),
+            _ => {
+                return Err(bad(format!(
+                    "malformed hex result near {:?}",
+                    String::from_utf8_lossy(pair)
+                )))
+            }
         }
     }
     Ok(out)
@@ -310,7 +400,12 @@ pub fn request_body(id: u64, method: &str, params: Value) -> String {
 }
 
 /// One HTTP POST of a JSON-RPC body. Blocking: call it on a helper thread (see `blocking.rs`).
-pub fn http_post(ep: &Endpoint, body: &str, timeout: Duration, max_response_bytes: u64) -> Result<Value, RpcError> {
+pub fn http_post(
+    ep: &Endpoint,
+    body: &str,
+    timeout: Duration,
+    max_response_bytes: u64,
+) -> Result<Value, RpcError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .max_redirects(0)
@@ -326,7 +421,12 @@ pub fn http_post(ep: &Endpoint, body: &str, timeout: Duration, max_response_byte
         .send(body)
         .map_err(|e| RpcError::new(ep, classify_transport_error(e, timeout)))?;
     let status = resp.status().as_u16();
-    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let retry_after = header("retry-after");
     let location = header("location");
     let mut buf = Vec::new();
@@ -342,7 +442,9 @@ pub fn http_post(ep: &Endpoint, body: &str, timeout: Duration, max_response_byte
             _ => {
                 let msg = e.to_string();
                 if msg.contains("limit") || msg.contains("exceeds") {
-                    RpcErrorKind::TooLarge(format!("response larger than {max_response_bytes} bytes"))
+                    RpcErrorKind::TooLarge(format!(
+                        "response larger than {max_response_bytes} bytes"
+                    ))
                 } else {
                     RpcErrorKind::ConnectionLost(format!("reading the answer failed: {msg}"))
                 }
@@ -350,7 +452,13 @@ pub fn http_post(ep: &Endpoint, body: &str, timeout: Duration, max_response_byte
         };
         return Err(RpcError::new(ep, kind));
     }
-    parse_http_answer(ep, status, retry_after.as_deref(), location.as_deref(), &buf)
+    parse_http_answer(
+        ep,
+        status,
+        retry_after.as_deref(),
+        location.as_deref(),
+        &buf,
+    )
 }
 
 fn classify_transport_error(e: ureq::Error, timeout: Duration) -> RpcErrorKind {
@@ -360,8 +468,12 @@ fn classify_transport_error(e: ureq::Error, timeout: Duration) -> RpcErrorKind {
         E::HostNotFound => RpcErrorKind::Connect("host not found".into()),
         E::ConnectionFailed => RpcErrorKind::Connect("connection failed".into()),
         E::Io(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => RpcErrorKind::Connect("connection refused".into()),
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => RpcErrorKind::Timeout(timeout),
+            std::io::ErrorKind::ConnectionRefused => {
+                RpcErrorKind::Connect("connection refused".into())
+            }
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                RpcErrorKind::Timeout(timeout)
+            }
             std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::NotFound => {
                 RpcErrorKind::Connect(io.to_string())
             }
@@ -369,7 +481,10 @@ fn classify_transport_error(e: ureq::Error, timeout: Duration) -> RpcErrorKind {
         },
         E::BadUri(u) => RpcErrorKind::Connect(format!("bad URL: {}", truncate(&u, 0))),
         E::BodyExceedsLimit(n) => RpcErrorKind::TooLarge(format!("response larger than {n} bytes")),
-        E::TooManyRedirects | E::RedirectFailed => RpcErrorKind::Redirect { status: 0, location_host: None },
+        E::TooManyRedirects | E::RedirectFailed => RpcErrorKind::Redirect {
+            status: 0,
+            location_host: None,
+        },
         other => RpcErrorKind::ConnectionLost(other.to_string()),
     }
 }
@@ -394,7 +509,10 @@ impl RetryPolicy {
         if let Some(ra) = retry_after {
             return ra.min(self.cap);
         }
-        let step = self.base.saturating_mul(1u32 << (retry.saturating_sub(1)).min(20)).min(self.cap);
+        let step = self
+            .base
+            .saturating_mul(1u32 << (retry.saturating_sub(1)).min(20))
+            .min(self.cap);
         let half = step / 2;
         let span = step.saturating_sub(half).as_micros() as u64;
         half + Duration::from_micros(if span == 0 { 0 } else { random % (span + 1) })
@@ -424,7 +542,11 @@ pub struct Endpoints {
 impl Endpoints {
     pub fn new(list: Vec<Endpoint>, cooldown: Duration) -> Endpoints {
         let stats = vec![EndpointStats::default(); list.len()];
-        Endpoints { list, stats, cooldown }
+        Endpoints {
+            list,
+            stats,
+            cooldown,
+        }
     }
 
     /// Keeps statistics for endpoints that stay when the configured list changes.
@@ -432,7 +554,13 @@ impl Endpoints {
         if list != self.list {
             let stats = list
                 .iter()
-                .map(|e| self.list.iter().position(|o| o == e).map(|i| self.stats[i].clone()).unwrap_or_default())
+                .map(|e| {
+                    self.list
+                        .iter()
+                        .position(|o| o == e)
+                        .map(|i| self.stats[i].clone())
+                        .unwrap_or_default()
+                })
                 .collect();
             self.list = list;
             self.stats = stats;
@@ -458,7 +586,13 @@ impl Endpoints {
         best.map(|(i, _)| i)
     }
 
-    pub fn record(&mut self, i: usize, now: Instant, latency: Duration, outcome: Result<(), &RpcError>) {
+    pub fn record(
+        &mut self,
+        i: usize,
+        now: Instant,
+        latency: Duration,
+        outcome: Result<(), &RpcError>,
+    ) {
         let s = &mut self.stats[i];
         s.requests += 1;
         s.last_latency = Some(latency);
@@ -472,7 +606,14 @@ impl Endpoints {
                 s.failures += 1;
                 s.last_error = Some(e.to_string());
                 // Only endpoint trouble cools an endpoint down; a revert is the request's fault.
-                if e.is_transient() || matches!(e.kind, RpcErrorKind::HttpStatus { .. } | RpcErrorKind::BadResponse(_) | RpcErrorKind::Redirect { .. }) {
+                if e.is_transient()
+                    || matches!(
+                        e.kind,
+                        RpcErrorKind::HttpStatus { .. }
+                            | RpcErrorKind::BadResponse(_)
+                            | RpcErrorKind::Redirect { .. }
+                    )
+                {
                     s.consecutive_failures += 1;
                     let factor = 1u32 << (s.consecutive_failures - 1).min(6);
                     s.cooldown_until = Some(now + self.cooldown.saturating_mul(factor));
@@ -491,6 +632,15 @@ pub struct Interrupted;
 pub enum ExecError {
     Rpc(RpcError),
     Interrupted,
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecError::Rpc(e) => write!(f, "{e}"),
+            ExecError::Interrupted => write!(f, "interrupted"),
+        }
+    }
 }
 
 impl From<Interrupted> for ExecError {
@@ -577,30 +727,60 @@ mod tests {
         let e = ep("https://user:pw@Mainnet.Example.com:8545/v2/SECRETKEY?apikey=zzz");
         assert_eq!(e.to_string(), "mainnet.example.com:8545");
         assert_eq!(format!("{e:?}"), "Endpoint(mainnet.example.com:8545)");
-        let err = RpcError::new(&e, RpcErrorKind::HttpStatus { status: 500, retry_after: None });
+        let err = RpcError::new(
+            &e,
+            RpcErrorKind::HttpStatus {
+                status: 500,
+                retry_after: None,
+            },
+        );
         assert!(!err.to_string().contains("SECRET") && !err.to_string().contains("zzz"));
-        assert!(Endpoint::parse("file:///etc/passwd").unwrap_err().contains("only http and https"));
+        assert!(Endpoint::parse("file:///etc/passwd")
+            .unwrap_err()
+            .contains("only http and https"));
         assert!(Endpoint::parse("gopher://x").is_err());
         assert!(Endpoint::parse("localhost:8545").is_err());
         assert!(Endpoint::parse("http:///x").is_err());
-        assert_eq!(parse_endpoint_list(" http://a:1, https://b/k ").unwrap().len(), 2);
-        assert!(parse_endpoint_list("http://a, ftp://b").unwrap_err().starts_with("entry 2"));
+        assert_eq!(
+            parse_endpoint_list(" http://a:1, https://b/k ")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_endpoint_list("http://a, ftp://b")
+            .unwrap_err()
+            .starts_with("entry 2"));
     }
 
     #[test]
     fn http_answers_are_classified() {
         let e = ep("http://h:1/key");
-        let ok = parse_http_answer(&e, 200, None, None, br#"{"jsonrpc":"2.0","id":1,"result":"0x01"}"#);
+        let ok = parse_http_answer(
+            &e,
+            200,
+            None,
+            None,
+            br#"{"jsonrpc":"2.0","id":1,"result":"0x01"}"#,
+        );
         assert_eq!(ok.unwrap(), Value::String("0x01".into()));
         let r429 = parse_http_answer(&e, 429, Some("1"), None, b"").unwrap_err();
         assert!(r429.is_transient());
         assert_eq!(r429.retry_after(), Some(Duration::from_secs(1)));
-        assert!(parse_http_answer(&e, 503, None, None, b"").unwrap_err().is_transient());
+        assert!(parse_http_answer(&e, 503, None, None, b"")
+            .unwrap_err()
+            .is_transient());
         let r500 = parse_http_answer(&e, 500, None, None, b"").unwrap_err();
         assert!(!r500.is_transient());
         assert_eq!(r500.sqlstate(), "08P01");
-        let redirect = parse_http_answer(&e, 302, None, Some("http://evil:9/x?k=1"), b"").unwrap_err();
-        assert_eq!(redirect.kind, RpcErrorKind::Redirect { status: 302, location_host: Some("evil:9".into()) });
+        let redirect =
+            parse_http_answer(&e, 302, None, Some("http://evil:9/x?k=1"), b"").unwrap_err();
+        assert_eq!(
+            redirect.kind,
+            RpcErrorKind::Redirect {
+                status: 302,
+                location_host: Some("evil:9".into())
+            }
+        );
         let garbage = parse_http_answer(&e, 200, None, None, b"<html>").unwrap_err();
         assert_eq!(garbage.sqlstate(), "08P01");
         let revert = parse_http_answer(&e, 200, None, None,
@@ -608,27 +788,59 @@ mod tests {
         assert!(!revert.is_transient());
         assert_eq!(revert.sqlstate(), "38000");
         assert!(revert.to_string().contains("execution reverted"));
-        let limited = parse_http_answer(&e, 200, None, None,
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32005,"message":"limit exceeded"}}"#).unwrap_err();
+        let limited = parse_http_answer(
+            &e,
+            200,
+            None,
+            None,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32005,"message":"limit exceeded"}}"#,
+        )
+        .unwrap_err();
         assert!(limited.is_transient());
         let alchemy = parse_http_answer(&e, 200, None, None,
             br#"{"jsonrpc":"2.0","id":1,"error":{"code":429,"message":"Your app has exceeded its compute units per second capacity"}}"#).unwrap_err();
         assert!(alchemy.is_transient());
-        let oog = parse_http_answer(&e, 200, None, None,
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"out of gas"}}"#).unwrap_err();
+        let oog = parse_http_answer(
+            &e,
+            200,
+            None,
+            None,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"out of gas"}}"#,
+        )
+        .unwrap_err();
         assert!(oog.wants_smaller_chunk() && !oog.is_transient());
-        assert!(parse_http_answer(&e, 413, None, None, b"").unwrap_err().wants_smaller_chunk());
-        let invalid = parse_http_answer(&e, 200, None, None,
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"invalid params"}}"#).unwrap_err();
+        assert!(parse_http_answer(&e, 413, None, None, b"")
+            .unwrap_err()
+            .wants_smaller_chunk());
+        let invalid = parse_http_answer(
+            &e,
+            200,
+            None,
+            None,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"invalid params"}}"#,
+        )
+        .unwrap_err();
         assert!(!invalid.is_transient());
     }
 
     #[test]
     fn hex_results_are_checked() {
         let e = ep("http://h");
-        assert_eq!(decode_hex_result(&e, &json!("0x")).unwrap(), Vec::<u8>::new());
-        assert_eq!(decode_hex_result(&e, &json!("0x0aFF")).unwrap(), vec![0x0a, 0xff]);
-        for bad in [json!("0x123"), json!("12"), json!("0xzz"), json!(5), json!(null)] {
+        assert_eq!(
+            decode_hex_result(&e, &json!("0x")).unwrap(),
+            Vec::<u8>::new()
+        );
+        assert_eq!(
+            decode_hex_result(&e, &json!("0x0aFF")).unwrap(),
+            vec![0x0a, 0xff]
+        );
+        for bad in [
+            json!("0x123"),
+            json!("12"),
+            json!("0xzz"),
+            json!(5),
+            json!(null),
+        ] {
             let err = decode_hex_result(&e, &bad).unwrap_err();
             assert_eq!(err.sqlstate(), "08P01", "{bad}");
         }
@@ -640,21 +852,39 @@ mod tests {
         assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(parse_retry_after("-1"), None);
-        assert_eq!(parse_retry_after("99999999"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_retry_after("99999999"),
+            Some(Duration::from_secs(3600))
+        );
     }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
-        let p = RetryPolicy { max_retries: 5, base: Duration::from_millis(100), cap: Duration::from_secs(2), budget: Duration::from_secs(30) };
+        let p = RetryPolicy {
+            max_retries: 5,
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(2),
+            budget: Duration::from_secs(30),
+        };
         for r in 1..=8u32 {
             let step = Duration::from_millis(100 * (1u64 << (r - 1))).min(Duration::from_secs(2));
             for rnd in [0u64, 1, 12345, u64::MAX] {
                 let d = p.delay(r, None, rnd);
-                assert!(d >= step / 2 && d <= step, "retry {r}: {d:?} not in [{:?}, {step:?}]", step / 2);
+                assert!(
+                    d >= step / 2 && d <= step,
+                    "retry {r}: {d:?} not in [{:?}, {step:?}]",
+                    step / 2
+                );
             }
         }
-        assert_eq!(p.delay(1, Some(Duration::from_secs(1)), 7), Duration::from_secs(1));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(99)), 7), Duration::from_secs(2));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(1)), 7),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(99)), 7),
+            Duration::from_secs(2)
+        );
     }
 
     /// A fake clock and scripted answers per endpoint.
@@ -668,7 +898,10 @@ mod tests {
         policy: RetryPolicy,
         script: &mut dyn FnMut(&Endpoint) -> Result<u32, RpcErrorKind>,
     ) -> (Result<u32, ExecError>, Duration, Vec<String>) {
-        let sim = Sim { t: Cell::new(Instant::now()), sleeps: Cell::new(Duration::ZERO) };
+        let sim = Sim {
+            t: Cell::new(Instant::now()),
+            sleeps: Cell::new(Duration::ZERO),
+        };
         let mut log = Vec::new();
         let r = execute(
             eps,
@@ -691,7 +924,12 @@ mod tests {
     }
 
     fn policy(max_retries: u32) -> RetryPolicy {
-        RetryPolicy { max_retries, base: Duration::from_millis(200), cap: Duration::from_secs(5), budget: Duration::from_secs(20) }
+        RetryPolicy {
+            max_retries,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+            budget: Duration::from_secs(20),
+        }
     }
 
     #[test]
@@ -700,7 +938,14 @@ mod tests {
         let mut n = 0;
         let (r, slept, log) = run(&mut eps, policy(3), &mut |_| {
             n += 1;
-            if n == 1 { Err(RpcErrorKind::RateLimited { detail: "429".into(), retry_after: Some(Duration::from_secs(1)) }) } else { Ok(7) }
+            if n == 1 {
+                Err(RpcErrorKind::RateLimited {
+                    detail: "429".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                })
+            } else {
+                Ok(7)
+            }
         });
         assert_eq!(r, Ok(7));
         assert_eq!(slept, Duration::from_secs(1));
@@ -711,17 +956,32 @@ mod tests {
 
     #[test]
     fn deterministic_errors_are_not_retried() {
-        let mut eps = Endpoints::new(vec![ep("http://a:1"), ep("http://b:1")], Duration::from_secs(5));
-        let (r, slept, log) = run(&mut eps, policy(5), &mut |_| Err(RpcErrorKind::JsonRpc { code: 3, message: "execution reverted".into() }));
+        let mut eps = Endpoints::new(
+            vec![ep("http://a:1"), ep("http://b:1")],
+            Duration::from_secs(5),
+        );
+        let (r, slept, log) = run(&mut eps, policy(5), &mut |_| {
+            Err(RpcErrorKind::JsonRpc {
+                code: 3,
+                message: "execution reverted".into(),
+            })
+        });
         assert!(matches!(r, Err(ExecError::Rpc(_))));
         assert_eq!((slept, log.len()), (Duration::ZERO, 1));
     }
 
     #[test]
     fn failover_skips_a_refusing_endpoint_without_waiting() {
-        let mut eps = Endpoints::new(vec![ep("http://a:1"), ep("http://b:1")], Duration::from_secs(5));
+        let mut eps = Endpoints::new(
+            vec![ep("http://a:1"), ep("http://b:1")],
+            Duration::from_secs(5),
+        );
         let (r, slept, log) = run(&mut eps, policy(3), &mut |e| {
-            if e.host() == "a:1" { Err(RpcErrorKind::Connect("connection refused".into())) } else { Ok(1) }
+            if e.host() == "a:1" {
+                Err(RpcErrorKind::Connect("connection refused".into()))
+            } else {
+                Ok(1)
+            }
         });
         assert_eq!(r, Ok(1));
         assert_eq!(slept, Duration::ZERO);
@@ -736,19 +996,32 @@ mod tests {
     #[test]
     fn retries_are_bounded_by_count_and_budget() {
         let mut eps = Endpoints::new(vec![ep("http://a:1")], Duration::from_millis(1));
-        let (r, _, log) = run(&mut eps, policy(3), &mut |_| Err(RpcErrorKind::HttpStatus { status: 503, retry_after: None }));
+        let (r, _, log) = run(&mut eps, policy(3), &mut |_| {
+            Err(RpcErrorKind::HttpStatus {
+                status: 503,
+                retry_after: None,
+            })
+        });
         assert!(matches!(r, Err(ExecError::Rpc(_))));
         assert_eq!(log.len(), 4);
-        let tight = RetryPolicy { budget: Duration::from_millis(500), ..policy(100) };
+        let tight = RetryPolicy {
+            budget: Duration::from_millis(500),
+            ..policy(100)
+        };
         let mut eps = Endpoints::new(vec![ep("http://a:1")], Duration::from_millis(1));
-        let (r, slept, _) = run(&mut eps, tight, &mut |_| Err(RpcErrorKind::Timeout(Duration::from_secs(1))));
+        let (r, slept, _) = run(&mut eps, tight, &mut |_| {
+            Err(RpcErrorKind::Timeout(Duration::from_secs(1)))
+        });
         assert!(matches!(r, Err(ExecError::Rpc(_))));
         assert!(slept <= Duration::from_millis(500));
     }
 
     #[test]
     fn all_cooling_down_still_tries_the_soonest() {
-        let mut eps = Endpoints::new(vec![ep("http://a:1"), ep("http://b:1")], Duration::from_secs(60));
+        let mut eps = Endpoints::new(
+            vec![ep("http://a:1"), ep("http://b:1")],
+            Duration::from_secs(60),
+        );
         let now = Instant::now();
         eps.stats[0].cooldown_until = Some(now + Duration::from_secs(30));
         eps.stats[1].cooldown_until = Some(now + Duration::from_secs(10));

@@ -1,0 +1,84 @@
+-- audius_indexer: partial GIN indexes serving the dedupe lookups of the triggers.
+--
+-- Run with psql, OUTSIDE a transaction (CREATE INDEX CONCURRENTLY refuses to run in one, and cannot be
+-- part of CREATE EXTENSION):
+--
+--     psql -X -v ON_ERROR_STOP=1 -d audius -f sql/indexes.sql                 # tables in schema public
+--     psql -X -v ON_ERROR_STOP=1 -v schema=other -d audius -f sql/indexes.sql # tables elsewhere
+--
+-- Both lookups have the shape
+--     SELECT id FROM notification WHERE type = '<type>' AND user_ids @> ARRAY[$1]::integer[]
+--                                   AND "timestamp" >= ($2 - interval '1 hour') LIMIT 1
+-- A GIN index serves `@>` (never `= ANY`); restricting it to one type out of ~30 keeps it small.
+--   ix_notification_cooldown_user_ids         -- type 'reward_in_cooldown' (same name/definition as Audius 0210)
+--   ix_notification_challenge_reward_user_ids -- type 'challenge_reward' (disbursement triggers)
+--
+-- Idempotent. A CREATE INDEX CONCURRENTLY that failed or was cancelled leaves an INVALID index behind,
+-- which IF NOT EXISTS would then silently accept: such leftovers are dropped (concurrently) and rebuilt.
+-- The script ends by checking that both indexes exist and are valid.
+
+\set ON_ERROR_STOP on
+\if :{?schema}
+\else
+\set schema public
+\endif
+SET lock_timeout = 0;
+SET statement_timeout = 0;
+
+-- 1. Drop INVALID leftovers of a previous failed/cancelled build of either index.
+SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', n.nspname, c.relname)
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = :'schema'
+   AND c.relname IN ('ix_notification_cooldown_user_ids', 'ix_notification_challenge_reward_user_ids')
+   AND NOT (i.indisvalid AND i.indisready)
+\gexec
+
+-- 2. Build what is missing.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_notification_cooldown_user_ids
+    ON :"schema".notification USING gin (user_ids)
+    WHERE ((type)::text = 'reward_in_cooldown'::text);
+
+COMMENT ON INDEX :"schema".ix_notification_cooldown_user_ids IS
+    'Partial GIN on notification.user_ids for type = ''reward_in_cooldown'': serves the 1-hour cooldown dedupe '
+    'of on_user_challenge (user_ids @> ARRAY[user_id]). GIN cannot serve "= ANY(user_ids)". Created by audius_indexer sql/indexes.sql.';
+
+CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_notification_challenge_reward_user_ids
+    ON :"schema".notification USING gin (user_ids)
+    WHERE ((type)::text = 'challenge_reward'::text);
+
+COMMENT ON INDEX :"schema".ix_notification_challenge_reward_user_ids IS
+    'Partial GIN on notification.user_ids for type = ''challenge_reward'': serves the 1-hour disbursement dedupe '
+    'of on_challenge_disbursement / on_sol_reward_disbursement (user_ids @> ARRAY[user_id]). Created by audius_indexer sql/indexes.sql.';
+
+-- 3. Verify: both present, valid, GIN, with the expected predicate, on notification of this schema
+--    (an older index with the same name but another definition would otherwise pass unnoticed).
+SELECT set_config('audius_indexer_indexes.schema', :'schema', false) AS schema_checked;
+DO $verify$
+DECLARE
+    v_schema text := current_setting('audius_indexer_indexes.schema');
+    v_spec   text[];
+BEGIN
+    FOREACH v_spec SLICE 1 IN ARRAY ARRAY[['ix_notification_cooldown_user_ids', 'reward_in_cooldown'],
+                                         ['ix_notification_challenge_reward_user_ids', 'challenge_reward']] LOOP
+        IF NOT EXISTS (
+            SELECT 1
+              FROM pg_catalog.pg_index i
+              JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_catalog.pg_am am ON am.oid = c.relam
+             WHERE n.nspname = v_schema AND c.relname = v_spec[1]
+               AND i.indrelid = format('%I.notification', v_schema)::regclass
+               AND i.indisvalid AND i.indisready
+               AND am.amname = 'gin'
+               AND pg_catalog.pg_get_expr(i.indpred, i.indrelid) = format('((type)::text = %L::text)', v_spec[2]))
+        THEN
+            RAISE EXCEPTION 'index %.% is missing, invalid or not the expected partial GIN (type = %) after sql/indexes.sql',
+                            v_schema, v_spec[1], v_spec[2]
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Drop the index (DROP INDEX CONCURRENTLY) and run sql/indexes.sql again.';
+        END IF;
+    END LOOP;
+END
+$verify$;

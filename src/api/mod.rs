@@ -1,0 +1,3 @@
+//! SQL-facing functions (`#[pg_extern]`), kept thin: parsing arguments, calling the glue, shaping rows.
+pub mod balances;
+pub mod sweep;

@@ -1,0 +1,255 @@
+//! Every `audius_indexer.*` setting, in one place.
+//!
+//! Contexts are chosen deliberately:
+//! - URLs (`rpc_url`, `rpc_urls`) are `SIGHUP` + superuser-only: they carry API keys, so they live
+//!   in `postgresql.conf` / `ALTER SYSTEM`, are hidden from non-superusers (`SHOW`, `pg_settings`,
+//!   `current_setting`) and can never be pointed elsewhere by a session.
+//! - Contract addresses are `SUSET`: only a superuser may redirect the reads (they decide what is
+//!   written into `eth_wallet_balances`), but a superuser may do so per session (tests, forks).
+//! - Tuning knobs (chunk size, timeouts, retries) are `USERSET`, within bounds.
+//! - The sweep worker's settings are `SIGHUP` (the worker reloads on SIGHUP); the database it
+//!   connects to is `POSTMASTER` (defined only when the library is preloaded).
+//!
+//! The README's "Settings" table lists every setting with its default; keep them in sync.
+
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::{CStr, CString};
+
+/// `audius_indexer.rpc_url`: the JSON-RPC endpoint (http/https). Unset by default.
+pub static RPC_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// `audius_indexer.rpc_urls`: ordered failover list (comma-separated); overrides `rpc_url` when set.
+pub static RPC_URLS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// `audius_indexer.token_address`: AUDIO token (`balanceOf`).
+pub static TOKEN_ADDRESS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"0x18aAA7115705e8be94bfFEbDE57Af9BFc265B998"));
+/// `audius_indexer.staking_address`: Staking (`totalStakedFor`).
+pub static STAKING_ADDRESS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"0xe6D97B2099F142513be7A2a068bE040656Ae4591"));
+/// `audius_indexer.delegate_manager_address`: DelegateManager (`getTotalDelegatorStake`).
+pub static DELEGATE_MANAGER_ADDRESS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"0x4d7968ebfD390D5E7926Cb3587C39eFf2F9FB225"));
+/// `audius_indexer.multicall_address`: Multicall3.
+pub static MULTICALL_ADDRESS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"0xcA11bde05977b3631167028862bE2a173976CA11"));
+/// `audius_indexer.multicall_chunk_size`: holders per aggregate3 call (3 sub-calls each, +1).
+pub static MULTICALL_CHUNK_SIZE: GucSetting<i32> = GucSetting::<i32>::new(200);
+/// `audius_indexer.multicall_max_request_bytes`: request body budget per aggregate3 (0 = none).
+pub static MULTICALL_MAX_REQUEST_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+/// `audius_indexer.rpc_timeout_ms`: timeout of one HTTP attempt.
+pub static RPC_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// `audius_indexer.rpc_max_retries`: retries of transient failures per request.
+pub static RPC_MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
+/// `audius_indexer.rpc_retry_budget_ms`: total time for one request's attempts and waits.
+pub static RPC_RETRY_BUDGET_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// `audius_indexer.rpc_failover_cooldown_ms`: how long a failing endpoint is skipped (doubles
+/// per consecutive failure, up to 64×).
+pub static RPC_FAILOVER_COOLDOWN_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// `audius_indexer.rpc_max_response_bytes`: largest answer accepted.
+pub static RPC_MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+
+/// `audius_indexer.database`: database the sweep worker connects to (postmaster setting).
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// `audius_indexer.sweep_enabled`: whether the worker sweeps.
+pub static SWEEP_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// `audius_indexer.sweep_interval`: time between worker ticks.
+pub static SWEEP_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// `audius_indexer.sweep_batch_size`: wallets per worker tick.
+pub static SWEEP_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(50);
+/// `audius_indexer.failure_backoff_base`: first back-off of a wallet whose reads fail.
+pub static FAILURE_BACKOFF_BASE_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// `audius_indexer.failure_backoff_max`: longest back-off of a failing wallet.
+pub static FAILURE_BACKOFF_MAX_S: GucSetting<i32> = GucSetting::<i32>::new(6 * 3600);
+
+pub fn init() {
+    let secret = GucFlags::SUPERUSER_ONLY;
+    GucRegistry::define_string_guc(
+        c"audius_indexer.rpc_url",
+        c"Ethereum JSON-RPC endpoint (http/https) used for eth_call.",
+        c"Superuser-only and hidden from other roles: provider URLs carry API keys. Set it with ALTER SYSTEM and reload.",
+        &RPC_URL,
+        GucContext::Sighup,
+        secret,
+    );
+    GucRegistry::define_string_guc(
+        c"audius_indexer.rpc_urls",
+        c"Ordered, comma-separated failover list of JSON-RPC endpoints; overrides rpc_url when set.",
+        c"A failing endpoint is skipped for rpc_failover_cooldown_ms and the next one is used.",
+        &RPC_URLS,
+        GucContext::Sighup,
+        secret,
+    );
+    let address = |name: &'static CStr,
+                   short: &'static CStr,
+                   setting: &'static GucSetting<Option<CString>>| {
+        GucRegistry::define_string_guc(
+            name,
+            short,
+            c"0x-prefixed 20-byte address.",
+            setting,
+            GucContext::Suset,
+            GucFlags::default(),
+        );
+    };
+    address(
+        c"audius_indexer.token_address",
+        c"AUDIO token contract (balanceOf).",
+        &TOKEN_ADDRESS,
+    );
+    address(
+        c"audius_indexer.staking_address",
+        c"Staking contract (totalStakedFor).",
+        &STAKING_ADDRESS,
+    );
+    address(
+        c"audius_indexer.delegate_manager_address",
+        c"DelegateManager contract (getTotalDelegatorStake).",
+        &DELEGATE_MANAGER_ADDRESS,
+    );
+    address(
+        c"audius_indexer.multicall_address",
+        c"Multicall3 contract (aggregate3, getBlockNumber).",
+        &MULTICALL_ADDRESS,
+    );
+
+    GucRegistry::define_int_guc(
+        c"audius_indexer.multicall_chunk_size",
+        c"Holders per aggregate3 eth_call (each holder is 3 sub-calls, plus 1 getBlockNumber).",
+        c"",
+        &MULTICALL_CHUNK_SIZE,
+        1,
+        10_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.multicall_max_request_bytes",
+        c"Request body budget per aggregate3 eth_call; chunks are made smaller to fit (0 = no budget).",
+        c"",
+        &MULTICALL_MAX_REQUEST_BYTES,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.rpc_timeout_ms",
+        c"Timeout of one HTTP attempt to the RPC endpoint.",
+        c"statement_timeout and query cancel still apply at any time.",
+        &RPC_TIMEOUT_MS,
+        100,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.rpc_max_retries",
+        c"Retries of transient RPC failures (connect errors, timeouts, 429, 502-504, rate-limit errors).",
+        c"",
+        &RPC_MAX_RETRIES,
+        0,
+        100,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.rpc_retry_budget_ms",
+        c"Total time for all attempts and backoff waits of one RPC request.",
+        c"",
+        &RPC_RETRY_BUDGET_MS,
+        100,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.rpc_failover_cooldown_ms",
+        c"How long a failing endpoint is skipped before it is tried again (doubles per consecutive failure).",
+        c"",
+        &RPC_FAILOVER_COOLDOWN_MS,
+        0,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.rpc_max_response_bytes",
+        c"Largest RPC answer accepted; a larger one is treated as too large and the chunk is split.",
+        c"",
+        &RPC_MAX_RESPONSE_BYTES,
+        1024,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_BYTE,
+    );
+
+    // The worker's database must be fixed at postmaster start; POSTMASTER settings can only be
+    // defined while shared_preload_libraries is being processed.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"audius_indexer.database",
+            c"Database the sweep background worker connects to.",
+            c"",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
+    GucRegistry::define_bool_guc(
+        c"audius_indexer.sweep_enabled",
+        c"Whether the background worker runs the stale sweep.",
+        c"Turn it off when pg_cron drives refresh_stale().",
+        &SWEEP_ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.sweep_interval",
+        c"Time between background sweep ticks.",
+        c"",
+        &SWEEP_INTERVAL_MS,
+        100,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.sweep_batch_size",
+        c"Wallets refreshed per background sweep tick.",
+        c"",
+        &SWEEP_BATCH_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.failure_backoff_base",
+        c"First back-off of a wallet whose reads fail (doubles per failure).",
+        c"",
+        &FAILURE_BACKOFF_BASE_S,
+        1,
+        86_400 * 30,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.failure_backoff_max",
+        c"Longest back-off of a failing wallet.",
+        c"",
+        &FAILURE_BACKOFF_MAX_S,
+        1,
+        86_400 * 365,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"audius_indexer".as_ptr()) };
+}
+
+/// A string setting's value, or "" when unset.
+pub fn string(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,97 @@
+//! `BEGIN … EXCEPTION WHEN OTHERS THEN RAISE WARNING …` for Rust trigger bodies.
+//!
+//! The disbursement triggers must never make the disbursement insert fail: any error inside them
+//! becomes `WARNING:  An error occurred in <tg_name>: <message>` and none of their partial work may
+//! remain. This is what PL/pgSQL does for a block with an EXCEPTION clause (pl_exec.c,
+//! `exec_stmt_block`), reproduced here:
+//!
+//! 1. remember `CurrentMemoryContext` and `CurrentResourceOwner`;
+//! 2. `BeginInternalSubTransaction`, switch back to the caller's memory context;
+//! 3. run the body; on success `ReleaseCurrentSubTransaction` and restore context and owner;
+//! 4. on a PostgreSQL error, a Rust panic or an `Err` from the body:
+//!    `RollbackAndReleaseCurrentSubTransaction`, restore context and owner, then emit the WARNING.
+//!
+//! Like `WHEN OTHERS`, this does not swallow `query_canceled` (statement timeout, cancel request) or
+//! `assert_failure`: those roll the subtransaction back and are re-thrown.
+//!
+//! The SPI connection must be opened *before* calling [`run_catching`] (as PL/pgSQL does): an aborted
+//! subtransaction then only resets the executor state of that connection (`AtEOSubXact_SPI`), and the
+//! connection stays usable.
+
+use std::panic::AssertUnwindSafe;
+
+use pgrx::pg_sys::{self, panic::CaughtError, PgTryBuilder};
+use pgrx::PgSqlErrorCode;
+
+/// Why the body of a guarded trigger failed.
+enum Failure {
+    /// The body returned an error value (not a PostgreSQL error).
+    Returned(String),
+    /// A PostgreSQL error or a Rust panic.
+    Caught(CaughtError),
+}
+
+/// Runs `body` in an internal subtransaction; errors become a WARNING naming `tg_name`.
+///
+/// Returns `true` when the body completed and its work was kept.
+pub fn run_catching<E, F>(tg_name: &str, body: F) -> bool
+where
+    E: std::fmt::Display,
+    F: FnOnce() -> Result<(), E>,
+{
+    // SAFETY: plain reads of backend globals; we are on the backend's main thread inside a trigger
+    // call, i.e. inside a transaction, where BeginInternalSubTransaction is allowed.
+    let (old_cxt, old_owner) =
+        unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::CurrentMemoryContext = old_cxt;
+    }
+    let restore = move || unsafe {
+        pg_sys::CurrentMemoryContext = old_cxt;
+        pg_sys::CurrentResourceOwner = old_owner;
+    };
+
+    let outcome: Result<(), Failure> = PgTryBuilder::new(AssertUnwindSafe(|| match body() {
+        Ok(()) => {
+            // SAFETY: the subtransaction begun above is the current one.
+            unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+            restore();
+            Ok(())
+        }
+        Err(e) => Err(Failure::Returned(e.to_string())),
+    }))
+    .catch_others(|cause| Err(Failure::Caught(cause)))
+    .execute();
+
+    let failure = match outcome {
+        Ok(()) => return true,
+        Err(f) => f,
+    };
+
+    // Abort the inner transaction: undoes every row the body wrote, any pg_notify it queued,
+    // and releases its locks and buffers. The error state was already flushed by pgrx.
+    unsafe {
+        pg_sys::CurrentMemoryContext = old_cxt;
+        pg_sys::RollbackAndReleaseCurrentSubTransaction();
+    }
+    restore();
+
+    let message = match failure {
+        Failure::Returned(msg) => msg,
+        Failure::Caught(cause) => match &cause {
+            CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
+                let code = report.sql_error_code();
+                if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+                    || code == PgSqlErrorCode::ERRCODE_ASSERT_FAILURE
+                {
+                    cause.rethrow();
+                }
+                report.message().to_owned()
+            }
+            CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+        },
+    };
+    pgrx::warning!("An error occurred in {}: {}", tg_name, message);
+    false
+}
