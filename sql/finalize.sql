@@ -4,3 +4,27 @@ REVOKE ALL ON SCHEMA audius_indexer FROM PUBLIC;
 GRANT USAGE ON SCHEMA audius_indexer TO audius_indexer_operator;
 REVOKE EXECUTE ON FUNCTION audius_indexer.multicall_total_audio_balances(text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audius_indexer.multicall_total_audio_balances(text[]) TO audius_indexer_operator;
+-- Writers of balances: SECURITY DEFINER (they write public.eth_wallet_balances whoever owns it),
+-- search_path pinned, EXECUTE only for audius_indexer_operator.
+ALTER FUNCTION audius_indexer.refresh_wallets(text[], bigint[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION audius_indexer.refresh_stale(integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+DO $grants$
+DECLARE
+  f regprocedure;
+BEGIN
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+           WHERE p.pronamespace = 'audius_indexer'::regnamespace
+             AND p.proname IN ('refresh_wallets', 'refresh_stale', 'upsert_wallet_balances', 'reset_sweep_status')
+  LOOP
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO audius_indexer_operator', f);
+  END LOOP;
+  -- internal helpers: nobody but the owner (the SECURITY DEFINER functions run as the owner)
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+           WHERE p.pronamespace = 'audius_indexer'::regnamespace AND p.proname LIKE '\_%'
+  LOOP
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+  END LOOP;
+END
+$grants$;
+GRANT SELECT ON audius_indexer.sweep_status, audius_indexer.wallet_failures TO audius_indexer_operator;

@@ -12,6 +12,7 @@ mod api;
 pub mod eth;
 mod gucs;
 mod reader;
+mod sweep;
 mod triggers;
 mod worker;
 
@@ -25,9 +26,13 @@ extension_sql_file!(
         triggers::handle_sol_reward_disbursement
     ]
 );
+extension_sql_file!("../sql/sweep.sql", name = "sweep", requires = ["bootstrap"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
 }

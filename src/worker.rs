@@ -1,7 +1,185 @@
-//! The background sweep worker.
-use pgrx::bgworkers::BackgroundWorker;
+//! The stale-sweep background worker ("audius_indexer sweep").
+//!
+//! Registered from `_PG_init` when the library is in `shared_preload_libraries`. It connects to
+//! `audius_indexer.database`, and every `audius_indexer.sweep_interval` runs one
+//! `refresh_stale(audius_indexer.sweep_batch_size)` in its own transaction. A failing tick is
+//! caught, rolled back, logged and recorded in `sweep_status.last_error`; the loop goes on.
+//! SIGHUP reloads settings (a new interval applies at once); SIGTERM ends the worker within a
+//! poll slice even mid-RPC, with exit code 1 so the postmaster restarts it after `RESTART_AFTER`.
 
-/// True when the worker has been asked to stop (SIGTERM).
+use crate::{gucs, reader, sweep};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+pub const WORKER_TYPE: &str = "audius_indexer sweep";
+/// How long the postmaster waits before restarting a worker that exited or crashed.
+const RESTART_AFTER: Duration = Duration::from_secs(5);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new(WORKER_TYPE)
+        .set_type(WORKER_TYPE)
+        .set_library("audius_indexer")
+        .set_function("audius_indexer_sweep_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+/// True once SIGTERM arrived (the flag PostgreSQL's own loops use; never reset).
 pub fn should_stop() -> bool {
-    BackgroundWorker::sigterm_received()
+    unsafe { pg_sys::ShutdownRequestPending != 0 }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn audius_indexer_sweep_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = gucs::string(&gucs::DATABASE);
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    reader::mark_worker();
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"application_name".as_ptr(),
+            c"audius_indexer sweep".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
+    log!("audius_indexer sweep worker started (database {db:?})");
+
+    let mut last_tick: Option<Instant> = None;
+    let mut warned_missing = false;
+    loop {
+        if should_stop() {
+            break;
+        }
+        if unsafe { pg_sys::ConfigReloadPending != 0 } {
+            unsafe {
+                pg_sys::ConfigReloadPending = 0;
+                pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+            }
+        }
+        let interval = Duration::from_millis(gucs::SWEEP_INTERVAL_MS.get().max(100) as u64);
+        let due = last_tick.is_none_or(|t| t.elapsed() >= interval);
+        if due {
+            last_tick = Some(Instant::now());
+            if gucs::SWEEP_ENABLED.get() {
+                tick(&db, &mut warned_missing);
+            }
+        }
+        if should_stop() {
+            break;
+        }
+        let wait = last_tick
+            .map_or(interval, |t| interval.saturating_sub(t.elapsed()))
+            .max(Duration::from_millis(1));
+        // WL_EXIT_ON_PM_DEATH: the worker exits by itself if the postmaster dies.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                wait.as_millis().min(i32::MAX as u128) as libc::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+    log!("audius_indexer sweep worker stopping (SIGTERM)");
+    // Exit code 1: the postmaster restarts us after RESTART_AFTER unless it is shutting down.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+/// One tick in its own transaction; any ERROR or panic is caught, rolled back and logged.
+fn tick(db: &str, warned_missing: &mut bool) {
+    let batch = gucs::SWEEP_BATCH_SIZE.get();
+    let started = unsafe { pg_sys::GetCurrentTimestamp() };
+    let outcome = in_transaction(|| {
+        let installed = Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'audius_indexer')",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if !installed {
+            return None;
+        }
+        Some(sweep::refresh_stale(batch))
+    });
+    match outcome {
+        Ok(None) => {
+            if !*warned_missing {
+                log!("audius_indexer sweep: extension not installed in database {db:?}; idle until it is");
+                *warned_missing = true;
+            }
+        }
+        Ok(Some(None)) => {} // another refresh_stale (e.g. pg_cron) holds the sweep
+        Ok(Some(Some(c))) => {
+            *warned_missing = false;
+            if c.updated + c.failed + c.skipped > 0 {
+                log!(
+                    "audius_indexer sweep: requested={} updated={} failed={} skipped={}",
+                    c.requested,
+                    c.updated,
+                    c.failed,
+                    c.skipped
+                );
+            }
+        }
+        Err(msg) => {
+            if should_stop() {
+                return;
+            }
+            warning!("audius_indexer sweep tick failed: {msg}");
+            let _ = in_transaction(|| {
+                let ts = unsafe {
+                    pgrx::datum::TimestampWithTimeZone::from_datum(
+                        pg_sys::Datum::from(started),
+                        false,
+                    )
+                };
+                Spi::run_with_args(
+                    "SELECT audius_indexer._record_tick_error($1, $2)",
+                    &[ts.into(), msg.as_str().into()],
+                )
+                .ok();
+            });
+        }
+    }
+}
+
+/// Runs `f` in a fresh transaction with a snapshot; on ERROR/panic aborts and returns the message.
+fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = PgTryBuilder::new(move || Ok(f()))
+        .catch_others(|e| {
+            Err(match e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
+                    ereport.message().to_string()
+                }
+            })
+        })
+        .execute();
+    unsafe {
+        match &result {
+            Ok(_) => {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            Err(_) => pg_sys::AbortCurrentTransaction(),
+        }
+        pg_sys::pgstat_report_stat(false);
+        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
+    }
+    result
 }

@@ -1,3 +1,4 @@
 //! SQL-facing functions (`#[pg_extern]`), kept thin: parsing arguments, calling the glue, shaping rows.
 pub mod balances;
+pub mod status;
 pub mod sweep;

@@ -1,0 +1,167 @@
+-- audius_indexer: the balance upsert, the stale sweep's bookkeeping, and its status view.
+-- Everything here lives in schema audius_indexer and belongs to the extension; the user tables
+-- (public.eth_wallet_balances) are only read and upserted.
+
+-- Wallets whose reads failed: backed off so the sweep keeps moving (no poison rows at the head of
+-- the queue). A later successful read deletes the row.
+CREATE TABLE audius_indexer.wallet_failures (
+  wallet        text PRIMARY KEY,
+  reason        text NOT NULL,
+  attempts      integer NOT NULL DEFAULT 1,
+  first_failure timestamptz NOT NULL DEFAULT now(),
+  last_failure  timestamptz NOT NULL DEFAULT now(),
+  next_attempt  timestamptz NOT NULL
+);
+CREATE INDEX wallet_failures_next_attempt_idx ON audius_indexer.wallet_failures (next_attempt);
+COMMENT ON TABLE audius_indexer.wallet_failures IS
+  'Wallets whose balance reads failed (revert, no data, invalid address), with exponential back-off. The sweep skips them until next_attempt.';
+
+-- One row: the last sweep tick and totals. Written only by refresh_stale() while it holds the
+-- single-flight lock, so it is never contended.
+CREATE TABLE audius_indexer.sweep_state (
+  id                 boolean PRIMARY KEY DEFAULT true CHECK (id),
+  last_tick_started  timestamptz,
+  last_tick_finished timestamptz,
+  last_requested     integer,
+  last_updated       integer,
+  last_failed        integer,
+  last_skipped       integer,
+  last_error         text,
+  last_error_at      timestamptz,
+  ticks              bigint NOT NULL DEFAULT 0,
+  total_requested    bigint NOT NULL DEFAULT 0,
+  total_updated      bigint NOT NULL DEFAULT 0,
+  total_failed       bigint NOT NULL DEFAULT 0,
+  total_skipped      bigint NOT NULL DEFAULT 0,
+  totals_since       timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO audius_indexer.sweep_state DEFAULT VALUES;
+
+-- The seed's upsert, kept exactly (eth/indexer/eth_indexer.go upsertBalanceUpdates):
+-- insert NULLIF(block, 0); on conflict balance = new, blocknumber = existing when the new one is
+-- NULL, else GREATEST(COALESCE(existing, 0), new); updated_at = now().
+-- Beyond the seed, with only_if_not_older => true a row already stamped with a newer block than
+-- the read is left alone (an older read never overwrites a newer value). Rows are written in
+-- wallet order so concurrent upserts lock in the same order (no deadlocks).
+-- Returns the wallets written.
+CREATE FUNCTION audius_indexer.upsert_wallet_balances(
+  wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean DEFAULT false)
+RETURNS SETOF text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  INSERT INTO public.eth_wallet_balances AS e (wallet, balance, blocknumber, updated_at)
+  SELECT u.w, u.b, NULLIF(u.bl, 0), now()
+  FROM unnest(wallets, balances, blocks) AS u(w, b, bl)
+  ORDER BY u.w
+  ON CONFLICT (wallet) DO UPDATE SET
+    balance     = EXCLUDED.balance,
+    blocknumber = CASE WHEN EXCLUDED.blocknumber IS NULL THEN e.blocknumber
+                       ELSE GREATEST(COALESCE(e.blocknumber, 0), EXCLUDED.blocknumber) END,
+    updated_at  = now()
+  WHERE NOT only_if_not_older
+     OR e.blocknumber IS NULL
+     OR EXCLUDED.blocknumber IS NULL
+     OR e.blocknumber <= EXCLUDED.blocknumber
+  RETURNING e.wallet
+$$;
+COMMENT ON FUNCTION audius_indexer.upsert_wallet_balances(text[], numeric[], bigint[], boolean) IS
+  'The Audius eth_wallet_balances upsert (NULLIF/GREATEST block rules); only_if_not_older skips rows stamped with a newer block.';
+
+-- The stalest wallets, oldest updated_at first (eth_wallet_balances_updated_at_idx), skipping
+-- wallets that are backed off after failures.
+CREATE FUNCTION audius_indexer._stale_batch(batch integer)
+RETURNS SETOF text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT w.wallet
+  FROM public.eth_wallet_balances w
+  WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f
+                    WHERE f.wallet = w.wallet AND f.next_attempt > now())
+  ORDER BY w.updated_at
+  LIMIT batch
+$$;
+
+-- Records failed reads: attempts + 1, back-off base·2^(attempts-1) seconds, capped.
+CREATE FUNCTION audius_indexer._record_failures(
+  wallets text[], reasons text[], backoff_base_s integer, backoff_max_s integer)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  INSERT INTO audius_indexer.wallet_failures AS f
+         (wallet, reason, attempts, first_failure, last_failure, next_attempt)
+  SELECT u.w, u.r, 1, now(), now(), now() + make_interval(secs => LEAST(backoff_base_s, backoff_max_s))
+  FROM unnest(wallets, reasons) AS u(w, r)
+  ORDER BY u.w
+  ON CONFLICT (wallet) DO UPDATE SET
+    reason       = EXCLUDED.reason,
+    attempts     = f.attempts + 1,
+    last_failure = now(),
+    next_attempt = now() + make_interval(secs =>
+                     LEAST(backoff_base_s::float8 * power(2, LEAST(f.attempts, 40)), backoff_max_s))
+$$;
+
+CREATE FUNCTION audius_indexer._clear_failures(wallets text[])
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  DELETE FROM audius_indexer.wallet_failures WHERE wallet = ANY (wallets)
+$$;
+
+CREATE FUNCTION audius_indexer._record_tick(
+  started timestamptz, requested integer, updated integer, failed integer, skipped integer)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE audius_indexer.sweep_state SET
+    last_tick_started  = started,
+    last_tick_finished = clock_timestamp(),
+    last_requested = requested, last_updated = updated, last_failed = failed, last_skipped = skipped,
+    ticks = ticks + 1,
+    total_requested = total_requested + requested,
+    total_updated   = total_updated + updated,
+    total_failed    = total_failed + failed,
+    total_skipped   = total_skipped + skipped
+$$;
+
+-- A failed tick (whole-call failure: node down, timeout…): recorded by the worker after rollback.
+CREATE FUNCTION audius_indexer._record_tick_error(started timestamptz, message text)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE audius_indexer.sweep_state SET
+    last_tick_started = started, last_tick_finished = clock_timestamp(),
+    last_error = message, last_error_at = clock_timestamp()
+$$;
+
+-- Zeroes the totals (not the failure records).
+CREATE FUNCTION audius_indexer.reset_sweep_status()
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+  UPDATE audius_indexer.sweep_state SET ticks = 0, total_requested = 0, total_updated = 0,
+    total_failed = 0, total_skipped = 0, totals_since = now(), last_error = NULL, last_error_at = NULL
+$$;
+
+CREATE VIEW audius_indexer.sweep_status AS
+SELECT s.last_tick_started,
+       s.last_tick_finished,
+       s.last_tick_finished - s.last_tick_started AS last_tick_duration,
+       s.last_requested, s.last_updated, s.last_failed, s.last_skipped,
+       s.ticks, s.total_requested, s.total_updated, s.total_failed, s.total_skipped, s.totals_since,
+       s.last_error, s.last_error_at,
+       (SELECT now() - min(updated_at) FROM public.eth_wallet_balances) AS lag,
+       (SELECT count(*) FROM public.eth_wallet_balances) AS wallets,
+       (SELECT count(*) FROM audius_indexer.wallet_failures WHERE next_attempt > now()) AS wallets_in_backoff,
+       (SELECT count(*) FROM audius_indexer.wallet_failures) AS wallets_failing,
+       (SELECT a.pid FROM pg_stat_activity a WHERE a.backend_type = 'audius_indexer sweep' LIMIT 1) AS worker_pid,
+       current_setting('audius_indexer.sweep_enabled') :: boolean AS sweep_enabled
+FROM audius_indexer.sweep_state s;
+COMMENT ON VIEW audius_indexer.sweep_status IS
+  'Last sweep tick, totals, lag (now() - min(updated_at)), wallets in back-off, worker pid.';
