@@ -1,0 +1,438 @@
+"""A recording, fault-injecting JSON-RPC proxy in front of a real node (anvil).
+
+Every request is recorded (method; for eth_call the `to` and whether it is a Multicall3 aggregate3
+call, and then how many Call3 entries it carries and their targets/selectors). Faults that a real
+node cannot produce on demand are injected programmatically; everything else passes through.
+
+    p = RpcProxy(anvil.url).start()
+    p.fault("http429", retry_after=1, times=1)   # next matching request gets a 429, then pass-through
+    p.fault("hang")                             # until clear_faults() / stop()
+    p.count(method="eth_call", aggregate3=True)
+    p.reset(); p.clear_faults(); p.stop()
+
+Fault modes (params in brackets):
+  http429 [retry_after], http500, http502, http503, http_status [status, body]
+  hang            read the request, never answer until the fault is cleared or the proxy stops
+  delay [ms]      answer correctly, but only after `ms`
+  slow_drip [interval_ms]  forward, send the headers, then the body a byte every interval_ms
+  truncated [missing]      forward, announce Content-Length larger than the body sent, then close
+  garbage         200 with a non-JSON (HTML) body
+  invalid_json    200 application/json whose body is cut-off JSON
+  bad_hex         200 JSON-RPC result "0xzz..." (not hex)
+  no_result       200 JSON-RPC object with neither result nor error
+  result [value]  200 JSON-RPC result = value (e.g. "0x" as a node answers for an address w/o code)
+  jsonrpc_error [code, message, data]   200 JSON-RPC error object (default -32005 "rate limited")
+  wrong_result_count [delta]  forward an aggregate3 call, re-encode its Result3[] with `delta`
+                  entries (-1: the last dropped; +1: the last duplicated); aggregate3 calls only
+  out_of_gas_above [holders]  aggregate3 calls with more than 3*holders+1 Call3 entries get
+                  {"code":-32000,"message":"out of gas"}; others pass (persistent by default)
+  redirect [location]  302 with Location (default: the upstream URL)
+  close           read the request, then close the socket without any response
+  reset           read the request, then close the socket with a TCP RST
+Common parameters of fault(): times (None = until cleared, default), after (let this many matching
+requests pass first), methods (None = every method, default; or a name / list of names).
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .chain import SEL_AGGREGATE3, decode_call3_array, decode_result3_array, encode_result3_array, strip0x
+
+MODES = {
+    "http429", "http500", "http502", "http503", "http_status", "hang", "delay", "slow_drip",
+    "truncated", "garbage", "invalid_json", "bad_hex", "no_result", "result", "jsonrpc_error",
+    "wrong_result_count", "out_of_gas_above", "redirect", "close", "reset",
+}
+AGGREGATE3_ONLY = {"wrong_result_count", "out_of_gas_above"}
+
+
+@dataclass
+class Record:
+    http_index: int           # which HTTP request (a batch shares one)
+    path: str                 # request path incl. query, as the client sent it
+    method: str | None        # None when the body was not a JSON-RPC object
+    to: str | None = None     # eth_call target (lowercase)
+    aggregate3: bool = False  # eth_call whose calldata starts with 0x82ad56cb
+    n_calls: int | None = None  # number of Call3 entries of an aggregate3 call
+    calls: list = field(default_factory=list)  # [(target, allowFailure, selector hex, args hex)]
+    block: object = None      # eth_call block parameter
+    fault: str | None = None  # fault applied to this request, if any
+    time: float = 0.0
+
+
+class Fault:
+    def __init__(self, mode: str, times: int | None, after: int, methods, params: dict):
+        if mode not in MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; known: {sorted(MODES)}")
+        self.mode, self.times, self.after, self.params = mode, times, after, params
+        if isinstance(methods, str):
+            methods = [methods]
+        self.methods = None if methods is None else set(methods)
+        self.hits = 0
+        self.released = threading.Event()
+
+    def matches(self, recs: list[Record]) -> bool:
+        if self.methods is not None and not any(r.method in self.methods for r in recs):
+            return False
+        if self.mode in AGGREGATE3_ONLY:
+            agg = [r for r in recs if r.aggregate3]
+            if not agg:
+                return False
+            if self.mode == "out_of_gas_above":
+                limit = 3 * int(self.params.get("holders", 0)) + 1
+                return any((r.n_calls or 0) > limit for r in agg)
+        return True
+
+    @property
+    def exhausted(self) -> bool:
+        return self.times is not None and self.hits >= self.times
+
+
+class RpcProxy:
+    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0):
+        u = urllib.parse.urlsplit(upstream)
+        self.upstream = upstream
+        self.up_host, self.up_port = u.hostname, u.port or 80
+        self.up_path = u.path or "/"
+        self._lock = threading.Lock()
+        self._records: list[Record] = []
+        self._faults: list[Fault] = []
+        self._http_count = 0
+        self._stop = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._tls = threading.local()
+        proxy = self
+
+        class Handler(_Handler):
+            pass
+        Handler.proxy = proxy
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            request_queue_size = 128
+
+            def process_request(self, request, client_address):
+                with proxy._lock:
+                    proxy._conns.add(request)
+                super().process_request(request, client_address)
+
+            def shutdown_request(self, request):
+                with proxy._lock:
+                    proxy._conns.discard(request)
+                super().shutdown_request(request)
+
+        self.server = Server((host, port), Handler)
+        self.host, self.port = self.server.server_address[:2]
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def url_with(self, path_and_query: str) -> str:
+        """e.g. url_with('/secret-key-123?apikey=zzz'); the proxy ignores path and query."""
+        return self.url + path_and_query
+
+    def start(self) -> "RpcProxy":
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"rpcproxy:{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.clear_faults()
+        self.server.shutdown()
+        self.server.server_close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread:
+            self._thread.join(10)
+
+    # -- faults ----------------------------------------------------------------------------
+    def fault(self, mode: str, times: int | None = None, after: int = 0, methods=None, **params) -> Fault:
+        f = Fault(mode, times, after, methods, params)
+        with self._lock:
+            self._faults.append(f)
+        return f
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            faults, self._faults = self._faults, []
+        for f in faults:
+            f.released.set()
+
+    def _take_fault(self, recs: list[Record]) -> Fault | None:
+        with self._lock:
+            for f in self._faults:
+                if f.exhausted or not f.matches(recs):
+                    continue
+                if f.after > 0:
+                    f.after -= 1
+                    continue
+                f.hits += 1
+                for r in recs:
+                    r.fault = f.mode
+                return f
+        return None
+
+    # -- recording -------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[Record]:
+        with self._lock:
+            return list(self._records)
+
+    @property
+    def http_requests(self) -> int:
+        with self._lock:
+            return self._http_count
+
+    def reset(self) -> None:
+        with self._lock:
+            self._records.clear()
+            self._http_count = 0
+
+    def count(self, method: str | None = None, aggregate3: bool | None = None, to: str | None = None) -> int:
+        return len(self.select(method, aggregate3, to))
+
+    def select(self, method: str | None = None, aggregate3: bool | None = None,
+               to: str | None = None) -> list[Record]:
+        return [r for r in self.requests
+                if (method is None or r.method == method)
+                and (aggregate3 is None or r.aggregate3 == aggregate3)
+                and (to is None or r.to == to.lower())]
+
+    def _record(self, path: str, body: bytes) -> tuple[list[Record], object]:
+        with self._lock:
+            idx = self._http_count
+            self._http_count += 1
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        entries = doc if isinstance(doc, list) else [doc]
+        recs = []
+        for e in entries:
+            r = Record(http_index=idx, path=path, method=None, time=time.time())
+            if isinstance(e, dict):
+                r.method = e.get("method")
+                params = e.get("params") or []
+                if r.method == "eth_call" and params and isinstance(params[0], dict):
+                    tx = params[0]
+                    r.to = (tx.get("to") or "").lower() or None
+                    r.block = params[1] if len(params) > 1 else None
+                    data = strip0x(tx.get("data") or tx.get("input") or "")
+                    if data[:8].lower() == SEL_AGGREGATE3:
+                        r.aggregate3 = True
+                        try:
+                            calls = decode_call3_array(bytes.fromhex(data[8:]))
+                            r.calls = [(t, af, d[:4].hex(), d[4:].hex()) for t, af, d in calls]
+                            r.n_calls = len(calls)
+                        except ValueError:
+                            # fall back to the length word at offset 4+32
+                            try:
+                                r.n_calls = int(data[8 + 64:8 + 128], 16)
+                            except ValueError:
+                                r.n_calls = None
+            recs.append(r)
+        with self._lock:
+            self._records.extend(recs)
+        return recs, doc
+
+    # -- upstream --------------------------------------------------------------------------
+    def _forward(self, body: bytes, headers: dict) -> tuple[int, list, bytes]:
+        """POSTs to the upstream on this thread's kept-alive connection (one reconnect on error)."""
+        for attempt in (0, 1):
+            conn = getattr(self._tls, "conn", None)
+            if conn is None:
+                conn = http.client.HTTPConnection(self.up_host, self.up_port, timeout=120)
+                self._tls.conn = conn
+            try:
+                conn.request("POST", self.up_path, body=body,
+                             headers={"Content-Type": headers.get("Content-Type", "application/json")})
+                resp = conn.getresponse()
+                data = resp.read()
+                return resp.status, resp.getheaders(), data
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self._tls.conn = None
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _ids(doc) -> list:
+    if isinstance(doc, list):
+        return [e.get("id") if isinstance(e, dict) else None for e in doc]
+    return [doc.get("id") if isinstance(doc, dict) else None]
+
+
+def _per_entry(doc, make) -> bytes:
+    """A JSON-RPC answer shaped like the request (object or batch), one made entry per id."""
+    answers = [dict(jsonrpc="2.0", id=i, **make()) for i in _ids(doc)]
+    return json.dumps(answers if isinstance(doc, list) else answers[0]).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
+    proxy: RpcProxy  # set per proxy
+
+    def log_message(self, format, *args):  # noqa: A002 - quiet
+        pass
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json", extra: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (extra or {}).items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def _drop(self, rst: bool = False):
+        self.close_connection = True
+        if rst:
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR) if not rst else None
+        except OSError:
+            pass
+
+    def do_GET(self):
+        self._send(405, b"method not allowed", "text/plain")
+
+    def do_POST(self):
+        p = self.proxy
+        body = self._read_body()
+        recs, doc = p._record(self.path, body)
+        f = p._take_fault(recs)
+        mode = f.mode if f else None
+        prm = f.params if f else {}
+
+        if mode in ("http429", "http500", "http502", "http503", "http_status"):
+            status = {"http429": 429, "http500": 500, "http502": 502, "http503": 503}.get(mode) \
+                or int(prm.get("status", 500))
+            extra = {}
+            if mode == "http429" and prm.get("retry_after") is not None:
+                extra["Retry-After"] = prm["retry_after"]
+            text = prm.get("body", f"{status} injected by rpcproxy\n").encode()
+            return self._send(status, text, "text/plain", extra)
+        if mode == "hang":
+            while not f.released.wait(0.1):
+                if p._stop.is_set():
+                    break
+            return self._drop()
+        if mode in ("close", "reset"):
+            return self._drop(rst=(mode == "reset"))
+        if mode == "garbage":
+            return self._send(200, b"<html><body><h1>Welcome to nginx!</h1>\x00\xff\xfe garbage</body></html>",
+                              "text/html")
+        if mode == "invalid_json":
+            return self._send(200, b'{"jsonrpc":"2.0","id":1,"result":"0x0000')
+        if mode == "bad_hex":
+            return self._send(200, _per_entry(doc, lambda: {"result": "0xzz" + "00" * 31}))
+        if mode == "no_result":
+            return self._send(200, _per_entry(doc, lambda: {}))
+        if mode == "result":
+            return self._send(200, _per_entry(doc, lambda: {"result": prm.get("value", "0x")}))
+        if mode == "jsonrpc_error":
+            err = {"code": int(prm.get("code", -32005)), "message": prm.get("message", "rate limited")}
+            if prm.get("data") is not None:
+                err["data"] = prm["data"]
+            return self._send(200, _per_entry(doc, lambda: {"error": err}))
+        if mode == "out_of_gas_above":
+            return self._send(200, _per_entry(doc, lambda: {"error": {"code": -32000, "message": "out of gas"}}))
+        if mode == "redirect":
+            loc = prm.get("location", p.upstream)
+            return self._send(302, b"", "text/plain", {"Location": loc})
+        if mode == "delay":
+            time.sleep(float(prm.get("ms", 1000)) / 1000)
+
+        # pass-through (possibly then mangled)
+        try:
+            status, headers, data = p._forward(body, dict(self.headers))
+        except (OSError, http.client.HTTPException) as e:
+            return self._send(502, f"rpcproxy: upstream unreachable: {e}\n".encode(), "text/plain")
+
+        if mode == "wrong_result_count":
+            data = _mangle_result_count(data, int(prm.get("delta", -1)))
+        if mode == "truncated":
+            missing = int(prm.get("missing", 100))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data) + missing))
+            self.end_headers()
+            self.wfile.write(data[: max(1, len(data) // 2)] if prm.get("half", True) else data)
+            self.wfile.flush()
+            return self._drop()
+        if mode == "slow_drip":
+            interval = float(prm.get("interval_ms", 200)) / 1000
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.flush()
+            try:
+                for i in range(len(data)):
+                    if p._stop.is_set() or f.released.is_set():
+                        break
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(interval)
+            except OSError:
+                pass
+            return self._drop()
+        ctype = next((v for k, v in headers if k.lower() == "content-type"), "application/json")
+        return self._send(status, data, ctype)
+
+
+def _mangle_result_count(data: bytes, delta: int) -> bytes:
+    doc = json.loads(data)
+
+    def fix(e):
+        if isinstance(e, dict) and isinstance(e.get("result"), str):
+            results = decode_result3_array(bytes.fromhex(strip0x(e["result"])))
+            if delta < 0:
+                results = results[:len(results) + delta]
+            else:
+                results = results + [results[-1]] * delta
+            e["result"] = "0x" + encode_result3_array(results).hex()
+        return e
+    doc = [fix(e) for e in doc] if isinstance(doc, list) else fix(doc)
+    return json.dumps(doc).encode()
