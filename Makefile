@@ -22,9 +22,9 @@ install: deps
 build: deps
 	$(CARGO) build --release --no-default-features --features pg15
 
-# Tier 1: pure logic (src/eth/*), plain #[test] + property tests, no PostgreSQL.
+# Tier 1: pure logic (src/eth/*, trigger payload builders), plain #[test] + property tests, no PostgreSQL.
 unit: deps
-	$(CARGO) test --lib --no-default-features --features pg15 -- eth::
+	$(CARGO) test --lib --no-default-features --features pg15
 
 # Tiers 2-4: real PostgreSQL 15 clusters (as the postgres OS user) + real anvil + Multicall3.
 integration: install
