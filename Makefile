@@ -14,10 +14,12 @@ all: build
 deps:
 	@bash scripts/install-deps.sh
 
+PKG_DIR := target/pgrx-package
 # Release build of the extension (fat LTO) installed into the system PostgreSQL 15 directories.
-# Never run while a cluster has the library loaded: tests and demo start their clusters after this.
+# Files are renamed into place (scripts/install-package.sh), so running servers are not disturbed.
 install: deps
-	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG) --no-default-features --features pg15
+	$(CARGO) pgrx package --pg-config $(PG_CONFIG) --no-default-features --features pg15 --out-dir $(PKG_DIR)
+	bash scripts/install-package.sh $(PKG_DIR)
 
 build: deps
 	$(CARGO) build --release --no-default-features --features pg15

@@ -28,3 +28,7 @@ BEGIN
 END
 $grants$;
 GRANT SELECT ON audius_indexer.sweep_status, audius_indexer.wallet_failures TO audius_indexer_operator;
+REVOKE EXECUTE ON FUNCTION audius_indexer.doctor() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audius_indexer.doctor() TO audius_indexer_operator;
+REVOKE EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats() TO audius_indexer_operator;

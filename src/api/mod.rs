@@ -1,4 +1,5 @@
 //! SQL-facing functions (`#[pg_extern]`), kept thin: parsing arguments, calling the glue, shaping rows.
 pub mod balances;
+pub mod doctor;
 pub mod status;
 pub mod sweep;

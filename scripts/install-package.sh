@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs a `cargo pgrx package` tree (DIR/usr/...) into the system PostgreSQL directories.
+# Each file is copied under a temporary name next to its destination and renamed into place: a
+# running server that has the old library mapped keeps its inode and does not crash (an in-place
+# overwrite, which is what `cargo pgrx install` does, can SIGBUS it).
+set -euo pipefail
+pkg="$1"
+[ -d "$pkg" ] || { echo "no package directory $pkg" >&2; exit 1; }
+cd "$pkg"
+find . -type f | while read -r f; do
+  dest="/${f#./}"
+  tmp="$(dirname "$dest")/.$(basename "$dest").tmp.$$"
+  install -D -m 0644 "$f" "$tmp"
+  mv -f "$tmp" "$dest"
+  echo "installed $dest"
+done

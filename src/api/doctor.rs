@@ -1,0 +1,200 @@
+//! `audius_indexer.doctor()`: one row per health check, for a DBA at psql.
+
+use crate::eth::abi::hex;
+use crate::eth::address::normalize;
+use crate::eth::rpc::{self, Endpoint, ExecError, RpcError, RpcErrorKind};
+use crate::reader::{self, Config};
+use alloy_primitives::keccak256;
+use pgrx::prelude::*;
+use serde_json::{json, Value};
+
+/// keccak256 of the canonical Multicall3 runtime (tests/fixtures/multicall3-runtime.hex).
+const MULTICALL3_CODE_HASH: &str =
+    "d5c15df687b16f2ff992fc8d767b4216323184a2bbc6ee2f9c398c318e770891";
+
+type Row = (String, bool, String);
+
+fn quantity(ep: &Endpoint, v: &Value) -> Result<u64, RpcError> {
+    let s = v.as_str().unwrap_or_default();
+    let digits = s.strip_prefix("0x").unwrap_or("zz");
+    u64::from_str_radix(digits, 16).map_err(|_| {
+        RpcError::new(
+            ep,
+            RpcErrorKind::BadResponse(format!("not a hex quantity: {s:.40}")),
+        )
+    })
+}
+
+fn describe(e: &ExecError) -> String {
+    e.to_string()
+}
+
+/// Checks settings, every RPC endpoint (reachable, chain id, head), the code at the four contract
+/// addresses (and that Multicall3's code hash is the canonical one), the tables and indexes the
+/// extension relies on, and the sweep worker. Never raises for a failed check: it reports it.
+#[pg_extern(volatile, parallel_unsafe)]
+fn doctor() -> TableIterator<
+    'static,
+    (
+        name!(check_name, String),
+        name!(ok, bool),
+        name!(detail, String),
+    ),
+> {
+    let mut rows: Vec<Row> = Vec::new();
+    let settings = PgTryBuilder::new(|| Ok(Config::from_settings()))
+        .catch_others(|e| {
+            Err(match e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
+                    ereport.message().to_string()
+                }
+            })
+        })
+        .execute();
+    if let Err(msg) = &settings {
+        rows.push(("settings".into(), false, msg.clone()));
+    }
+    if let Ok(mut cfg) = settings {
+        let hosts: Vec<_> = cfg.endpoints.iter().map(|e| e.host().to_string()).collect();
+        rows.push((
+            "settings".into(),
+            true,
+            format!(
+                "{} endpoint(s): {}; chunk {} holders, request budget {} bytes, timeout {:?}, {} retries",
+                hosts.len(),
+                hosts.join(", "),
+                cfg.chunk_size,
+                cfg.max_request_bytes,
+                cfg.attempt_timeout,
+                cfg.policy.max_retries
+            ),
+        ));
+        let all = std::mem::take(&mut cfg.endpoints);
+        cfg.policy.max_retries = 0;
+        let mut reachable = None;
+        for ep in &all {
+            cfg.endpoints = vec![ep.clone()];
+            let chain = reader::request(
+                &cfg,
+                |id| rpc::request_body(id, "eth_chainId", json!([])),
+                quantity,
+            );
+            let head = reader::request(
+                &cfg,
+                |id| rpc::request_body(id, "eth_blockNumber", json!([])),
+                quantity,
+            );
+            match (chain, head) {
+                (Ok(c), Ok(h)) => {
+                    rows.push((
+                        format!("rpc {}", ep.host()),
+                        true,
+                        format!("chain id {c}, head block {h}"),
+                    ));
+                    reachable.get_or_insert(ep.clone());
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    rows.push((format!("rpc {}", ep.host()), false, describe(&e)))
+                }
+            }
+        }
+        if let Some(ep) = reachable {
+            cfg.endpoints = vec![ep];
+            let contracts = [
+                ("multicall3", cfg.contracts.multicall),
+                ("token", cfg.contracts.token),
+                ("staking", cfg.contracts.staking),
+                ("delegate_manager", cfg.contracts.delegate_manager),
+            ];
+            for (name, addr) in contracts {
+                let a = normalize(&addr);
+                let code = reader::request(
+                    &cfg,
+                    |id| rpc::request_body(id, "eth_getCode", json!([a, "latest"])),
+                    rpc::decode_hex_result,
+                );
+                let row = match code {
+                    Err(e) => (false, describe(&e)),
+                    Ok(c) if c.is_empty() => (false, format!("no code at {a}")),
+                    Ok(c) if name == "multicall3" => {
+                        let h = hex(keccak256(&c).as_slice());
+                        if h == MULTICALL3_CODE_HASH {
+                            (
+                                true,
+                                format!("canonical Multicall3 at {a} (code hash 0x{h})"),
+                            )
+                        } else {
+                            (
+                                false,
+                                format!(
+                                    "code at {a} is not the canonical Multicall3 (code hash 0x{h})"
+                                ),
+                            )
+                        }
+                    }
+                    Ok(c) => (true, format!("{} bytes of code at {a}", c.len())),
+                };
+                rows.push((format!("contract {name}"), row.0, row.1));
+            }
+        }
+    }
+    rows.extend(database_checks());
+    TableIterator::new(rows)
+}
+
+fn database_checks() -> Vec<Row> {
+    const SQL: &str = r#"
+      SELECT 'table eth_wallet_balances', to_regclass('public.eth_wallet_balances') IS NOT NULL,
+             coalesce((SELECT 'rows: ' || count(*) FROM public.eth_wallet_balances), 'missing')
+       WHERE to_regclass('public.eth_wallet_balances') IS NOT NULL
+      UNION ALL
+      SELECT 'table eth_wallet_balances', false, 'missing' WHERE to_regclass('public.eth_wallet_balances') IS NULL
+      UNION ALL
+      SELECT 'index ' || n.idx, coalesce(i.indisvalid, false),
+             CASE WHEN i.indexrelid IS NULL THEN 'missing' WHEN i.indisvalid THEN 'valid'
+                  ELSE 'INVALID (a failed CREATE INDEX CONCURRENTLY): run sql/indexes.sql' END
+        FROM (VALUES ('eth_wallet_balances_updated_at_idx', 'eth_wallet_balances'),
+                     ('ix_notification_cooldown_user_ids', 'notification'),
+                     ('ix_notification_challenge_reward_user_ids', 'notification')) AS n(idx, tbl)
+        LEFT JOIN pg_class c ON c.relname = n.idx AND c.relnamespace = 'public'::regnamespace
+        LEFT JOIN pg_index i ON i.indexrelid = c.oid
+       WHERE to_regclass('public.' || n.tbl) IS NOT NULL
+      UNION ALL
+      SELECT 'trigger ' || t.tgname, p.pronamespace = 'audius_indexer'::regnamespace,
+             'calls ' || p.oid::regprocedure::text
+        FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+       WHERE t.tgname IN ('on_user_challenge', 'on_challenge_disbursement', 'on_sol_reward_disbursement')
+         AND NOT t.tgisinternal
+      UNION ALL
+      SELECT 'sweep worker',
+             NOT current_setting('audius_indexer.sweep_enabled')::bool
+               OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'audius_indexer sweep'),
+             coalesce((SELECT 'running, pid ' || pid FROM pg_stat_activity
+                        WHERE backend_type = 'audius_indexer sweep' LIMIT 1),
+                      CASE WHEN current_setting('shared_preload_libraries') ~ 'audius_indexer'
+                           THEN 'not running (database ' || coalesce(current_setting('audius_indexer.database', true), '?') || ')'
+                           ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or use pg_cron' END)
+      UNION ALL
+      SELECT 'sweep status', last_error IS NULL OR last_error_at < last_tick_finished,
+             format('last tick %s, lag %s, %s wallets in back-off%s', coalesce(last_tick_finished::text, 'never'),
+                    coalesce(lag::text, '-'), wallets_in_backoff,
+                    coalesce(', last error: ' || last_error, ''))
+        FROM audius_indexer.sweep_status
+    "#;
+    Spi::connect(|c| {
+        c.select(SQL, None, &[])
+            .map(|t| {
+                t.map(|r| {
+                    (
+                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                        r.get::<bool>(2).ok().flatten().unwrap_or(false),
+                        r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                    )
+                })
+                .collect()
+            })
+            .unwrap_or_else(|e| vec![("database".into(), false, e.to_string())])
+    })
+}

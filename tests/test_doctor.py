@@ -1,0 +1,40 @@
+"""audius_indexer.doctor(): health checks a DBA runs from psql."""
+from conftest import SECRETS
+
+
+def checks(db) -> dict[str, tuple[bool, str]]:
+    return {r[0]: (r[1], r[2]) for r in db.execute("SELECT * FROM audius_indexer.doctor()").fetchall()}
+
+
+def test_doctor_all_green(db, contracts):
+    c = checks(db)
+    assert c["settings"][0], c["settings"]
+    rpc = [v for k, v in c.items() if k.startswith("rpc ")]
+    assert len(rpc) == 1 and rpc[0][0] and "chain id 31337" in rpc[0][1], rpc
+    assert c["contract multicall3"] == (True, c["contract multicall3"][1])
+    assert "canonical Multicall3" in c["contract multicall3"][1]
+    for name in ("token", "staking", "delegate_manager"):
+        assert c[f"contract {name}"][0], c[f"contract {name}"]
+    assert c["table eth_wallet_balances"][0]
+    assert c["index eth_wallet_balances_updated_at_idx"] == (True, "valid")
+    assert c["sweep worker"][0]          # sweep_enabled = off in this cluster: nothing to run
+    assert not any(s in d for _, d in c.values() for s in SECRETS), "no URL path/query in details"
+
+
+def test_doctor_reports_problems_without_raising(db, cluster, contracts):
+    # something that is not Multicall3 at the Multicall3 address
+    db.execute(f"SET audius_indexer.multicall_address = '{contracts.token}'")
+    c = checks(db)
+    assert not c["contract multicall3"][0] and "not the canonical Multicall3" in c["contract multicall3"][1]
+    db.execute("RESET audius_indexer.multicall_address")
+    # an unreachable endpoint
+    cluster.set_system(rpc_url="http://127.0.0.1:1/secret-key-123?apikey=zzz")
+    with cluster.connect("audius") as conn:
+        c = checks(conn)
+    assert c["rpc 127.0.0.1:1"][0] is False and "cannot connect" in c["rpc 127.0.0.1:1"][1]
+    assert not any(s in d for _, d in c.values() for s in SECRETS)
+    # no URL at all
+    cluster.set_system(rpc_url=None)
+    with cluster.connect("audius") as conn:
+        c = checks(conn)
+    assert c["settings"][0] is False and "audius_indexer.rpc_url is not set" in c["settings"][1]
