@@ -24,6 +24,18 @@
 \endif
 SET lock_timeout = 0;
 SET statement_timeout = 0;
+SELECT set_config('audius_indexer_indexes.schema', :'schema', false) AS schema_checked \gset
+
+-- 0. The table must exist (a clear error instead of a failing CREATE INDEX).
+DO $check$
+BEGIN
+    IF to_regclass(format('%I.notification', current_setting('audius_indexer_indexes.schema'))) IS NULL THEN
+        RAISE EXCEPTION 'table %.notification does not exist', current_setting('audius_indexer_indexes.schema')
+            USING ERRCODE = 'undefined_table',
+                  HINT = 'Run sql/indexes.sql in the Audius database; pass -v schema=<schema> when the tables are not in public.';
+    END IF;
+END
+$check$;
 
 -- 1. Drop INVALID leftovers of a previous failed/cancelled build of either index.
 SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', n.nspname, c.relname)
@@ -54,7 +66,6 @@ COMMENT ON INDEX :"schema".ix_notification_challenge_reward_user_ids IS
 
 -- 3. Verify: both present, valid, GIN, with the expected predicate, on notification of this schema
 --    (an older index with the same name but another definition would otherwise pass unnoticed).
-SELECT set_config('audius_indexer_indexes.schema', :'schema', false) AS schema_checked;
 DO $verify$
 DECLARE
     v_schema text := current_setting('audius_indexer_indexes.schema');

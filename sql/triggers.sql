@@ -21,31 +21,45 @@ CREATE TABLE audius_indexer.trigger_install_state (
     trigger_name        text        NOT NULL,
     previous_function   text,
     previous_definition text,
+    previous_enabled    "char",
     installed_at        timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT trigger_install_state_pkey PRIMARY KEY (table_schema, table_name, trigger_name)
 );
 COMMENT ON TABLE audius_indexer.trigger_install_state IS
     'One row per Audius trigger re-pointed by audius_indexer.install_triggers(): the function it called '
     'before (previous_function, regprocedure text) and its full definition (previous_definition, '
-    'pg_get_triggerdef). Both NULL when no trigger existed before. Read by uninstall_triggers().';
+    'pg_get_triggerdef) and firing state (previous_enabled, pg_trigger.tgenabled). All NULL when no trigger '
+    'existed before. Read by uninstall_triggers().';
 -- Keep the bookkeeping in pg_dump output, so a restored database can still be uninstalled.
 SELECT pg_catalog.pg_extension_config_dump('audius_indexer.trigger_install_state', '');
 
--- The three triggers: table, trigger name, events, Rust function.
+-- The three triggers: table, trigger name, events, Rust function, and the pg_trigger.tgtype of
+-- `AFTER <events> ... FOR EACH ROW` (ROW 1 | INSERT 4 | UPDATE 16).
 CREATE FUNCTION audius_indexer.trigger_specs()
-RETURNS TABLE (table_name text, trigger_name text, events text, function_signature text)
+RETURNS TABLE (table_name text, trigger_name text, events text, function_signature text, tgtype smallint)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
     VALUES ('user_challenges',          'on_user_challenge',          'INSERT OR UPDATE',
-            'audius_indexer.handle_on_user_challenge()'),
+            'audius_indexer.handle_on_user_challenge()',       21::smallint),
            ('challenge_disbursements',  'on_challenge_disbursement',  'INSERT',
-            'audius_indexer.handle_challenge_disbursement()'),
+            'audius_indexer.handle_challenge_disbursement()',  5::smallint),
            ('sol_reward_disbursements', 'on_sol_reward_disbursement', 'INSERT',
-            'audius_indexer.handle_sol_reward_disbursement()')
+            'audius_indexer.handle_sol_reward_disbursement()', 5::smallint)
 $$;
 COMMENT ON FUNCTION audius_indexer.trigger_specs() IS
-    'The Audius triggers install_triggers() manages: table, trigger name, events (AFTER ... FOR EACH ROW), Rust function.';
+    'The Audius triggers install_triggers() manages: table, trigger name, events (AFTER ... FOR EACH ROW), '
+    'Rust function, expected pg_trigger.tgtype.';
+
+-- ALTER TABLE ... {ENABLE|DISABLE} TRIGGER clause for a pg_trigger.tgenabled value ('O' = default).
+CREATE FUNCTION audius_indexer._trigger_enable_clause(tgenabled "char")
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE tgenabled WHEN 'D' THEN 'DISABLE' WHEN 'R' THEN 'ENABLE REPLICA'
+                          WHEN 'A' THEN 'ENABLE ALWAYS' ELSE 'ENABLE' END
+$$;
 
 CREATE FUNCTION audius_indexer.install_triggers(target_schema text DEFAULT 'public')
 RETURNS TABLE (table_name text, trigger_name text, previous_function text, action text)
@@ -79,8 +93,10 @@ BEGIN
         v_rel  := to_regclass(format('%I.%I', target_schema, s.table_name));
         v_ours := to_regprocedure(s.function_signature);
 
-        SELECT t.oid, t.tgfoid, t.tgfoid::regprocedure::text AS fn,
-               pg_get_triggerdef(t.oid) AS def, t.tgconstraint <> 0 AS is_constraint
+        SELECT t.oid, t.tgfoid, t.tgfoid::regprocedure::text AS fn, t.tgenabled,
+               pg_get_triggerdef(t.oid) AS def, t.tgconstraint <> 0 AS is_constraint,
+               (t.tgtype = s.tgtype AND t.tgnargs = 0 AND t.tgqual IS NULL
+                AND coalesce(array_length(t.tgattr::int2[], 1), 0) = 0) AS canonical
           INTO v_trig
           FROM pg_trigger t
          WHERE t.tgrelid = v_rel AND t.tgname = s.trigger_name AND NOT t.tgisinternal;
@@ -96,34 +112,55 @@ BEGIN
                               AND st.trigger_name = s.trigger_name);
 
         IF v_trig.oid IS NOT NULL AND v_trig.tgfoid = v_ours THEN
-            -- Already ours: keep what we recorded at the first install (re-running is a no-op).
+            -- Already ours: keep what we recorded at the first install (re-running is a no-op). A trigger
+            -- that calls ours with other events, arguments, a WHEN clause or column list is put back
+            -- into the canonical shape (firing state kept).
             IF NOT v_known THEN
                 INSERT INTO audius_indexer.trigger_install_state AS st
-                       (table_schema, table_name, trigger_name, previous_function, previous_definition)
-                VALUES (target_schema, s.table_name, s.trigger_name, NULL, NULL);
+                       (table_schema, table_name, trigger_name, previous_function, previous_definition,
+                        previous_enabled)
+                VALUES (target_schema, s.table_name, s.trigger_name, NULL, NULL, NULL);
+            END IF;
+            action := 'already installed';
+            IF NOT v_trig.canonical THEN
+                EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %I.%I FOR EACH ROW EXECUTE FUNCTION %s',
+                               s.trigger_name, s.events, target_schema, s.table_name, s.function_signature);
+                IF v_trig.tgenabled <> 'O' THEN
+                    EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, s.table_name,
+                                   audius_indexer._trigger_enable_clause(v_trig.tgenabled), s.trigger_name);
+                END IF;
+                action := 'repaired';
             END IF;
             table_name := format('%I.%I', target_schema, s.table_name);
             trigger_name := s.trigger_name;
             SELECT st.previous_function INTO previous_function FROM audius_indexer.trigger_install_state st
              WHERE st.table_schema = target_schema AND st.table_name = s.table_name AND st.trigger_name = s.trigger_name;
-            action := 'already installed';
             RETURN NEXT;
             CONTINUE;
         END IF;
 
         INSERT INTO audius_indexer.trigger_install_state AS st
-               (table_schema, table_name, trigger_name, previous_function, previous_definition, installed_at)
+               (table_schema, table_name, trigger_name, previous_function, previous_definition,
+                previous_enabled, installed_at)
         VALUES (target_schema, s.table_name, s.trigger_name,
                 CASE WHEN v_trig.oid IS NULL THEN NULL ELSE v_trig.fn END,
                 CASE WHEN v_trig.oid IS NULL THEN NULL ELSE v_trig.def END,
+                CASE WHEN v_trig.oid IS NULL THEN NULL ELSE v_trig.tgenabled END,
                 now())
         ON CONFLICT (table_schema, table_name, trigger_name) DO UPDATE
            SET previous_function   = EXCLUDED.previous_function,
                previous_definition = EXCLUDED.previous_definition,
+               previous_enabled    = EXCLUDED.previous_enabled,
                installed_at        = EXCLUDED.installed_at;
 
         EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %I.%I FOR EACH ROW EXECUTE FUNCTION %s',
                        s.trigger_name, s.events, target_schema, s.table_name, s.function_signature);
+        -- The replacement fires in the same situations as the trigger it replaces (a disabled Audius
+        -- trigger stays disabled; ENABLE REPLICA / ALWAYS are kept).
+        IF v_trig.oid IS NOT NULL AND v_trig.tgenabled <> 'O' THEN
+            EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, s.table_name,
+                           audius_indexer._trigger_enable_clause(v_trig.tgenabled), s.trigger_name);
+        END IF;
 
         table_name := format('%I.%I', target_schema, s.table_name);
         trigger_name := s.trigger_name;
@@ -167,7 +204,7 @@ BEGIN
           FROM pg_trigger t
          WHERE t.tgrelid = v_rel AND t.tgname = s.trigger_name AND NOT t.tgisinternal;
 
-        SELECT st.previous_function, st.previous_definition INTO v_state
+        SELECT st.previous_function, st.previous_definition, st.previous_enabled INTO v_state
           FROM audius_indexer.trigger_install_state st
          WHERE st.table_schema = target_schema AND st.table_name = s.table_name AND st.trigger_name = s.trigger_name;
 
@@ -187,6 +224,10 @@ BEGIN
             END IF;
             EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trigger_name, target_schema, s.table_name);
             EXECUTE v_state.previous_definition;
+            IF coalesce(v_state.previous_enabled, 'O') <> 'O' THEN
+                EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, s.table_name,
+                               audius_indexer._trigger_enable_clause(v_state.previous_enabled), s.trigger_name);
+            END IF;
             restored_function := v_state.previous_function;
             action := 'restored';
         ELSE

@@ -44,6 +44,15 @@ pub fn raise(
     unreachable!("ERROR returned")
 }
 
+/// The message of an ERROR or panic caught with `PgTryBuilder`.
+pub fn caught_message(e: pgrx::pg_sys::panic::CaughtError) -> String {
+    use pgrx::pg_sys::panic::CaughtError::*;
+    match e {
+        PostgresError(r) | ErrorReport(r) => r.message().to_string(),
+        RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}
+
 /// SQLSTATE string (from the pure code) → pgrx error code.
 pub fn errcode(sqlstate: &str) -> PgSqlErrorCode {
     match sqlstate {

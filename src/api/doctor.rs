@@ -43,15 +43,7 @@ fn doctor() -> TableIterator<
 > {
     let mut rows: Vec<Row> = Vec::new();
     let settings = PgTryBuilder::new(|| Ok(Config::from_settings()))
-        .catch_others(|e| {
-            Err(match e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-                pg_sys::panic::CaughtError::RustPanic { ereport, .. } => {
-                    ereport.message().to_string()
-                }
-            })
-        })
+        .catch_others(|e| Err(reader::caught_message(e)))
         .execute();
     if let Err(msg) = &settings {
         rows.push(("settings".into(), false, msg.clone()));
