@@ -1,79 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Test double for the Audius AUDIO ERC-20 token: only the read the indexer makes,
-// `balanceOf(address) returns (uint256)`, plus setters the integration tests use to shape the answers.
+// `balanceOf(address) returns (uint256)`; setters in MockUintRead.
 pragma solidity ^0.8.20;
 
-contract MockAudioToken {
-    // How the read answers for one address.
-    uint8 public constant MODE_NORMAL = 0;
-    uint8 public constant MODE_REVERT = 1;       // revert with Error(string) "MockAudioToken: forced revert"
-    uint8 public constant MODE_EMPTY = 2;        // succeed with zero bytes of return data
-    uint8 public constant MODE_SHORT = 3;        // succeed with 16 bytes of return data
-    uint8 public constant MODE_BARE_REVERT = 4;  // revert with no data
-    uint8 public constant MODE_CUSTOM_ERROR = 5; // revert with custom error Forced(address)
+import "./MockUintRead.sol";
 
-    error Forced(address who);
-
-    mapping(address => uint256) private values;
-    mapping(address => uint8) public modeOf;
+contract MockAudioToken is MockUintRead {
+    constructor() MockUintRead("MockAudioToken") {}
 
     function balanceOf(address who) external view returns (uint256) {
-        uint8 m = modeOf[who];
-        if (m == MODE_NORMAL) {
-            return values[who];
-        }
-        if (m == MODE_REVERT) {
-            revert("MockAudioToken: forced revert");
-        }
-        if (m == MODE_EMPTY) {
-            assembly {
-                return(0, 0)
-            }
-        }
-        if (m == MODE_SHORT) {
-            assembly {
-                mstore(0, 0x00000000000000000000000000000000ffffffffffffffffffffffffffffffff)
-                return(0, 16)
-            }
-        }
-        if (m == MODE_BARE_REVERT) {
-            revert();
-        }
-        revert Forced(who);
-    }
-
-    function set(address who, uint256 value) external {
-        values[who] = value;
-    }
-
-    function setMany(address[] calldata who, uint256[] calldata value) external {
-        require(who.length == value.length, "MockAudioToken: length mismatch");
-        for (uint256 i = 0; i < who.length; i++) {
-            values[who[i]] = value[i];
-        }
-    }
-
-    function setRevert(address who, bool flag) external {
-        modeOf[who] = flag ? MODE_REVERT : MODE_NORMAL;
-    }
-
-    function setRevertMany(address[] calldata who, bool flag) external {
-        uint8 m = flag ? MODE_REVERT : MODE_NORMAL;
-        for (uint256 i = 0; i < who.length; i++) {
-            modeOf[who[i]] = m;
-        }
-    }
-
-    /// Any MODE_* above (MODE_NORMAL restores the stored value).
-    function setMode(address who, uint8 mode) external {
-        require(mode <= MODE_CUSTOM_ERROR, "MockAudioToken: bad mode");
-        modeOf[who] = mode;
-    }
-
-    function setModeMany(address[] calldata who, uint8 mode) external {
-        require(mode <= MODE_CUSTOM_ERROR, "MockAudioToken: bad mode");
-        for (uint256 i = 0; i < who.length; i++) {
-            modeOf[who[i]] = mode;
-        }
+        return _read(who);
     }
 }
