@@ -32,3 +32,5 @@ REVOKE EXECUTE ON FUNCTION audius_indexer.doctor() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audius_indexer.doctor() TO audius_indexer_operator;
 REVOKE EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats() TO audius_indexer_operator;
+REVOKE EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats_server() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats_server() TO audius_indexer_operator;

@@ -12,6 +12,7 @@ mod api;
 pub mod eth;
 mod gucs;
 mod reader;
+mod shmem_stats;
 mod sweep;
 mod triggers;
 mod worker;
@@ -33,6 +34,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        shmem_stats::init();
         worker::register();
     }
 }

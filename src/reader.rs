@@ -193,12 +193,19 @@ pub fn request<T: Send + 'static>(
                 });
                 let body = body_for(id);
                 let ep = ep.clone();
-                run_interruptible(
+                let host = ep.host().to_string();
+                let t = Instant::now();
+                let r = run_interruptible(
                     move || {
                         rpc::http_post(&ep, &body, timeout, max_resp).and_then(|v| parse(&ep, &v))
                     },
                     &mut poll_interrupts,
-                )
+                );
+                if let Ok(outcome) = &r {
+                    let err = outcome.as_ref().err().map(ToString::to_string);
+                    crate::shmem_stats::record(&host, t.elapsed(), err.as_deref());
+                }
+                r
             },
             |d| sleep_interruptible(d, &mut poll_interrupts),
             Instant::now,

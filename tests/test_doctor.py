@@ -38,3 +38,19 @@ def test_doctor_reports_problems_without_raising(db, cluster, contracts):
     with cluster.connect("audius") as conn:
         c = checks(conn)
     assert c["settings"][0] is False and "audius_indexer.rpc_url is not set" in c["settings"][1]
+
+
+def test_endpoint_counters_session_and_server(db, other_conn, proxy, contracts):
+    host = proxy.url.split("://", 1)[1]
+    before = dict((r[0], r[1]) for r in other_conn.execute(
+        "SELECT host, requests FROM audius_indexer.rpc_endpoint_stats_server()").fetchall())
+    for _ in range(3):
+        db.execute("SELECT * FROM audius_indexer.multicall_total_audio_balances(%s)", ([contracts.token],))
+    mine = db.execute("SELECT host, requests, failures FROM audius_indexer.rpc_endpoint_stats()").fetchall()
+    assert (host, 3, 0) in mine, mine
+    # another session sees this session's requests in the server-wide counters (shared memory)
+    after = dict((r[0], r[1]) for r in other_conn.execute(
+        "SELECT host, requests FROM audius_indexer.rpc_endpoint_stats_server()").fetchall())
+    assert after[host] - before.get(host, 0) == 3
+    # nothing of the URL's path or query
+    assert "secret" not in str(after)

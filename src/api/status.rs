@@ -44,3 +44,49 @@ fn rpc_endpoint_stats() -> TableIterator<
         .collect();
     TableIterator::new(rows)
 }
+
+/// Server-wide per-endpoint RPC counters (all sessions and the sweep worker, since server start).
+/// Needs `audius_indexer` in `shared_preload_libraries`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn rpc_endpoint_stats_server() -> TableIterator<
+    'static,
+    (
+        name!(host, String),
+        name!(requests, i64),
+        name!(failures, i64),
+        name!(last_error, Option<String>),
+        name!(last_error_at, Option<TimestampWithTimeZone>),
+        name!(last_latency_ms, f64),
+        name!(avg_latency_ms, Option<f64>),
+        name!(last_used_at, TimestampWithTimeZone),
+    ),
+> {
+    if !crate::shmem_stats::available() {
+        reader::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "server-wide RPC counters need audius_indexer in shared_preload_libraries",
+            None,
+            Some("Use rpc_endpoint_stats() for this session's counters.".into()),
+        );
+    }
+    let ts = |t: pgrx::pg_sys::TimestampTz| unsafe {
+        TimestampWithTimeZone::from_datum(pgrx::pg_sys::Datum::from(t), false).expect("timestamp")
+    };
+    let rows: Vec<_> = crate::shmem_stats::snapshot()
+        .into_iter()
+        .map(|r| {
+            (
+                r.host,
+                r.requests as i64,
+                r.failures as i64,
+                r.last_error,
+                r.last_error_at.map(ts),
+                r.last_latency.as_secs_f64() * 1000.0,
+                (r.requests > 0)
+                    .then(|| r.total_latency.as_secs_f64() * 1000.0 / r.requests as f64),
+                ts(r.last_used_at),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}

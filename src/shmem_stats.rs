@@ -1,0 +1,141 @@
+//! Server-wide RPC endpoint counters in shared memory (only when the library is preloaded).
+//!
+//! Every backend and the sweep worker add to the same counters, so `rpc_endpoint_stats_server()`
+//! shows the worker's traffic too. Fixed size: up to `MAX_ENDPOINTS` hosts (least recently used
+//! evicted), host and last error truncated. Updated on the backend's own thread after each attempt.
+
+use pgrx::lwlock::PgLwLock;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+use pgrx::{pg_shmem_init, pg_sys};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const MAX_ENDPOINTS: usize = 16;
+const HOST_LEN: usize = 96;
+const ERR_LEN: usize = 240;
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Slot {
+    host: [u8; HOST_LEN],
+    host_len: u16,
+    err_len: u16,
+    requests: u64,
+    failures: u64,
+    last_latency_us: u64,
+    total_latency_us: u64,
+    last_used_at: pg_sys::TimestampTz,
+    last_error_at: pg_sys::TimestampTz,
+    last_error: [u8; ERR_LEN],
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Stats {
+    slots: [Slot; MAX_ENDPOINTS],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        // SAFETY: all-zero is a valid Slot (empty host, zero counters).
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+unsafe impl PGRXSharedMemory for Stats {}
+
+static STATS: PgLwLock<Stats> = unsafe { PgLwLock::new(c"audius_indexer_endpoint_stats") };
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Called from `_PG_init` while shared_preload_libraries is processed.
+pub fn init() {
+    pg_shmem_init!(STATS);
+    READY.store(true, Ordering::Relaxed);
+}
+
+pub fn available() -> bool {
+    READY.load(Ordering::Relaxed)
+}
+
+fn copy_into(dst: &mut [u8], s: &str) -> u16 {
+    let mut n = s.len().min(dst.len());
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+    n as u16
+}
+
+/// Adds one attempt's outcome for `host`.
+pub fn record(host: &str, latency: Duration, error: Option<&str>) {
+    if !available() {
+        return;
+    }
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut stats = STATS.exclusive();
+    let hb = &host.as_bytes()[..host.len().min(HOST_LEN)];
+    let idx = stats
+        .slots
+        .iter()
+        .position(|s| s.host_len > 0 && &s.host[..s.host_len as usize] == hb)
+        .or_else(|| stats.slots.iter().position(|s| s.host_len == 0))
+        .unwrap_or_else(|| {
+            let (i, _) = stats
+                .slots
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.last_used_at)
+                .expect("slots");
+            i
+        });
+    let slot = &mut stats.slots[idx];
+    if slot.host_len == 0 || &slot.host[..slot.host_len as usize] != hb {
+        *slot = unsafe { std::mem::zeroed() };
+        slot.host_len = copy_into(&mut slot.host, host);
+    }
+    let us = latency.as_micros().min(u64::MAX as u128) as u64;
+    slot.requests += 1;
+    slot.last_latency_us = us;
+    slot.total_latency_us = slot.total_latency_us.saturating_add(us);
+    slot.last_used_at = now;
+    if let Some(e) = error {
+        slot.failures += 1;
+        slot.last_error_at = now;
+        slot.err_len = copy_into(&mut slot.last_error, e);
+    }
+}
+
+/// One row of the server-wide view.
+pub struct Row {
+    pub host: String,
+    pub requests: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<pg_sys::TimestampTz>,
+    pub last_latency: Duration,
+    pub total_latency: Duration,
+    pub last_used_at: pg_sys::TimestampTz,
+}
+
+pub fn snapshot() -> Vec<Row> {
+    let stats = STATS.share();
+    let mut rows: Vec<Row> = stats
+        .slots
+        .iter()
+        .filter(|s| s.host_len > 0)
+        .map(|s| Row {
+            host: String::from_utf8_lossy(&s.host[..s.host_len as usize]).into_owned(),
+            requests: s.requests,
+            failures: s.failures,
+            last_error: (s.err_len > 0)
+                .then(|| String::from_utf8_lossy(&s.last_error[..s.err_len as usize]).into_owned()),
+            last_error_at: (s.last_error_at != 0).then_some(s.last_error_at),
+            last_latency: Duration::from_micros(s.last_latency_us),
+            total_latency: Duration::from_micros(s.total_latency_us),
+            last_used_at: s.last_used_at,
+        })
+        .collect();
+    rows.sort_by(|a, b| a.host.cmp(&b.host));
+    rows
+}
