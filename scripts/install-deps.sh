@@ -39,11 +39,12 @@ fi
 
 # npm tooling (anvil, cast, solc-js) into a git-ignored folder, pinned by package-lock.json.
 if [ -x tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil ] && [ -d tools/node_modules/solc ] \
-   && cmp -s tools/package-lock.json tools/node_modules/.package-lock.json 2>/dev/null; then
+   && cmp -s tools/package-lock.json tools/node_modules/.installed-package-lock.json 2>/dev/null; then
   log "npm tools: present"
 else
   log "npm tools: npm ci"
   (cd tools && npm ci --no-audit --no-fund --loglevel=error)
+  cp tools/package-lock.json tools/node_modules/.installed-package-lock.json
 fi
 # Python test runner (pytest + psycopg), pinned in tests/requirements.txt, into the git-ignored .venv.
 if [ -x .venv/bin/pytest ] && cmp -s tests/requirements.txt .venv/.requirements.installed; then
