@@ -28,7 +28,7 @@ enum Failure {
     /// The body returned an error value (not a PostgreSQL error).
     Returned(String),
     /// A PostgreSQL error or a Rust panic.
-    Caught(CaughtError),
+    Caught(Box<CaughtError>),
 }
 
 /// Runs `body` in an internal subtransaction; errors become a WARNING naming `tg_name`.
@@ -61,7 +61,7 @@ where
         }
         Err(e) => Err(Failure::Returned(e.to_string())),
     }))
-    .catch_others(|cause| Err(Failure::Caught(cause)))
+    .catch_others(|cause| Err(Failure::Caught(Box::new(cause))))
     .execute();
 
     let failure = match outcome {
@@ -79,13 +79,13 @@ where
 
     let message = match failure {
         Failure::Returned(msg) => msg,
-        Failure::Caught(cause) => match &cause {
+        Failure::Caught(cause) => match &*cause {
             CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
                 let code = report.sql_error_code();
                 if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
                     || code == PgSqlErrorCode::ERRCODE_ASSERT_FAILURE
                 {
-                    cause.rethrow();
+                    (*cause).rethrow();
                 }
                 report.message().to_owned()
             }
