@@ -8,6 +8,7 @@ GRANT EXECUTE ON FUNCTION audius_indexer.multicall_total_audio_balances(text[]) 
 -- search_path pinned, EXECUTE only for audius_indexer_operator.
 ALTER FUNCTION audius_indexer.refresh_wallets(text[], bigint[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION audius_indexer.refresh_stale(integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION audius_indexer.upsert_wallet_balances(text[], numeric[], bigint[], boolean) SECURITY DEFINER;
 DO $grants$
 DECLARE
   f regprocedure;

@@ -47,23 +47,44 @@ INSERT INTO audius_indexer.sweep_state DEFAULT VALUES;
 CREATE FUNCTION audius_indexer.upsert_wallet_balances(
   wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean DEFAULT false)
 RETURNS SETOF text
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  INSERT INTO public.eth_wallet_balances AS e (wallet, balance, blocknumber, updated_at)
-  SELECT u.w, u.b, NULLIF(u.bl, 0), now()
-  FROM unnest(wallets, balances, blocks) AS u(w, b, bl)
-  ORDER BY u.w
-  ON CONFLICT (wallet) DO UPDATE SET
-    balance     = EXCLUDED.balance,
-    blocknumber = CASE WHEN EXCLUDED.blocknumber IS NULL THEN e.blocknumber
-                       ELSE GREATEST(COALESCE(e.blocknumber, 0), EXCLUDED.blocknumber) END,
-    updated_at  = now()
-  WHERE NOT only_if_not_older
-     OR e.blocknumber IS NULL
-     OR EXCLUDED.blocknumber IS NULL
-     OR e.blocknumber <= EXCLUDED.blocknumber
-  RETURNING e.wallet
+DECLARE
+  bad record;
+BEGIN
+  IF cardinality(wallets) IS DISTINCT FROM cardinality(balances)
+     OR cardinality(wallets) IS DISTINCT FROM cardinality(blocks) THEN
+    RAISE EXCEPTION 'wallets, balances and blocks must have the same length (got %, %, %)',
+      cardinality(wallets), cardinality(balances), cardinality(blocks)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- Keys are stored lowercase 0x + 40 hex (what every reader of eth_wallet_balances expects).
+  SELECT u.w, u.i INTO bad FROM unnest(wallets) WITH ORDINALITY AS u(w, i)
+   WHERE u.w IS NULL OR u.w !~ '^0x[0-9a-f]{40}$' ORDER BY u.i LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'wallet at position % (%) is not a lowercase 0x-prefixed 40-hex-digit address',
+      bad.i, coalesce(quote_literal(bad.w), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN QUERY
+  WITH written AS (
+    INSERT INTO public.eth_wallet_balances AS e (wallet, balance, blocknumber, updated_at)
+    SELECT u.w, u.b, NULLIF(u.bl, 0), now()
+    FROM unnest(wallets, balances, blocks) AS u(w, b, bl)
+    ORDER BY u.w
+    ON CONFLICT (wallet) DO UPDATE SET
+      balance     = EXCLUDED.balance,
+      blocknumber = CASE WHEN EXCLUDED.blocknumber IS NULL THEN e.blocknumber
+                         ELSE GREATEST(COALESCE(e.blocknumber, 0), EXCLUDED.blocknumber) END,
+      updated_at  = now()
+    WHERE NOT only_if_not_older
+       OR e.blocknumber IS NULL
+       OR EXCLUDED.blocknumber IS NULL
+       OR e.blocknumber <= EXCLUDED.blocknumber
+    RETURNING e.wallet)
+  SELECT w.wallet FROM written AS w;
+END
 $$;
 COMMENT ON FUNCTION audius_indexer.upsert_wallet_balances(text[], numeric[], bigint[], boolean) IS
   'The Audius eth_wallet_balances upsert (NULLIF/GREATEST block rules); only_if_not_older skips rows stamped with a newer block.';

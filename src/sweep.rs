@@ -229,7 +229,18 @@ pub fn refresh_stale(batch: i32) -> Option<Counts> {
         .into_iter()
         .map(|key| {
             let address = parse_address(&key)
-                .map_err(|e| format!("stored wallet {key:?} is not a valid address: it {e}"));
+                .map_err(|e| format!("stored wallet {key:?} is not a valid address: it {e}"))
+                .and_then(|a| {
+                    // Keys are lowercase; a mixed-case key is a row no writer will ever update.
+                    if normalize(&a) == key {
+                        Ok(a)
+                    } else {
+                        Err(format!(
+                            "stored wallet {key:?} is not in the lowercase form {:?}",
+                            normalize(&a)
+                        ))
+                    }
+                });
             Entry {
                 key,
                 address,

@@ -88,6 +88,9 @@ pub extern "C-unwind" fn audius_indexer_sweep_main(_arg: pg_sys::Datum) {
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
+        // Service interrupts while idle, as PostgreSQL's own workers do: without this a
+        // ProcSignalBarrier (e.g. DROP DATABASE) would wait for the next tick, or forever.
+        pg_sys::check_for_interrupts!();
     }
     log!("audius_indexer sweep worker stopping (SIGTERM)");
     // Exit code 1: the postmaster restarts us after RESTART_AFTER unless it is shutting down.

@@ -260,11 +260,13 @@ def test_poison_rows_do_not_stall_the_sweep(env, conn):
 
 def test_invalid_stored_wallets_are_backed_off_not_fatal(env, conn):
     ws = wallets(2, "valid")
-    seed_rows(conn, ws + ["not-a-wallet", "0x12"])
+    upper = "0x" + ws[0][2:].upper()
+    seed_rows(conn, ws + ["not-a-wallet", "0x12", upper])
     c = counts(conn, "SELECT * FROM audius_indexer.refresh_stale(10)")
-    assert c == (4, 2, 2, 0)
+    assert c == (5, 2, 3, 0)
     reasons = dict(conn.execute("SELECT wallet, reason FROM audius_indexer.wallet_failures").fetchall())
     assert "not a valid address" in reasons["not-a-wallet"] and "0x12" in reasons
+    assert "not in the lowercase form" in reasons[upper]
 
 
 def test_batch_bounds(conn):

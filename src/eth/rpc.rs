@@ -230,7 +230,9 @@ fn is_transient_jsonrpc(code: i64, message: &str) -> bool {
 
 fn classify_jsonrpc(code: i64, message: String) -> RpcErrorKind {
     let m = message.to_ascii_lowercase();
-    if m.contains("out of gas")
+    // geth: "out of gas"; anvil/revm: "EVM error OutOfGas"; others: "gas required exceeds allowance".
+    let squashed: String = m.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    if squashed.contains("outofgas")
         || m.contains("gas required exceeds")
         || m.contains("gas limit reached")
     {
@@ -441,7 +443,9 @@ pub fn http_post(
             std::io::ErrorKind::TimedOut => RpcErrorKind::Timeout(timeout),
             _ => {
                 let msg = e.to_string();
-                if msg.contains("limit") || msg.contains("exceeds") {
+                if msg.to_ascii_lowercase().contains("timeout") {
+                    RpcErrorKind::Timeout(timeout)
+                } else if msg.contains("limit") || msg.contains("exceeds") {
                     RpcErrorKind::TooLarge(format!(
                         "response larger than {max_response_bytes} bytes"
                     ))
@@ -809,6 +813,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(oog.wants_smaller_chunk() && !oog.is_transient());
+        let anvil_oog = parse_http_answer(
+            &e,
+            200,
+            None,
+            None,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"EVM error OutOfGas"}}"#,
+        )
+        .unwrap_err();
+        assert!(anvil_oog.wants_smaller_chunk(), "{anvil_oog:?}");
         assert!(parse_http_answer(&e, 413, None, None, b"")
             .unwrap_err()
             .wants_smaller_chunk());

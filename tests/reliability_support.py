@@ -1,0 +1,169 @@
+"""Shared helpers of the reliability/security suites R1, R2, R3, R5 (issue 5).
+
+- `error_text` / `expect_error`: every error a suite provokes is checked for its SQLSTATE and for
+  the RPC URL's secrets (path `secret-key-123`, query `zzz`), and the connection must still work.
+- `Report`: each case records (case, fault/input, expected, observed); at module end the table is
+  written to tests/.build/suites/<suite>.md (tests/SUITES.md is assembled from those).
+- `log_guard`: the server log written while a module ran must have no crashed backend / PANIC and
+  no secret of the RPC URL.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import SECRETS
+
+BUILD = Path(__file__).resolve().parent / ".build" / "suites"
+
+
+def error_text(e: psycopg.Error) -> str:
+    d = e.diag
+    return "\n".join(x for x in (d.message_primary, d.message_detail, d.message_hint, d.context,
+                                 str(e)) if x)
+
+
+def assert_no_secret(text: str, where: str = "error") -> None:
+    for s in SECRETS:
+        assert s not in text, f"{where} leaks {s!r} from the RPC URL: {text[:2000]}"
+
+
+def expect_error(conn, sql: str, args=(), sqlstate: str | None = None, contains=(), max_s=None,
+                 min_s=None) -> tuple[psycopg.Error, str, float]:
+    """Runs `sql` expecting an ERROR (with `sqlstate` when given). Checks: no secret in any part of
+    the message, every string of `contains` present, timing bounds, connection still usable."""
+    t0 = time.monotonic()
+    with pytest.raises(psycopg.Error) as ei:
+        conn.execute(sql, args or None).fetchall()
+    dt = time.monotonic() - t0
+    e = ei.value
+    text = error_text(e)
+    assert_no_secret(text)
+    if sqlstate is not None:
+        assert e.sqlstate == sqlstate, f"expected SQLSTATE {sqlstate}, got {e.sqlstate}: {text}"
+    for c in contains:
+        assert c in text, f"error does not mention {c!r}: {text}"
+    if max_s is not None:
+        assert dt < max_s, f"took {dt:.2f}s, expected < {max_s}s ({text})"
+    if min_s is not None:
+        assert dt >= min_s, f"took only {dt:.2f}s, expected >= {min_s}s ({text})"
+    if not conn.closed:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    return e, text, dt
+
+
+def short(e: psycopg.Error, n: int = 110) -> str:
+    msg = (e.diag.message_primary or str(e)).replace("\n", " ").replace("|", "\\|")
+    return f"{e.sqlstate} {msg[:n]}{'…' if len(msg) > n else ''}"
+
+
+class _Case:
+    def __init__(self, case: str, fault: str, expected: str):
+        self.case, self.fault, self.expected = case, fault, expected
+        self.observed = ""
+
+
+class Report:
+    """Collects one suite's table: case → fault/input → expected → observed (PASS/FAIL)."""
+
+    def __init__(self, suite: str, title: str):
+        self.suite, self.title = suite, title
+        self.rows: list[tuple[str, str, str, str, bool]] = []
+        self.started = time.monotonic()
+
+    @contextlib.contextmanager
+    def case(self, case: str, fault: str, expected: str):
+        c = _Case(case, fault, expected)
+        try:
+            yield c
+        except BaseException as e:  # noqa: BLE001
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            obs = c.observed if c.observed else first[:200]
+            self.rows.append((case, fault, expected, f"**FAIL**: {obs}", False))
+            raise
+        self.rows.append((case, fault, expected, c.observed or "as expected", True))
+
+    def write(self) -> Path:
+        BUILD.mkdir(parents=True, exist_ok=True)
+        took = time.monotonic() - self.started
+        ok = sum(1 for r in self.rows if r[4])
+        esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+        lines = [f"### {self.title}", "",
+                 f"{len(self.rows)} cases tried, {ok} passed, {took:.1f} s.", "",
+                 "| case | fault / input | expected | observed |", "|---|---|---|---|"]
+        for case, fault, exp, obs, _ in self.rows:
+            lines.append(f"| {esc(case)} | {esc(fault)} | {esc(exp)} | {esc(obs)} |")
+        path = BUILD / f"{self.suite}.md"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+# PostgreSQL itself (the postmaster, on reload) logs every changed setting with its value, the
+# superuser-only URL settings included; that is core behaviour, not an extension error message.
+PG_RELOAD_LINE = re.compile(r'LOG:  parameter "audius_indexer\.rpc_urls?" changed to ')
+
+
+def crash_or_secret_lines(text: str) -> list[str]:
+    bad = []
+    for ln in text.splitlines():
+        if "terminated by signal" in ln or "PANIC" in ln or re.search(r"server process .* was terminated", ln):
+            bad.append(ln)
+        elif any(s in ln for s in SECRETS) and not PG_RELOAD_LINE.search(ln):
+            bad.append(ln)
+    return bad
+
+
+@contextlib.contextmanager
+def log_guard(cluster):
+    """Around a whole module: the log it produced has no crash, no PANIC, no URL secret."""
+    mark = len(cluster.log_text())
+    yield
+    bad = crash_or_secret_lines(cluster.log_text()[mark:])
+    assert not bad, "server log shows crashes / secrets:\n" + "\n".join(bad[:20])
+
+
+class Listener:
+    """A TCP socket on 127.0.0.1 that only counts the connections it receives (and closes them):
+    the place a redirect or a refused URL scheme must never reach."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"listener:{self.port}")
+        self._thread.start()
+
+    def _run(self):
+        import socket
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            c.close()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

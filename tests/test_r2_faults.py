@@ -1,0 +1,790 @@
+"""R2 (issue 5): RPC faults → the right SQLSTATE (or success after retries), nothing partial
+written, the worker keeps ticking, recovery when the fault clears.
+
+Balance-writing cases run in a database of their own (`r2`, same cluster, same proxy) so the rows
+and `refresh_stale` queue are ours alone. Each fault case seeds rows with a sentinel balance, runs
+`refresh_wallets` and `refresh_stale` with the fault hitting the *second* of three chunks (the first
+was read fine: a partial write would show), checks the rows are byte-for-byte unchanged and no
+wallet is blamed, then clears the fault and checks the same calls write the chain's values.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+
+from conftest import SECRET_PATH, wait_until
+from harness.chain import Contracts, wallet_address
+from harness.pg import free_port
+from harness.rpcproxy import RpcProxy
+from reliability_support import Listener, Report, assert_no_secret, error_text, expect_error, log_guard, short
+
+pytestmark = pytest.mark.timeout(120)
+
+DB = "r2"
+F = "audius_indexer.multicall_total_audio_balances"
+SENTINEL = 123456789
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures and helpers
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def report(cluster):
+    """Suite table + after the suite: no crash / PANIC / URL secret in the server log."""
+    r = Report("r2_faults", "R2 — RPC faults")
+    with log_guard(cluster):
+        yield r
+        r.write()
+
+
+@pytest.fixture(scope="module")
+def r2db(cluster):
+    # Not dropped afterwards: DROP DATABASE hangs while the sweep worker idles (see
+    # test_drop_database_while_worker_idles); the cluster goes at session end anyway.
+    with cluster.connect() as c:
+        c.execute(f"CREATE DATABASE {DB}")
+    with cluster.connect(DB) as c:
+        c.execute("CREATE EXTENSION audius_indexer")
+    yield DB
+
+
+@pytest.fixture
+def conn(db, cluster, r2db):
+    """A connection to `r2` with empty balance/failure tables. `db` (conftest) clears faults,
+    counters and SIGHUP settings afterwards and checks the log for crashes."""
+    c = cluster.connect(r2db)
+    c.execute("TRUNCATE eth_wallet_balances, audius_indexer.wallet_failures")
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def hostport(proxy) -> str:
+    return f"127.0.0.1:{proxy.port}"
+
+
+def wallets(n: int, tag: str) -> list[str]:
+    return [wallet_address(i, f"r2-{tag}") for i in range(n)]
+
+
+def set_values(contracts, ws, seed) -> dict[str, int]:
+    rng = random.Random(seed)
+    tok = [rng.randrange(1, 10**24) for _ in ws]
+    stk = [rng.randrange(0, 10**22) for _ in ws]
+    dlg = [rng.randrange(0, 10**21) for _ in ws]
+    contracts.set_values(ws, tok, stk, dlg)
+    return {w: t + s + d for w, t, s, d in zip(ws, tok, stk, dlg)}
+
+
+def seed(conn, ws, updated_at="1900-01-01"):
+    conn.execute("INSERT INTO eth_wallet_balances (wallet, balance, blocknumber, updated_at) "
+                 "SELECT w, %s, 1, %s::timestamp FROM unnest(%s::text[]) w", (SENTINEL, updated_at, ws))
+
+
+def snapshot(conn, ws):
+    return conn.execute("SELECT wallet, balance::text, blocknumber, updated_at FROM eth_wallet_balances "
+                        "WHERE wallet = ANY(%s) ORDER BY wallet", (ws,)).fetchall()
+
+
+def values(conn, ws) -> dict[str, int]:
+    return {r[0]: int(r[1]) for r in conn.execute(
+        "SELECT wallet, balance FROM eth_wallet_balances WHERE wallet = ANY(%s)", (ws,)).fetchall()}
+
+
+def failures(conn) -> int:
+    return conn.execute("SELECT count(*) FROM audius_indexer.wallet_failures").fetchone()[0]
+
+
+def counts(conn, sql, args=()):
+    return tuple(conn.execute(sql, args).fetchone())
+
+
+def run_in_thread(fn):
+    out = {}
+
+    def target():
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # noqa: BLE001
+            out["error"] = e
+        out["end"] = time.monotonic()
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    return th, out
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. faults that fail the call: right SQLSTATE, nothing partial written, recovery
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Fault:
+    id: str
+    mode: str
+    params: dict
+    sqlstate: str
+    mention: str = ""            # text the message must contain besides the host
+    retries: int = 0             # rpc_max_retries for the failing run
+    max_s: float = 2.5
+    min_s: float | None = None
+
+    @property
+    def what(self):
+        p = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.mode}({p})" + (f", rpc_max_retries={self.retries}" if self.retries else "")
+
+
+FAULTS = [
+    Fault("http500", "http500", {}, "08P01", "HTTP 500"),
+    Fault("http502", "http502", {}, "08P01", "HTTP 502"),
+    Fault("http503", "http503", {}, "08P01", "HTTP 503"),
+    Fault("http504", "http_status", {"status": 504}, "08P01", "HTTP 504"),
+    Fault("http429_no_retry_after", "http429", {}, "53400", "rate-limited"),
+    Fault("hang", "hang", {}, "08006", "did not answer within 1000 ms", min_s=0.9),
+    Fault("slow_drip", "slow_drip", {"interval_ms": 50}, "08006", "did not answer within 1000 ms", min_s=0.9),
+    Fault("truncated_body", "truncated", {}, "08006", "lost"),
+    Fault("connection_closed", "close", {}, "08006", "lost"),
+    Fault("garbage_html", "garbage", {}, "08P01", "not JSON"),
+    Fault("invalid_json", "invalid_json", {}, "08P01", "not JSON"),
+    Fault("bad_hex_result", "bad_hex", {}, "08P01", "malformed hex"),
+    Fault("no_result", "no_result", {}, "08P01", "without result or error"),
+    Fault("jsonrpc_revert", "jsonrpc_error", {"code": -32000, "message": "execution reverted"}, "38000",
+          "execution reverted", retries=3),
+    Fault("jsonrpc_invalid_params", "jsonrpc_error", {"code": -32602, "message": "invalid params"}, "38000",
+          "-32602", retries=3),
+    Fault("jsonrpc_rate_limit", "jsonrpc_error", {"code": -32005, "message": "limit exceeded"}, "53400",
+          "limit exceeded"),
+    Fault("wrong_result_count_minus1", "wrong_result_count", {"delta": -1}, "08P01", "", retries=3),
+    Fault("wrong_result_count_plus1", "wrong_result_count", {"delta": 1}, "08P01", "", retries=3),
+    Fault("no_multicall_code", "result", {"value": "0x"}, "55000", "no Multicall3 code", retries=3),
+]
+
+
+@pytest.mark.parametrize("f", FAULTS, ids=[f.id for f in FAULTS])
+def test_fault_nothing_partial_then_recovery(f: Fault, conn, contracts, proxy, report):
+    ws = wallets(12, f.id)
+    want = set_values(contracts, ws, f.id)
+    seed(conn, ws)
+    before = snapshot(conn, ws)
+    expect = f"ERROR {f.sqlstate} naming host{' + ' + repr(f.mention) if f.mention else ''}; rows unchanged; recovers"
+    with report.case(f.id, f.what + " on chunk 2 of 3", expect) as rec:
+        conn.execute("SET audius_indexer.multicall_chunk_size = 4")
+        conn.execute(f"SET audius_indexer.rpc_max_retries = {f.retries}")
+        conn.execute("SET audius_indexer.rpc_timeout_ms = 1000")
+        seen = []
+        for sql in ("SELECT * FROM audius_indexer.refresh_wallets(%s)",
+                    "SELECT * FROM audius_indexer.refresh_stale(12)"):
+            proxy.clear_faults()
+            proxy.reset()
+            proxy.fault(f.mode, after=1, **f.params)
+            args = (ws,) if "%s" in sql else ()
+            e, text, dt = expect_error(conn, sql, args, f.sqlstate, (hostport(proxy), f.mention),
+                                       max_s=f.max_s, min_s=f.min_s)
+            aggs = proxy.select(aggregate3=True)
+            assert aggs[0].fault is None and aggs[1].fault == f.mode, \
+                "chunk 1 must have been read fine and chunk 2 faulted"
+            if f.retries:
+                assert sum(1 for r in aggs if r.fault) == 1, "a deterministic failure is never retried"
+            assert snapshot(conn, ws) == before, "a partial result was written"
+            assert failures(conn) == 0, "an RPC failure must not be blamed on the wallets"
+            seen.append(f"{e.sqlstate} in {dt:.2f}s")
+        proxy.clear_faults()
+        assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(12)") == (12, 12, 0, 0)
+        assert values(conn, ws) == want
+        rec.observed = f"{short(e, 90)} (refresh_wallets, refresh_stale: {', '.join(seen)}); rows unchanged; recovered"
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. transient faults: retried, then success
+# ------------------------------------------------------------------------------------------------
+def test_acceptance_429_retry_after_then_success(db, contracts, proxy, report):
+    """ACCEPTANCE: a 429 with Retry-After: 1, then success: ≥ 1 s, exactly 2 requests."""
+    ws = wallets(3, "429ra")
+    want = set_values(contracts, ws, 1)
+    with report.case("ACCEPT 429 Retry-After: 1", "http429(retry_after=1), once; default settings",
+                     "success, took ≥ 1 s, exactly 2 requests") as rec:
+        proxy.reset()
+        proxy.fault("http429", retry_after=1, times=1)
+        t0 = time.monotonic()
+        rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
+        dt = time.monotonic() - t0
+        assert {w: int(b) for w, b in rows} == want
+        assert dt >= 1.0, f"took {dt:.3f}s: Retry-After not honoured"
+        assert dt < 3.0, f"took {dt:.3f}s"
+        assert proxy.http_requests == 2, f"{proxy.http_requests} requests"
+        assert [r.fault for r in proxy.requests] == ["http429", None]
+        rec.observed = f"success in {dt:.2f}s, {proxy.http_requests} requests"
+
+
+@dataclass
+class Transient:
+    id: str
+    mode: str
+    params: dict
+    min_s: float = 0.0
+    max_s: float = 2.5
+    timeout_ms: int = 10000
+
+
+TRANSIENTS = [
+    Transient("http429_no_retry_after", "http429", {}, min_s=0.12),
+    Transient("http502", "http502", {}, min_s=0.12),
+    Transient("http503", "http503", {}, min_s=0.12),
+    Transient("http504", "http_status", {"status": 504}, min_s=0.12),
+    Transient("jsonrpc_-32005", "jsonrpc_error", {"code": -32005, "message": "limit exceeded"}, min_s=0.12),
+    Transient("jsonrpc_429_compute_units", "jsonrpc_error",
+              {"code": 429, "message": "Your app has exceeded its compute units per second capacity"}, min_s=0.12),
+    Transient("jsonrpc_header_not_found", "jsonrpc_error", {"code": -32000, "message": "header not found"},
+              min_s=0.12),
+    Transient("hang_timeout", "hang", {}, min_s=0.8, timeout_ms=800),
+    Transient("truncated_body", "truncated", {}),
+    Transient("connection_closed", "close", {}),
+]
+
+
+@pytest.mark.parametrize("t", TRANSIENTS, ids=[t.id for t in TRANSIENTS])
+def test_transient_retried_then_success(t: Transient, conn, contracts, proxy, report):
+    ws = wallets(3, "tr-" + t.id)
+    want = set_values(contracts, ws, t.id)
+    seed(conn, ws)
+    with report.case(f"retry {t.id}", f"{t.mode}({t.params or ''}) once, then pass",
+                     "refresh_wallets succeeds after 1 retry (2 requests), values written") as rec:
+        conn.execute("SET audius_indexer.rpc_max_retries = 2")
+        conn.execute(f"SET audius_indexer.rpc_timeout_ms = {t.timeout_ms}")
+        proxy.reset()
+        proxy.fault(t.mode, times=1, **t.params)
+        t0 = time.monotonic()
+        c = counts(conn, "SELECT * FROM audius_indexer.refresh_wallets(%s)", (ws,))
+        dt = time.monotonic() - t0
+        assert c == (3, 3, 0, 0), c
+        assert values(conn, ws) == want
+        assert proxy.count(aggregate3=True) == 2, f"{proxy.count(aggregate3=True)} aggregate3 requests"
+        assert t.min_s <= dt < t.max_s, f"took {dt:.2f}s (backoff base 250 ms with jitter ≥ 125 ms)"
+        rec.observed = f"{c} in {dt:.2f}s, 2 requests"
+
+
+def test_retries_bounded_by_count(conn, proxy, report):
+    ws = wallets(2, "bounded")
+    with report.case("retries bounded", "http503 persistent, rpc_max_retries=2",
+                     "ERROR 08P01 after exactly 3 requests") as rec:
+        conn.execute("SET audius_indexer.rpc_max_retries = 2")
+        proxy.fault("http503")
+        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "08P01", (hostport(proxy),), max_s=5)
+        assert proxy.count(aggregate3=True) == 3
+        rec.observed = f"{short(e, 60)} after 3 requests, {dt:.2f}s"
+
+
+def test_rate_limit_exhausted(conn, proxy, report):
+    ws = wallets(2, "rl")
+    with report.case("rate limit exhausted", "http429 persistent (no Retry-After), rpc_max_retries=2",
+                     "ERROR 53400 after exactly 3 requests") as rec:
+        conn.execute("SET audius_indexer.rpc_max_retries = 2")
+        proxy.fault("http429")
+        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "53400", (hostport(proxy),), max_s=5)
+        assert proxy.count(aggregate3=True) == 3
+        rec.observed = f"{short(e, 60)} after 3 requests, {dt:.2f}s"
+
+
+def test_retry_budget(conn, proxy, report):
+    ws = wallets(2, "budget")
+    with report.case("retry budget", "http503 persistent, rpc_max_retries=100, rpc_retry_budget_ms=1500",
+                     "ERROR 08P01 within ~1.5 s, far fewer than 100 requests") as rec:
+        conn.execute("SET audius_indexer.rpc_max_retries = 100")
+        conn.execute("SET audius_indexer.rpc_retry_budget_ms = 1500")
+        proxy.fault("http503")
+        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "08P01", max_s=2.5)
+        n = proxy.count(aggregate3=True)
+        assert 2 <= n < 20, n
+        rec.observed = f"{short(e, 50)} in {dt:.2f}s after {n} requests"
+
+
+def test_retry_after_beyond_budget_gives_up_at_once(conn, proxy, report):
+    ws = wallets(2, "ra-budget")
+    with report.case("Retry-After > budget", "http429(retry_after=3600), rpc_retry_budget_ms=2000",
+                     "ERROR 53400 at once (no 10 s wait), 1 request") as rec:
+        conn.execute("SET audius_indexer.rpc_retry_budget_ms = 2000")
+        proxy.fault("http429", retry_after=3600)
+        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "53400", max_s=1.0)
+        assert proxy.count(aggregate3=True) == 1
+        rec.observed = f"{short(e, 50)} in {dt:.2f}s, 1 request"
+
+
+def test_acceptance_statement_timeout_on_hang(db, proxy, report):
+    """ACCEPTANCE: statement_timeout = '2s' against a hanging endpoint → 57014 in < 3 s."""
+    ws = wallets(2, "st")
+    with report.case("ACCEPT statement_timeout", "hang; statement_timeout=2s; rpc_timeout_ms/retries default",
+                     "ERROR 57014 in < 3 s") as rec:
+        db.execute("SET statement_timeout = '2s'")
+        proxy.fault("hang")
+        e, _, dt = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "57014", min_s=1.9, max_s=3.0)
+        db.execute("RESET statement_timeout")
+        rec.observed = f"{short(e, 60)} in {dt:.2f}s"
+
+
+def test_statement_timeout_during_backoff(db, proxy, report):
+    ws = wallets(2, "st-backoff")
+    with report.case("statement_timeout in backoff", "http429(retry_after=5) persistent; statement_timeout=1500ms",
+                     "ERROR 57014 in < 2.2 s (the wait is interruptible)") as rec:
+        db.execute("SET statement_timeout = '1500ms'")
+        proxy.fault("http429", retry_after=5)
+        e, _, dt = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "57014", min_s=1.4, max_s=2.2)
+        db.execute("RESET statement_timeout")
+        assert proxy.count(aggregate3=True) == 1
+        rec.observed = f"{short(e, 60)} in {dt:.2f}s"
+
+
+def test_cancel_during_backoff(db, other_conn, proxy, report):
+    ws = wallets(2, "cancel-backoff")
+    with report.case("cancel in backoff", "http429(retry_after=5); pg_cancel_backend during the wait",
+                     "ERROR 57014 within 1 s of the cancel") as rec:
+        proxy.fault("http429", retry_after=5)
+        pid = db.info.backend_pid
+        th, out = run_in_thread(lambda: db.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall())
+        wait_until(lambda: proxy.http_requests >= 1, what="the first request")
+        time.sleep(0.4)
+        assert th.is_alive()
+        t0 = time.monotonic()
+        assert other_conn.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone() == (True,)
+        th.join(5)
+        assert not th.is_alive()
+        e = out.get("error")
+        assert isinstance(e, psycopg.Error) and e.sqlstate == "57014", out
+        dt = out["end"] - t0
+        assert dt < 1.0, f"cancel took {dt:.2f}s"
+        assert db.execute("SELECT 1").fetchone() == (1,)
+        rec.observed = f"{short(e, 50)} {dt:.2f}s after the cancel"
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. chunk splitting (out of gas / too large)
+# ------------------------------------------------------------------------------------------------
+def test_acceptance_out_of_gas_above_50_holders(db, contracts, proxy, report):
+    """ACCEPTANCE: the node answers out-of-gas above 50 holders per call; 400 wallets all correct
+    against independent eth_calls; the chunks halve 200 → 100 → 50."""
+    ws = wallets(400, "oog")
+    with report.case("ACCEPT out of gas > 50 holders", "out_of_gas_above(holders=50), 400 wallets, chunk 200",
+                     "all 400 equal independent eth_calls; chunks 200→100→50") as rec:
+        set_values(contracts, ws, "oog")
+        proxy.reset()
+        proxy.fault("out_of_gas_above", holders=50)
+        rows = db.execute(f"SELECT wallet, balance, token_balance, staked, delegated, error FROM {F}(%s)",
+                          (ws,)).fetchall()
+        assert [r[0] for r in rows] == ws
+        for w, bal, t, s, d, err in rows:
+            want = contracts.independent_total(w)
+            assert (int(t), int(s), int(d)) == want, w
+            assert int(bal) == sum(want) and err is None
+        seq = [((r.n_calls - 1) // 3, r.fault is not None) for r in proxy.select(aggregate3=True)]
+        half = [(200, True), (100, True), (50, False), (50, False), (100, True), (50, False), (50, False)]
+        assert seq == half + half, seq
+        rec.observed = (f"400/400 correct; {len(seq)} aggregate3 calls: "
+                        + " ".join(f"{n}{'✗' if bad else '✓'}" for n, bad in seq[:7]) + " ×2")
+
+
+def test_http_413_halves_the_chunk(db, contracts, proxy, report):
+    ws = wallets(200, "413")
+    with report.case("HTTP 413", "http_status(413) once, 200 wallets in one chunk",
+                     "success; 200 → 100 + 100") as rec:
+        want = set_values(contracts, ws, 413)
+        proxy.fault("http_status", status=413, times=1)
+        rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
+        assert {w: int(b) for w, b in rows} == want
+        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
+        assert seq == [200, 100, 100], seq
+        rec.observed = f"success; holders per call {seq}"
+
+
+def test_response_too_large_jsonrpc_halves(db, contracts, proxy, report):
+    ws = wallets(40, "toolarge")
+    with report.case("response too large (JSON-RPC)", "jsonrpc_error(-32000, 'response size exceeded') once",
+                     "success; 40 → 20 + 20") as rec:
+        want = set_values(contracts, ws, 40)
+        proxy.fault("jsonrpc_error", times=1, code=-32000, message="response size exceeded")
+        rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
+        assert {w: int(b) for w, b in rows} == want
+        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
+        assert seq == [40, 20, 20], seq
+        rec.observed = f"success; holders per call {seq}"
+
+
+def test_out_of_gas_at_one_holder(db, proxy, report):
+    ws = wallets(4, "oog1")
+    with report.case("out of gas at 1 holder", "out_of_gas_above(holders=0), 4 wallets",
+                     "ERROR 38000 'out of gas' after halving 4 → 2 → 1") as rec:
+        proxy.fault("out_of_gas_above", holders=0)
+        e, _, _ = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "38000", ("out of gas",), max_s=3)
+        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
+        assert seq == [4, 2, 1], seq
+        rec.observed = f"{short(e, 70)}; holders per call {seq}"
+
+
+def test_response_bytes_limit_at_one_holder(db, proxy, report):
+    ws = wallets(2, "respbytes")
+    with report.case("response > rpc_max_response_bytes", "rpc_max_response_bytes=1024, 2 wallets",
+                     "ERROR 54000 after halving to 1 holder") as rec:
+        db.execute("SET audius_indexer.rpc_max_response_bytes = 1024")
+        e, _, _ = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "54000", ("too large",), max_s=3)
+        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
+        assert seq == [2, 1], seq
+        rec.observed = f"{short(e, 70)}; holders per call {seq}"
+
+
+def test_request_byte_budget(db, contracts, proxy, report):
+    ws = wallets(100, "bytebudget")
+    with report.case("request byte budget", "multicall_max_request_bytes=20kB, chunk 200, 100 wallets",
+                     "success in several calls, each body ≤ 20 kB") as rec:
+        want = set_values(contracts, ws, 100)
+        db.execute("SET audius_indexer.multicall_max_request_bytes = 20000")
+        rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
+        assert {w: int(b) for w, b in rows} == want
+        recs = proxy.select(aggregate3=True)
+        holders = [(r.n_calls - 1) // 3 for r in recs]
+        assert len(recs) > 1 and sum(holders) == 100
+        # the body carries the calldata as hex: 2 chars per byte of 4 + ABI(Call3[]) data
+        for r in recs:
+            calldata_bytes = 4 + 64 + sum(160 + ((len(c[2] + c[3]) // 2 + 31) // 32) * 32 for c in r.calls)
+            assert 2 * calldata_bytes + 100 <= 20000, calldata_bytes
+        rec.observed = f"success; holders per call {holders}"
+
+
+def test_real_node_out_of_gas_is_split(db, contracts, proxy, report):
+    """No injected fault: anvil itself runs out of gas on a 1400-holder aggregate3 (30M gas cap)
+    and answers {"code":-32603,"message":"EVM error OutOfGas"}. That is the out-of-gas case."""
+    ws = wallets(1400, "realoog")
+    with report.case("real anvil out of gas", "chunk 1400, no byte budget; anvil: -32603 'EVM error OutOfGas'",
+                     "chunk halved until it fits; 1400 rows") as rec:
+        db.execute("SET audius_indexer.multicall_chunk_size = 1400")
+        db.execute("SET audius_indexer.multicall_max_request_bytes = 0")
+        db.execute("SET audius_indexer.rpc_timeout_ms = 30000")
+        try:
+            rows = db.execute(f"SELECT wallet FROM {F}(%s)", (ws,)).fetchall()
+        except psycopg.Error as e:
+            rec.observed = short(e, 120)
+            raise AssertionError(f"expected the chunk to be split, got {e.sqlstate}: {error_text(e)}") from None
+        assert len(rows) == 1400
+        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
+        rec.observed = f"success; holders per call {seq}"
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. redirect, node down, failover
+# ------------------------------------------------------------------------------------------------
+def test_redirect_not_followed(conn, contracts, proxy, report):
+    ws = wallets(12, "redirect")
+    want = set_values(contracts, ws, "redirect")
+    seed(conn, ws)
+    before = snapshot(conn, ws)
+    with Listener() as target, report.case(
+            "redirect", "302 Location: http://127.0.0.1:<listener>/zzz-stolen?k=secret-key-123",
+            "ERROR 08P01 naming the proxy host; listener gets 0 connections; rows unchanged") as rec:
+        conn.execute("SET audius_indexer.rpc_max_retries = 3")
+        conn.execute("SET audius_indexer.multicall_chunk_size = 4")
+        loc = f"http://127.0.0.1:{target.port}/zzz-stolen?k=secret-key-123"
+        proxy.fault("redirect", after=1, location=loc)
+        e, text, _ = expect_error(conn, "SELECT * FROM audius_indexer.refresh_wallets(%s)", (ws,), "08P01",
+                                  (hostport(proxy), "redirect"), max_s=2)
+        assert "stolen" not in text
+        time.sleep(0.2)
+        assert target.connections == 0, "the redirect was followed"
+        assert proxy.count(aggregate3=True) == 2, "a redirect is not retried"
+        assert snapshot(conn, ws) == before
+        proxy.clear_faults()
+        assert counts(conn, "SELECT * FROM audius_indexer.refresh_wallets(%s)", (ws,)) == (12, 12, 0, 0)
+        assert values(conn, ws) == want
+        rec.observed = f"{short(e, 90)}; listener connections: {target.connections}; recovered"
+
+
+def test_node_down(conn, cluster, contracts, proxy, report):
+    ws = wallets(6, "down")
+    want = set_values(contracts, ws, "down")
+    seed(conn, ws)
+    before = snapshot(conn, ws)
+    port = free_port()
+    with report.case("node down", "rpc_url → a port nobody listens on; default retries",
+                     "ERROR 08001 naming the host, < 3 s; rows unchanged; recovers") as rec:
+        cluster.set_system(rpc_url=f"http://127.0.0.1:{port}{SECRET_PATH}")
+        c2 = cluster.connect(DB)
+        try:
+            for sql, args in (("SELECT * FROM audius_indexer.refresh_wallets(%s)", (ws,)),
+                              ("SELECT * FROM audius_indexer.refresh_stale(6)", ())):
+                e, _, dt = expect_error(c2, sql, args, "08001", (f"127.0.0.1:{port}", "connect"), max_s=3)
+                assert snapshot(c2, ws) == before and failures(c2) == 0
+        finally:
+            c2.close()
+        cluster.set_system(rpc_url=proxy.url_with(SECRET_PATH))
+        with cluster.connect(DB) as c3:
+            assert counts(c3, "SELECT * FROM audius_indexer.refresh_stale(6)") == (6, 6, 0, 0)
+            assert values(c3, ws) == want
+        rec.observed = f"{short(e, 80)} in {dt:.2f}s; rows unchanged; recovered"
+
+
+def stats(conn):
+    return conn.execute("SELECT position, host, requests, failures, consecutive_failures, last_error, "
+                        "cooling_down_ms FROM audius_indexer.rpc_endpoint_stats() ORDER BY position").fetchall()
+
+
+def test_acceptance_failover(cluster, db, contracts, proxy, report):
+    """ACCEPTANCE: two URLs, the first refusing connections → success through the second, and the
+    counters show it; a second call goes straight to the second (the first is cooling down)."""
+    ws = wallets(3, "failover")
+    want = set_values(contracts, ws, "failover")
+    dead = free_port()
+    with report.case("ACCEPT failover", f"rpc_urls = 'http://127.0.0.1:<refused>, <proxy>{SECRET_PATH}'",
+                     "success via #2; stats: #1 failures ≥ 1 + connect error, #2 requests ≥ 1; "
+                     "2nd call skips #1") as rec:
+        cluster.set_system(rpc_urls=f"http://127.0.0.1:{dead}/k1?apikey=zzz, {proxy.url_with(SECRET_PATH)}")
+        with cluster.connect("audius") as c:
+            t0 = time.monotonic()
+            rows = c.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
+            dt = time.monotonic() - t0
+            assert {w: int(b) for w, b in rows} == want
+            assert dt < 1.0, f"failover took {dt:.2f}s: it must not wait a backoff first"
+            s1 = stats(c)
+            assert [r[1] for r in s1] == [f"127.0.0.1:{dead}", hostport(proxy)]
+            first, second = s1
+            assert first[3] >= 1 and first[2] >= 1, first
+            assert "connect" in (first[5] or ""), first
+            assert second[2] >= 1 and second[3] == 0, second
+            assert first[6] > 0, "the failed endpoint is cooling down"
+            for r in s1:
+                assert "zzz" not in str(r) and "secret-key-123" not in str(r) and "k1" not in str(r)
+            assert proxy.http_requests == 1
+            rows = c.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
+            assert {w: int(b) for w, b in rows} == want
+            s2 = stats(c)
+            assert s2[0][2] == first[2], f"the cooling-down endpoint was tried again: {s2[0]}"
+            assert s2[1][2] == second[2] + 1
+            assert proxy.http_requests == 2
+            assert proxy.requests[0].path == SECRET_PATH
+        rec.observed = (f"success in {dt:.2f}s; #1 requests={first[2]} failures={first[3]} "
+                        f"last_error='{first[5][:60]}'; #2 requests={second[2]}; 2nd call: #1 requests "
+                        f"still {s2[0][2]}, #2 {s2[1][2]}")
+
+
+def test_failover_on_http_503(cluster, db, anvil, contracts, proxy, report):
+    """The first endpoint answers 503: the call moves to the second at once (no backoff wait)."""
+    ws = wallets(3, "failover503")
+    want = set_values(contracts, ws, "failover503")
+    p2 = RpcProxy(anvil.url).start()
+    try:
+        with report.case("failover on 503", "rpc_urls = '<proxy A: 503>, <proxy B>'",
+                         "success via B, A: 1 request, B: 1 request") as rec:
+            proxy.fault("http503")
+            cluster.set_system(rpc_urls=f"{proxy.url_with(SECRET_PATH)},{p2.url_with(SECRET_PATH)}")
+            with cluster.connect("audius") as c:
+                t0 = time.monotonic()
+                rows = c.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
+                dt = time.monotonic() - t0
+                assert {w: int(b) for w, b in rows} == want
+                assert proxy.http_requests == 1 and p2.http_requests == 1
+                assert dt < 1.0
+                s = stats(c)
+                assert "503" in (s[0][5] or "") and s[1][2] == 1
+            rec.observed = f"success in {dt:.2f}s; A {proxy.http_requests} request (503), B {p2.http_requests}"
+    finally:
+        p2.stop()
+
+
+def test_all_endpoints_down(cluster, db, report):
+    a, b = free_port(), free_port()
+    with report.case("all endpoints down", "rpc_urls = two refused ports; rpc_max_retries=1",
+                     "ERROR 08001, both tried") as rec:
+        cluster.set_system(rpc_urls=f"http://127.0.0.1:{a}{SECRET_PATH}, http://127.0.0.1:{b}{SECRET_PATH}")
+        with cluster.connect("audius") as c:
+            c.execute("SET audius_indexer.rpc_max_retries = 1")
+            e, _, dt = expect_error(c, f"SELECT * FROM {F}(%s)", (wallets(1, "alldown"),), "08001", max_s=2)
+            s = stats(c)
+            assert [r[3] for r in s] == [1, 1], s
+        rec.observed = f"{short(e, 70)} in {dt:.2f}s; failures per endpoint {[r[3] for r in s]}"
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. node restarted mid-sweep; worker keeps ticking through faults
+# ------------------------------------------------------------------------------------------------
+def test_node_restarted_mid_sweep(conn, cluster, contracts, throwaway_anvil, report):
+    node = throwaway_anvil.start()
+    node.install_multicall3()
+    c1 = Contracts.deploy_all(node)
+    n = 2000
+    ws = wallets(n, "restart")
+    seed(conn, ws)
+    before = snapshot(conn, ws)
+    with report.case("node restarted mid-sweep", "refresh_stale(2000), chunk 5; anvil killed after ≥ 30 chunks, "
+                     "then started again (fresh chain)",
+                     "ERROR 08001/08006; rows unchanged, no wallet blamed; after restart the sweep writes all") as rec:
+        cluster.set_system(rpc_url=node.url)
+        c = cluster.connect(DB)
+        try:
+            for k, v in (("token_address", c1.token), ("staking_address", c1.staking),
+                         ("delegate_manager_address", c1.delegate)):
+                c.execute(f"SET audius_indexer.{k} = '{v}'")
+            c.execute("SET audius_indexer.multicall_chunk_size = 5")
+            c.execute("SET audius_indexer.rpc_max_retries = 0")
+            c.execute("SET audius_indexer.rpc_timeout_ms = 5000")
+            th, out = run_in_thread(lambda: c.execute("SELECT * FROM audius_indexer.refresh_stale(2000)").fetchone())
+            wait_until(lambda: node.log_text().count("eth_call") >= 30 or not th.is_alive(), timeout=30,
+                       what="30 chunks served")
+            assert th.is_alive(), f"the sweep finished before the node was killed: {out}"
+            node.kill()
+            th.join(20)
+            assert not th.is_alive()
+            e = out.get("error")
+            assert isinstance(e, psycopg.Error) and e.sqlstate in ("08001", "08006"), out
+            assert f"127.0.0.1:{node.port}" in error_text(e)
+            assert snapshot(c, ws) == before, "rows read before the node died were written"
+            assert failures(c) == 0
+            # the node comes back: a fresh chain, same deployer → same addresses
+            node.start()
+            node.install_multicall3()
+            c2 = Contracts.deploy_all(node)
+            assert (c2.token, c2.staking, c2.delegate) == (c1.token, c1.staking, c1.delegate)
+            want = set_values(c2, ws, "restart")
+            c.execute("RESET audius_indexer.multicall_chunk_size")
+            got = counts(c, "SELECT * FROM audius_indexer.refresh_stale(2000)")
+            assert got == (n, n, 0, 0), got
+            assert values(c, ws) == want
+            head = node.block_number()
+            assert c.execute("SELECT min(blocknumber), max(blocknumber) FROM eth_wallet_balances "
+                             "WHERE wallet = ANY(%s)", (ws,)).fetchone() == (head, head)
+        finally:
+            c.close()
+        rec.observed = f"{short(e, 70)}; rows unchanged; after restart {got}"
+
+
+def _sweep_lock_free(c) -> bool:
+    return c.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND objid = 1",
+                     (0x41554449,)).fetchone()[0] == 0
+
+
+def test_worker_keeps_ticking_through_faults(cluster, db, contracts, proxy, report):
+    """The session cluster's worker (database `audius`) sweeps through 503s, hangs and garbage:
+    every tick fails cleanly (logged, recorded), rows stay unchanged, the same process keeps going,
+    and the rows are corrected once the fault clears."""
+    ws = wallets(20, "worker")
+    want = set_values(contracts, ws, "worker")
+    db.execute("DELETE FROM eth_wallet_balances WHERE wallet = ANY(%s)", (ws,))
+    seed(db, ws, updated_at="1800-01-01")
+    before = snapshot(db, ws)
+    mark = len(cluster.log_text())
+    phases = [("http503", {}, "HTTP 503"), ("hang", {}, "did not answer"), ("garbage", {}, "not JSON")]
+    with report.case("worker through faults", "worker every 300 ms; 503, then hang, then garbage (1.5 s each), "
+                     "then cleared", "each phase: ticks fail + logged, rows unchanged, same worker pid; "
+                     "then rows corrected") as rec:
+        try:
+            pid = wait_until(lambda: (r := db.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'audius_indexer sweep'").fetchone()) and r[0],
+                timeout=15, what="the sweep worker (restarted 5 s after a start before `audius` existed)")
+            proxy.fault(phases[0][0])
+            cluster.set_system(sweep_enabled=True, sweep_interval="300ms", sweep_batch_size=20,
+                               rpc_max_retries=0, rpc_timeout_ms=500)
+            seen = []
+            for i, (mode, params, text) in enumerate(phases):
+                if i:
+                    proxy.clear_faults()
+                    proxy.fault(mode, **params)
+                m = len(cluster.log_text())
+                wait_until(lambda: cluster.log_text()[m:].count("sweep tick failed") >= 2, timeout=6,
+                           what=f"two failed ticks under {mode}")
+                seg = cluster.log_text()[m:]
+                assert text in seg, seg[-1500:]
+                assert snapshot(db, ws) == before, f"rows changed under {mode}"
+                seen.append(f"{mode}: {seg.count('sweep tick failed')} failed ticks")
+            st = db.execute("SELECT last_error FROM audius_indexer.sweep_status").fetchone()[0]
+            assert st and "not JSON" in st, st
+            assert_no_secret(st, "sweep_status.last_error")
+            t0 = db.execute("SELECT ticks FROM audius_indexer.sweep_status").fetchone()[0]
+            proxy.clear_faults()
+            wait_until(lambda: values(db, ws) == want, timeout=8, interval=0.1, what="rows corrected")
+            assert db.execute("SELECT ticks FROM audius_indexer.sweep_status").fetchone()[0] > t0
+            assert db.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'audius_indexer sweep'"
+                              ).fetchone()[0] == pid, "the worker was restarted"
+            assert db.execute("SELECT count(*) FROM audius_indexer.wallet_failures WHERE wallet = ANY(%s)",
+                              (ws,)).fetchone()[0] == 0
+        finally:
+            cluster.set_system(sweep_enabled=False)
+            proxy.clear_faults()
+            wait_until(lambda: _sweep_lock_free(db), timeout=10, what="the worker to finish its tick")
+            db.execute("DELETE FROM eth_wallet_balances WHERE wallet = ANY(%s)", (ws,))
+        log = cluster.log_text()[mark:]
+        assert "terminated by signal" not in log
+        rec.observed = "; ".join(seen) + f"; corrected after clear; pid {pid} unchanged"
+
+
+def worker_pid(conn):
+    r = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'audius_indexer sweep'").fetchone()
+    return r[0] if r else None
+
+
+def test_worker_sigterm_mid_hang(cluster, db, proxy, report):
+    """SIGTERM reaches a worker stuck in a hung RPC (rpc_timeout_ms 50 s): it exits within a poll
+    slice, nothing crashes, and the postmaster starts a new one."""
+    ws = wallets(5, "sigterm")
+    db.execute("DELETE FROM eth_wallet_balances WHERE wallet = ANY(%s)", (ws,))
+    seed(db, ws, updated_at="1800-01-01")
+    with report.case("worker SIGTERM mid-RPC", "worker's eth_call hangs (rpc_timeout_ms=50 s); SIGTERM",
+                     "worker exits < 1.5 s (exit code 1, not a signal), restarted; rows unchanged") as rec:
+        try:
+            pid = wait_until(lambda: worker_pid(db), timeout=15, what="the sweep worker")
+            proxy.reset()
+            proxy.fault("hang")
+            cluster.set_system(sweep_enabled=True, sweep_interval="200ms", sweep_batch_size=5,
+                               rpc_max_retries=0, rpc_timeout_ms="50s")
+            wait_until(lambda: proxy.http_requests >= 1, timeout=5, what="the worker's hung request")
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+                       timeout=1.5, interval=0.01, what="the worker to exit after SIGTERM")
+            dt = time.monotonic() - t0
+            new = wait_until(lambda: (p := worker_pid(db)) and p != pid and p, timeout=10, what="worker restart")
+            log = cluster.log_text()
+            assert f"(PID {pid}) exited with exit code 1" in log, "the worker must exit cleanly"
+            assert f"(PID {pid}) was terminated by signal" not in log
+            assert snapshot(db, ws)[0][1] == str(SENTINEL)
+        finally:
+            cluster.set_system(sweep_enabled=False)
+            proxy.clear_faults()
+            wait_until(lambda: _sweep_lock_free(db), timeout=10, what="the worker to finish its tick")
+            db.execute("DELETE FROM eth_wallet_balances WHERE wallet = ANY(%s)", (ws,))
+        rec.observed = f"exited {dt:.2f}s after SIGTERM (exit code 1); new worker {new}"
+
+
+def test_drop_database_while_worker_idles(cluster, db, report):
+    """The worker must absorb ProcSignalBarriers (CHECK_FOR_INTERRUPTS in its loop): DROP DATABASE
+    of any database waits for every process to absorb PROCSIGNAL_BARRIER_SMGRRELEASE."""
+    with report.case("DROP DATABASE, worker idle", "worker running, sweep_enabled = off; "
+                     "CREATE + DROP DATABASE r2_scratch (statement_timeout 5 s)",
+                     "DROP DATABASE completes in < 5 s") as rec:
+        wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity "
+                                      "WHERE backend_type = 'audius_indexer sweep'").fetchone()[0] == 1,
+                   timeout=15, what="the sweep worker")
+        assert db.execute("SHOW audius_indexer.sweep_enabled").fetchone() == ("off",)
+        with cluster.connect() as c:
+            c.execute("DROP DATABASE IF EXISTS r2_scratch")
+            c.execute("CREATE DATABASE r2_scratch")
+            c.execute("SET statement_timeout = '5s'")
+            pid, seen = c.info.backend_pid, []
+
+            def peek():
+                time.sleep(2)
+                with cluster.connect() as p:
+                    seen.append(p.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s",
+                                          (pid,)).fetchone())
+            th = threading.Thread(target=peek, daemon=True)
+            th.start()
+            t0 = time.monotonic()
+            try:
+                c.execute("DROP DATABASE r2_scratch")
+            except psycopg.Error as e:
+                th.join(3)
+                rec.observed = (f"{short(e, 60)} after {time.monotonic() - t0:.1f}s; wait_event at 2 s: "
+                                f"{seen[0][0] if seen and seen[0] else '?'}")
+                raise AssertionError(f"DROP DATABASE did not complete: {e.sqlstate} {e}") from None
+            rec.observed = f"dropped in {time.monotonic() - t0:.2f}s"
