@@ -55,6 +55,7 @@ def main() -> int:
         })
         cluster.init().start()
         cluster.create_database("audius")
+        cluster.restart()       # the worker connects to `audius`, which exists from now on
         cluster.set_system(rpc_url=anvil.url, token_address=contracts.token, staking_address=contracts.staking,
                            delegate_manager_address=contracts.delegate)
         print(cluster.psql("-c", "CREATE EXTENSION audius_indexer", dbname="audius"), end="")

@@ -178,6 +178,9 @@ SELECT s.last_tick_started,
        s.ticks, s.total_requested, s.total_updated, s.total_failed, s.total_skipped, s.totals_since,
        s.last_error, s.last_error_at,
        (SELECT now() - min(updated_at) FROM public.eth_wallet_balances) AS lag,
+       (SELECT now() - min(w.updated_at) FROM public.eth_wallet_balances w
+         WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f WHERE f.wallet = w.wallet))
+         AS lag_excluding_failing,
        (SELECT count(*) FROM public.eth_wallet_balances) AS wallets,
        (SELECT count(*) FROM audius_indexer.wallet_failures WHERE next_attempt > now()) AS wallets_in_backoff,
        (SELECT count(*) FROM audius_indexer.wallet_failures) AS wallets_failing,
