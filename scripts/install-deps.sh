@@ -51,6 +51,10 @@ if [ -x .venv/bin/pytest ] && cmp -s tests/requirements.txt .venv/.requirements.
   log "python venv: present"
 else
   log "python venv: installing tests/requirements.txt"
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    log "apt: installing python3-venv (this python3 lacks venv/ensurepip)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
   cp tests/requirements.txt .venv/.requirements.installed
