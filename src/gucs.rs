@@ -12,6 +12,7 @@
 //!
 //! The README's "Settings" table lists every setting with its default; keep them in sync.
 
+use pgrx::prelude::*;
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::{CStr, CString};
 
@@ -79,16 +80,21 @@ pub fn init() {
         GucContext::Sighup,
         secret,
     );
+    // Addresses are validated when set (SET, ALTER SYSTEM, postgresql.conf), not only when used.
     let address = |name: &'static CStr,
                    short: &'static CStr,
-                   setting: &'static GucSetting<Option<CString>>| {
-        GucRegistry::define_string_guc(
-            name,
-            short,
-            c"0x-prefixed 20-byte address.",
-            setting,
-            GucContext::Suset,
-            GucFlags::default(),
+                   setting: &'static GucSetting<Option<CString>>| unsafe {
+        pg_sys::DefineCustomStringVariable(
+            name.as_ptr(),
+            short.as_ptr(),
+            c"0x-prefixed 20-byte address (any case).".as_ptr(),
+            setting.as_ptr(),
+            *setting.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            0,
+            Some(check_address),
+            None,
+            None,
         );
     };
     address(
@@ -244,6 +250,33 @@ pub fn init() {
         GucFlags::UNIT_S,
     );
     unsafe { pg_sys::MarkGUCPrefixReserved(c"audius_indexer".as_ptr()) };
+}
+
+/// GUC check hook of the address settings: refuses anything `parse_address` refuses, with the
+/// reason as the error's DETAIL (PostgreSQL reports SQLSTATE 22023).
+#[pg_guard]
+unsafe extern "C-unwind" fn check_address(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return true;
+        }
+        CStr::from_ptr(*newval).to_string_lossy().into_owned()
+    };
+    match crate::eth::address::parse_address(&value) {
+        Ok(_) => true,
+        Err(e) => {
+            let detail = CString::new(format!(
+                "{value:?} {e}; expected 0x followed by 40 hex digits"
+            ))
+            .unwrap_or_else(|_| CString::from(c"not a valid address"));
+            unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
+            false
+        }
+    }
 }
 
 /// A string setting's value, or "" when unset.

@@ -54,3 +54,18 @@ def test_endpoint_counters_session_and_server(db, other_conn, proxy, contracts):
     assert after[host] - before.get(host, 0) == 3
     # nothing of the URL's path or query
     assert "secret" not in str(after)
+
+
+def test_address_settings_are_validated_when_set(db, cluster, contracts):
+    import psycopg
+    import pytest
+    for bad in ("junk", "0x1234", "0x" + "g" * 40, " " + contracts.token):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            db.execute("SELECT set_config('audius_indexer.token_address', %s, false)", (bad,))
+        assert "expected 0x followed by 40 hex digits" in (e.value.diag.message_detail or ""), e.value
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            db.execute(f"ALTER SYSTEM SET audius_indexer.multicall_address = '{bad}'")
+    # any case is accepted (the AUDIO mainnet default has an invalid EIP-55 checksum)
+    db.execute("SET audius_indexer.token_address = '0X" + contracts.token[2:].upper() + "'")
+    db.execute("SET audius_indexer.staking_address = '0x18aAA7115705e8be94bfFEbDE57Af9BFc265B998'")
+    assert db.execute("SHOW audius_indexer.delegate_manager_address").fetchone()[0] == contracts.delegate
