@@ -295,33 +295,35 @@ fn hosts(cfg: &Config) -> String {
 /// its 1-based position.
 pub fn parse_wallets<'a>(items: impl Iterator<Item = Option<&'a str>>) -> Vec<Address> {
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for (i, item) in items.enumerate() {
-        let pos = i + 1;
-        let s = item.unwrap_or_else(|| {
-            raise(
-                ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("wallet at position {pos} is NULL"),
-                None,
-                None,
-            )
-        });
-        let a = parse_address(s).unwrap_or_else(|e| {
-            raise(
-                ERRCODE_INVALID_PARAMETER_VALUE,
-                format!(
-                    "wallet at position {pos} ({:?}) is not a valid address: it {e}",
-                    truncate(s, 80)
-                ),
-                None,
-                Some("Expected 0x followed by 40 hex digits (any case).".into()),
-            )
-        });
-        if seen.insert(a) {
-            out.push(a);
-        }
-    }
-    out
+    items
+        .enumerate()
+        .map(|(i, item)| parse_wallet(i + 1, item))
+        .filter(|a| seen.insert(*a))
+        .collect()
+}
+
+/// Parses the wallet at 1-based `pos`; ERROR 22023 naming the value and position when it is NULL
+/// or not an address.
+pub fn parse_wallet(pos: usize, item: Option<&str>) -> Address {
+    let s = item.unwrap_or_else(|| {
+        raise(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("wallet at position {pos} is NULL"),
+            None,
+            None,
+        )
+    });
+    parse_address(s).unwrap_or_else(|e| {
+        raise(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "wallet at position {pos} ({:?}) is not a valid address: it {e}",
+                truncate(s, 80)
+            ),
+            None,
+            Some("Expected 0x followed by 40 hex digits (any case).".into()),
+        )
+    })
 }
 
 fn truncate(s: &str, max: usize) -> String {

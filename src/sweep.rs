@@ -11,7 +11,7 @@ use crate::reader::{self, Config};
 use alloy_primitives::Address;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Advisory lock key (two int4s) taken by `refresh_stale` for single flight: "AUDI", 1.
 const LOCK_KEY: (i32, i32) = (0x4155_4449, 1);
@@ -49,11 +49,11 @@ pub fn refresh(entries: Vec<Entry>) -> Counts {
     };
     let mut failures: Vec<(String, String)> = Vec::new();
     let mut holders: Vec<Address> = Vec::new();
-    let mut seen: HashMap<Address, ()> = HashMap::new();
+    let mut seen: HashSet<Address> = HashSet::new();
     for e in &entries {
         match &e.address {
             Ok(a) => {
-                if seen.insert(*a, ()).is_none() {
+                if seen.insert(*a) {
                     holders.push(*a);
                 }
             }
@@ -164,12 +164,10 @@ pub fn refresh_wallets(
             );
         }
     }
-    let parsed = reader::parse_wallets(wallets.iter().map(|w| w.as_deref()));
-    let _ = parsed; // validation only: every entry is valid past this point
     let mut by_key: Vec<Entry> = Vec::new();
     let mut index: HashMap<Address, usize> = HashMap::new();
     for (i, w) in wallets.iter().enumerate() {
-        let a = parse_address(w.as_deref().unwrap_or_default()).expect("validated");
+        let a = reader::parse_wallet(i + 1, w.as_deref());
         let min = min_blocks.as_ref().and_then(|m| m[i]);
         match index.get(&a) {
             Some(&j) => {
