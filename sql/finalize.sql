@@ -29,6 +29,10 @@ BEGIN
 END
 $grants$;
 GRANT SELECT ON audius_indexer.sweep_status, audius_indexer.wallet_failures TO audius_indexer_operator;
+-- CALL sweep(): commits between its steps, so it cannot be SECURITY DEFINER; its SQL steps run as
+-- the extension owner internally. EXECUTE for audius_indexer_operator only.
+REVOKE EXECUTE ON PROCEDURE audius_indexer.sweep(integer) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE audius_indexer.sweep(integer) TO audius_indexer_operator;
 REVOKE EXECUTE ON FUNCTION audius_indexer.doctor() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audius_indexer.doctor() TO audius_indexer_operator;
 REVOKE EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats() FROM PUBLIC;

@@ -41,49 +41,65 @@ INSERT INTO audius_indexer.sweep_state DEFAULT VALUES;
 -- insert NULLIF(block, 0); on conflict balance = new, blocknumber = existing when the new one is
 -- NULL, else GREATEST(COALESCE(existing, 0), new); updated_at = now().
 -- Beyond the seed, with only_if_not_older => true a row already stamped with a newer block than
--- the read is left alone (an older read never overwrites a newer value). Rows are written in
--- wallet order so concurrent upserts lock in the same order (no deadlocks).
+-- the read is left alone (an older read never overwrites a newer value) and marked checked:
+-- updated_at = now(), balance and blocknumber untouched, so it leaves the head of the sweep queue
+-- (a row stamped ahead of a lagging node would otherwise be the stalest row again on every tick).
+-- Rows are written in wallet order so concurrent upserts lock in the same order (no deadlocks).
 -- Returns the wallets written.
+--
+-- search_path: the Audius triggers on eth_wallet_balances (on_eth_wallet_balance_changes →
+-- update_eth_user_balance) name users, associated_wallets, eth_user_balances without a schema and
+-- run with the search_path in force here. It is pinned to pg_catalog, public (the schema holding
+-- eth_wallet_balances), pg_temp: names resolve as for the table owner's ordinary INSERT, builtins
+-- first, temporary objects last (never functions), and nothing a caller puts on its own
+-- search_path is consulted. Everything this body calls is qualified. doctor() flags roles other
+-- than superusers that may CREATE in public (they could place objects the triggers would find).
 CREATE FUNCTION audius_indexer.upsert_wallet_balances(
   wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean DEFAULT false)
 RETURNS SETOF text
 LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
+SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
   bad record;
 BEGIN
-  IF cardinality(wallets) IS DISTINCT FROM cardinality(balances)
-     OR cardinality(wallets) IS DISTINCT FROM cardinality(blocks) THEN
+  IF pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(balances)
+     OR pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(blocks) THEN
     RAISE EXCEPTION 'wallets, balances and blocks must have the same length (got %, %, %)',
-      cardinality(wallets), cardinality(balances), cardinality(blocks)
+      pg_catalog.cardinality(wallets), pg_catalog.cardinality(balances), pg_catalog.cardinality(blocks)
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   -- Keys are stored lowercase 0x + 40 hex (what every reader of eth_wallet_balances expects).
-  SELECT u.w, u.i INTO bad FROM unnest(wallets) WITH ORDINALITY AS u(w, i)
-   WHERE u.w IS NULL OR u.w !~ '^0x[0-9a-f]{40}$' ORDER BY u.i LIMIT 1;
+  SELECT u.w, u.i INTO bad FROM pg_catalog.unnest(wallets) WITH ORDINALITY AS u(w, i)
+   WHERE u.w IS NULL OR u.w OPERATOR(pg_catalog.!~) '^0x[0-9a-f]{40}$' ORDER BY u.i LIMIT 1;
   IF FOUND THEN
     RAISE EXCEPTION 'wallet at position % (%) is not a lowercase 0x-prefixed 40-hex-digit address',
-      bad.i, coalesce(quote_literal(bad.w), 'NULL')
+      bad.i, coalesce(pg_catalog.quote_literal(bad.w), 'NULL')
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   RETURN QUERY
   WITH written AS (
     INSERT INTO public.eth_wallet_balances AS e (wallet, balance, blocknumber, updated_at)
-    SELECT u.w, u.b, NULLIF(u.bl, 0), now()
-    FROM unnest(wallets, balances, blocks) AS u(w, b, bl)
+    SELECT u.w, u.b, NULLIF(u.bl, 0), pg_catalog.now()
+    FROM pg_catalog.unnest(wallets, balances, blocks) AS u(w, b, bl)
     ORDER BY u.w
     ON CONFLICT (wallet) DO UPDATE SET
       balance     = EXCLUDED.balance,
       blocknumber = CASE WHEN EXCLUDED.blocknumber IS NULL THEN e.blocknumber
                          ELSE GREATEST(COALESCE(e.blocknumber, 0), EXCLUDED.blocknumber) END,
-      updated_at  = now()
+      updated_at  = pg_catalog.now()
     WHERE NOT only_if_not_older
        OR e.blocknumber IS NULL
        OR EXCLUDED.blocknumber IS NULL
        OR e.blocknumber <= EXCLUDED.blocknumber
     RETURNING e.wallet)
   SELECT w.wallet FROM written AS w;
+  IF only_if_not_older THEN
+    -- The rows the guard left alone (already locked by the INSERT above, in wallet order).
+    UPDATE public.eth_wallet_balances AS e SET updated_at = pg_catalog.now()
+      FROM pg_catalog.unnest(wallets, blocks) AS u(w, bl)
+     WHERE e.wallet = u.w AND u.bl > 0 AND e.blocknumber > u.bl;
+  END IF;
 END
 $$;
 COMMENT ON FUNCTION audius_indexer.upsert_wallet_balances(text[], numeric[], bigint[], boolean) IS
@@ -184,8 +200,11 @@ SELECT s.last_tick_started,
        (SELECT count(*) FROM public.eth_wallet_balances) AS wallets,
        (SELECT count(*) FROM audius_indexer.wallet_failures WHERE next_attempt > now()) AS wallets_in_backoff,
        (SELECT count(*) FROM audius_indexer.wallet_failures) AS wallets_failing,
-       (SELECT a.pid FROM pg_stat_activity a WHERE a.backend_type = 'audius_indexer sweep' LIMIT 1) AS worker_pid,
-       current_setting('audius_indexer.sweep_enabled') :: boolean AS sweep_enabled
+       (SELECT a.pid FROM pg_catalog.pg_stat_activity a
+         WHERE a.backend_type = 'audius_indexer sweep' AND a.datname = pg_catalog.current_database()
+         LIMIT 1) AS worker_pid,
+       -- NULL in a session where the library is not loaded and the setting is not in postgresql.conf
+       pg_catalog.current_setting('audius_indexer.sweep_enabled', true) :: boolean AS sweep_enabled
 FROM audius_indexer.sweep_state s;
 COMMENT ON VIEW audius_indexer.sweep_status IS
-  'Last sweep tick, totals, lag (now() - min(updated_at)), wallets in back-off, worker pid.';
+  'Last sweep tick (worker, CALL sweep() or refresh_stale()), totals, last error, lag (now() - min(updated_at)), wallets in back-off, the worker pid of this database.';

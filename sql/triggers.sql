@@ -90,13 +90,8 @@ BEGIN
     END LOOP;
 
     -- Like the Audius functions they replace, the Rust functions name the tables without a schema:
-    -- they resolve through the search_path of the session that writes.
-    IF NOT target_schema = ANY (current_schemas(false)) THEN
-        RAISE WARNING 'audius_indexer.install_triggers: schema % is not on the current search_path', target_schema
-            USING DETAIL = 'The trigger functions find notification, users, challenges, ... through the search_path '
-                           'of the writing session, exactly as the Audius PL/pgSQL functions do.',
-                  HINT = 'Make sure the roles that write these tables have the schema on their search_path.';
-    END IF;
+    -- they resolve through the search_path of the session that writes (README: Privileges). This
+    -- function runs with a pinned search_path, so it cannot see the writers' one: no check here.
 
     FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
         v_rel  := to_regclass(format('%I.%I', target_schema, s.table_name));

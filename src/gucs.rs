@@ -1,9 +1,13 @@
 //! Every `audius_indexer.*` setting, in one place.
 //!
 //! Contexts are chosen deliberately:
-//! - URLs (`rpc_url`, `rpc_urls`) are `SIGHUP` + superuser-only: they carry API keys, so they live
-//!   in `postgresql.conf` / `ALTER SYSTEM`, are hidden from non-superusers (`SHOW`, `pg_settings`,
-//!   `current_setting`) and can never be pointed elsewhere by a session.
+//! - Endpoints are `SIGHUP` + superuser-only, so a session can never point them elsewhere:
+//!   - `rpc_urls_file` names a file only the server can read, holding the URLs: the secret part
+//!     (API keys in the path or query) never becomes a setting value. The recommended form.
+//!   - `rpc_url` / `rpc_urls` hold the URLs themselves. `GUC_SUPERUSER_ONLY` hides them from
+//!     ordinary roles, but PostgreSQL 15 shows them to members of `pg_read_all_settings` (and so
+//!     `pg_monitor`) in `SHOW`, `pg_settings` and `current_setting`: for those who accept that.
+//!   All three are validated when set (check hooks; 22023 without echoing the value).
 //! - Contract addresses are `SUSET`: only a superuser may redirect the reads (they decide what is
 //!   written into `eth_wallet_balances`), but a superuser may do so per session (tests, forks).
 //! - Tuning knobs (chunk size, timeouts, retries) are `USERSET`, within bounds.
@@ -15,11 +19,18 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::{CStr, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `audius_indexer.rpc_url`: the JSON-RPC endpoint (http/https). Unset by default.
 pub static RPC_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// `audius_indexer.rpc_urls`: ordered failover list (comma-separated); overrides `rpc_url` when set.
 pub static RPC_URLS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// `audius_indexer.rpc_urls_file`: absolute path of a file (readable by the server only) with one
+/// URL per line; overrides `rpc_urls` and `rpc_url` when set.
+pub static RPC_URLS_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// `audius_indexer.max_block_ahead`: how far Multicall3's `getBlockNumber()` may be above the
+/// node's `eth_blockNumber` before the answer is refused (08P01) instead of stamped on rows.
+pub static MAX_BLOCK_AHEAD: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// `audius_indexer.token_address`: AUDIO token (`balanceOf`).
 pub static TOKEN_ADDRESS: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"0x18aAA7115705e8be94bfFEbDE57Af9BFc265B998"));
@@ -62,23 +73,77 @@ pub static FAILURE_BACKOFF_BASE_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// `audius_indexer.failure_backoff_max`: longest back-off of a failing wallet.
 pub static FAILURE_BACKOFF_MAX_S: GucSetting<i32> = GucSetting::<i32>::new(6 * 3600);
 
+/// True in processes of a server that loaded the library through `shared_preload_libraries`
+/// (set in `_PG_init` of the postmaster, inherited by every forked backend).
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+type StringCheckHook = unsafe extern "C-unwind" fn(
+    *mut *mut std::ffi::c_char,
+    *mut *mut std::ffi::c_void,
+    pg_sys::GucSource::Type,
+) -> bool;
+
+/// A string setting with a check hook (pgrx's registry has no hook parameter).
+fn define_checked_string(
+    name: &'static CStr,
+    short: &'static CStr,
+    long: &'static CStr,
+    setting: &'static GucSetting<Option<CString>>,
+    context: pg_sys::GucContext::Type,
+    flags: GucFlags,
+    hook: StringCheckHook,
+) {
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            name.as_ptr(),
+            short.as_ptr(),
+            long.as_ptr(),
+            setting.as_ptr(),
+            *setting.as_ptr(),
+            context,
+            flags.bits(),
+            Some(hook),
+            None,
+            None,
+        );
+    }
+}
+
 pub fn init() {
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        PRELOADED.store(true, Ordering::Relaxed);
+    }
     let secret = GucFlags::SUPERUSER_ONLY;
-    GucRegistry::define_string_guc(
+    define_checked_string(
         c"audius_indexer.rpc_url",
         c"Ethereum JSON-RPC endpoint (http/https) used for eth_call.",
-        c"Superuser-only and hidden from other roles: provider URLs carry API keys. Set it with ALTER SYSTEM and reload.",
+        c"Superuser-only; members of pg_read_all_settings can still read it. Prefer rpc_urls_file for URLs with API keys.",
         &RPC_URL,
-        GucContext::Sighup,
+        pg_sys::GucContext::PGC_SIGHUP,
         secret,
+        check_rpc_url,
     );
-    GucRegistry::define_string_guc(
+    define_checked_string(
         c"audius_indexer.rpc_urls",
         c"Ordered, comma-separated failover list of JSON-RPC endpoints; overrides rpc_url when set.",
         c"A failing endpoint is skipped for rpc_failover_cooldown_ms and the next one is used.",
         &RPC_URLS,
-        GucContext::Sighup,
+        pg_sys::GucContext::PGC_SIGHUP,
         secret,
+        check_rpc_urls,
+    );
+    define_checked_string(
+        c"audius_indexer.rpc_urls_file",
+        c"File with the JSON-RPC endpoints, one URL per line (failover order); overrides rpc_urls and rpc_url.",
+        c"Absolute path; keep the file owned by the server's OS user, mode 0600. Only the path is a setting.",
+        &RPC_URLS_FILE,
+        pg_sys::GucContext::PGC_SIGHUP,
+        secret,
+        check_rpc_urls_file,
     );
     // Addresses are validated when set (SET, ALTER SYSTEM, postgresql.conf), not only when used.
     let address = |name: &'static CStr,
@@ -249,6 +314,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.max_block_ahead",
+        c"Largest distance a read's block (Multicall3 getBlockNumber) may be above the node's eth_blockNumber.",
+        c"A read stamped further ahead is refused (08P01) and nothing is written: a wrong stamp would block the row for good.",
+        &MAX_BLOCK_AHEAD,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     unsafe { pg_sys::MarkGUCPrefixReserved(c"audius_indexer".as_ptr()) };
 }
 
@@ -276,6 +351,88 @@ unsafe extern "C-unwind" fn check_address(
             unsafe { pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(detail.as_ptr()) };
             false
         }
+    }
+}
+
+/// Reports a refused value: the message names the setting and the reason, never the value (URLs
+/// carry API keys; PostgreSQL would otherwise print the value in the error and the server log).
+unsafe fn refuse(name: &str, reason: &str) -> bool {
+    let msg = CString::new(format!("invalid value for parameter \"{name}\": {reason}"))
+        .unwrap_or_else(|_| CString::from(c"invalid value"));
+    let hint = CString::new("Only http:// and https:// URLs; separate several with commas (rpc_urls). The value is not shown because URLs carry API keys.")
+        .unwrap_or_default();
+    unsafe {
+        pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(msg.as_ptr());
+        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
+    }
+    false
+}
+
+/// The new value of a string check hook; None for NULL / empty (= unset, always accepted).
+unsafe fn new_value(newval: *mut *mut std::ffi::c_char) -> Option<String> {
+    unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return None;
+        }
+        let v = CStr::from_ptr(*newval).to_string_lossy().into_owned();
+        (!v.trim().is_empty()).then_some(v)
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_rpc_url(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    match unsafe { new_value(newval) } {
+        None => true,
+        Some(v) => match crate::eth::rpc::Endpoint::parse(v.trim()) {
+            Ok(_) => true,
+            Err(e) => unsafe { refuse("audius_indexer.rpc_url", &format!("the URL {e}")) },
+        },
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_rpc_urls(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let Some(v) = (unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(*newval).to_string_lossy().into_owned())
+        }
+    }) else {
+        return true;
+    };
+    if v.is_empty() {
+        return true; // '' = unset
+    }
+    match crate::eth::rpc::parse_endpoint_list(&v) {
+        Ok(_) => true,
+        Err(e) => unsafe { refuse("audius_indexer.rpc_urls", &e) },
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_rpc_urls_file(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    match unsafe { new_value(newval) } {
+        None => true,
+        Some(v) if v.starts_with('/') && !v.contains('\n') => true,
+        Some(_) => unsafe {
+            refuse(
+                "audius_indexer.rpc_urls_file",
+                "the path is not absolute (it names a file with one URL per line)",
+            )
+        },
     }
 }
 

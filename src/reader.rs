@@ -20,6 +20,11 @@ thread_local! {
     /// Set by the background worker: interrupt polling then also watches for SIGTERM.
     static IN_WORKER: Cell<bool> = const { Cell::new(false) };
     static REQUEST_ID: Cell<u64> = const { Cell::new(1) };
+    /// Highest `eth_blockNumber` this backend has seen (0 = none yet): reads stamped within
+    /// `max_block_ahead` of it need no new head check.
+    static HEAD_SEEN: Cell<i64> = const { Cell::new(0) };
+    /// Contract addresses this backend has seen code at (checked only when a read came back empty).
+    static CODE_SEEN: RefCell<std::collections::HashSet<Address>> = RefCell::new(std::collections::HashSet::new());
 }
 
 pub fn mark_worker() {
@@ -45,7 +50,7 @@ pub fn raise(
 }
 
 /// The message of an ERROR or panic caught with `PgTryBuilder`.
-pub fn caught_message(e: pgrx::pg_sys::panic::CaughtError) -> String {
+pub fn caught_message(e: &pgrx::pg_sys::panic::CaughtError) -> String {
     use pgrx::pg_sys::panic::CaughtError::*;
     match e {
         PostgresError(r) | ErrorReport(r) => r.message().to_string(),
@@ -64,6 +69,10 @@ pub fn errcode(sqlstate: &str) -> PgSqlErrorCode {
         "54000" => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         "55000" => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         "22023" => ERRCODE_INVALID_PARAMETER_VALUE,
+        "25006" => ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        "42501" => ERRCODE_INSUFFICIENT_PRIVILEGE,
+        "58030" => ERRCODE_IO_ERROR,
+        "58P01" => ERRCODE_UNDEFINED_FILE,
         _ => ERRCODE_INTERNAL_ERROR,
     }
 }
@@ -92,35 +101,76 @@ fn address_setting(name: &str, setting: &pgrx::GucSetting<Option<std::ffi::CStri
     })
 }
 
-/// The configured endpoints (`rpc_urls` if set, else `rpc_url`); ERROR when none is set.
-pub fn configured_endpoints() -> Vec<Endpoint> {
+/// Where the endpoints come from: `rpc_urls_file`, else `rpc_urls`, else `rpc_url`.
+pub enum EndpointSource {
+    File(String),
+    Setting(&'static str, String),
+    None,
+}
+
+pub fn endpoint_source() -> EndpointSource {
+    let file = gucs::string(&gucs::RPC_URLS_FILE);
+    if !file.trim().is_empty() {
+        return EndpointSource::File(file.trim().to_string());
+    }
     let urls = gucs::string(&gucs::RPC_URLS);
-    let (name, list) = if !urls.trim().is_empty() {
-        ("rpc_urls", urls)
-    } else {
-        ("rpc_url", gucs::string(&gucs::RPC_URL))
-    };
-    if list.trim().is_empty() {
-        raise(
+    if !urls.trim().is_empty() {
+        return EndpointSource::Setting("rpc_urls", urls);
+    }
+    let url = gucs::string(&gucs::RPC_URL);
+    if !url.trim().is_empty() {
+        return EndpointSource::Setting("rpc_url", url);
+    }
+    EndpointSource::None
+}
+
+/// Reads and parses the endpoints file. Errors carry (SQLSTATE, message) naming the path (which is
+/// not a secret), never the file's content.
+pub fn read_endpoint_file(path: &str) -> Result<Vec<Endpoint>, (&'static str, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let code = match e.kind() {
+            std::io::ErrorKind::NotFound => "58P01",
+            std::io::ErrorKind::PermissionDenied => "42501",
+            _ => "58030",
+        };
+        (
+            code,
+            format!("cannot read audius_indexer.rpc_urls_file {path:?}: {e}"),
+        )
+    })?;
+    rpc::parse_endpoint_file(&text).map_err(|e| {
+        (
+            "22023",
+            format!("audius_indexer.rpc_urls_file {path:?} is invalid: {e}"),
+        )
+    })
+}
+
+/// The configured endpoints; ERROR when none is configured or the configuration is unusable.
+pub fn configured_endpoints() -> Vec<Endpoint> {
+    match endpoint_source() {
+        EndpointSource::None => raise(
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "no Ethereum RPC endpoint configured: audius_indexer.rpc_url is not set",
             None,
             Some(
-                "As a superuser: ALTER SYSTEM SET audius_indexer.rpc_url = 'https://…'; SELECT pg_reload_conf(); \
-                 (or audius_indexer.rpc_urls for an ordered failover list)"
+                "As a superuser: write the URL into a file only the server can read and ALTER SYSTEM SET \
+                 audius_indexer.rpc_urls_file = '/path'; SELECT pg_reload_conf(); (or set audius_indexer.rpc_url)"
                     .into(),
             ),
-        );
+        ),
+        EndpointSource::File(path) => read_endpoint_file(&path)
+            .unwrap_or_else(|(code, msg)| raise(errcode(code), msg, None, None)),
+        // Never echo the value: it may carry an API key.
+        EndpointSource::Setting(name, list) => rpc::parse_endpoint_list(&list).unwrap_or_else(|e| {
+            raise(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("setting audius_indexer.{name} is invalid: {e}"),
+                None,
+                Some("Only http:// and https:// URLs are accepted.".into()),
+            )
+        }),
     }
-    // Never echo the value: it may carry an API key.
-    rpc::parse_endpoint_list(&list).unwrap_or_else(|e| {
-        raise(
-            ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("setting audius_indexer.{name} is invalid: {e}"),
-            None,
-            Some("Only http:// and https:// URLs are accepted.".into()),
-        )
-    })
 }
 
 impl Config {
@@ -231,11 +281,48 @@ fn raise_rpc(e: &RpcError, what: &str) -> ! {
     raise(errcode(e.sqlstate()), format!("{what}: {e}"), None, None)
 }
 
+/// What a read is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `multicall_total_audio_balances`: report what the node says; any chunk failure is an ERROR.
+    Report,
+    /// The refresh paths (values are written, blocks are stamped on rows): failing chunks are
+    /// isolated down to one holder; a block further than `max_block_ahead` above the node's
+    /// `eth_blockNumber` is refused; an empty answer from a configured contract is checked for
+    /// missing code (a configuration error, not the wallets').
+    Write,
+}
+
+/// Chunk errors the refresh paths isolate (split down to one holder, then blame that holder):
+/// answers about this request — JSON-RPC errors (EVM execution timeout, revert of the batch…),
+/// HTTP error statuses after the retries, out-of-gas or too-large for a single holder, unusable
+/// answers. Never isolated: connection failures and client-side timeouts (the node, not a wallet),
+/// rate limits, redirects, a cancelled or shutting-down backend, and configuration errors
+/// (no code at Multicall3, its getBlockNumber() failing or out of range).
+fn isolatable(e: &ChunkError<ExecError>) -> bool {
+    use rpc::RpcErrorKind::*;
+    match e {
+        ChunkError::Fetch(ExecError::Rpc(r)) => matches!(
+            r.kind,
+            JsonRpc { .. } | HttpStatus { .. } | OutOfGas(_) | TooLarge(_) | BadResponse(_)
+        ),
+        ChunkError::Fetch(ExecError::Interrupted) => false,
+        ChunkError::Decode(DecodeError::NoCode) => false,
+        ChunkError::Decode(_) => true,
+        ChunkError::BlockNumber(_) | ChunkError::BlockOutOfRange(_) => false,
+    }
+}
+
 /// Reads the three balances of every holder (already parsed and de-duplicated), in order.
-/// ERRORs on any chunk failure: never a partial result.
-pub fn read_balances(cfg: &Config, holders: &[Address]) -> (Vec<HolderBalance>, ReadStats) {
+/// ERRORs on any chunk failure that is not isolated: never a partial result.
+pub fn read_balances(
+    cfg: &Config,
+    holders: &[Address],
+    purpose: Purpose,
+) -> (Vec<HolderBalance>, ReadStats) {
     let mut stats = ReadStats::default();
     let to = normalize(&cfg.contracts.multicall);
+    let isolate: &dyn Fn(&ChunkError<ExecError>) -> bool = &isolatable;
     let result = balances::read_all(
         &cfg.contracts,
         holders,
@@ -249,10 +336,11 @@ pub fn read_balances(cfg: &Config, holders: &[Address]) -> (Vec<HolderBalance>, 
             )
         },
         |e| matches!(e, ExecError::Rpc(r) if r.wants_smaller_chunk()),
+        (purpose == Purpose::Write).then_some(isolate),
         &mut stats,
     );
-    match result {
-        Ok(v) => (v, stats),
+    let values = match result {
+        Ok(v) => v,
         Err(ChunkError::Fetch(e)) => raise_exec(e, "multicall eth_call failed"),
         Err(ChunkError::Decode(DecodeError::NoCode)) => raise(
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -267,18 +355,110 @@ pub fn read_balances(cfg: &Config, holders: &[Address]) -> (Vec<HolderBalance>, 
                     .into(),
             ),
         ),
-        Err(ChunkError::Decode(e)) => raise(
+        Err(e) => raise(
             ERRCODE_PROTOCOL_VIOLATION,
             format!("RPC host {}: {e}", hosts(cfg)),
             None,
             None,
         ),
-        Err(e @ ChunkError::BlockNumber(_)) => raise(
+    };
+    if purpose == Purpose::Write {
+        check_contract_code(cfg, &values);
+        check_block_ahead(cfg, &values);
+    }
+    (values, stats)
+}
+
+/// One JSON-RPC call with a hex quantity answer (eth_blockNumber, eth_chainId).
+pub fn quantity(ep: &Endpoint, v: &serde_json::Value) -> Result<u64, RpcError> {
+    let s = v.as_str().unwrap_or_default();
+    let digits = s.strip_prefix("0x").unwrap_or("zz");
+    u64::from_str_radix(digits, 16).map_err(|_| {
+        RpcError::new(
+            ep,
+            rpc::RpcErrorKind::BadResponse(format!("not a hex quantity: {s:.40}")),
+        )
+    })
+}
+
+/// The node's head (`eth_blockNumber`); remembered as the highest head this backend has seen.
+pub fn chain_head(cfg: &Config) -> Result<i64, ExecError> {
+    let head = request(
+        cfg,
+        |id| rpc::request_body(id, "eth_blockNumber", serde_json::json!([])),
+        quantity,
+    )?;
+    let head = i64::try_from(head).unwrap_or(i64::MAX);
+    HEAD_SEEN.with(|h| h.set(h.get().max(head)));
+    Ok(head)
+}
+
+/// Refuses reads stamped further than `max_block_ahead` above the node's head: such a stamp would
+/// make the rows unwritable for every honest read after it. Costs an `eth_blockNumber` only when
+/// a block is beyond the highest head this backend has already seen (plus the distance).
+fn check_block_ahead(cfg: &Config, values: &[HolderBalance]) {
+    let Some(max_block) = values.iter().filter(|h| h.failure.is_none()).map(|h| h.block).max() else {
+        return;
+    };
+    let ahead = i64::from(gucs::MAX_BLOCK_AHEAD.get().max(0));
+    if max_block <= HEAD_SEEN.with(Cell::get).saturating_add(ahead) {
+        return;
+    }
+    let head = chain_head(cfg).unwrap_or_else(|e| raise_exec(e, "eth_blockNumber failed"));
+    if max_block > head.saturating_add(ahead) {
+        raise(
             ERRCODE_PROTOCOL_VIOLATION,
-            format!("RPC host {}: {e}", hosts(cfg)),
+            format!(
+                "RPC host {}: Multicall3 getBlockNumber() answered block {max_block}, {} blocks above the node's eth_blockNumber {head}: refused, nothing written",
+                hosts(cfg),
+                max_block - head
+            ),
             None,
-            None,
-        ),
+            Some(format!(
+                "audius_indexer.max_block_ahead = {ahead}. Check the node (a lagging replica behind a load balancer?) and audius_indexer.multicall_address."
+            )),
+        );
+    }
+}
+
+/// When a configured contract answered "success, no data" for some holder, checks it has code at
+/// all: no code is a configuration error (55000 naming the setting), never the wallets' fault.
+fn check_contract_code(cfg: &Config, values: &[HolderBalance]) {
+    use crate::eth::abi::SubcallFailure::Empty;
+    let contracts = [
+        ("token_address", cfg.contracts.token, 0usize),
+        ("staking_address", cfg.contracts.staking, 1),
+        ("delegate_manager_address", cfg.contracts.delegate_manager, 2),
+    ];
+    for (setting, address, which) in contracts {
+        let empty = values.iter().any(|h| {
+            let r = [&h.token, &h.staked, &h.delegated][which];
+            matches!(r, Err(Empty))
+        });
+        if !empty || CODE_SEEN.with(|c| c.borrow().contains(&address)) {
+            continue;
+        }
+        let a = normalize(&address);
+        let code = request(
+            cfg,
+            |id| rpc::request_body(id, "eth_getCode", serde_json::json!([a, "latest"])),
+            rpc::decode_hex_result,
+        )
+        .unwrap_or_else(|e| raise_exec(e, "eth_getCode failed"));
+        if code.is_empty() {
+            raise(
+                ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "no contract code at audius_indexer.{setting} ({a}) on RPC host {}: nothing read, nothing recorded against wallets",
+                    hosts(cfg)
+                ),
+                None,
+                Some(format!(
+                    "Check audius_indexer.{setting} and that the node serves the right chain (doctor() checks every contract)."
+                )),
+            );
+        }
+        CODE_SEEN.with(|c| c.borrow_mut().insert(address));
     }
 }
 
@@ -337,14 +517,10 @@ fn truncate(s: &str, max: usize) -> String {
 /// Snapshot of this backend's per-endpoint counters (for `rpc_endpoint_stats()`).
 pub fn endpoint_stats() -> Vec<(String, rpc::EndpointStats)> {
     // Show configured endpoints even before the first request.
-    let configured = {
-        let urls = gucs::string(&gucs::RPC_URLS);
-        let list = if urls.trim().is_empty() {
-            gucs::string(&gucs::RPC_URL)
-        } else {
-            urls
-        };
-        rpc::parse_endpoint_list(&list).unwrap_or_default()
+    let configured = match endpoint_source() {
+        EndpointSource::File(path) => read_endpoint_file(&path).unwrap_or_default(),
+        EndpointSource::Setting(_, list) => rpc::parse_endpoint_list(&list).unwrap_or_default(),
+        EndpointSource::None => Vec::new(),
     };
     ENDPOINTS.with(|cell| {
         let mut eps = cell.borrow_mut();

@@ -8,7 +8,8 @@ use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{pg_shmem_init, pg_sys};
-use std::sync::atomic::{AtomicBool, Ordering};
+use pgrx::PgAtomic;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 const MAX_ENDPOINTS: usize = 16;
@@ -46,16 +47,31 @@ impl Default for Stats {
 unsafe impl PGRXSharedMemory for Stats {}
 
 static STATS: PgLwLock<Stats> = unsafe { PgLwLock::new(c"audius_indexer_endpoint_stats") };
+/// Consecutive sweep-worker starts that did not reach a connected database (survives the
+/// worker's restarts; reset when it connects, and by a crash restart of the server).
+static WORKER_CONNECT_ATTEMPTS: PgAtomic<AtomicU32> =
+    unsafe { PgAtomic::new(c"audius_indexer_worker_connect_attempts") };
 static READY: AtomicBool = AtomicBool::new(false);
 
 /// Called from `_PG_init` while shared_preload_libraries is processed.
 pub fn init() {
     pg_shmem_init!(STATS);
+    pg_shmem_init!(WORKER_CONNECT_ATTEMPTS = AtomicU32::new(0));
     READY.store(true, Ordering::Relaxed);
 }
 
 pub fn available() -> bool {
     READY.load(Ordering::Relaxed)
+}
+
+/// Counts one more connection attempt of the sweep worker; returns how many failed before it.
+pub fn worker_connect_attempt() -> u32 {
+    WORKER_CONNECT_ATTEMPTS.get().fetch_add(1, Ordering::SeqCst)
+}
+
+/// The sweep worker connected: the next failure starts the back-off from the beginning.
+pub fn worker_connected() {
+    WORKER_CONNECT_ATTEMPTS.get().store(0, Ordering::SeqCst);
 }
 
 fn copy_into(dst: &mut [u8], s: &str) -> u16 {

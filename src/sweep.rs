@@ -1,19 +1,27 @@
 //! Refreshing `eth_wallet_balances`: the core shared by the event path (`refresh_wallets`), the
-//! sweep tick (`refresh_stale`) and the background worker.
+//! sweep tick (`refresh_stale`, `CALL sweep()`) and the background worker.
 //!
-//! Order of work inside one call: read every wallet over RPC first, then write everything with one
-//! upsert, so row locks on `eth_wallet_balances` are held only from the upsert to commit — never
-//! across a network round trip. That is what keeps event-path writes from waiting on a sweep.
+//! A refresh has three phases:
+//! 1. **claim** (SQL): which wallets, under the single-flight lock;
+//! 2. **read** (network only, no SPI): every wallet over RPC;
+//! 3. **write** (SQL): one upsert, failure bookkeeping, the tick record.
+//!
+//! Row locks on `eth_wallet_balances` are held only from the upsert to commit — never across a
+//! network round trip. The functions (`refresh_wallets`, `refresh_stale`) run the three phases in
+//! the caller's transaction; the worker and `CALL sweep()` commit after the claim and read with
+//! no transaction and no snapshot open (DESIGN rule 2), so a slow node never holds back vacuum.
 
 use crate::eth::address::{normalize, parse_address};
+use crate::eth::balances::HolderBalance;
 use crate::gucs;
-use crate::reader::{self, Config};
+use crate::reader::{self, Config, Purpose};
 use alloy_primitives::Address;
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::*;
 use std::collections::{HashMap, HashSet};
 
-/// Advisory lock key (two int4s) taken by `refresh_stale` for single flight: "AUDI", 1.
+/// Advisory lock key (two int4s) of the sweep's single flight: "AUDI", 1.
 const LOCK_KEY: (i32, i32) = (0x4155_4449, 1);
 /// Largest batch `refresh_stale` accepts.
 pub const MAX_BATCH: i32 = 100_000;
@@ -27,8 +35,9 @@ pub struct Counts {
     pub updated: i32,
     /// Wallets whose reads failed (recorded in audius_indexer.wallet_failures, backed off).
     pub failed: i32,
-    /// Reads that succeeded but were not written: the row holds a newer block, or (event path)
-    /// the read is older than the wallet's min_block.
+    /// Reads that succeeded but were not written: the row holds a newer block (the row is then
+    /// marked checked: `updated_at = now()`, balance and block untouched), or (event path) the
+    /// read is older than the wallet's min_block (left as it is, to be read again).
     pub skipped: i32,
 }
 
@@ -40,16 +49,39 @@ pub struct Entry {
     pub min_block: Option<i64>,
 }
 
-/// Reads every entry and upserts the ones whose three reads succeeded. ERRORs (without writing
-/// anything) when the RPC call as a whole fails: that is not the wallets' fault.
-pub fn refresh(entries: Vec<Entry>) -> Counts {
-    let mut counts = Counts {
-        requested: entries.len() as i32,
-        ..Counts::default()
-    };
-    let mut failures: Vec<(String, String)> = Vec::new();
+/// Phase 2's outcome: what to write and whom to blame.
+pub struct Read {
+    requested: i32,
+    keys: Vec<String>,
+    balances: Vec<String>,
+    blocks: Vec<i64>,
+    succeeded: Vec<String>,
+    failures: Vec<(String, String)>,
+    lagging: i32,
+}
+
+/// ERROR 25006 on a standby: the write paths need a primary.
+pub fn ensure_primary(what: &str) {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        reader::raise(
+            ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("audius_indexer.{what} cannot run on a standby: recovery is in progress"),
+            None,
+            Some(
+                "Run it on the primary; the background worker starts sweeping there after promotion. \
+                 multicall_total_audio_balances() works on a standby."
+                    .into(),
+            ),
+        );
+    }
+}
+
+/// Phase 2: reads every entry (network only: no SPI, no snapshot needed). ERRORs, without
+/// anything written, when the RPC call as a whole fails: that is not the wallets' fault.
+pub fn read(entries: Vec<Entry>) -> Read {
     let mut holders: Vec<Address> = Vec::new();
     let mut seen: HashSet<Address> = HashSet::new();
+    let mut failures: Vec<(String, String)> = Vec::new();
     for e in &entries {
         match &e.address {
             Ok(a) => {
@@ -60,48 +92,60 @@ pub fn refresh(entries: Vec<Entry>) -> Counts {
             Err(reason) => failures.push((e.key.clone(), reason.clone())),
         }
     }
-    let values = if holders.is_empty() {
+    let values: HashMap<Address, HolderBalance> = if holders.is_empty() {
         HashMap::new()
     } else {
         let cfg = Config::from_settings();
-        let (read, _) = reader::read_balances(&cfg, &holders);
-        read.into_iter()
-            .map(|h| (h.wallet, h))
-            .collect::<HashMap<_, _>>()
+        let (read, _) = reader::read_balances(&cfg, &holders, Purpose::Write);
+        read.into_iter().map(|h| (h.wallet, h)).collect()
     };
-
-    let (mut keys, mut balances, mut blocks) = (Vec::new(), Vec::new(), Vec::new());
-    let mut succeeded: Vec<String> = Vec::new();
+    let mut out = Read {
+        requested: entries.len() as i32,
+        keys: Vec::new(),
+        balances: Vec::new(),
+        blocks: Vec::new(),
+        succeeded: Vec::new(),
+        failures,
+        lagging: 0,
+    };
     for e in &entries {
         let Ok(a) = &e.address else { continue };
         let h = &values[a];
         match (h.total(), h.error()) {
             (Some(total), _) => {
-                succeeded.push(e.key.clone());
-                let block = i64::try_from(h.block).unwrap_or(i64::MAX);
-                if e.min_block.is_some_and(|m| block < m) {
-                    counts.skipped += 1; // lagging node: older than the event that asked
+                out.succeeded.push(e.key.clone());
+                if e.min_block.is_some_and(|m| h.block < m) {
+                    out.lagging += 1; // lagging node: older than the event that asked
                 } else {
-                    keys.push(e.key.clone());
-                    balances.push(total.to_string());
-                    blocks.push(block);
+                    out.keys.push(e.key.clone());
+                    out.balances.push(total.to_string());
+                    out.blocks.push(h.block);
                 }
             }
-            (None, err) => {
-                failures.push((e.key.clone(), err.unwrap_or_else(|| "read failed".into())))
-            }
+            (None, err) => out
+                .failures
+                .push((e.key.clone(), err.unwrap_or_else(|| "read failed".into()))),
         }
     }
-    counts.failed = failures.len() as i32;
+    out
+}
 
+/// Phase 3: one upsert (block guard on), then the failure bookkeeping.
+pub fn write(r: Read) -> Counts {
+    let mut counts = Counts {
+        requested: r.requested,
+        failed: r.failures.len() as i32,
+        skipped: r.lagging,
+        ..Counts::default()
+    };
     Spi::connect_mut(|c| {
-        if !keys.is_empty() {
-            let n = keys.len() as i32;
+        if !r.keys.is_empty() {
+            let n = r.keys.len() as i32;
             let written = c
                 .update(
                     "SELECT count(*)::int4 FROM audius_indexer.upsert_wallet_balances($1, $2::text[]::numeric[], $3, true)",
                     None,
-                    &[keys.into(), balances.into(), blocks.into()],
+                    &[r.keys.into(), r.balances.into(), r.blocks.into()],
                 )
                 .and_then(|t| t.first().get_one::<i32>())
                 .unwrap_or_else(|e| spi_error(e))
@@ -109,22 +153,22 @@ pub fn refresh(entries: Vec<Entry>) -> Counts {
             counts.updated = written;
             counts.skipped += n - written;
         }
-        if !succeeded.is_empty() {
+        if !r.succeeded.is_empty() {
             c.update(
                 "SELECT audius_indexer._clear_failures($1)",
                 None,
-                &[succeeded.into()],
+                &[r.succeeded.into()],
             )
             .unwrap_or_else(|e| spi_error(e));
         }
-        if !failures.is_empty() {
-            let (w, r): (Vec<String>, Vec<String>) = failures.into_iter().unzip();
+        if !r.failures.is_empty() {
+            let (w, why): (Vec<String>, Vec<String>) = r.failures.into_iter().unzip();
             c.update(
                 "SELECT audius_indexer._record_failures($1, $2, $3, $4)",
                 None,
                 &[
                     w.into(),
-                    r.into(),
+                    why.into(),
                     gucs::FAILURE_BACKOFF_BASE_S.get().into(),
                     gucs::FAILURE_BACKOFF_MAX_S.get().into(),
                 ],
@@ -150,6 +194,7 @@ pub fn refresh_wallets(
     wallets: Vec<Option<String>>,
     min_blocks: Option<Vec<Option<i64>>>,
 ) -> Counts {
+    ensure_primary("refresh_wallets");
     if let Some(m) = &min_blocks {
         if m.len() != wallets.len() {
             reader::raise(
@@ -187,11 +232,25 @@ pub fn refresh_wallets(
             }
         }
     }
-    refresh(by_key)
+    write(read(by_key))
 }
 
-/// One sweep tick. Returns None when another refresh_stale holds the single-flight lock.
-pub fn refresh_stale(batch: i32) -> Option<Counts> {
+/// How long the sweep's single-flight lock is held.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum LockScope {
+    /// Until the end of the transaction (`refresh_stale`, one transaction).
+    Transaction,
+    /// Until `release_session_lock()` (the worker and `CALL sweep()`, which commit in between).
+    Session,
+}
+
+/// Phase 1 of a sweep tick: the stalest `batch` wallets, under the single-flight lock.
+pub struct Claim {
+    pub started: TimestampWithTimeZone,
+    pub entries: Vec<Entry>,
+}
+
+pub fn validate_batch(batch: i32) {
     if !(1..=MAX_BATCH).contains(&batch) {
         reader::raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
@@ -200,17 +259,24 @@ pub fn refresh_stale(batch: i32) -> Option<Counts> {
             None,
         );
     }
-    let got = Spi::get_one_with_args::<bool>(
-        "SELECT pg_try_advisory_xact_lock($1, $2)",
-        &[LOCK_KEY.0.into(), LOCK_KEY.1.into()],
-    )
-    .unwrap_or_else(|e| spi_error(e))
-    .unwrap_or(false);
+}
+
+/// Takes the single-flight lock and claims the batch. None when another sweep holds the lock.
+pub fn claim(batch: i32, scope: LockScope) -> Option<Claim> {
+    validate_batch(batch);
+    let lock_sql = match scope {
+        LockScope::Transaction => "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
+        LockScope::Session => "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+    };
+    let got = Spi::get_one_with_args::<bool>(lock_sql, &[LOCK_KEY.0.into(), LOCK_KEY.1.into()])
+        .unwrap_or_else(|e| spi_error(e))
+        .unwrap_or(false);
     if !got {
         return None;
     }
-    let started = Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()")
-        .unwrap_or_else(|e| spi_error(e));
+    let started = Spi::get_one::<TimestampWithTimeZone>("SELECT pg_catalog.clock_timestamp()")
+        .unwrap_or_else(|e| spi_error(e))
+        .expect("clock_timestamp() is never NULL");
     let wallets: Vec<String> = Spi::connect(|c| {
         c.select(
             "SELECT w FROM audius_indexer._stale_batch($1) AS w",
@@ -246,17 +312,56 @@ pub fn refresh_stale(batch: i32) -> Option<Counts> {
             }
         })
         .collect();
-    let counts = refresh(entries);
+    Some(Claim { started, entries })
+}
+
+/// Releases the session-level single-flight lock (no-op when not held).
+pub fn release_session_lock() {
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_advisory_unlock($1, $2) FROM pg_catalog.pg_locks \
+         WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid() \
+           AND classid = $3::oid AND objid = $4::oid AND objsubid = 2",
+        &[
+            LOCK_KEY.0.into(),
+            LOCK_KEY.1.into(),
+            (LOCK_KEY.0 as i64).into(),
+            (LOCK_KEY.1 as i64).into(),
+        ],
+    )
+    .unwrap_or_else(|e| spi_error(e));
+}
+
+/// Records a finished tick in `sweep_state`.
+pub fn record_tick(started: TimestampWithTimeZone, c: Counts) {
     Spi::run_with_args(
         "SELECT audius_indexer._record_tick($1, $2, $3, $4, $5)",
         &[
             started.into(),
-            counts.requested.into(),
-            counts.updated.into(),
-            counts.failed.into(),
-            counts.skipped.into(),
+            c.requested.into(),
+            c.updated.into(),
+            c.failed.into(),
+            c.skipped.into(),
         ],
     )
     .unwrap_or_else(|e| spi_error(e));
+}
+
+/// Records a failed tick (after its transaction was rolled back) in `sweep_state.last_error`.
+pub fn record_tick_error(started: Option<TimestampWithTimeZone>, message: &str) {
+    Spi::run_with_args(
+        "SELECT audius_indexer._record_tick_error(coalesce($1, pg_catalog.clock_timestamp()), $2)",
+        &[started.into(), message.into()],
+    )
+    .unwrap_or_else(|e| spi_error(e));
+}
+
+/// One sweep tick in the caller's transaction (`refresh_stale`). None when another sweep holds
+/// the single-flight lock.
+pub fn refresh_stale(batch: i32) -> Option<Counts> {
+    validate_batch(batch);
+    ensure_primary("refresh_stale");
+    let claim = claim(batch, LockScope::Transaction)?;
+    let counts = write(read(claim.entries));
+    record_tick(claim.started, counts);
     Some(counts)
 }

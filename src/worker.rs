@@ -1,11 +1,16 @@
 //! The stale-sweep background worker ("audius_indexer sweep").
 //!
-//! Registered from `_PG_init` when the library is in `shared_preload_libraries`. It connects to
-//! `audius_indexer.database`, and every `audius_indexer.sweep_interval` runs one
-//! `refresh_stale(audius_indexer.sweep_batch_size)` in its own transaction. A failing tick is
-//! caught, rolled back, logged and recorded in `sweep_status.last_error`; the loop goes on.
+//! Registered from `_PG_init` when the library is in `shared_preload_libraries`; started by the
+//! postmaster once recovery is finished (so on a standby it does not run; after `pg_promote()` it
+//! starts at once). It connects to `audius_indexer.database`, and every
+//! `audius_indexer.sweep_interval` runs one sweep tick of `audius_indexer.sweep_batch_size`
+//! wallets in three steps: claim the batch (a transaction, committed), read over RPC with **no
+//! transaction or snapshot open**, then write in a new transaction. A failing tick is caught,
+//! rolled back, logged and recorded in `sweep_status.last_error`; the loop goes on.
 //! SIGHUP reloads settings (a new interval applies at once); SIGTERM ends the worker within a
 //! poll slice even mid-RPC, with exit code 1 so the postmaster restarts it after `RESTART_AFTER`.
+//! When the database cannot be connected to (it does not exist yet), each restart waits longer
+//! before trying again (exponential, up to `MAX_CONNECT_BACKOFF`): a few log lines, not a flood.
 
 use crate::{gucs, reader, sweep};
 use pgrx::bgworkers::{
@@ -18,6 +23,8 @@ use std::time::{Duration, Instant};
 pub const WORKER_TYPE: &str = "audius_indexer sweep";
 /// How long the postmaster waits before restarting a worker that exited or crashed.
 const RESTART_AFTER: Duration = Duration::from_secs(5);
+/// Longest wait before a new attempt to connect to a database that was missing.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(300);
 
 pub fn register() {
     BackgroundWorkerBuilder::new(WORKER_TYPE)
@@ -40,7 +47,23 @@ pub fn should_stop() -> bool {
 pub extern "C-unwind" fn audius_indexer_sweep_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = gucs::string(&gucs::DATABASE);
+    // A failed connection is FATAL (the process exits and is restarted): count attempts in
+    // shared memory and wait longer before each new one.
+    let failed_before = crate::shmem_stats::worker_connect_attempt();
+    if failed_before > 0 {
+        let wait = RESTART_AFTER
+            .saturating_mul(1u32 << (failed_before - 1).min(16))
+            .min(MAX_CONNECT_BACKOFF);
+        log!(
+            "audius_indexer sweep: could not connect to database {db:?} ({failed_before} failed attempt(s)); next attempt in {} s",
+            wait.as_secs()
+        );
+        if !sleep_unless_stopped(wait) {
+            unsafe { pg_sys::proc_exit(1) };
+        }
+    }
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    crate::shmem_stats::worker_connected();
     reader::mark_worker();
     unsafe {
         pg_sys::SetConfigOption(
@@ -97,32 +120,82 @@ pub extern "C-unwind" fn audius_indexer_sweep_main(_arg: pg_sys::Datum) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
-/// One tick in its own transaction; any ERROR or panic is caught, rolled back and logged.
+/// Waits `d` (interruptibly); false when SIGTERM arrived meanwhile.
+fn sleep_unless_stopped(d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while !should_stop() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                left.as_millis().min(i32::MAX as u128) as libc::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+    false
+}
+
+enum Claimed {
+    NotInstalled,
+    Busy,
+    Batch(sweep::Claim),
+}
+
+/// One tick: claim (transaction 1, committed) → read (no transaction) → write (transaction 2).
+/// Any ERROR or panic is caught, rolled back, logged and recorded; the lock is always released.
 fn tick(db: &str, warned_missing: &mut bool) {
     let batch = gucs::SWEEP_BATCH_SIZE.get();
-    let started = unsafe { pg_sys::GetCurrentTimestamp() };
-    let outcome = in_transaction(|| {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return; // never started during recovery; belt and braces
+    }
+    let claimed = in_transaction(|| {
         let installed = Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'audius_indexer')",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'audius_indexer')",
         )
         .ok()
         .flatten()
         .unwrap_or(false);
         if !installed {
-            return None;
+            return Claimed::NotInstalled;
         }
-        Some(sweep::refresh_stale(batch))
+        match sweep::claim(batch, sweep::LockScope::Session) {
+            None => Claimed::Busy,
+            Some(c) => Claimed::Batch(c),
+        }
     });
-    match outcome {
-        Ok(None) => {
+    let claim = match claimed {
+        Ok(Claimed::NotInstalled) => {
             if !*warned_missing {
                 log!("audius_indexer sweep: extension not installed in database {db:?}; idle until it is");
                 *warned_missing = true;
             }
+            return;
         }
-        Ok(Some(None)) => {} // another refresh_stale (e.g. pg_cron) holds the sweep
-        Ok(Some(Some(c))) => {
-            *warned_missing = false;
+        Ok(Claimed::Busy) => return, // another sweep (e.g. pg_cron) holds the single flight
+        Ok(Claimed::Batch(c)) => c,
+        Err(msg) => return tick_failed(None, &msg),
+    };
+    *warned_missing = false;
+    let started = claim.started;
+    let entries = claim.entries;
+    // No transaction, no snapshot: a slow node does not hold back the xmin horizon.
+    let read = catch(move || sweep::read(entries));
+    let outcome = read.and_then(|r| {
+        in_transaction(move || {
+            let c = sweep::write(r);
+            sweep::record_tick(started, c);
+            sweep::release_session_lock();
+            c
+        })
+    });
+    match outcome {
+        Ok(c) => {
             if c.updated + c.failed + c.skipped > 0 {
                 log!(
                     "audius_indexer sweep: requested={} updated={} failed={} skipped={}",
@@ -133,26 +206,30 @@ fn tick(db: &str, warned_missing: &mut bool) {
                 );
             }
         }
-        Err(msg) => {
-            if should_stop() {
-                return;
-            }
-            warning!("audius_indexer sweep tick failed: {msg}");
-            let _ = in_transaction(|| {
-                let ts = unsafe {
-                    pgrx::datum::TimestampWithTimeZone::from_datum(
-                        pg_sys::Datum::from(started),
-                        false,
-                    )
-                };
-                Spi::run_with_args(
-                    "SELECT audius_indexer._record_tick_error($1, $2)",
-                    &[ts.into(), msg.as_str().into()],
-                )
-                .ok();
-            });
-        }
+        Err(msg) => tick_failed(Some(started), &msg),
     }
+}
+
+/// Logs a failed tick, records it in `sweep_status` and releases the single-flight lock.
+fn tick_failed(started: Option<pgrx::datum::TimestampWithTimeZone>, msg: &str) {
+    let stopping = should_stop();
+    if !stopping {
+        warning!("audius_indexer sweep tick failed: {msg}");
+    }
+    let msg = msg.to_string();
+    let _ = in_transaction(move || {
+        if !stopping {
+            sweep::record_tick_error(started, &msg);
+        }
+        sweep::release_session_lock();
+    });
+}
+
+/// Runs `f` outside any transaction; an ERROR or panic comes back as its message.
+fn catch<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
+    PgTryBuilder::new(move || Ok(f()))
+        .catch_others(|e| Err(reader::caught_message(&e)))
+        .execute()
 }
 
 /// Runs `f` in a fresh transaction with a snapshot; on ERROR/panic aborts and returns the message.
@@ -163,7 +240,7 @@ fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
     let result = PgTryBuilder::new(move || Ok(f()))
-        .catch_others(|e| Err(reader::caught_message(e)))
+        .catch_others(|e| Err(reader::caught_message(&e)))
         .execute();
     unsafe {
         match &result {

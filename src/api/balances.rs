@@ -40,7 +40,7 @@ fn multicall_total_audio_balances(
         return TableIterator::new(Vec::new());
     }
     let cfg = Config::from_settings();
-    let (values, _) = reader::read_balances(&cfg, &holders);
+    let (values, _) = reader::read_balances(&cfg, &holders, reader::Purpose::Report);
     let rows: Vec<_> = values
         .iter()
         .map(|h| {
@@ -50,7 +50,7 @@ fn multicall_total_audio_balances(
                 part(&h.token),
                 part(&h.staked),
                 part(&h.delegated),
-                i64::try_from(h.block).unwrap_or(i64::MAX),
+                h.block,
                 h.error(),
             )
         })

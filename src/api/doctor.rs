@@ -2,28 +2,17 @@
 
 use crate::eth::abi::hex;
 use crate::eth::address::normalize;
-use crate::eth::rpc::{self, Endpoint, ExecError, RpcError, RpcErrorKind};
-use crate::reader::{self, Config};
+use crate::eth::rpc::{self, ExecError};
+use crate::reader::{self, quantity, Config};
 use alloy_primitives::keccak256;
 use pgrx::prelude::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// keccak256 of the canonical Multicall3 runtime (tests/fixtures/multicall3-runtime.hex).
 const MULTICALL3_CODE_HASH: &str =
     "d5c15df687b16f2ff992fc8d767b4216323184a2bbc6ee2f9c398c318e770891";
 
 type Row = (String, bool, String);
-
-fn quantity(ep: &Endpoint, v: &Value) -> Result<u64, RpcError> {
-    let s = v.as_str().unwrap_or_default();
-    let digits = s.strip_prefix("0x").unwrap_or("zz");
-    u64::from_str_radix(digits, 16).map_err(|_| {
-        RpcError::new(
-            ep,
-            RpcErrorKind::BadResponse(format!("not a hex quantity: {s:.40}")),
-        )
-    })
-}
 
 fn describe(e: &ExecError) -> String {
     e.to_string()
@@ -43,11 +32,12 @@ fn doctor() -> TableIterator<
 > {
     let mut rows: Vec<Row> = Vec::new();
     let settings = PgTryBuilder::new(|| Ok(Config::from_settings()))
-        .catch_others(|e| Err(reader::caught_message(e)))
+        .catch_others(|e| Err(reader::caught_message(&e)))
         .execute();
     if let Err(msg) = &settings {
         rows.push(("settings".into(), false, msg.clone()));
     }
+    let mut head_block: Option<u64> = None;
     if let Ok(mut cfg) = settings {
         let hosts: Vec<_> = cfg.endpoints.iter().map(|e| e.host().to_string()).collect();
         rows.push((
@@ -86,6 +76,7 @@ fn doctor() -> TableIterator<
                         format!("chain id {c}, head block {h}"),
                     ));
                     reachable.get_or_insert(ep.clone());
+                    head_block.get_or_insert(h);
                 }
                 (Err(e), _) | (_, Err(e)) => {
                     rows.push((format!("rpc {}", ep.host()), false, describe(&e)))
@@ -132,11 +123,13 @@ fn doctor() -> TableIterator<
             }
         }
     }
-    rows.extend(database_checks());
+    rows.extend(database_checks(head_block.map(|h| h as i64)));
     TableIterator::new(rows)
 }
 
-fn database_checks() -> Vec<Row> {
+fn database_checks(head: Option<i64>) -> Vec<Row> {
+    // Everything here is readable by audius_indexer_operator: no superuser-only setting is read
+    // (whether the library is preloaded comes from the library itself).
     const SQL: &str = r#"
       SELECT 'table eth_wallet_balances', to_regclass('public.eth_wallet_balances') IS NOT NULL,
              coalesce((SELECT 'rows: ' || count(*) FROM public.eth_wallet_balances), 'missing')
@@ -161,13 +154,34 @@ fn database_checks() -> Vec<Row> {
          AND NOT t.tgisinternal
       UNION ALL
       SELECT 'sweep worker',
-             NOT current_setting('audius_indexer.sweep_enabled')::bool
-               OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'audius_indexer sweep'),
-             coalesce((SELECT 'running, pid ' || pid FROM pg_stat_activity
-                        WHERE backend_type = 'audius_indexer sweep' LIMIT 1),
-                      CASE WHEN current_setting('shared_preload_libraries') ~ 'audius_indexer'
-                           THEN 'not running (database ' || coalesce(current_setting('audius_indexer.database', true), '?') || ')'
-                           ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or use pg_cron' END)
+             NOT coalesce(pg_catalog.current_setting('audius_indexer.sweep_enabled', true), 'on')::bool
+               OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
+                           WHERE backend_type = 'audius_indexer sweep' AND datname = pg_catalog.current_database()),
+             coalesce((SELECT 'running, pid ' || pid FROM pg_catalog.pg_stat_activity
+                        WHERE backend_type = 'audius_indexer sweep' AND datname = pg_catalog.current_database() LIMIT 1),
+                      CASE WHEN $1 AND pg_catalog.pg_is_in_recovery()
+                           THEN 'standby: the worker starts after promotion'
+                           WHEN $1
+                           THEN 'not running in this database (audius_indexer.database = '
+                                || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
+                           ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule CALL audius_indexer.sweep() with pg_cron' END)
+      UNION ALL
+      SELECT 'rows stamped above the chain head', n = 0,
+             CASE WHEN n = 0 THEN 'none above head block ' || $2
+                  ELSE n || ' row(s) with blocknumber > head block ' || $2 || ' (max ' || mx
+                       || '): the block guard keeps every read from updating them; check the node and RESET their blocknumber' END
+        FROM (SELECT count(*) AS n, max(blocknumber) AS mx FROM public.eth_wallet_balances
+               WHERE blocknumber > $2) AS a
+       WHERE $2 IS NOT NULL AND to_regclass('public.eth_wallet_balances') IS NOT NULL
+      UNION ALL
+      SELECT 'search_path safety', roles IS NULL,
+             coalesce('non-superuser roles that may CREATE in schema public, which the balance upsert and the Audius '
+                      || 'triggers it fires search (functions run as the extension owner): ' || roles
+                      || '. REVOKE CREATE ON SCHEMA public FROM them, or accept that they can run code as the owner.',
+                      'no role but superusers may CREATE in schema public')
+        FROM (SELECT string_agg(r.rolname, ', ' ORDER BY r.rolname) AS roles FROM pg_catalog.pg_roles r
+               WHERE NOT r.rolsuper AND r.rolname !~ '^pg_'
+                 AND pg_catalog.has_schema_privilege(r.oid, 'public', 'CREATE')) AS s
       UNION ALL
       SELECT 'sweep status', last_error IS NULL OR last_error_at < last_tick_finished,
              format('last tick %s, lag %s, %s wallets in back-off%s', coalesce(last_tick_finished::text, 'never'),
@@ -176,7 +190,7 @@ fn database_checks() -> Vec<Row> {
         FROM audius_indexer.sweep_status
     "#;
     Spi::connect(|c| {
-        c.select(SQL, None, &[])
+        c.select(SQL, None, &[crate::gucs::preloaded().into(), head.into()])
             .map(|t| {
                 t.map(|r| {
                     (

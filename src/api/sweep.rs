@@ -1,5 +1,6 @@
 //! `refresh_wallets` (event path) and `refresh_stale` (sweep tick).
 
+use crate::reader;
 use crate::sweep::{self, Counts};
 use pgrx::prelude::*;
 
@@ -58,4 +59,147 @@ fn refresh_stale(
             TableIterator::once(row(Counts::default()))
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// CALL audius_indexer.sweep(batch): a sweep tick that commits around its RPC (for pg_cron).
+// ------------------------------------------------------------------------------------------------
+//
+// A C-language procedure (pgrx has no procedure support): it needs SPI_commit, which only a
+// procedure called by CALL outside a transaction block may use. Claim (transaction 1, committed),
+// read with no snapshot, write (transaction 2); the outcome, counts or error, is recorded in
+// sweep_status like the worker's. The SQL phases run as the extension's owner, as the SECURITY
+// DEFINER refresh functions do (a procedure that commits cannot be SECURITY DEFINER).
+
+extension_sql!(
+    r#"
+CREATE PROCEDURE audius_indexer.sweep(batch integer DEFAULT NULL)
+LANGUAGE c AS 'MODULE_PATHNAME', 'audius_indexer_sweep_procedure';
+COMMENT ON PROCEDURE audius_indexer.sweep(integer) IS
+  'One sweep tick that commits around its RPC reads (no snapshot held while waiting for the node): the batch stalest wallets (NULL = audius_indexer.sweep_batch_size). The pg_cron command. Outcome recorded in sweep_status.';
+"#,
+    name = "sweep_procedure",
+    requires = ["sweep"]
+);
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_audius_indexer_sweep_procedure() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// Runs `f` with a fresh active snapshot, as `owner` (SECURITY_LOCAL_USERID_CHANGE).
+fn as_owner_with_snapshot<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let (mut uid, mut ctx) = (pg_sys::Oid::INVALID, 0);
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
+        pg_sys::SetUserIdAndSecContext(owner, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let r = f();
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::SetUserIdAndSecContext(uid, ctx);
+    }
+    r
+}
+
+/// # Safety
+/// Called by PostgreSQL's fmgr for `CALL audius_indexer.sweep(...)`.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn audius_indexer_sweep_procedure(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let (nonatomic, batch) = unsafe {
+        let ctx = (*fcinfo).context;
+        let nonatomic = !ctx.is_null()
+            && (*ctx).type_ == pg_sys::NodeTag::T_CallContext
+            && !(*(ctx as *mut pg_sys::CallContext)).atomic;
+        let arg = (*fcinfo).args.as_slice(1)[0];
+        let batch = (!arg.isnull).then(|| arg.value.value() as i32);
+        (nonatomic, batch)
+    };
+    if !nonatomic {
+        reader::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_TERMINATION,
+            "audius_indexer.sweep() commits between its steps and cannot run inside a transaction block or a function",
+            None,
+            Some("Run CALL audius_indexer.sweep() on its own (as pg_cron does), or use SELECT audius_indexer.refresh_stale(batch) inside a transaction.".into()),
+        );
+    }
+    sweep::ensure_primary("sweep");
+    let batch = batch.unwrap_or_else(|| crate::gucs::SWEEP_BATCH_SIZE.get());
+    sweep::validate_batch(batch);
+    if unsafe { pg_sys::SPI_connect_ext(pg_sys::SPI_OPT_NONATOMIC as i32) }
+        != pg_sys::SPI_OK_CONNECT as i32
+    {
+        reader::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "audius_indexer.sweep(): SPI_connect_ext failed",
+            None,
+            None,
+        );
+    }
+    let owner = as_owner_with_snapshot(unsafe { pg_sys::GetUserId() }, || {
+        Spi::get_one::<pg_sys::Oid>(
+            "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = 'audius_indexer'",
+        )
+        .ok()
+        .flatten()
+        .expect("audius_indexer is installed")
+    });
+    let mut started = None;
+    let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        let claim = as_owner_with_snapshot(owner, || sweep::claim(batch, sweep::LockScope::Session));
+        let Some(claim) = claim else {
+            return Ok(None);
+        };
+        started = Some(claim.started);
+        // Transaction 1 ends here; the read runs in a transaction with no snapshot and no xid.
+        unsafe { pg_sys::SPI_commit() };
+        let read = sweep::read(claim.entries);
+        let counts = as_owner_with_snapshot(owner, || {
+            let c = sweep::write(read);
+            sweep::record_tick(claim.started, c);
+            sweep::release_session_lock();
+            c
+        });
+        Ok(Some(counts))
+    }))
+    .catch_others(Err)
+    .execute();
+    match outcome {
+        Ok(Some(c)) => {
+            unsafe { pg_sys::SPI_finish() };
+            notice!(
+                "audius_indexer.sweep: requested={} updated={} failed={} skipped={}",
+                c.requested,
+                c.updated,
+                c.failed,
+                c.skipped
+            );
+        }
+        Ok(None) => {
+            unsafe { pg_sys::SPI_finish() };
+            notice!("audius_indexer: another sweep is running; nothing done");
+        }
+        Err(e) => {
+            // Roll the failed work back, record the error and free the single flight in a
+            // transaction of their own (committed), then report the error to the caller.
+            let msg = reader::caught_message(&e);
+            unsafe { pg_sys::SPI_rollback() };
+            as_owner_with_snapshot(owner, || {
+                sweep::record_tick_error(started, &msg);
+                sweep::release_session_lock();
+            });
+            unsafe {
+                pg_sys::SPI_commit();
+                pg_sys::SPI_finish();
+            }
+            e.rethrow();
+        }
+    }
+    pg_sys::Datum::from(0)
 }

@@ -166,6 +166,8 @@ pub enum SubcallFailure {
     Empty,
     /// `success = true` with fewer than 32 bytes.
     Short(usize),
+    /// Not read: the holder's whole chunk failed (see `HolderBalance::failure`).
+    NotRead,
 }
 
 impl fmt::Display for SubcallFailure {
@@ -178,6 +180,7 @@ impl fmt::Display for SubcallFailure {
             },
             SubcallFailure::Empty => write!(f, "returned no data (no code at the target?)"),
             SubcallFailure::Short(n) => write!(f, "returned {n} bytes, expected 32"),
+            SubcallFailure::NotRead => write!(f, "was not read (the request failed)"),
         }
     }
 }

@@ -4,6 +4,16 @@
 //! and at most as many as fit the request byte budget. When the node says a chunk is too big
 //! (out of gas, request/response too large), the chunk is halved and both halves are read, down to
 //! a single holder. Any other chunk failure fails the whole read: callers never see a partial set.
+//!
+//! With isolation on (the refresh paths), a chunk whose failure repeats after the retries and that
+//! the caller deems isolatable (an EVM execution timeout, a 5xx, …) is split down to one holder,
+//! so one bad wallet or heavy chunk never blocks the others; a single holder that still fails comes
+//! back as a failed holder. Before the first such split a probe (an aggregate3 with only
+//! `getBlockNumber()`) checks the node itself answers: if it does not, the whole read fails with the
+//! original error, and no wallet is blamed for a node that is down.
+//!
+//! A chunk's block (`getBlockNumber()`) must fit a `bigint`: a larger answer is a chunk error, never
+//! a stamp (a row stamped near 2^63 could never be updated again).
 
 use crate::eth::abi::{self, Contracts, Read, Result3, SubcallFailure};
 use alloy_primitives::ruint::aliases::U512;
@@ -17,7 +27,10 @@ pub struct HolderBalance {
     pub token: Result<U256, SubcallFailure>,
     pub staked: Result<U256, SubcallFailure>,
     pub delegated: Result<U256, SubcallFailure>,
-    pub block: u64,
+    /// The block the chunk was read at (0 ≤ block ≤ i64::MAX; 0 for a holder that was not read).
+    pub block: i64,
+    /// Set when the holder could not be read at all: its single-holder chunk failed (isolation).
+    pub failure: Option<String>,
 }
 
 impl HolderBalance {
@@ -38,6 +51,9 @@ impl HolderBalance {
 
     /// Which sub-calls failed and why, e.g. `balanceOf reverted: "…" (0x08c3…)`; None if all passed.
     pub fn error(&self) -> Option<String> {
+        if let Some(f) = &self.failure {
+            return Some(f.clone());
+        }
         let msgs: Vec<String> = self
             .parts()
             .iter()
@@ -56,6 +72,8 @@ pub enum ChunkError<E> {
     Decode(abi::DecodeError),
     /// Multicall3's own getBlockNumber() failed.
     BlockNumber(SubcallFailure),
+    /// Multicall3's getBlockNumber() answered a block that does not fit a bigint.
+    BlockOutOfRange(U256),
 }
 
 impl<E: fmt::Display> fmt::Display for ChunkError<E> {
@@ -64,6 +82,10 @@ impl<E: fmt::Display> fmt::Display for ChunkError<E> {
             ChunkError::Fetch(e) => write!(f, "{e}"),
             ChunkError::Decode(e) => write!(f, "{e}"),
             ChunkError::BlockNumber(e) => write!(f, "Multicall3 getBlockNumber() {e}"),
+            ChunkError::BlockOutOfRange(b) => write!(
+                f,
+                "Multicall3 getBlockNumber() answered block {b}, which is outside bigint (refused: no row is stamped with it)"
+            ),
         }
     }
 }
@@ -96,37 +118,89 @@ pub fn effective_chunk_size(chunk_size: usize, max_request_bytes: usize) -> usiz
 pub struct ReadStats {
     pub requests: usize,
     pub splits: usize,
+    /// Probes sent (aggregate3 with getBlockNumber() only) before isolating a failing chunk.
+    pub probes: usize,
+    /// Holders that failed on their own (isolation).
+    pub isolated: usize,
 }
 
 /// Reads all holders. `fetch(calldata, holders)` sends one aggregate3 and returns the raw return
-/// data; `wants_split(err)` says whether a fetch error means "chunk too big".
-pub fn read_all<E>(
+/// data; `wants_split(err)` says whether a fetch error means "chunk too big". `isolate`, when
+/// given, says which chunk errors are isolated (split down to one holder, see the module doc)
+/// instead of failing the whole read.
+#[allow(clippy::too_many_arguments)]
+pub fn read_all<E: fmt::Display>(
     contracts: &Contracts,
     holders: &[Address],
     chunk_size: usize,
     max_request_bytes: usize,
     mut fetch: impl FnMut(&[u8], usize) -> Result<Vec<u8>, E>,
     wants_split: impl Fn(&E) -> bool,
+    isolate: Option<&dyn Fn(&ChunkError<E>) -> bool>,
     stats: &mut ReadStats,
 ) -> Result<Vec<HolderBalance>, ChunkError<E>> {
     let size = effective_chunk_size(chunk_size, max_request_bytes);
     let mut out = Vec::with_capacity(holders.len());
     // explicit stack of pending slices, processed in order (halves pushed in reverse)
     let mut pending: Vec<&[Address]> = holders.chunks(size).rev().collect();
+    let mut node_answers = false;
     while let Some(chunk) = pending.pop() {
         stats.requests += 1;
-        match read_chunk(contracts, chunk, &mut fetch) {
-            Ok(mut v) => out.append(&mut v),
-            Err(ChunkError::Fetch(e)) if chunk.len() > 1 && wants_split(&e) => {
+        let err = match read_chunk(contracts, chunk, &mut fetch) {
+            Ok(mut v) => {
+                node_answers = true;
+                out.append(&mut v);
+                continue;
+            }
+            Err(e) => e,
+        };
+        if let ChunkError::Fetch(f) = &err {
+            if chunk.len() > 1 && wants_split(f) {
                 stats.splits += 1;
                 let (a, b) = chunk.split_at(chunk.len() / 2);
                 pending.push(b);
                 pending.push(a);
+                continue;
             }
-            Err(e) => return Err(e),
+        }
+        match isolate {
+            Some(isolatable) if isolatable(&err) => {
+                if !node_answers {
+                    stats.requests += 1;
+                    stats.probes += 1;
+                    if read_chunk(contracts, &[], &mut fetch).is_err() {
+                        return Err(err);
+                    }
+                    node_answers = true;
+                }
+                if chunk.len() > 1 {
+                    stats.splits += 1;
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    pending.push(b);
+                    pending.push(a);
+                } else {
+                    stats.isolated += 1;
+                    out.push(HolderBalance::not_read(chunk[0], format!("the read of this wallet alone failed: {err}")));
+                }
+            }
+            _ => return Err(err),
         }
     }
     Ok(out)
+}
+
+impl HolderBalance {
+    /// A holder whose read failed as a whole (its single-holder chunk failed).
+    pub fn not_read(wallet: Address, why: String) -> HolderBalance {
+        HolderBalance {
+            wallet,
+            token: Err(SubcallFailure::NotRead),
+            staked: Err(SubcallFailure::NotRead),
+            delegated: Err(SubcallFailure::NotRead),
+            block: 0,
+            failure: Some(why),
+        }
+    }
 }
 
 fn read_chunk<E>(
@@ -143,8 +217,8 @@ fn read_chunk<E>(
 pub fn decode_chunk<E>(chunk: &[Address], raw: &[u8]) -> Result<Vec<HolderBalance>, ChunkError<E>> {
     let results =
         abi::decode_aggregate3(raw, abi::subcall_count(chunk.len())).map_err(ChunkError::Decode)?;
-    let block = abi::decode_uint(&results[0]).map_err(ChunkError::BlockNumber)?;
-    let block = u64::try_from(block).unwrap_or(u64::MAX);
+    let raw_block = abi::decode_uint(&results[0]).map_err(ChunkError::BlockNumber)?;
+    let block = i64::try_from(raw_block).map_err(|_| ChunkError::BlockOutOfRange(raw_block))?;
     let per_holder: &[Result3] = &results[1..];
     Ok(chunk
         .iter()
@@ -155,6 +229,7 @@ pub fn decode_chunk<E>(chunk: &[Address], raw: &[u8]) -> Result<Vec<HolderBalanc
             staked: abi::decode_uint(&r[1]),
             delegated: abi::decode_uint(&r[2]),
             block,
+            failure: None,
         })
         .collect())
 }
@@ -227,7 +302,7 @@ mod tests {
             200,
             0,
             |c, _| fake_node(c, 1000),
-            |_| false,
+            |_| false, None,
             &mut stats,
         )
         .unwrap();
@@ -252,6 +327,7 @@ mod tests {
             staked: Ok(U256::MAX),
             delegated: Ok(U256::from(2)),
             block: 1,
+            failure: None,
         };
         assert_eq!(
             h.total().unwrap(),
@@ -269,7 +345,7 @@ mod tests {
             200,
             0,
             |c, _| fake_node(c, 50),
-            |e| e.contains("out of gas"),
+            |e| e.contains("out of gas"), None,
             &mut stats,
         )
         .unwrap();
@@ -284,7 +360,8 @@ mod tests {
             stats,
             ReadStats {
                 requests: 14,
-                splits: 6
+                splits: 6,
+                ..ReadStats::default()
             }
         );
         let mut stats = ReadStats::default();
@@ -294,7 +371,7 @@ mod tests {
             200,
             0,
             |c, _| fake_node(c, 0),
-            |e| e.contains("out of gas"),
+            |e| e.contains("out of gas"), None,
             &mut stats,
         );
         assert_eq!(
@@ -323,6 +400,7 @@ mod tests {
                 }
             },
             |_| false,
+            None,
             &mut stats,
         );
         assert_eq!(r, Err(ChunkError::Fetch("boom".into())));
@@ -379,7 +457,120 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn block_outside_bigint_is_a_chunk_error_never_a_stamp() {
+        let chunk = [addr(1)];
+        let mut answer = vec![ok(U256::from(1u8)); 4];
+        answer[0] = ok(U256::from(1u64 << 63));
+        let e = decode_chunk::<String>(&chunk, &answer.abi_encode()).unwrap_err();
+        assert!(matches!(e, ChunkError::BlockOutOfRange(b) if b == U256::from(1u64 << 63)));
+        assert!(e.to_string().contains("9223372036854775808"), "{e}");
+        answer[0] = ok(U256::MAX);
+        assert!(matches!(
+            decode_chunk::<()>(&chunk, &answer.abi_encode()),
+            Err(ChunkError::BlockOutOfRange(_))
+        ));
+        answer[0] = ok(U256::from(i64::MAX as u64));
+        let v = decode_chunk::<()>(&chunk, &answer.abi_encode()).unwrap();
+        assert_eq!(v[0].block, i64::MAX);
+    }
+
+    /// A node that fails (like an EVM execution timeout) every aggregate3 holding one of `bad`.
+    fn node_failing_on(bad: &[Address]) -> impl FnMut(&[u8], usize) -> Result<Vec<u8>, String> + '_ {
+        move |calldata, _| {
+            let call = aggregate3Call::abi_decode(calldata).map_err(|e| e.to_string())?;
+            let hit = call.calls[1..]
+                .iter()
+                .any(|c| bad.iter().any(|b| c.callData[16..36] == b[..]));
+            if hit {
+                Err("execution aborted (timeout = 5s)".into())
+            } else {
+                fake_node(calldata, 1000)
+            }
+        }
+    }
+
+    #[test]
+    fn isolation_reads_every_other_holder_and_blames_only_the_bad_one() {
+        let holders: Vec<_> = (10..1010).map(addr).collect();
+        let bad = [addr(517)];
+        let mut stats = ReadStats::default();
+        let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
+        let out = read_all(&contracts(), &holders, 200, 0, node_failing_on(&bad), |_| false, Some(any), &mut stats)
+            .unwrap();
+        assert_eq!(out.iter().map(|h| h.wallet).collect::<Vec<_>>(), holders, "order kept");
+        for h in &out {
+            if h.wallet == bad[0] {
+                assert_eq!(h.total(), None);
+                assert!(h.error().unwrap().contains("execution aborted"), "{:?}", h.error());
+            } else {
+                assert!(h.total().is_some() && h.failure.is_none());
+            }
+        }
+        // 5 chunks; the failing one of 200 halves down to 1 (8 levels: 200,100,50,25,13,7,4,2,1)
+        assert_eq!((stats.probes, stats.isolated), (0, 1), "a chunk read fine before: no probe needed");
+        assert!(stats.requests < 5 + 2 * 9, "{stats:?}");
+    }
+
+    #[test]
+    fn isolation_probes_first_when_nothing_was_read_yet() {
+        let holders: Vec<_> = (10..20).map(addr).collect();
+        let bad = [addr(10)];
+        let mut stats = ReadStats::default();
+        let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
+        let out = read_all(&contracts(), &holders, 200, 0, node_failing_on(&bad), |_| false, Some(any), &mut stats)
+            .unwrap();
+        assert_eq!(stats.probes, 1);
+        assert_eq!(out.iter().filter(|h| h.failure.is_some()).count(), 1);
+    }
+
+    #[test]
+    fn isolation_never_blames_wallets_for_a_node_that_fails_everything() {
+        let holders: Vec<_> = (10..110).map(addr).collect();
+        let mut stats = ReadStats::default();
+        let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
+        let r = read_all(
+            &contracts(),
+            &holders,
+            50,
+            0,
+            |_: &[u8], _| Err::<Vec<u8>, _>("HTTP 504".to_string()),
+            |_| false,
+            Some(any),
+            &mut stats,
+        );
+        assert_eq!(r, Err(ChunkError::Fetch("HTTP 504".into())));
+        assert_eq!((stats.requests, stats.probes), (2, 1), "one chunk, one probe, then the whole read fails");
+        // and errors the caller does not isolate fail at once, without a probe
+        let mut stats = ReadStats::default();
+        let none: &dyn Fn(&ChunkError<String>) -> bool = &|_| false;
+        let r = read_all(&contracts(), &holders, 50, 0, node_failing_on(&[addr(12)]), |_| false, Some(none), &mut stats);
+        assert!(r.is_err());
+        assert_eq!((stats.requests, stats.probes), (1, 0));
+    }
+
     proptest! {
+        #[test]
+        fn isolation_keeps_every_good_holder(count in 1u32..150, bad_idx in proptest::collection::vec(0u32..150, 0..6), chunk in 1usize..60) {
+            let holders: Vec<_> = (100..100 + count).map(addr).collect();
+            let bad: Vec<_> = bad_idx.iter().filter(|i| **i < count).map(|i| addr(100 + i)).collect();
+            let mut st = ReadStats::default();
+            let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
+            let r = read_all(&contracts(), &holders, chunk, 0, node_failing_on(&bad), |_| false, Some(any), &mut st);
+            if bad.len() == holders.len() {
+                // nothing readable: the probe still answers, so every holder is blamed individually
+                let out = r.unwrap();
+                prop_assert!(out.iter().all(|h| h.failure.is_some()));
+            } else {
+                let out = r.unwrap();
+                prop_assert_eq!(out.len(), holders.len());
+                for h in &out {
+                    prop_assert_eq!(h.failure.is_some(), bad.contains(&h.wallet));
+                    prop_assert_eq!(h.total().is_some(), !bad.contains(&h.wallet));
+                }
+            }
+        }
+
         #[test]
         fn arbitrary_answers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096), n in 1u32..5) {
             let chunk: Vec<_> = (0..n).map(addr).collect();
@@ -391,8 +582,8 @@ mod tests {
             let holders: Vec<_> = (100..100 + count).map(addr).collect();
             let mut s1 = ReadStats::default();
             let mut s2 = ReadStats::default();
-            let a = read_all(&contracts(), &holders, chunk, 0, |c, _| fake_node(c, limit), |e| e.contains("out of gas"), &mut s1).unwrap();
-            let b = read_all(&contracts(), &holders, 1000, 0, |c, _| fake_node(c, 1000), |_| false, &mut s2).unwrap();
+            let a = read_all(&contracts(), &holders, chunk, 0, |c, _| fake_node(c, limit), |e| e.contains("out of gas"), None, &mut s1).unwrap();
+            let b = read_all(&contracts(), &holders, 1000, 0, |c, _| fake_node(c, 1000), |_| false, None, &mut s2).unwrap();
             prop_assert_eq!(a, b);
         }
     }

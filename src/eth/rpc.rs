@@ -65,13 +65,40 @@ impl fmt::Debug for Endpoint {
     }
 }
 
-/// Splits the `rpc_urls` list (comma/whitespace separated) into endpoints, in order.
+/// Parses the `rpc_urls` list: entries separated by commas, surrounding whitespace ignored, in
+/// order. An empty entry (`a,,b`, a trailing comma, `,`) is an error, as is a list with no entry.
+/// Messages name the entry's position, never its text (URLs carry API keys).
 pub fn parse_endpoint_list(list: &str) -> Result<Vec<Endpoint>, String> {
-    list.split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
+    if list.trim().is_empty() {
+        return Err("no endpoint in the list".to_string());
+    }
+    list.split(',')
+        .map(str::trim)
         .enumerate()
-        .map(|(i, u)| Endpoint::parse(u).map_err(|e| format!("entry {} {e}", i + 1)))
+        .map(|(i, u)| {
+            if u.is_empty() {
+                Err(format!("entry {} is empty", i + 1))
+            } else {
+                Endpoint::parse(u).map_err(|e| format!("entry {} {e}", i + 1))
+            }
+        })
         .collect()
+}
+
+/// Parses an endpoints file (`rpc_urls_file`): one URL per line, in failover order; blank lines
+/// and lines starting with `#` are ignored. At least one endpoint is required.
+pub fn parse_endpoint_file(text: &str) -> Result<Vec<Endpoint>, String> {
+    let eps = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .map(|(n, u)| Endpoint::parse(u).map_err(|e| format!("line {n} {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if eps.is_empty() {
+        return Err("has no endpoint (one URL per line; # starts a comment)".to_string());
+    }
+    Ok(eps)
 }
 
 /// What went wrong with one RPC request.
@@ -754,6 +781,21 @@ mod tests {
         assert!(parse_endpoint_list("http://a, ftp://b")
             .unwrap_err()
             .starts_with("entry 2"));
+    }
+
+    #[test]
+    fn endpoint_lists_refuse_empty_entries() {
+        for bad in [",", " , ", "http://a,", ",http://a", "http://a,,http://b", "", "  "] {
+            let e = parse_endpoint_list(bad).unwrap_err();
+            assert!(e.contains("empty") || e.contains("no endpoint"), "{bad:?}: {e}");
+        }
+        let e = parse_endpoint_list("http://a/k1 http://b/k2").unwrap_err();
+        assert!(e.contains("whitespace") && !e.contains("k1"), "{e}");
+        let f = parse_endpoint_file("# primary\nhttps://a/KEY\n\n  http://b:8545/x  \n").unwrap();
+        assert_eq!(f.iter().map(|e| e.host()).collect::<Vec<_>>(), ["a", "b:8545"]);
+        assert!(parse_endpoint_file("# nothing\n\n").is_err());
+        let e = parse_endpoint_file("https://a/KEY\nftp://b/KEY2").unwrap_err();
+        assert!(e.starts_with("line 2") && !e.contains("KEY"), "{e}");
     }
 
     #[test]

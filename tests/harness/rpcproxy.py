@@ -26,6 +26,11 @@ Fault modes (params in brackets):
                   entries (-1: the last dropped; +1: the last duplicated); aggregate3 calls only
   out_of_gas_above [holders]  aggregate3 calls with more than 3*holders+1 Call3 entries get
                   {"code":-32000,"message":"out of gas"}; others pass (persistent by default)
+  fail_holder [holder, code, message, status]  aggregate3 calls whose Call3 arguments include
+                  `holder` get a JSON-RPC error (default -32000 "execution aborted (timeout = 5s)", an
+                  EVM execution timeout), or with `status` that HTTP status; other requests pass
+  block_number [value]  forward an aggregate3 call, then replace its first result (Multicall3
+                  getBlockNumber()) with the uint256 `value`; aggregate3 calls only
   redirect [location]  302 with Location (default: the upstream URL)
   close           read the request, then close the socket without any response
   reset           read the request, then close the socket with a TCP RST
@@ -49,9 +54,9 @@ from .chain import SEL_AGGREGATE3, decode_call3_array, decode_result3_array, enc
 MODES = {
     "http429", "http500", "http502", "http503", "http_status", "hang", "delay", "slow_drip",
     "truncated", "garbage", "invalid_json", "bad_hex", "no_result", "result", "jsonrpc_error",
-    "wrong_result_count", "out_of_gas_above", "redirect", "close", "reset",
+    "wrong_result_count", "out_of_gas_above", "redirect", "close", "reset", "fail_holder", "block_number",
 }
-AGGREGATE3_ONLY = {"wrong_result_count", "out_of_gas_above"}
+AGGREGATE3_ONLY = {"wrong_result_count", "out_of_gas_above", "fail_holder", "block_number"}
 
 
 @dataclass
@@ -89,6 +94,9 @@ class Fault:
             if self.mode == "out_of_gas_above":
                 limit = 3 * int(self.params.get("holders", 0)) + 1
                 return any((r.n_calls or 0) > limit for r in agg)
+            if self.mode == "fail_holder":
+                h = strip0x(self.params["holder"]).lower().rjust(64, "0")
+                return any(args.lower() == h for r in agg for (_t, _af, _sel, args) in r.calls)
         return True
 
     @property
@@ -378,6 +386,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, _per_entry(doc, lambda: {"error": err}))
         if mode == "out_of_gas_above":
             return self._send(200, _per_entry(doc, lambda: {"error": {"code": -32000, "message": "out of gas"}}))
+        if mode == "fail_holder" and prm.get("status"):
+            return self._send(int(prm["status"]), b"gateway timeout injected by rpcproxy\n", "text/plain")
+        if mode == "fail_holder":
+            err = {"code": int(prm.get("code", -32000)),
+                   "message": prm.get("message", "execution aborted (timeout = 5s)")}
+            return self._send(200, _per_entry(doc, lambda: {"error": err}))
         if mode == "redirect":
             loc = prm.get("location", p.upstream)
             return self._send(302, b"", "text/plain", {"Location": loc})
@@ -392,6 +406,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         if mode == "wrong_result_count":
             data = _mangle_result_count(data, int(prm.get("delta", -1)))
+        if mode == "block_number":
+            data = _mangle_block_number(data, int(prm["value"]))
         if mode == "truncated":
             missing = int(prm.get("missing", 100))
             self.send_response(status)
@@ -420,6 +436,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._drop()
         ctype = next((v for k, v in headers if k.lower() == "content-type"), "application/json")
         return self._send(status, data, ctype)
+
+
+def _mangle_block_number(data: bytes, value: int) -> bytes:
+    doc = json.loads(data)
+
+    def fix(e):
+        if isinstance(e, dict) and isinstance(e.get("result"), str):
+            results = decode_result3_array(bytes.fromhex(strip0x(e["result"])))
+            results[0] = (True, value.to_bytes(32, "big"))
+            e["result"] = "0x" + encode_result3_array(results).hex()
+        return e
+    doc = [fix(e) for e in doc] if isinstance(doc, list) else fix(doc)
+    return json.dumps(doc).encode()
 
 
 def _mangle_result_count(data: bytes, delta: int) -> bytes:
