@@ -81,7 +81,7 @@ BEGIN
   WITH written AS (
     INSERT INTO public.eth_wallet_balances AS e (wallet, balance, blocknumber, updated_at)
     SELECT u.w, u.b, NULLIF(u.bl, 0), pg_catalog.now()
-    FROM pg_catalog.unnest(wallets, balances, blocks) AS u(w, b, bl)
+    FROM ROWS FROM (pg_catalog.unnest(wallets), pg_catalog.unnest(balances), pg_catalog.unnest(blocks)) AS u(w, b, bl)
     ORDER BY u.w
     ON CONFLICT (wallet) DO UPDATE SET
       balance     = EXCLUDED.balance,
@@ -97,7 +97,7 @@ BEGIN
   IF only_if_not_older THEN
     -- The rows the guard left alone (already locked by the INSERT above, in wallet order).
     UPDATE public.eth_wallet_balances AS e SET updated_at = pg_catalog.now()
-      FROM pg_catalog.unnest(wallets, blocks) AS u(w, bl)
+      FROM ROWS FROM (pg_catalog.unnest(wallets), pg_catalog.unnest(blocks)) AS u(w, bl)
      WHERE e.wallet = u.w AND u.bl > 0 AND e.blocknumber > u.bl;
   END IF;
 END

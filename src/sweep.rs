@@ -244,12 +244,6 @@ pub enum LockScope {
     Session,
 }
 
-/// Phase 1 of a sweep tick: the stalest `batch` wallets, under the single-flight lock.
-pub struct Claim {
-    pub started: TimestampWithTimeZone,
-    pub entries: Vec<Entry>,
-}
-
 pub fn validate_batch(batch: i32) {
     if !(1..=MAX_BATCH).contains(&batch) {
         reader::raise(
@@ -261,22 +255,19 @@ pub fn validate_batch(batch: i32) {
     }
 }
 
-/// Takes the single-flight lock and claims the batch. None when another sweep holds the lock.
-pub fn claim(batch: i32, scope: LockScope) -> Option<Claim> {
-    validate_batch(batch);
+/// Takes the single-flight lock; false when another sweep holds it.
+fn take_lock(scope: LockScope) -> bool {
     let lock_sql = match scope {
         LockScope::Transaction => "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
         LockScope::Session => "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
     };
-    let got = Spi::get_one_with_args::<bool>(lock_sql, &[LOCK_KEY.0.into(), LOCK_KEY.1.into()])
+    Spi::get_one_with_args::<bool>(lock_sql, &[LOCK_KEY.0.into(), LOCK_KEY.1.into()])
         .unwrap_or_else(|e| spi_error(e))
-        .unwrap_or(false);
-    if !got {
-        return None;
-    }
-    let started = Spi::get_one::<TimestampWithTimeZone>("SELECT pg_catalog.clock_timestamp()")
-        .unwrap_or_else(|e| spi_error(e))
-        .expect("clock_timestamp() is never NULL");
+        .unwrap_or(false)
+}
+
+/// The stalest `batch` wallets not in back-off (the lock must be held).
+fn claim_batch(batch: i32) -> Vec<Entry> {
     let wallets: Vec<String> = Spi::connect(|c| {
         c.select(
             "SELECT w FROM audius_indexer._stale_batch($1) AS w",
@@ -289,7 +280,7 @@ pub fn claim(batch: i32, scope: LockScope) -> Option<Claim> {
         })
         .unwrap_or_else(|e| spi_error(e))
     });
-    let entries = wallets
+    wallets
         .into_iter()
         .map(|key| {
             let address = parse_address(&key)
@@ -311,8 +302,66 @@ pub fn claim(batch: i32, scope: LockScope) -> Option<Claim> {
                 min_block: None,
             }
         })
-        .collect();
-    Some(Claim { started, entries })
+        .collect()
+}
+
+/// How a tick's steps run: `sql` steps in a transaction with a snapshot (committed after it when
+/// the runner commits between steps), `network` steps with no snapshot held.
+pub trait Steps {
+    fn sql<R>(&mut self, f: impl FnOnce() -> R) -> R;
+    fn network<R>(&mut self, f: impl FnOnce() -> R) -> R;
+}
+
+/// Reads and writes made by the block guard's refills: rows the guard leaves alone (stamped newer
+/// than the node's answer) are marked checked and replaced by the next stalest rows, at most this
+/// many rounds per tick, so a tick writes up to `batch` rows even behind ahead-of-node rows.
+const MAX_ROUNDS: usize = 4;
+
+/// One sweep tick: lock, then rounds of claim → read → write, then the tick record. None when
+/// another sweep holds the single flight. Errors propagate (the runner records them); `started`
+/// is set as soon as the tick has started.
+pub fn tick<S: Steps>(
+    steps: &mut S,
+    batch: i32,
+    scope: LockScope,
+    started: &mut Option<TimestampWithTimeZone>,
+) -> Option<Counts> {
+    validate_batch(batch);
+    let first = steps.sql(|| {
+        if !take_lock(scope) {
+            return None;
+        }
+        let t = Spi::get_one::<TimestampWithTimeZone>("SELECT pg_catalog.clock_timestamp()")
+            .unwrap_or_else(|e| spi_error(e))
+            .expect("clock_timestamp() is never NULL");
+        Some((t, claim_batch(batch)))
+    });
+    let (t, mut entries) = first?;
+    *started = Some(t);
+    let mut total = Counts::default();
+    for round in 0..MAX_ROUNDS {
+        if entries.is_empty() {
+            break;
+        }
+        let batch_entries = std::mem::take(&mut entries);
+        let values = steps.network(move || read(batch_entries));
+        let c = steps.sql(move || write(values));
+        total.requested += c.requested;
+        total.updated += c.updated;
+        total.failed += c.failed;
+        total.skipped += c.skipped;
+        if c.skipped == 0 || round + 1 == MAX_ROUNDS {
+            break;
+        }
+        entries = steps.sql(|| claim_batch(c.skipped));
+    }
+    steps.sql(|| {
+        record_tick(t, total);
+        if scope == LockScope::Session {
+            release_session_lock();
+        }
+    });
+    Some(total)
 }
 
 /// Releases the session-level single-flight lock (no-op when not held).
@@ -355,13 +404,22 @@ pub fn record_tick_error(started: Option<TimestampWithTimeZone>, message: &str) 
     .unwrap_or_else(|e| spi_error(e));
 }
 
+/// Steps of a function call: everything in the caller's transaction.
+struct InCallersTransaction;
+
+impl Steps for InCallersTransaction {
+    fn sql<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+    fn network<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
 /// One sweep tick in the caller's transaction (`refresh_stale`). None when another sweep holds
 /// the single-flight lock.
 pub fn refresh_stale(batch: i32) -> Option<Counts> {
     validate_batch(batch);
     ensure_primary("refresh_stale");
-    let claim = claim(batch, LockScope::Transaction)?;
-    let counts = write(read(claim.entries));
-    record_tick(claim.started, counts);
-    Some(counts)
+    tick(&mut InCallersTransaction, batch, LockScope::Transaction, &mut None)
 }

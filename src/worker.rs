@@ -141,61 +141,71 @@ fn sleep_unless_stopped(d: Duration) -> bool {
     false
 }
 
-enum Claimed {
-    NotInstalled,
-    Busy,
-    Batch(sweep::Claim),
+/// The worker's steps: each SQL step in a transaction of its own (committed), the network step
+/// with no transaction open. An ERROR unwinds to `tick`, which aborts whatever is open.
+struct OwnTransactions;
+
+impl sweep::Steps for OwnTransactions {
+    fn sql<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let r = f();
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+            pg_sys::pgstat_report_stat(false);
+        }
+        r
+    }
+    fn network<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
 }
 
-/// One tick: claim (transaction 1, committed) → read (no transaction) → write (transaction 2).
-/// Any ERROR or panic is caught, rolled back, logged and recorded; the lock is always released.
+/// One tick: claim (transaction 1, committed) → read (no transaction) → write (transaction 2),
+/// refilled when the block guard leaves rows alone. Any ERROR or panic is caught, rolled back,
+/// logged and recorded; the single-flight lock is always released.
 fn tick(db: &str, warned_missing: &mut bool) {
     let batch = gucs::SWEEP_BATCH_SIZE.get();
     if unsafe { pg_sys::RecoveryInProgress() } {
         return; // never started during recovery; belt and braces
     }
-    let claimed = in_transaction(|| {
-        let installed = Spi::get_one::<bool>(
+    let installed = in_transaction(|| {
+        Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'audius_indexer')",
         )
         .ok()
         .flatten()
-        .unwrap_or(false);
-        if !installed {
-            return Claimed::NotInstalled;
-        }
-        match sweep::claim(batch, sweep::LockScope::Session) {
-            None => Claimed::Busy,
-            Some(c) => Claimed::Batch(c),
-        }
+        .unwrap_or(false)
     });
-    let claim = match claimed {
-        Ok(Claimed::NotInstalled) => {
+    match installed {
+        Ok(true) => *warned_missing = false,
+        Ok(false) => {
             if !*warned_missing {
                 log!("audius_indexer sweep: extension not installed in database {db:?}; idle until it is");
                 *warned_missing = true;
             }
             return;
         }
-        Ok(Claimed::Busy) => return, // another sweep (e.g. pg_cron) holds the single flight
-        Ok(Claimed::Batch(c)) => c,
         Err(msg) => return tick_failed(None, &msg),
-    };
-    *warned_missing = false;
-    let started = claim.started;
-    let entries = claim.entries;
-    // No transaction, no snapshot: a slow node does not hold back the xmin horizon.
-    let read = catch(move || sweep::read(entries));
-    let outcome = read.and_then(|r| {
-        in_transaction(move || {
-            let c = sweep::write(r);
-            sweep::record_tick(started, c);
-            sweep::release_session_lock();
-            c
-        })
-    });
+    }
+    let mut started = None;
+    let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        Ok(sweep::tick(&mut OwnTransactions, batch, sweep::LockScope::Session, &mut started))
+    }))
+    .catch_others(|e| {
+        // whichever step failed: roll back its transaction (a no-op when none is open)
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        Err(reader::caught_message(&e))
+    })
+    .execute();
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null()) };
     match outcome {
-        Ok(c) => {
+        Ok(None) => {} // another sweep (e.g. pg_cron) holds the single flight
+        Ok(Some(c)) => {
             if c.updated + c.failed + c.skipped > 0 {
                 log!(
                     "audius_indexer sweep: requested={} updated={} failed={} skipped={}",
@@ -206,7 +216,7 @@ fn tick(db: &str, warned_missing: &mut bool) {
                 );
             }
         }
-        Err(msg) => tick_failed(Some(started), &msg),
+        Err(msg) => tick_failed(started, &msg),
     }
 }
 
@@ -223,13 +233,6 @@ fn tick_failed(started: Option<pgrx::datum::TimestampWithTimeZone>, msg: &str) {
         }
         sweep::release_session_lock();
     });
-}
-
-/// Runs `f` outside any transaction; an ERROR or panic comes back as its message.
-fn catch<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
-    PgTryBuilder::new(move || Ok(f()))
-        .catch_others(|e| Err(reader::caught_message(&e)))
-        .execute()
 }
 
 /// Runs `f` in a fresh transaction with a snapshot; on ERROR/panic aborts and returns the message.

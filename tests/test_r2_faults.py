@@ -191,7 +191,10 @@ def test_fault_nothing_partial_then_recovery(f: Fault, conn, contracts, proxy, r
             assert aggs[0].fault is None and aggs[1].fault == f.mode, \
                 "chunk 1 must have been read fine and chunk 2 faulted"
             if f.retries:
-                assert sum(1 for r in aggs if r.fault) == 1, "a deterministic failure is never retried"
+                # the refresh paths may send one probe (getBlockNumber() only) before isolating a
+                # failing chunk; the failing chunk itself is never retried
+                assert sum(1 for r in aggs if r.fault and r.n_calls != 1) == 1, \
+                    "a deterministic failure is never retried"
             assert snapshot(conn, ws) == before, "a partial result was written"
             assert failures(conn) == 0, "an RPC failure must not be blamed on the wallets"
             seen.append(f"{e.sqlstate} in {dt:.2f}s")

@@ -105,6 +105,24 @@ fn as_owner_with_snapshot<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// The procedure's steps: each SQL step as the extension owner with a fresh snapshot, then
+/// committed (SPI_commit starts the next transaction, which takes no snapshot until the next SQL
+/// step); the network step runs in that snapshot-less transaction.
+struct CommitBetweenSteps {
+    owner: pg_sys::Oid,
+}
+
+impl sweep::Steps for CommitBetweenSteps {
+    fn sql<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let r = as_owner_with_snapshot(self.owner, f);
+        unsafe { pg_sys::SPI_commit() };
+        r
+    }
+    fn network<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
 /// # Safety
 /// Called by PostgreSQL's fmgr for `CALL audius_indexer.sweep(...)`.
 #[pg_guard]
@@ -152,21 +170,12 @@ pub unsafe extern "C-unwind" fn audius_indexer_sweep_procedure(
     });
     let mut started = None;
     let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        let claim = as_owner_with_snapshot(owner, || sweep::claim(batch, sweep::LockScope::Session));
-        let Some(claim) = claim else {
-            return Ok(None);
-        };
-        started = Some(claim.started);
-        // Transaction 1 ends here; the read runs in a transaction with no snapshot and no xid.
-        unsafe { pg_sys::SPI_commit() };
-        let read = sweep::read(claim.entries);
-        let counts = as_owner_with_snapshot(owner, || {
-            let c = sweep::write(read);
-            sweep::record_tick(claim.started, c);
-            sweep::release_session_lock();
-            c
-        });
-        Ok(Some(counts))
+        Ok(sweep::tick(
+            &mut CommitBetweenSteps { owner },
+            batch,
+            sweep::LockScope::Session,
+            &mut started,
+        ))
     }))
     .catch_others(Err)
     .execute();

@@ -178,3 +178,40 @@ def _same(cur: str | None, want) -> bool:
         return cur == ("on" if want else "off")
     # numeric settings may come back with units (e.g. '2s'); accept a prefix match on plain numbers
     return cur == str(want) or cur.rstrip("msk").rstrip() == str(want)
+
+
+def worker_cluster(name: str, db: str, rpc_url: str, contracts, settings: dict[str, str] | None = None,
+                   preload: tuple[str, ...] = ("audius_indexer",)) -> Cluster:
+    """A started cluster with audius_indexer preloaded, database `db` holding the extension, the
+    sweep worker connected to it (sweep off until a test turns it on, 1 s interval) and the RPC
+    settings pointed at `rpc_url` / `contracts`. The caller destroys it."""
+    c = Cluster(preload=list(preload), name=name)
+    c.settings.update({
+        "audius_indexer.database": f"'{db}'",
+        "audius_indexer.sweep_enabled": "off",
+        "audius_indexer.sweep_interval": "'1s'",
+        **(settings or {}),
+    })
+    c.init().start()
+    c.create_database(db)
+    with c.connect(db) as conn:
+        conn.execute("CREATE EXTENSION audius_indexer")
+    c.restart()  # the worker connects to its database at once
+    c.set_system(rpc_url=rpc_url, token_address=contracts.token, staking_address=contracts.staking,
+                 delegate_manager_address=contracts.delegate)
+    return c
+
+
+def standby_of(primary: Cluster, name: str = "standby", settings: dict[str, str] | None = None) -> Cluster:
+    """A streaming replica of `primary` (pg_basebackup -R), started in hot standby on its own port
+    and socket dir, with `settings` appended to its configuration. The caller destroys it."""
+    s = Cluster(name=name)
+    _as_postgres(str(PG_BIN / "pg_basebackup"), "-h", primary.sockdir, "-p", str(primary.port), "-U", "postgres",
+                 "-D", str(s.datadir), "-R", "-X", "stream", "-c", "fast")
+    conf = {"port": str(s.port), "unix_socket_directories": f"'{s.sockdir}'", "hot_standby": "on",
+            **(settings or {})}
+    with open(s.datadir / "postgresql.auto.conf", "a") as f:
+        f.write("\n# --- standby of the test harness ---\n")
+        for k, v in conf.items():
+            f.write(f"{k} = {v}\n")
+    return s.start()
