@@ -33,6 +33,9 @@ GRANT SELECT ON audius_indexer.sweep_status, audius_indexer.wallet_failures TO a
 -- the extension owner internally. EXECUTE for audius_indexer_operator only.
 REVOKE EXECUTE ON PROCEDURE audius_indexer.sweep(integer) FROM PUBLIC;
 GRANT EXECUTE ON PROCEDURE audius_indexer.sweep(integer) TO audius_indexer_operator;
+-- doctor() reads eth_wallet_balances (row counts, rows above the head) and pg_stat_activity, which
+-- an operator may not: it runs as the owner, with a pinned search_path, and only reports.
+ALTER FUNCTION audius_indexer.doctor() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION audius_indexer.doctor() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audius_indexer.doctor() TO audius_indexer_operator;
 REVOKE EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats() FROM PUBLIC;

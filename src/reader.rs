@@ -397,7 +397,12 @@ pub fn chain_head(cfg: &Config) -> Result<i64, ExecError> {
 /// make the rows unwritable for every honest read after it. Costs an `eth_blockNumber` only when
 /// a block is beyond the highest head this backend has already seen (plus the distance).
 fn check_block_ahead(cfg: &Config, values: &[HolderBalance]) {
-    let Some(max_block) = values.iter().filter(|h| h.failure.is_none()).map(|h| h.block).max() else {
+    let Some(max_block) = values
+        .iter()
+        .filter(|h| h.failure.is_none())
+        .map(|h| h.block)
+        .max()
+    else {
         return;
     };
     let ahead = i64::from(gucs::MAX_BLOCK_AHEAD.get().max(0));
@@ -428,7 +433,11 @@ fn check_contract_code(cfg: &Config, values: &[HolderBalance]) {
     let contracts = [
         ("token_address", cfg.contracts.token, 0usize),
         ("staking_address", cfg.contracts.staking, 1),
-        ("delegate_manager_address", cfg.contracts.delegate_manager, 2),
+        (
+            "delegate_manager_address",
+            cfg.contracts.delegate_manager,
+            2,
+        ),
     ];
     for (setting, address, which) in contracts {
         let empty = values.iter().any(|h| {

@@ -7,8 +7,8 @@
 use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
-use pgrx::{pg_shmem_init, pg_sys};
 use pgrx::PgAtomic;
+use pgrx::{pg_shmem_init, pg_sys};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 

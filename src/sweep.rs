@@ -421,5 +421,10 @@ impl Steps for InCallersTransaction {
 pub fn refresh_stale(batch: i32) -> Option<Counts> {
     validate_batch(batch);
     ensure_primary("refresh_stale");
-    tick(&mut InCallersTransaction, batch, LockScope::Transaction, &mut None)
+    tick(
+        &mut InCallersTransaction,
+        batch,
+        LockScope::Transaction,
+        &mut None,
+    )
 }

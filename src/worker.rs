@@ -194,7 +194,12 @@ fn tick(db: &str, warned_missing: &mut bool) {
     }
     let mut started = None;
     let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        Ok(sweep::tick(&mut OwnTransactions, batch, sweep::LockScope::Session, &mut started))
+        Ok(sweep::tick(
+            &mut OwnTransactions,
+            batch,
+            sweep::LockScope::Session,
+            &mut started,
+        ))
     }))
     .catch_others(|e| {
         // whichever step failed: roll back its transaction (a no-op when none is open)

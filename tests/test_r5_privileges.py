@@ -315,6 +315,8 @@ def test_bad_scheme_refused_nothing_fetched(s: Scheme, cluster, db, proxy, repor
     with Listener() as lst, report.case(f"scheme {s.id}", f"superuser: ALTER SYSTEM SET {s.setting} = '{s.url}'",
                                         "ERROR 22023 at SET time naming the setting, not the URL; nothing fetched") as rec:
         url = s.url.format(L=lst.port, P=proxy.url_with(SECRET_PATH))
+        # a failed statement is logged with its text at the default log_min_error_statement
+        db.execute("SET log_min_error_statement = panic")
         e, text, _ = expect_error(db, f"ALTER SYSTEM SET audius_indexer.{s.setting} = {lit(url)}", (), "22023",
                                   (f"audius_indexer.{s.setting}",))
         for frag in ("/etc/passwd", "alert", "_secret", "127.0.0.1"):

@@ -180,7 +180,10 @@ pub fn read_all<E: fmt::Display>(
                     pending.push(a);
                 } else {
                     stats.isolated += 1;
-                    out.push(HolderBalance::not_read(chunk[0], format!("the read of this wallet alone failed: {err}")));
+                    out.push(HolderBalance::not_read(
+                        chunk[0],
+                        format!("the read of this wallet alone failed: {err}"),
+                    ));
                 }
             }
             _ => return Err(err),
@@ -302,7 +305,8 @@ mod tests {
             200,
             0,
             |c, _| fake_node(c, 1000),
-            |_| false, None,
+            |_| false,
+            None,
             &mut stats,
         )
         .unwrap();
@@ -345,7 +349,8 @@ mod tests {
             200,
             0,
             |c, _| fake_node(c, 50),
-            |e| e.contains("out of gas"), None,
+            |e| e.contains("out of gas"),
+            None,
             &mut stats,
         )
         .unwrap();
@@ -371,7 +376,8 @@ mod tests {
             200,
             0,
             |c, _| fake_node(c, 0),
-            |e| e.contains("out of gas"), None,
+            |e| e.contains("out of gas"),
+            None,
             &mut stats,
         );
         assert_eq!(
@@ -476,7 +482,9 @@ mod tests {
     }
 
     /// A node that fails (like an EVM execution timeout) every aggregate3 holding one of `bad`.
-    fn node_failing_on(bad: &[Address]) -> impl FnMut(&[u8], usize) -> Result<Vec<u8>, String> + '_ {
+    fn node_failing_on(
+        bad: &[Address],
+    ) -> impl FnMut(&[u8], usize) -> Result<Vec<u8>, String> + '_ {
         move |calldata, _| {
             let call = aggregate3Call::abi_decode(calldata).map_err(|e| e.to_string())?;
             let hit = call.calls[1..]
@@ -496,19 +504,40 @@ mod tests {
         let bad = [addr(517)];
         let mut stats = ReadStats::default();
         let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
-        let out = read_all(&contracts(), &holders, 200, 0, node_failing_on(&bad), |_| false, Some(any), &mut stats)
-            .unwrap();
-        assert_eq!(out.iter().map(|h| h.wallet).collect::<Vec<_>>(), holders, "order kept");
+        let out = read_all(
+            &contracts(),
+            &holders,
+            200,
+            0,
+            node_failing_on(&bad),
+            |_| false,
+            Some(any),
+            &mut stats,
+        )
+        .unwrap();
+        assert_eq!(
+            out.iter().map(|h| h.wallet).collect::<Vec<_>>(),
+            holders,
+            "order kept"
+        );
         for h in &out {
             if h.wallet == bad[0] {
                 assert_eq!(h.total(), None);
-                assert!(h.error().unwrap().contains("execution aborted"), "{:?}", h.error());
+                assert!(
+                    h.error().unwrap().contains("execution aborted"),
+                    "{:?}",
+                    h.error()
+                );
             } else {
                 assert!(h.total().is_some() && h.failure.is_none());
             }
         }
         // 5 chunks; the failing one of 200 halves down to 1 (8 levels: 200,100,50,25,13,7,4,2,1)
-        assert_eq!((stats.probes, stats.isolated), (0, 1), "a chunk read fine before: no probe needed");
+        assert_eq!(
+            (stats.probes, stats.isolated),
+            (0, 1),
+            "a chunk read fine before: no probe needed"
+        );
         assert!(stats.requests < 5 + 2 * 9, "{stats:?}");
     }
 
@@ -518,8 +547,17 @@ mod tests {
         let bad = [addr(10)];
         let mut stats = ReadStats::default();
         let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
-        let out = read_all(&contracts(), &holders, 200, 0, node_failing_on(&bad), |_| false, Some(any), &mut stats)
-            .unwrap();
+        let out = read_all(
+            &contracts(),
+            &holders,
+            200,
+            0,
+            node_failing_on(&bad),
+            |_| false,
+            Some(any),
+            &mut stats,
+        )
+        .unwrap();
         assert_eq!(stats.probes, 1);
         assert_eq!(out.iter().filter(|h| h.failure.is_some()).count(), 1);
     }
@@ -540,11 +578,24 @@ mod tests {
             &mut stats,
         );
         assert_eq!(r, Err(ChunkError::Fetch("HTTP 504".into())));
-        assert_eq!((stats.requests, stats.probes), (2, 1), "one chunk, one probe, then the whole read fails");
+        assert_eq!(
+            (stats.requests, stats.probes),
+            (2, 1),
+            "one chunk, one probe, then the whole read fails"
+        );
         // and errors the caller does not isolate fail at once, without a probe
         let mut stats = ReadStats::default();
         let none: &dyn Fn(&ChunkError<String>) -> bool = &|_| false;
-        let r = read_all(&contracts(), &holders, 50, 0, node_failing_on(&[addr(12)]), |_| false, Some(none), &mut stats);
+        let r = read_all(
+            &contracts(),
+            &holders,
+            50,
+            0,
+            node_failing_on(&[addr(12)]),
+            |_| false,
+            Some(none),
+            &mut stats,
+        );
         assert!(r.is_err());
         assert_eq!((stats.requests, stats.probes), (1, 0));
     }

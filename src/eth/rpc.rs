@@ -785,14 +785,28 @@ mod tests {
 
     #[test]
     fn endpoint_lists_refuse_empty_entries() {
-        for bad in [",", " , ", "http://a,", ",http://a", "http://a,,http://b", "", "  "] {
+        for bad in [
+            ",",
+            " , ",
+            "http://a,",
+            ",http://a",
+            "http://a,,http://b",
+            "",
+            "  ",
+        ] {
             let e = parse_endpoint_list(bad).unwrap_err();
-            assert!(e.contains("empty") || e.contains("no endpoint"), "{bad:?}: {e}");
+            assert!(
+                e.contains("empty") || e.contains("no endpoint"),
+                "{bad:?}: {e}"
+            );
         }
         let e = parse_endpoint_list("http://a/k1 http://b/k2").unwrap_err();
         assert!(e.contains("whitespace") && !e.contains("k1"), "{e}");
         let f = parse_endpoint_file("# primary\nhttps://a/KEY\n\n  http://b:8545/x  \n").unwrap();
-        assert_eq!(f.iter().map(|e| e.host()).collect::<Vec<_>>(), ["a", "b:8545"]);
+        assert_eq!(
+            f.iter().map(|e| e.host()).collect::<Vec<_>>(),
+            ["a", "b:8545"]
+        );
         assert!(parse_endpoint_file("# nothing\n\n").is_err());
         let e = parse_endpoint_file("https://a/KEY\nftp://b/KEY2").unwrap_err();
         assert!(e.starts_with("line 2") && !e.contains("KEY"), "{e}");
