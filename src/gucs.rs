@@ -368,14 +368,30 @@ unsafe fn refuse(name: &str, reason: &str) -> bool {
     false
 }
 
-/// The new value of a string check hook; None for NULL / empty (= unset, always accepted).
+/// The new value of a string check hook (None for NULL).
 unsafe fn new_value(newval: *mut *mut std::ffi::c_char) -> Option<String> {
     unsafe {
         if newval.is_null() || (*newval).is_null() {
             return None;
         }
-        let v = CStr::from_ptr(*newval).to_string_lossy().into_owned();
-        (!v.trim().is_empty()).then_some(v)
+        Some(CStr::from_ptr(*newval).to_string_lossy().into_owned())
+    }
+}
+
+/// Check hooks of the endpoint settings: NULL and '' (unset) are accepted; anything else must
+/// pass `check`, whose error becomes the refusal's reason (never the value).
+unsafe fn check_endpoint_setting(
+    name: &str,
+    newval: *mut *mut std::ffi::c_char,
+    check: impl FnOnce(&str) -> Result<(), String>,
+) -> bool {
+    match unsafe { new_value(newval) } {
+        None => true,
+        Some(v) if v.is_empty() => true,
+        Some(v) => match check(&v) {
+            Ok(()) => true,
+            Err(reason) => unsafe { refuse(name, &reason) },
+        },
     }
 }
 
@@ -385,12 +401,12 @@ unsafe extern "C-unwind" fn check_rpc_url(
     _extra: *mut *mut std::ffi::c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    match unsafe { new_value(newval) } {
-        None => true,
-        Some(v) => match crate::eth::rpc::Endpoint::parse(v.trim()) {
-            Ok(_) => true,
-            Err(e) => unsafe { refuse("audius_indexer.rpc_url", &format!("the URL {e}")) },
-        },
+    unsafe {
+        check_endpoint_setting("audius_indexer.rpc_url", newval, |v| {
+            crate::eth::rpc::Endpoint::parse(v.trim())
+                .map(drop)
+                .map_err(|e| format!("the URL {e}"))
+        })
     }
 }
 
@@ -400,21 +416,10 @@ unsafe extern "C-unwind" fn check_rpc_urls(
     _extra: *mut *mut std::ffi::c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    let Some(v) = (unsafe {
-        if newval.is_null() || (*newval).is_null() {
-            None
-        } else {
-            Some(CStr::from_ptr(*newval).to_string_lossy().into_owned())
-        }
-    }) else {
-        return true;
-    };
-    if v.is_empty() {
-        return true; // '' = unset
-    }
-    match crate::eth::rpc::parse_endpoint_list(&v) {
-        Ok(_) => true,
-        Err(e) => unsafe { refuse("audius_indexer.rpc_urls", &e) },
+    unsafe {
+        check_endpoint_setting("audius_indexer.rpc_urls", newval, |v| {
+            crate::eth::rpc::parse_endpoint_list(v).map(drop)
+        })
     }
 }
 
@@ -424,15 +429,14 @@ unsafe extern "C-unwind" fn check_rpc_urls_file(
     _extra: *mut *mut std::ffi::c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    match unsafe { new_value(newval) } {
-        None => true,
-        Some(v) if v.starts_with('/') && !v.contains('\n') => true,
-        Some(_) => unsafe {
-            refuse(
-                "audius_indexer.rpc_urls_file",
-                "the path is not absolute (it names a file with one URL per line)",
-            )
-        },
+    unsafe {
+        check_endpoint_setting("audius_indexer.rpc_urls_file", newval, |v| {
+            if v.starts_with('/') && !v.contains('\n') {
+                Ok(())
+            } else {
+                Err("the path is not absolute (it names a file with one URL per line)".into())
+            }
+        })
     }
 }
 

@@ -101,16 +101,7 @@ pub extern "C-unwind" fn audius_indexer_sweep_main(_arg: pg_sys::Datum) {
         let wait = last_tick
             .map_or(interval, |t| interval.saturating_sub(t.elapsed()))
             .max(Duration::from_millis(1));
-        // WL_EXIT_ON_PM_DEATH: the worker exits by itself if the postmaster dies.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                wait.as_millis().min(i32::MAX as u128) as libc::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
+        wait_latch(wait);
         // Service interrupts while idle, as PostgreSQL's own workers do: without this a
         // ProcSignalBarrier (e.g. DROP DATABASE) would wait for the next tick, or forever.
         pg_sys::check_for_interrupts!();
@@ -128,17 +119,23 @@ fn sleep_unless_stopped(d: Duration) -> bool {
         if left.is_zero() {
             return true;
         }
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                left.as_millis().min(i32::MAX as u128) as libc::c_long,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
+        wait_latch(left);
     }
     false
+}
+
+/// Waits on the process latch up to `d` (a signal wakes it). WL_EXIT_ON_PM_DEATH: the worker
+/// exits by itself if the postmaster dies.
+fn wait_latch(d: Duration) {
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            d.as_millis().min(i32::MAX as u128) as libc::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
 }
 
 /// The worker's steps: each SQL step in a transaction of its own (committed), the network step

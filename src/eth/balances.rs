@@ -8,9 +8,9 @@
 //! With isolation on (the refresh paths), a chunk whose failure repeats after the retries and that
 //! the caller deems isolatable (an EVM execution timeout, a 5xx, …) is split down to one holder,
 //! so one bad wallet or heavy chunk never blocks the others; a single holder that still fails comes
-//! back as a failed holder. Before the first such split a probe (an aggregate3 with only
-//! `getBlockNumber()`) checks the node itself answers: if it does not, the whole read fails with the
-//! original error, and no wallet is blamed for a node that is down.
+//! back as a failed holder. Before each such split a probe (an aggregate3 with only
+//! `getBlockNumber()`) checks the node itself still answers: if it does not, the whole read fails
+//! with the original error, and no wallet is blamed for a node that is down (or went down mid-read).
 //!
 //! A chunk's block (`getBlockNumber()`) must fit a `bigint`: a larger answer is a chunk error, never
 //! a stamp (a row stamped near 2^63 could never be updated again).
@@ -143,12 +143,10 @@ pub fn read_all<E: fmt::Display>(
     let mut out = Vec::with_capacity(holders.len());
     // explicit stack of pending slices, processed in order (halves pushed in reverse)
     let mut pending: Vec<&[Address]> = holders.chunks(size).rev().collect();
-    let mut node_answers = false;
     while let Some(chunk) = pending.pop() {
         stats.requests += 1;
         let err = match read_chunk(contracts, chunk, &mut fetch) {
             Ok(mut v) => {
-                node_answers = true;
                 out.append(&mut v);
                 continue;
             }
@@ -165,13 +163,12 @@ pub fn read_all<E: fmt::Display>(
         }
         match isolate {
             Some(isolatable) if isolatable(&err) => {
-                if !node_answers {
-                    stats.requests += 1;
-                    stats.probes += 1;
-                    if read_chunk(contracts, &[], &mut fetch).is_err() {
-                        return Err(err);
-                    }
-                    node_answers = true;
+                // Is it the chunk, or the node? A node that stopped answering is never the
+                // wallets' fault: then the whole read fails.
+                stats.requests += 1;
+                stats.probes += 1;
+                if read_chunk(contracts, &[], &mut fetch).is_err() {
+                    return Err(err);
                 }
                 if chunk.len() > 1 {
                     stats.splits += 1;
@@ -533,16 +530,14 @@ mod tests {
             }
         }
         // 5 chunks; the failing one of 200 halves down to 1 (8 levels: 200,100,50,25,13,7,4,2,1)
-        assert_eq!(
-            (stats.probes, stats.isolated),
-            (0, 1),
-            "a chunk read fine before: no probe needed"
-        );
-        assert!(stats.requests < 5 + 2 * 9, "{stats:?}");
+        // the failing chunk of 200 halves down to 1 (9 failing levels: 200,100,50,25,13,7,4,2,1),
+        // each failure probed once before it is split or blamed
+        assert_eq!((stats.probes, stats.isolated), (9, 1));
+        assert!(stats.requests <= 5 + 2 * 9 + 9, "{stats:?}");
     }
 
     #[test]
-    fn isolation_probes_first_when_nothing_was_read_yet() {
+    fn isolation_probes_the_node_before_blaming() {
         let holders: Vec<_> = (10..20).map(addr).collect();
         let bad = [addr(10)];
         let mut stats = ReadStats::default();
@@ -558,8 +553,40 @@ mod tests {
             &mut stats,
         )
         .unwrap();
-        assert_eq!(stats.probes, 1);
+        // 10 holders, the bad one first: 10 → 5 → 2 → 1 fail, each failing chunk probed
+        assert_eq!(stats.probes, 4);
         assert_eq!(out.iter().filter(|h| h.failure.is_some()).count(), 1);
+    }
+
+    #[test]
+    fn isolation_never_blames_wallets_when_the_node_dies_mid_read() {
+        let holders: Vec<_> = (10..110).map(addr).collect();
+        let mut n = 0;
+        let mut stats = ReadStats::default();
+        let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
+        let r = read_all(
+            &contracts(),
+            &holders,
+            25,
+            0,
+            |c: &[u8], _| {
+                n += 1;
+                if n == 1 {
+                    fake_node(c, 1000)
+                } else {
+                    Err("HTTP 502".to_string())
+                }
+            },
+            |_| false,
+            Some(any),
+            &mut stats,
+        );
+        assert_eq!(
+            r,
+            Err(ChunkError::Fetch("HTTP 502".into())),
+            "chunk 1 read, then the node died"
+        );
+        assert_eq!((stats.requests, stats.probes, stats.isolated), (3, 1, 0));
     }
 
     #[test]
