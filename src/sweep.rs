@@ -339,10 +339,20 @@ pub fn tick<S: Steps>(
     let (t, mut entries) = first?;
     *started = Some(t);
     let mut total = Counts::default();
-    for round in 0..MAX_ROUNDS {
+    // keys read in this tick: a refill never reads a row twice
+    let mut done: HashSet<String> = HashSet::new();
+    // Refills only when each write commits on its own (worker, CALL sweep()): within one
+    // transaction a second upsert would lock rows out of wallet order (deadlock risk).
+    let rounds = if scope == LockScope::Session {
+        MAX_ROUNDS
+    } else {
+        1
+    };
+    for round in 0..rounds {
         if entries.is_empty() {
             break;
         }
+        done.extend(entries.iter().map(|e| e.key.clone()));
         let batch_entries = std::mem::take(&mut entries);
         let values = steps.network(move || read(batch_entries));
         let c = steps.sql(move || write(values));
@@ -350,10 +360,16 @@ pub fn tick<S: Steps>(
         total.updated += c.updated;
         total.failed += c.failed;
         total.skipped += c.skipped;
-        if c.skipped == 0 || round + 1 == MAX_ROUNDS {
+        if c.skipped == 0 || round + 1 == rounds {
             break;
         }
-        entries = steps.sql(|| claim_batch(c.skipped));
+        let want = c.skipped as usize;
+        let more = steps.sql(|| claim_batch(c.skipped.saturating_add(done.len() as i32)));
+        entries = more
+            .into_iter()
+            .filter(|e| !done.contains(&e.key))
+            .take(want)
+            .collect();
     }
     steps.sql(|| {
         record_tick(t, total);

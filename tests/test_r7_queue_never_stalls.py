@@ -97,11 +97,13 @@ def test_ahead_of_node_rows_leave_the_head_of_the_queue(conn, anvil, contracts, 
     seed(conn, ahead, SENTINEL, future, "1900-01-01")
     seed(conn, stale, 0, 1, "1950-01-01")
     with report.case("ahead-of-node rows at the head",
-                     "60 rows stamped head+1000 (oldest updated_at) + 100 stale rows; refresh_stale(50)",
+                     "60 rows stamped head+1000 (oldest updated_at) + 100 stale rows; CALL sweep(50) ticks",
                      "all 100 corrected within 3 calls; the 60 keep balance and block") as rec:
         calls = []
         for _ in range(3):
-            calls.append(tuple(conn.execute("SELECT * FROM audius_indexer.refresh_stale(50)").fetchone()))
+            conn.execute("CALL audius_indexer.sweep(50)")
+            calls.append(tuple(conn.execute("SELECT last_requested, last_updated, last_failed, last_skipped "
+                                            "FROM audius_indexer.sweep_status").fetchone()))
             got = rows(conn, stale)
             if all(got[w][0] == want[w] for w in stale):
                 break
