@@ -1,5 +1,5 @@
-"""Rewrites the README's "Reliability suites" section from the tables the R-suites record on each
-run (tests/.build/suites/*.md), so the README shows what was observed, not what was hoped.
+"""Rewrites the suite tables of docs/reliability.md from the tables the R-suites record on each
+run (tests/.build/suites/*.md), so the docs show what was observed, not what was hoped.
 Usage (after `make test` or `pytest tests/test_r*.py`): .venv/bin/python scripts/suite-tables.py
 """
 import re
@@ -21,10 +21,10 @@ for f in suites:
     parts += [text.replace("### ", "#### ", 1), ""]
 parts[2:2] = summary + [""]
 parts.append(end)
-readme = (root / "README.md").read_text()
+readme = (root / "docs/reliability.md").read_text()
 if begin not in readme or end not in readme:
-    sys.exit(f"README.md lacks the {begin} … {end} markers")
+    sys.exit(f"docs/reliability.md lacks the {begin} … {end} markers")
 new = "\n".join(parts)
 readme = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: new, readme, flags=re.S)
-(root / "README.md").write_text(readme)
-print(f"README: {len(suites)} suite tables")
+(root / "docs/reliability.md").write_text(readme)
+print(f"docs/reliability.md: {len(suites)} suite tables")

@@ -3,7 +3,7 @@
 - `error_text` / `expect_error`: every error a suite provokes is checked for its SQLSTATE and for
   the RPC URL's secrets (path `secret-key-123`, query `zzz`), and the connection must still work.
 - `Report`: each case records (case, fault/input, expected, observed); at module end the table is
-  written to tests/.build/suites/<suite>.md (scripts/suite-tables.py puts them into the README).
+  written to tests/.build/suites/<suite>.md (scripts/suite-tables.py puts them into docs/reliability.md).
 - `log_guard`: the server log written while a module ran must have no crashed backend / PANIC and
   no secret of the RPC URL.
 """
