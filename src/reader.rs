@@ -69,10 +69,6 @@ pub fn errcode(sqlstate: &str) -> PgSqlErrorCode {
         "54000" => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
         "55000" => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         "22023" => ERRCODE_INVALID_PARAMETER_VALUE,
-        "25006" => ERRCODE_READ_ONLY_SQL_TRANSACTION,
-        "42501" => ERRCODE_INSUFFICIENT_PRIVILEGE,
-        "58030" => ERRCODE_IO_ERROR,
-        "58P01" => ERRCODE_UNDEFINED_FILE,
         _ => ERRCODE_INTERNAL_ERROR,
     }
 }
@@ -102,13 +98,13 @@ fn address_setting(name: &str, setting: &pgrx::GucSetting<Option<std::ffi::CStri
 }
 
 /// Where the endpoints come from: `rpc_urls_file`, else `rpc_urls`, else `rpc_url`.
-pub enum EndpointSource {
+enum EndpointSource {
     File(String),
     Setting(&'static str, String),
     None,
 }
 
-pub fn endpoint_source() -> EndpointSource {
+fn endpoint_source() -> EndpointSource {
     let file = gucs::string(&gucs::RPC_URLS_FILE);
     if !file.trim().is_empty() {
         return EndpointSource::File(file.trim().to_string());
@@ -124,53 +120,54 @@ pub fn endpoint_source() -> EndpointSource {
     EndpointSource::None
 }
 
-/// Reads and parses the endpoints file. Errors carry (SQLSTATE, message) naming the path (which is
-/// not a secret), never the file's content.
-pub fn read_endpoint_file(path: &str) -> Result<Vec<Endpoint>, (&'static str, String)> {
+/// Reads and parses the endpoints file. Errors name the path (which is not a secret), never the
+/// file's content.
+fn read_endpoint_file(path: &str) -> Result<Vec<Endpoint>, EndpointError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         let code = match e.kind() {
-            std::io::ErrorKind::NotFound => "58P01",
-            std::io::ErrorKind::PermissionDenied => "42501",
-            _ => "58030",
+            std::io::ErrorKind::NotFound => ERRCODE_UNDEFINED_FILE,
+            std::io::ErrorKind::PermissionDenied => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            _ => ERRCODE_IO_ERROR,
         };
-        (
-            code,
-            format!("cannot read audius_indexer.rpc_urls_file {path:?}: {e}"),
-        )
+        let msg = format!("cannot read audius_indexer.rpc_urls_file {path:?}: {e}");
+        (code, msg, None)
     })?;
     rpc::parse_endpoint_file(&text).map_err(|e| {
-        (
-            "22023",
-            format!("audius_indexer.rpc_urls_file {path:?} is invalid: {e}"),
-        )
+        let msg = format!("audius_indexer.rpc_urls_file {path:?} is invalid: {e}");
+        (ERRCODE_INVALID_PARAMETER_VALUE, msg, None)
     })
 }
 
-/// The configured endpoints; ERROR when none is configured or the configuration is unusable.
-pub fn configured_endpoints() -> Vec<Endpoint> {
+/// Why the configured endpoints cannot be used: SQLSTATE, message, hint. Never the URL itself.
+type EndpointError = (PgSqlErrorCode, String, Option<String>);
+
+/// The configured endpoints, or why there are none usable.
+fn resolve_endpoints() -> Result<Vec<Endpoint>, EndpointError> {
     match endpoint_source() {
-        EndpointSource::None => raise(
+        EndpointSource::None => Err((
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "no Ethereum RPC endpoint configured: audius_indexer.rpc_url is not set",
-            None,
+            "no Ethereum RPC endpoint configured: audius_indexer.rpc_url is not set".into(),
             Some(
                 "As a superuser: write the URL into a file only the server can read and ALTER SYSTEM SET \
                  audius_indexer.rpc_urls_file = '/path'; SELECT pg_reload_conf(); (or set audius_indexer.rpc_url)"
                     .into(),
             ),
-        ),
-        EndpointSource::File(path) => read_endpoint_file(&path)
-            .unwrap_or_else(|(code, msg)| raise(errcode(code), msg, None, None)),
+        )),
+        EndpointSource::File(path) => read_endpoint_file(&path),
         // Never echo the value: it may carry an API key.
-        EndpointSource::Setting(name, list) => rpc::parse_endpoint_list(&list).unwrap_or_else(|e| {
-            raise(
+        EndpointSource::Setting(name, list) => rpc::parse_endpoint_list(&list).map_err(|e| {
+            (
                 ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("setting audius_indexer.{name} is invalid: {e}"),
-                None,
                 Some("Only http:// and https:// URLs are accepted.".into()),
             )
         }),
     }
+}
+
+/// The configured endpoints; ERROR when none is configured or the configuration is unusable.
+pub fn configured_endpoints() -> Vec<Endpoint> {
+    resolve_endpoints().unwrap_or_else(|(code, msg, hint)| raise(code, msg, None, hint))
 }
 
 impl Config {
@@ -526,11 +523,7 @@ fn truncate(s: &str, max: usize) -> String {
 /// Snapshot of this backend's per-endpoint counters (for `rpc_endpoint_stats()`).
 pub fn endpoint_stats() -> Vec<(String, rpc::EndpointStats)> {
     // Show configured endpoints even before the first request.
-    let configured = match endpoint_source() {
-        EndpointSource::File(path) => read_endpoint_file(&path).unwrap_or_default(),
-        EndpointSource::Setting(_, list) => rpc::parse_endpoint_list(&list).unwrap_or_default(),
-        EndpointSource::None => Vec::new(),
-    };
+    let configured = resolve_endpoints().unwrap_or_default();
     ENDPOINTS.with(|cell| {
         let mut eps = cell.borrow_mut();
         if !configured.is_empty() {

@@ -305,11 +305,10 @@ fn claim_batch(batch: i32) -> Vec<Entry> {
         .collect()
 }
 
-/// How a tick's steps run: `sql` steps in a transaction with a snapshot (committed after it when
-/// the runner commits between steps), `network` steps with no snapshot held.
+/// How a tick's SQL steps run: in a transaction with a snapshot, committed after it when the
+/// runner commits between steps. The reads between SQL steps then run with no snapshot held.
 pub trait Steps {
     fn sql<R>(&mut self, f: impl FnOnce() -> R) -> R;
-    fn network<R>(&mut self, f: impl FnOnce() -> R) -> R;
 }
 
 /// Reads and writes made by the block guard's refills: rows the guard leaves alone (stamped newer
@@ -354,7 +353,7 @@ pub fn tick<S: Steps>(
         }
         done.extend(entries.iter().map(|e| e.key.clone()));
         let batch_entries = std::mem::take(&mut entries);
-        let values = steps.network(move || read(batch_entries));
+        let values = read(batch_entries);
         let c = steps.sql(move || write(values));
         total.requested += c.requested;
         total.updated += c.updated;
@@ -425,9 +424,6 @@ struct InCallersTransaction;
 
 impl Steps for InCallersTransaction {
     fn sql<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        f()
-    }
-    fn network<R>(&mut self, f: impl FnOnce() -> R) -> R {
         f()
     }
 }

@@ -138,8 +138,8 @@ fn wait_latch(d: Duration) {
     }
 }
 
-/// The worker's steps: each SQL step in a transaction of its own (committed), the network step
-/// with no transaction open. An ERROR unwinds to `tick`, which aborts whatever is open.
+/// The worker's steps: each SQL step in a transaction of its own (committed); the reads between
+/// them run with no transaction open. An ERROR unwinds to `catching`, which aborts whatever is open.
 struct OwnTransactions;
 
 impl sweep::Steps for OwnTransactions {
@@ -157,9 +157,24 @@ impl sweep::Steps for OwnTransactions {
         }
         r
     }
-    fn network<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        f()
-    }
+}
+
+/// Runs `f`; an ERROR or panic rolls back whatever transaction is open (a no-op when none is)
+/// and comes back as its message. The backend shows as idle afterwards.
+fn catching<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f())))
+        .catch_others(|e| {
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            Err(reader::caught_message(&e))
+        })
+        .execute();
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null()) };
+    result
+}
+
+/// Runs `f` in a fresh transaction with a snapshot; on ERROR/panic aborts and returns the message.
+fn in_transaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    catching(|| sweep::Steps::sql(&mut OwnTransactions, f))
 }
 
 /// One tick: claim (transaction 1, committed) → read (no transaction) → write (transaction 2),
@@ -190,21 +205,14 @@ fn tick(db: &str, warned_missing: &mut bool) {
         Err(msg) => return tick_failed(None, &msg),
     }
     let mut started = None;
-    let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        Ok(sweep::tick(
+    let outcome = catching(|| {
+        sweep::tick(
             &mut OwnTransactions,
             batch,
             sweep::LockScope::Session,
             &mut started,
-        ))
-    }))
-    .catch_others(|e| {
-        // whichever step failed: roll back its transaction (a no-op when none is open)
-        unsafe { pg_sys::AbortCurrentTransaction() };
-        Err(reader::caught_message(&e))
-    })
-    .execute();
-    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null()) };
+        )
+    });
     match outcome {
         Ok(None) => {} // another sweep (e.g. pg_cron) holds the single flight
         Ok(Some(c)) => {
@@ -235,28 +243,4 @@ fn tick_failed(started: Option<pgrx::datum::TimestampWithTimeZone>, msg: &str) {
         }
         sweep::release_session_lock();
     });
-}
-
-/// Runs `f` in a fresh transaction with a snapshot; on ERROR/panic aborts and returns the message.
-fn in_transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> Result<R, String> {
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    let result = PgTryBuilder::new(move || Ok(f()))
-        .catch_others(|e| Err(reader::caught_message(&e)))
-        .execute();
-    unsafe {
-        match &result {
-            Ok(_) => {
-                pg_sys::PopActiveSnapshot();
-                pg_sys::CommitTransactionCommand();
-            }
-            Err(_) => pg_sys::AbortCurrentTransaction(),
-        }
-        pg_sys::pgstat_report_stat(false);
-        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
-    }
-    result
 }

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import time
 from pathlib import Path
@@ -20,6 +21,17 @@ import pytest
 from conftest import SECRETS
 
 BUILD = Path(__file__).resolve().parent / ".build" / "suites"
+
+
+def set_random_values(contracts, ws, seed) -> dict[str, int]:
+    """Random token/staked/delegated values for `ws` on chain (deterministic per seed); returns the
+    expected total per wallet."""
+    rng = random.Random(seed)
+    tok = [rng.randrange(1, 10**24) for _ in ws]
+    stk = [rng.randrange(0, 10**22) for _ in ws]
+    dlg = [rng.randrange(0, 10**21) for _ in ws]
+    contracts.set_values(ws, tok, stk, dlg)
+    return {w: t + s + d for w, t, s, d in zip(ws, tok, stk, dlg)}
 
 
 def error_text(e: psycopg.Error) -> str:

@@ -10,7 +10,6 @@ wallet is blamed, then clears the fault and checks the same calls write the chai
 from __future__ import annotations
 
 import os
-import random
 import signal
 import threading
 import time
@@ -23,7 +22,7 @@ from conftest import SECRET_PATH, wait_until
 from harness.chain import Contracts, wallet_address
 from harness.pg import free_port
 from harness.rpcproxy import RpcProxy
-from reliability_support import Listener, Report, assert_no_secret, error_text, expect_error, log_guard, short
+from reliability_support import set_random_values, Listener, Report, assert_no_secret, error_text, expect_error, log_guard, short
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,15 +72,6 @@ def hostport(proxy) -> str:
 
 def wallets(n: int, tag: str) -> list[str]:
     return [wallet_address(i, f"r2-{tag}") for i in range(n)]
-
-
-def set_values(contracts, ws, seed) -> dict[str, int]:
-    rng = random.Random(seed)
-    tok = [rng.randrange(1, 10**24) for _ in ws]
-    stk = [rng.randrange(0, 10**22) for _ in ws]
-    dlg = [rng.randrange(0, 10**21) for _ in ws]
-    contracts.set_values(ws, tok, stk, dlg)
-    return {w: t + s + d for w, t, s, d in zip(ws, tok, stk, dlg)}
 
 
 def seed(conn, ws, updated_at="1900-01-01"):
@@ -170,7 +160,7 @@ FAULTS = [
 @pytest.mark.parametrize("f", FAULTS, ids=[f.id for f in FAULTS])
 def test_fault_nothing_partial_then_recovery(f: Fault, conn, contracts, proxy, report):
     ws = wallets(12, f.id)
-    want = set_values(contracts, ws, f.id)
+    want = set_random_values(contracts, ws, f.id)
     seed(conn, ws)
     before = snapshot(conn, ws)
     expect = f"ERROR {f.sqlstate} naming host{' + ' + repr(f.mention) if f.mention else ''}; rows unchanged; recovers"
@@ -210,7 +200,7 @@ def test_fault_nothing_partial_then_recovery(f: Fault, conn, contracts, proxy, r
 def test_acceptance_429_retry_after_then_success(db, contracts, proxy, report):
     """ACCEPTANCE: a 429 with Retry-After: 1, then success: ≥ 1 s, exactly 2 requests."""
     ws = wallets(3, "429ra")
-    want = set_values(contracts, ws, 1)
+    want = set_random_values(contracts, ws, 1)
     with report.case("ACCEPT 429 Retry-After: 1", "http429(retry_after=1), once; default settings",
                      "success, took ≥ 1 s, exactly 2 requests") as rec:
         proxy.reset()
@@ -255,7 +245,7 @@ TRANSIENTS = [
 @pytest.mark.parametrize("t", TRANSIENTS, ids=[t.id for t in TRANSIENTS])
 def test_transient_retried_then_success(t: Transient, conn, contracts, proxy, report):
     ws = wallets(3, "tr-" + t.id)
-    want = set_values(contracts, ws, t.id)
+    want = set_random_values(contracts, ws, t.id)
     seed(conn, ws)
     with report.case(f"retry {t.id}", f"{t.mode}({t.params or ''}) once, then pass",
                      "refresh_wallets succeeds after 1 retry (2 requests), values written") as rec:
@@ -374,7 +364,7 @@ def test_acceptance_out_of_gas_above_50_holders(db, contracts, proxy, report):
     ws = wallets(400, "oog")
     with report.case("ACCEPT out of gas > 50 holders", "out_of_gas_above(holders=50), 400 wallets, chunk 200",
                      "all 400 equal independent eth_calls; chunks 200→100→50") as rec:
-        set_values(contracts, ws, "oog")
+        set_random_values(contracts, ws, "oog")
         proxy.reset()
         proxy.fault("out_of_gas_above", holders=50)
         rows = db.execute(f"SELECT wallet, balance, token_balance, staked, delegated, error FROM {F}(%s)",
@@ -395,7 +385,7 @@ def test_http_413_halves_the_chunk(db, contracts, proxy, report):
     ws = wallets(200, "413")
     with report.case("HTTP 413", "http_status(413) once, 200 wallets in one chunk",
                      "success; 200 → 100 + 100") as rec:
-        want = set_values(contracts, ws, 413)
+        want = set_random_values(contracts, ws, 413)
         proxy.fault("http_status", status=413, times=1)
         rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
         assert {w: int(b) for w, b in rows} == want
@@ -408,7 +398,7 @@ def test_response_too_large_jsonrpc_halves(db, contracts, proxy, report):
     ws = wallets(40, "toolarge")
     with report.case("response too large (JSON-RPC)", "jsonrpc_error(-32000, 'response size exceeded') once",
                      "success; 40 → 20 + 20") as rec:
-        want = set_values(contracts, ws, 40)
+        want = set_random_values(contracts, ws, 40)
         proxy.fault("jsonrpc_error", times=1, code=-32000, message="response size exceeded")
         rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
         assert {w: int(b) for w, b in rows} == want
@@ -443,7 +433,7 @@ def test_request_byte_budget(db, contracts, proxy, report):
     ws = wallets(100, "bytebudget")
     with report.case("request byte budget", "multicall_max_request_bytes=20kB, chunk 200, 100 wallets",
                      "success in several calls, each body ≤ 20 kB") as rec:
-        want = set_values(contracts, ws, 100)
+        want = set_random_values(contracts, ws, 100)
         db.execute("SET audius_indexer.multicall_max_request_bytes = 20000")
         rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
         assert {w: int(b) for w, b in rows} == want
@@ -481,7 +471,7 @@ def test_real_node_out_of_gas_is_split(db, contracts, proxy, report):
 # ------------------------------------------------------------------------------------------------
 def test_redirect_not_followed(conn, contracts, proxy, report):
     ws = wallets(12, "redirect")
-    want = set_values(contracts, ws, "redirect")
+    want = set_random_values(contracts, ws, "redirect")
     seed(conn, ws)
     before = snapshot(conn, ws)
     with Listener() as target, report.case(
@@ -506,7 +496,7 @@ def test_redirect_not_followed(conn, contracts, proxy, report):
 
 def test_node_down(conn, cluster, contracts, proxy, report):
     ws = wallets(6, "down")
-    want = set_values(contracts, ws, "down")
+    want = set_random_values(contracts, ws, "down")
     seed(conn, ws)
     before = snapshot(conn, ws)
     port = free_port()
@@ -537,7 +527,7 @@ def test_acceptance_failover(cluster, db, contracts, proxy, report):
     """ACCEPTANCE: two URLs, the first refusing connections → success through the second, and the
     counters show it; a second call goes straight to the second (the first is cooling down)."""
     ws = wallets(3, "failover")
-    want = set_values(contracts, ws, "failover")
+    want = set_random_values(contracts, ws, "failover")
     dead = free_port()
     with report.case("ACCEPT failover", f"rpc_urls = 'http://127.0.0.1:<refused>, <proxy>{SECRET_PATH}'",
                      "success via #2; stats: #1 failures ≥ 1 + connect error, #2 requests ≥ 1; "
@@ -574,7 +564,7 @@ def test_acceptance_failover(cluster, db, contracts, proxy, report):
 def test_failover_on_http_503(cluster, db, anvil, contracts, proxy, report):
     """The first endpoint answers 503: the call moves to the second at once (no backoff wait)."""
     ws = wallets(3, "failover503")
-    want = set_values(contracts, ws, "failover503")
+    want = set_random_values(contracts, ws, "failover503")
     p2 = RpcProxy(anvil.url).start()
     try:
         with report.case("failover on 503", "rpc_urls = '<proxy A: 503>, <proxy B>'",
@@ -648,7 +638,7 @@ def test_node_restarted_mid_sweep(conn, cluster, contracts, throwaway_anvil, rep
             node.install_multicall3()
             c2 = Contracts.deploy_all(node)
             assert (c2.token, c2.staking, c2.delegate) == (c1.token, c1.staking, c1.delegate)
-            want = set_values(c2, ws, "restart")
+            want = set_random_values(c2, ws, "restart")
             c.execute("RESET audius_indexer.multicall_chunk_size")
             got = counts(c, "SELECT * FROM audius_indexer.refresh_stale(2000)")
             assert got == (n, n, 0, 0), got
@@ -671,7 +661,7 @@ def test_worker_keeps_ticking_through_faults(cluster, db, contracts, proxy, repo
     every tick fails cleanly (logged, recorded), rows stay unchanged, the same process keeps going,
     and the rows are corrected once the fault clears."""
     ws = wallets(20, "worker")
-    want = set_values(contracts, ws, "worker")
+    want = set_random_values(contracts, ws, "worker")
     db.execute("DELETE FROM eth_wallet_balances WHERE wallet = ANY(%s)", (ws,))
     seed(db, ws, updated_at="1800-01-01")
     before = snapshot(db, ws)

@@ -14,13 +14,12 @@ In a database of its own (`r7`, session cluster and proxy):
 """
 from __future__ import annotations
 
-import random
 
 import psycopg
 import pytest
 
 from harness.chain import wallet_address
-from reliability_support import Report, expect_error, log_guard, short
+from reliability_support import set_random_values, Report, expect_error, log_guard, short
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -59,15 +58,6 @@ def wallets(n: int, tag: str) -> list[str]:
     return [wallet_address(i, f"r7-{tag}") for i in range(n)]
 
 
-def set_values(contracts, ws, seed) -> dict[str, int]:
-    rng = random.Random(seed)
-    tok = [rng.randrange(1, 10**24) for _ in ws]
-    stk = [rng.randrange(0, 10**22) for _ in ws]
-    dlg = [rng.randrange(0, 10**21) for _ in ws]
-    contracts.set_values(ws, tok, stk, dlg)
-    return {w: t + s + d for w, t, s, d in zip(ws, tok, stk, dlg)}
-
-
 def seed(conn, ws, balance=SENTINEL, block=1, updated_at="1950-01-01"):
     conn.execute("INSERT INTO eth_wallet_balances (wallet, balance, blocknumber, updated_at) "
                  "SELECT w, %s, %s, %s::timestamp + make_interval(secs => i) "
@@ -91,8 +81,8 @@ def failures(conn) -> list[tuple[str, str]]:
 def test_ahead_of_node_rows_leave_the_head_of_the_queue(conn, anvil, contracts, report):
     ahead = wallets(60, "ahead")
     stale = wallets(100, "stale")
-    want = set_values(contracts, stale, "stale")
-    set_values(contracts, ahead, "ahead")
+    want = set_random_values(contracts, stale, "stale")
+    set_random_values(contracts, ahead, "ahead")
     future = anvil.block_number() + 1000
     seed(conn, ahead, SENTINEL, future, "1900-01-01")
     seed(conn, stale, 0, 1, "1950-01-01")
@@ -116,7 +106,7 @@ def test_ahead_of_node_rows_leave_the_head_of_the_queue(conn, anvil, contracts, 
 
 def test_block_number_outside_bigint_is_refused(conn, proxy, contracts, report):
     ws = wallets(12, "2p63")
-    set_values(contracts, ws, "2p63")
+    set_random_values(contracts, ws, "2p63")
     seed(conn, ws)
     before = snapshot(conn)
     with report.case("getBlockNumber() = 2^63", "proxy rewrites Multicall3 getBlockNumber() to 2^63",
@@ -136,7 +126,7 @@ def test_block_number_outside_bigint_is_refused(conn, proxy, contracts, report):
 
 def test_block_far_above_the_head_is_refused(conn, proxy, anvil, contracts, report):
     ws = wallets(6, "farahead")
-    set_values(contracts, ws, "farahead")
+    set_random_values(contracts, ws, "farahead")
     seed(conn, ws)
     before = snapshot(conn)
     with report.case("getBlockNumber() far above eth_blockNumber",
@@ -155,7 +145,7 @@ def test_block_far_above_the_head_is_refused(conn, proxy, anvil, contracts, repo
 @pytest.mark.parametrize("kind", ["evm_timeout", "http504"])
 def test_one_bad_wallet_never_blocks_the_queue(kind, conn, proxy, contracts, report):
     ws = wallets(1000, "poison-" + kind)
-    want = set_values(contracts, ws, "poison-" + kind)
+    want = set_random_values(contracts, ws, "poison-" + kind)
     bad = ws[437]
     seed(conn, ws, 0, 1, "1950-01-01")
     params = {"holder": bad}
@@ -186,7 +176,7 @@ def test_one_bad_wallet_never_blocks_the_queue(kind, conn, proxy, contracts, rep
 
 def test_a_node_failing_everything_blames_no_wallet(conn, proxy, contracts, report):
     ws = wallets(30, "alldown")
-    set_values(contracts, ws, "alldown")
+    set_random_values(contracts, ws, "alldown")
     seed(conn, ws)
     before = snapshot(conn)
     with report.case("node fails every request", "HTTP 504 on every request (rpc_max_retries 0)",
@@ -203,7 +193,7 @@ def test_a_node_failing_everything_blames_no_wallet(conn, proxy, contracts, repo
 
 def test_contract_without_code_is_a_configuration_error(conn, contracts, report):
     ws = wallets(5, "nocode")
-    set_values(contracts, ws, "nocode")
+    set_random_values(contracts, ws, "nocode")
     seed(conn, ws)
     before = snapshot(conn)
     nobody = "0x" + "00" * 18 + "dead"

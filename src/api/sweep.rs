@@ -107,7 +107,7 @@ fn as_owner_with_snapshot<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 
 /// The procedure's steps: each SQL step as the extension owner with a fresh snapshot, then
 /// committed (SPI_commit starts the next transaction, which takes no snapshot until the next SQL
-/// step); the network step runs in that snapshot-less transaction.
+/// step); the reads run in that snapshot-less transaction.
 struct CommitBetweenSteps {
     owner: pg_sys::Oid,
 }
@@ -117,9 +117,6 @@ impl sweep::Steps for CommitBetweenSteps {
         let r = as_owner_with_snapshot(self.owner, f);
         unsafe { pg_sys::SPI_commit() };
         r
-    }
-    fn network<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        f()
     }
 }
 

@@ -495,23 +495,32 @@ mod tests {
         }
     }
 
+    /// `read_all` with isolation on (every chunk error isolatable) and no byte budget.
+    fn read_isolating(
+        holders: &[Address],
+        chunk: usize,
+        node: impl FnMut(&[u8], usize) -> Result<Vec<u8>, String>,
+        stats: &mut ReadStats,
+    ) -> Result<Vec<HolderBalance>, ChunkError<String>> {
+        let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
+        read_all(
+            &contracts(),
+            holders,
+            chunk,
+            0,
+            node,
+            |_| false,
+            Some(any),
+            stats,
+        )
+    }
+
     #[test]
     fn isolation_reads_every_other_holder_and_blames_only_the_bad_one() {
         let holders: Vec<_> = (10..1010).map(addr).collect();
         let bad = [addr(517)];
         let mut stats = ReadStats::default();
-        let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
-        let out = read_all(
-            &contracts(),
-            &holders,
-            200,
-            0,
-            node_failing_on(&bad),
-            |_| false,
-            Some(any),
-            &mut stats,
-        )
-        .unwrap();
+        let out = read_isolating(&holders, 200, node_failing_on(&bad), &mut stats).unwrap();
         assert_eq!(
             out.iter().map(|h| h.wallet).collect::<Vec<_>>(),
             holders,
@@ -529,7 +538,6 @@ mod tests {
                 assert!(h.total().is_some() && h.failure.is_none());
             }
         }
-        // 5 chunks; the failing one of 200 halves down to 1 (8 levels: 200,100,50,25,13,7,4,2,1)
         // the failing chunk of 200 halves down to 1 (9 failing levels: 200,100,50,25,13,7,4,2,1),
         // each failure probed once before it is split or blamed
         assert_eq!((stats.probes, stats.isolated), (9, 1));
@@ -541,18 +549,7 @@ mod tests {
         let holders: Vec<_> = (10..20).map(addr).collect();
         let bad = [addr(10)];
         let mut stats = ReadStats::default();
-        let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
-        let out = read_all(
-            &contracts(),
-            &holders,
-            200,
-            0,
-            node_failing_on(&bad),
-            |_| false,
-            Some(any),
-            &mut stats,
-        )
-        .unwrap();
+        let out = read_isolating(&holders, 200, node_failing_on(&bad), &mut stats).unwrap();
         // 10 holders, the bad one first: 10 → 5 → 2 → 1 fail, each failing chunk probed
         assert_eq!(stats.probes, 4);
         assert_eq!(out.iter().filter(|h| h.failure.is_some()).count(), 1);
@@ -563,12 +560,9 @@ mod tests {
         let holders: Vec<_> = (10..110).map(addr).collect();
         let mut n = 0;
         let mut stats = ReadStats::default();
-        let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
-        let r = read_all(
-            &contracts(),
+        let r = read_isolating(
             &holders,
             25,
-            0,
             |c: &[u8], _| {
                 n += 1;
                 if n == 1 {
@@ -577,8 +571,6 @@ mod tests {
                     Err("HTTP 502".to_string())
                 }
             },
-            |_| false,
-            Some(any),
             &mut stats,
         );
         assert_eq!(
@@ -593,15 +585,10 @@ mod tests {
     fn isolation_never_blames_wallets_for_a_node_that_fails_everything() {
         let holders: Vec<_> = (10..110).map(addr).collect();
         let mut stats = ReadStats::default();
-        let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
-        let r = read_all(
-            &contracts(),
+        let r = read_isolating(
             &holders,
             50,
-            0,
             |_: &[u8], _| Err::<Vec<u8>, _>("HTTP 504".to_string()),
-            |_| false,
-            Some(any),
             &mut stats,
         );
         assert_eq!(r, Err(ChunkError::Fetch("HTTP 504".into())));
@@ -633,8 +620,7 @@ mod tests {
             let holders: Vec<_> = (100..100 + count).map(addr).collect();
             let bad: Vec<_> = bad_idx.iter().filter(|i| **i < count).map(|i| addr(100 + i)).collect();
             let mut st = ReadStats::default();
-            let any: &dyn Fn(&ChunkError<String>) -> bool = &|_| true;
-            let r = read_all(&contracts(), &holders, chunk, 0, node_failing_on(&bad), |_| false, Some(any), &mut st);
+            let r = read_isolating(&holders, chunk, node_failing_on(&bad), &mut st);
             if bad.len() == holders.len() {
                 // nothing readable: the probe still answers, so every holder is blamed individually
                 let out = r.unwrap();
