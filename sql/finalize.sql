@@ -29,6 +29,20 @@ BEGIN
 END
 $grants$;
 GRANT SELECT ON audius_indexer.sweep_status, audius_indexer.wallet_failures TO audius_indexer_operator;
+-- Challenge processors: they write the Audius tables user_challenges and indexing_checkpoints, so
+-- they run as the owner with the search_path pinned to where Audius keeps its tables (pg_catalog,
+-- public, pg_temp); the on_user_challenge trigger they fire resolves its names the same way.
+ALTER FUNCTION audius_indexer.process_user_event_challenges(integer) SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp;
+ALTER FUNCTION audius_indexer.seed_challenge_checkpoints() SECURITY DEFINER;
+REVOKE EXECUTE ON FUNCTION audius_indexer.process_user_event_challenges(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audius_indexer.process_user_event_challenges(integer) TO audius_indexer_operator;
+REVOKE EXECUTE ON FUNCTION audius_indexer.seed_challenge_checkpoints() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audius_indexer.seed_challenge_checkpoints() TO audius_indexer_operator;
+-- The status view reads the checkpoints and max(user_events.blocknumber) through a helper that runs
+-- as the owner (function privileges in a view are checked against the reader).
+ALTER FUNCTION audius_indexer._challenge_checkpoints() SECURITY DEFINER;
+GRANT EXECUTE ON FUNCTION audius_indexer._challenge_checkpoints() TO audius_indexer_operator;
+GRANT SELECT ON audius_indexer.challenge_processor_status TO audius_indexer_operator;
 -- CALL sweep(): commits between its steps, so it cannot be SECURITY DEFINER; its SQL steps run as
 -- the extension owner internally. EXECUTE for audius_indexer_operator only.
 REVOKE EXECUTE ON PROCEDURE audius_indexer.sweep(integer) FROM PUBLIC;

@@ -13,6 +13,11 @@
 --   ix_notification_cooldown_user_ids         -- type 'reward_in_cooldown' (same name/definition as Audius 0210)
 --   ix_notification_challenge_reward_user_ids -- type 'challenge_reward' (disbursement triggers)
 --
+-- When the schema has user_events (the challenge processors' source), two btrees as well:
+--   ix_user_events_blocknumber -- (blocknumber), same name/definition as Audius 0209: the dirty scans
+--   ix_user_events_referrer    -- (referrer) WHERE referrer IS NOT NULL: r/rv re-derive the pairs of a
+--                                 referrer whose users row changed (the verification-gap fix)
+--
 -- Idempotent. A CREATE INDEX CONCURRENTLY that failed or was cancelled leaves an INVALID index behind,
 -- which IF NOT EXISTS would then silently accept: such leftovers are dropped (concurrently) and rebuilt.
 -- The script ends by checking that both indexes exist and are valid.
@@ -25,6 +30,7 @@
 SET lock_timeout = 0;
 SET statement_timeout = 0;
 SELECT set_config('audius_indexer_indexes.schema', :'schema', false) AS schema_checked \gset
+SELECT pg_catalog.to_regclass(format('%I.user_events', :'schema')) IS NOT NULL AS has_user_events \gset
 
 -- 0. The table must exist (a clear error instead of a failing CREATE INDEX).
 DO $check$
@@ -43,7 +49,8 @@ SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', n.nspname, c.relname)
   JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = :'schema'
-   AND c.relname IN ('ix_notification_cooldown_user_ids', 'ix_notification_challenge_reward_user_ids')
+   AND c.relname IN ('ix_notification_cooldown_user_ids', 'ix_notification_challenge_reward_user_ids',
+                     'ix_user_events_blocknumber', 'ix_user_events_referrer')
    AND NOT (i.indisvalid AND i.indisready)
 \gexec
 
@@ -63,6 +70,23 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_notification_challenge_reward_user_id
 COMMENT ON INDEX :"schema".ix_notification_challenge_reward_user_ids IS
     'Partial GIN on notification.user_ids for type = ''challenge_reward'': serves the 1-hour disbursement dedupe '
     'of on_challenge_disbursement / on_sol_reward_disbursement (user_ids @> ARRAY[user_id]). Created by audius_indexer sql/indexes.sql.';
+
+\if :has_user_events
+CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_user_events_blocknumber
+    ON :"schema".user_events USING btree (blocknumber);
+
+COMMENT ON INDEX :"schema".ix_user_events_blocknumber IS
+    'Serves the challenge processors'' dirty scans (blocknumber past the checkpoint, in order) instead of a seq scan '
+    'of user_events (Audius 0209). Created by audius_indexer sql/indexes.sql.';
+
+CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_user_events_referrer
+    ON :"schema".user_events USING btree (referrer)
+    WHERE (referrer IS NOT NULL);
+
+COMMENT ON INDEX :"schema".ix_user_events_referrer IS
+    'Serves the r/rv challenge processors: the pairs a referrer referred, re-derived when its users row '
+    '(is_verified) changes. Created by audius_indexer sql/indexes.sql.';
+\endif
 
 -- 3. Verify: both present, valid, GIN, with the expected predicate, on notification of this schema
 --    (an older index with the same name but another definition would otherwise pass unnoticed).
@@ -93,3 +117,33 @@ BEGIN
     END LOOP;
 END
 $verify$;
+
+\if :has_user_events
+DO $verify_user_events$
+DECLARE
+    v_schema text := current_setting('audius_indexer_indexes.schema');
+    v_spec   text[];
+BEGIN
+    FOREACH v_spec SLICE 1 IN ARRAY ARRAY[['ix_user_events_blocknumber', 'blocknumber', ''],
+                                         ['ix_user_events_referrer', 'referrer', '(referrer IS NOT NULL)']] LOOP
+        IF NOT EXISTS (
+            SELECT 1
+              FROM pg_catalog.pg_index i
+              JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_catalog.pg_am am ON am.oid = c.relam
+             WHERE n.nspname = v_schema AND c.relname = v_spec[1]
+               AND i.indrelid = format('%I.user_events', v_schema)::regclass
+               AND i.indisvalid AND i.indisready AND am.amname = 'btree'
+               AND pg_catalog.pg_get_indexdef(i.indexrelid, 1, false) = v_spec[2]
+               AND COALESCE(pg_catalog.pg_get_expr(i.indpred, i.indrelid), '') = v_spec[3])
+        THEN
+            RAISE EXCEPTION 'index %.% is missing, invalid or not the expected btree on user_events(%) after sql/indexes.sql',
+                            v_schema, v_spec[1], v_spec[2]
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Drop the index (DROP INDEX CONCURRENTLY) and run sql/indexes.sql again.';
+        END IF;
+    END LOOP;
+END
+$verify_user_events$;
+\endif

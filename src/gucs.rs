@@ -68,6 +68,11 @@ pub static SWEEP_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static SWEEP_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// `audius_indexer.sweep_batch_size`: wallets per worker tick.
 pub static SWEEP_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(50);
+/// `audius_indexer.challenges_interval`: time between runs of the challenge processors by the
+/// background worker (ms; 0 = the worker does not run them).
+pub static CHALLENGES_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// `audius_indexer.challenges_batch_size`: `user_events` rows per processor per worker run.
+pub static CHALLENGES_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// `audius_indexer.failure_backoff_base`: first back-off of a wallet whose reads fail.
 pub static FAILURE_BACKOFF_BASE_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// `audius_indexer.failure_backoff_max`: longest back-off of a failing wallet.
@@ -291,6 +296,26 @@ pub fn init() {
         &SWEEP_BATCH_SIZE,
         1,
         100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.challenges_interval",
+        c"Time between runs of the challenge processors (m, r, rv, rd) by the background worker.",
+        c"0 switches them off (pg_cron can call process_user_event_challenges() instead).",
+        &CHALLENGES_INTERVAL_MS,
+        0,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.challenges_batch_size",
+        c"user_events rows each challenge processor scans per background run.",
+        c"",
+        &CHALLENGES_BATCH_SIZE,
+        1,
+        1_000_000,
         GucContext::Sighup,
         GucFlags::default(),
     );

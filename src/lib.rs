@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
+mod challenges;
 pub mod eth;
 mod gucs;
 mod reader;
@@ -28,6 +29,7 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/sweep.sql", name = "sweep", requires = ["bootstrap"]);
+extension_sql_file!("../sql/challenges.sql", name = "challenges", requires = ["bootstrap"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

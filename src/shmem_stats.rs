@@ -47,16 +47,19 @@ impl Default for Stats {
 unsafe impl PGRXSharedMemory for Stats {}
 
 static STATS: PgLwLock<Stats> = unsafe { PgLwLock::new(c"audius_indexer_endpoint_stats") };
-/// Consecutive sweep-worker starts that did not reach a connected database (survives the
+/// Consecutive worker starts that did not reach a connected database, per worker (survives the
 /// worker's restarts; reset when it connects, and by a crash restart of the server).
-static WORKER_CONNECT_ATTEMPTS: PgAtomic<AtomicU32> =
+static SWEEP_CONNECT_ATTEMPTS: PgAtomic<AtomicU32> =
     unsafe { PgAtomic::new(c"audius_indexer_worker_connect_attempts") };
+static CHALLENGES_CONNECT_ATTEMPTS: PgAtomic<AtomicU32> =
+    unsafe { PgAtomic::new(c"audius_indexer_challenges_connect_attempts") };
 static READY: AtomicBool = AtomicBool::new(false);
 
 /// Called from `_PG_init` while shared_preload_libraries is processed.
 pub fn init() {
     pg_shmem_init!(STATS);
-    pg_shmem_init!(WORKER_CONNECT_ATTEMPTS = AtomicU32::new(0));
+    pg_shmem_init!(SWEEP_CONNECT_ATTEMPTS = AtomicU32::new(0));
+    pg_shmem_init!(CHALLENGES_CONNECT_ATTEMPTS = AtomicU32::new(0));
     READY.store(true, Ordering::Relaxed);
 }
 
@@ -64,14 +67,22 @@ pub fn available() -> bool {
     READY.load(Ordering::Relaxed)
 }
 
-/// Counts one more connection attempt of the sweep worker; returns how many failed before it.
-pub fn worker_connect_attempt() -> u32 {
-    WORKER_CONNECT_ATTEMPTS.get().fetch_add(1, Ordering::SeqCst)
+fn connect_attempts(challenges: bool) -> &'static AtomicU32 {
+    if challenges {
+        CHALLENGES_CONNECT_ATTEMPTS.get()
+    } else {
+        SWEEP_CONNECT_ATTEMPTS.get()
+    }
 }
 
-/// The sweep worker connected: the next failure starts the back-off from the beginning.
-pub fn worker_connected() {
-    WORKER_CONNECT_ATTEMPTS.get().store(0, Ordering::SeqCst);
+/// Counts one more connection attempt of a worker; returns how many failed before it.
+pub fn worker_connect_attempt(challenges: bool) -> u32 {
+    connect_attempts(challenges).fetch_add(1, Ordering::SeqCst)
+}
+
+/// The worker connected: its next failure starts the back-off from the beginning.
+pub fn worker_connected(challenges: bool) {
+    connect_attempts(challenges).store(0, Ordering::SeqCst);
 }
 
 fn copy_into(dst: &mut [u8], s: &str) -> u16 {

@@ -1,4 +1,10 @@
-//! The stale-sweep background worker ("audius_indexer sweep").
+//! The background workers: the stale sweep ("audius_indexer sweep") and the challenge processors
+//! ("audius_indexer challenges"), one process each, so a slow run of one never delays the other.
+//!
+//! The challenge worker runs `process_user_event_challenges(challenges_batch_size)` every
+//! `audius_indexer.challenges_interval` (0 = off) in a transaction of its own; it idles while the
+//! extension or `user_events` is missing. Everything below about start, signals and connecting
+//! applies to both; the tick steps describe the sweep.
 //!
 //! Registered from `_PG_init` when the library is in `shared_preload_libraries`; started by the
 //! postmaster once recovery is finished (so on a standby it does not run; after `pg_promote()` it
@@ -21,20 +27,55 @@ use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
 pub const WORKER_TYPE: &str = "audius_indexer sweep";
+pub const CHALLENGES_WORKER_TYPE: &str = "audius_indexer challenges";
 /// How long the postmaster waits before restarting a worker that exited or crashed.
 const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// Longest wait before a new attempt to connect to a database that was missing.
 const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(300);
 
 pub fn register() {
-    BackgroundWorkerBuilder::new(WORKER_TYPE)
-        .set_type(WORKER_TYPE)
-        .set_library("audius_indexer")
-        .set_function("audius_indexer_sweep_main")
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(RESTART_AFTER))
-        .load();
+    for (name, function) in [
+        (WORKER_TYPE, "audius_indexer_sweep_main"),
+        (CHALLENGES_WORKER_TYPE, "audius_indexer_challenges_main"),
+    ] {
+        BackgroundWorkerBuilder::new(name)
+            .set_type(name)
+            .set_library("audius_indexer")
+            .set_function(function)
+            .enable_spi_access()
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(Some(RESTART_AFTER))
+            .load();
+    }
+}
+
+/// Which job a worker process runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Sweep,
+    Challenges,
+}
+
+impl Job {
+    fn name(self) -> &'static str {
+        match self {
+            Job::Sweep => WORKER_TYPE,
+            Job::Challenges => CHALLENGES_WORKER_TYPE,
+        }
+    }
+
+    /// Time between runs; `None` when the job is switched off.
+    fn interval(self) -> Option<Duration> {
+        match self {
+            Job::Sweep => gucs::SWEEP_ENABLED
+                .get()
+                .then(|| Duration::from_millis(gucs::SWEEP_INTERVAL_MS.get().max(100) as u64)),
+            Job::Challenges => {
+                let ms = gucs::CHALLENGES_INTERVAL_MS.get();
+                (ms > 0).then(|| Duration::from_millis(ms.max(100) as u64))
+            }
+        }
+    }
 }
 
 /// True once SIGTERM arrived (the flag PostgreSQL's own loops use; never reset).
@@ -45,17 +86,29 @@ pub fn should_stop() -> bool {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn audius_indexer_sweep_main(_arg: pg_sys::Datum) {
+    worker_main(Job::Sweep)
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn audius_indexer_challenges_main(_arg: pg_sys::Datum) {
+    worker_main(Job::Challenges)
+}
+
+fn worker_main(job: Job) {
+    let name = job.name();
+    let challenges = job == Job::Challenges;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = gucs::string(&gucs::DATABASE);
     // A failed connection is FATAL (the process exits and is restarted): count attempts in
     // shared memory and wait longer before each new one.
-    let failed_before = crate::shmem_stats::worker_connect_attempt();
+    let failed_before = crate::shmem_stats::worker_connect_attempt(challenges);
     if failed_before > 0 {
         let wait = RESTART_AFTER
             .saturating_mul(1u32 << (failed_before - 1).min(16))
             .min(MAX_CONNECT_BACKOFF);
         log!(
-            "audius_indexer sweep: could not connect to database {db:?} ({failed_before} failed attempt(s)); next attempt in {} s",
+            "{name}: could not connect to database {db:?} ({failed_before} failed attempt(s)); next attempt in {} s",
             wait.as_secs()
         );
         if !sleep_unless_stopped(wait) {
@@ -63,17 +116,18 @@ pub extern "C-unwind" fn audius_indexer_sweep_main(_arg: pg_sys::Datum) {
         }
     }
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
-    crate::shmem_stats::worker_connected();
+    crate::shmem_stats::worker_connected(challenges);
     reader::mark_worker();
+    let app = std::ffi::CString::new(name).expect("no NUL in a worker name");
     unsafe {
         pg_sys::SetConfigOption(
             c"application_name".as_ptr(),
-            c"audius_indexer sweep".as_ptr(),
+            app.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
         );
     }
-    log!("audius_indexer sweep worker started (database {db:?})");
+    log!("{name} worker started (database {db:?})");
 
     let mut last_tick: Option<Instant> = None;
     let mut warned_missing = false;
@@ -87,26 +141,31 @@ pub extern "C-unwind" fn audius_indexer_sweep_main(_arg: pg_sys::Datum) {
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
         }
-        let interval = Duration::from_millis(gucs::SWEEP_INTERVAL_MS.get().max(100) as u64);
-        let due = last_tick.is_none_or(|t| t.elapsed() >= interval);
+        // Off: look again after a while (SIGHUP sets the latch and wakes us at once).
+        let interval = job.interval();
+        let period = interval.unwrap_or(Duration::from_secs(60));
+        let due = last_tick.is_none_or(|t| t.elapsed() >= period);
         if due {
             last_tick = Some(Instant::now());
-            if gucs::SWEEP_ENABLED.get() {
-                tick(&db, &mut warned_missing);
+            if interval.is_some() {
+                match job {
+                    Job::Sweep => tick(&db, &mut warned_missing),
+                    Job::Challenges => challenges_tick(&db, &mut warned_missing),
+                }
             }
         }
         if should_stop() {
             break;
         }
         let wait = last_tick
-            .map_or(interval, |t| interval.saturating_sub(t.elapsed()))
+            .map_or(period, |t| period.saturating_sub(t.elapsed()))
             .max(Duration::from_millis(1));
         wait_latch(wait);
         // Service interrupts while idle, as PostgreSQL's own workers do: without this a
         // ProcSignalBarrier (e.g. DROP DATABASE) would wait for the next tick, or forever.
         pg_sys::check_for_interrupts!();
     }
-    log!("audius_indexer sweep worker stopping (SIGTERM)");
+    log!("{name} worker stopping (SIGTERM)");
     // Exit code 1: the postmaster restarts us after RESTART_AFTER unless it is shutting down.
     unsafe { pg_sys::proc_exit(1) };
 }
@@ -243,4 +302,72 @@ fn tick_failed(started: Option<pgrx::datum::TimestampWithTimeZone>, msg: &str) {
         }
         sweep::release_session_lock();
     });
+}
+
+/// One run of the challenge processors in a transaction of its own, through the SQL function
+/// (same privileges and search_path as a psql or pg_cron call). Idle while the extension or the
+/// Audius `user_events` table is missing; a failing run is logged, the loop goes on.
+fn challenges_tick(db: &str, warned_missing: &mut bool) {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let batch = gucs::CHALLENGES_BATCH_SIZE.get();
+    let outcome = in_transaction(|| {
+        let ready = Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'audius_indexer') \
+               AND pg_catalog.to_regclass('public.user_events') IS NOT NULL \
+               AND pg_catalog.to_regclass('public.indexing_checkpoints') IS NOT NULL",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if !ready {
+            return None;
+        }
+        let rows = Spi::connect_mut(|client| {
+            client
+                .update(
+                    "SELECT challenge_id, upserts, error FROM audius_indexer.process_user_event_challenges($1)",
+                    None,
+                    &[batch.into()],
+                )?
+                .map(|r| {
+                    Ok((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<i32>(2)?.unwrap_or(0),
+                        r.get::<String>(3)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        });
+        Some(rows.unwrap_or_else(|e| reader::raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("process_user_event_challenges: {e}"),
+            None,
+            None,
+        )))
+    });
+    match outcome {
+        Ok(None) => {
+            if !*warned_missing {
+                log!("{CHALLENGES_WORKER_TYPE}: extension or tables user_events/indexing_checkpoints missing in database {db:?}; idle until they exist");
+                *warned_missing = true;
+            }
+        }
+        Ok(Some(rows)) => {
+            *warned_missing = false;
+            for (id, upserts, error) in rows {
+                if let Some(e) = error {
+                    warning!("{CHALLENGES_WORKER_TYPE}: processor {id} failed: {e}");
+                } else if upserts > 0 {
+                    log!("{CHALLENGES_WORKER_TYPE}: processor {id}: {upserts} upserts");
+                }
+            }
+        }
+        Err(msg) => {
+            if !should_stop() {
+                warning!("{CHALLENGES_WORKER_TYPE} run failed: {msg}");
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! SQL-facing functions (`#[pg_extern]`), kept thin: parsing arguments, calling the glue, shaping rows.
 pub mod balances;
+pub mod challenges;
 pub mod doctor;
 pub mod status;
 pub mod sweep;

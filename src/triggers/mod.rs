@@ -27,7 +27,7 @@
 
 mod payload;
 mod statements;
-mod subxact;
+pub mod subxact;
 
 use std::convert::Infallible;
 use std::ffi::CStr;

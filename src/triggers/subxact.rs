@@ -23,7 +23,7 @@ use std::panic::AssertUnwindSafe;
 use pgrx::pg_sys::{self, panic::CaughtError, PgTryBuilder};
 use pgrx::PgSqlErrorCode;
 
-/// Why the body of a guarded trigger failed.
+/// Why a guarded body failed.
 enum Failure {
     /// The body returned an error value (not a PostgreSQL error).
     Returned(String),
@@ -39,8 +39,33 @@ where
     E: std::fmt::Display,
     F: FnOnce() -> Result<(), E>,
 {
-    // SAFETY: plain reads of backend globals; we are on the backend's main thread inside a trigger
-    // call, i.e. inside a transaction, where BeginInternalSubTransaction is allowed.
+    match in_subtransaction(body) {
+        Ok(()) => true,
+        Err(failure) => {
+            pgrx::warning!("An error occurred in {}: {}", tg_name, failure.message);
+            false
+        }
+    }
+}
+
+/// What [`in_subtransaction`] reports for a body that failed (its work is already rolled back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// SQLSTATE of a PostgreSQL error; `XX000` for a Rust panic or an `Err` of the body.
+    pub sqlstate: String,
+    pub message: String,
+}
+
+/// Runs `body` in an internal subtransaction (PL/pgSQL's `BEGIN … EXCEPTION WHEN OTHERS`): kept
+/// on success; on an error, panic or `Err` rolled back and reported. Cancel and `assert_failure`
+/// are rolled back and re-thrown.
+pub fn in_subtransaction<T, E, F>(body: F) -> Result<T, Failed>
+where
+    E: std::fmt::Display,
+    F: FnOnce() -> Result<T, E>,
+{
+    // SAFETY: plain reads of backend globals; we are on the backend's main thread inside a
+    // transaction, where BeginInternalSubTransaction is allowed.
     let (old_cxt, old_owner) =
         unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
     unsafe {
@@ -52,12 +77,12 @@ where
         pg_sys::CurrentResourceOwner = old_owner;
     };
 
-    let outcome: Result<(), Failure> = PgTryBuilder::new(AssertUnwindSafe(|| match body() {
-        Ok(()) => {
+    let outcome: Result<T, Failure> = PgTryBuilder::new(AssertUnwindSafe(|| match body() {
+        Ok(value) => {
             // SAFETY: the subtransaction begun above is the current one.
             unsafe { pg_sys::ReleaseCurrentSubTransaction() };
             restore();
-            Ok(())
+            Ok(value)
         }
         Err(e) => Err(Failure::Returned(e.to_string())),
     }))
@@ -65,7 +90,7 @@ where
     .execute();
 
     let failure = match outcome {
-        Ok(()) => return true,
+        Ok(value) => return Ok(value),
         Err(f) => f,
     };
 
@@ -77,8 +102,11 @@ where
     }
     restore();
 
-    let message = match failure {
-        Failure::Returned(msg) => msg,
+    Err(match failure {
+        Failure::Returned(message) => Failed {
+            sqlstate: "XX000".into(),
+            message,
+        },
         Failure::Caught(cause) => match &*cause {
             CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
                 let code = report.sql_error_code();
@@ -87,11 +115,23 @@ where
                 {
                     (*cause).rethrow();
                 }
-                report.message().to_owned()
+                Failed {
+                    sqlstate: sqlstate_text(code),
+                    message: report.message().to_owned(),
+                }
             }
-            CaughtError::RustPanic { ereport, .. } => ereport.message().to_owned(),
+            CaughtError::RustPanic { ereport, .. } => Failed {
+                sqlstate: "XX000".into(),
+                message: ereport.message().to_owned(),
+            },
         },
-    };
-    pgrx::warning!("An error occurred in {}: {}", tg_name, message);
-    false
+    })
+}
+
+/// The five-character SQLSTATE of an error code (MAKE_SQLSTATE packs 6 bits per character).
+fn sqlstate_text(code: PgSqlErrorCode) -> String {
+    let v = code as i32;
+    (0..5)
+        .map(|i| ((((v >> (6 * i)) & 0x3F) as u8) + b'0') as char)
+        .collect()
 }

@@ -139,7 +139,7 @@ CREATE TABLE public.reward_codes (
 CREATE INDEX reward_codes_mint_idx ON public.reward_codes USING btree (mint);
 CREATE INDEX reward_codes_reward_address_idx ON public.reward_codes USING btree (reward_address);
 
--- Only the columns the triggers touch (plus the PK column txhash).
+-- Only the columns the triggers and the challenge processors touch (plus the PK column txhash).
 CREATE TABLE public.users (
     user_id     integer NOT NULL,
     wallet      varchar,
@@ -147,11 +147,38 @@ CREATE TABLE public.users (
     created_at  timestamp without time zone NOT NULL DEFAULT CURRENT_TIMESTAMP,
     is_verified boolean NOT NULL DEFAULT false,
     txhash      varchar NOT NULL DEFAULT ''::varchar,
+    blocknumber integer,
     CONSTRAINT users_pkey PRIMARY KEY (user_id, txhash)
 );
 CREATE INDEX users_new_wallet_idx ON public.users USING btree (wallet);
 CREATE INDEX idx_lower_wallet ON public.users USING btree (lower((wallet)::text));
 CREATE INDEX ix_user_created_at ON public.users USING btree (created_at, user_id, is_current);
+CREATE INDEX users_new_blocknumber_idx ON public.users USING btree (blocknumber);
+
+-- The Phase 3 challenge processors' source (reference §1 user_events; the blocks FK is left out).
+-- ix_user_events_blocknumber (Audius 0209) is deliberately absent: sql/indexes.sql creates it.
+CREATE SEQUENCE public.user_events_id_seq AS integer;
+CREATE TABLE public.user_events (
+    id             integer NOT NULL DEFAULT nextval('public.user_events_id_seq'::regclass),
+    blockhash      varchar,
+    blocknumber    integer,
+    is_current     boolean NOT NULL,
+    user_id        integer NOT NULL,
+    referrer       integer,
+    is_mobile_user boolean NOT NULL DEFAULT false,
+    slot           integer,
+    CONSTRAINT user_events_pkey PRIMARY KEY (id)
+);
+ALTER SEQUENCE public.user_events_id_seq OWNED BY public.user_events.id;
+CREATE INDEX user_events_user_id_idx ON public.user_events USING btree (user_id);
+
+-- Holds the challenge processors' checkpoints (`challenges:<id>:last_blocknumber`).
+CREATE TABLE public.indexing_checkpoints (
+    tablename       varchar NOT NULL,
+    last_checkpoint integer NOT NULL,
+    signature       varchar,
+    CONSTRAINT indexing_checkpoints_pkey PRIMARY KEY (tablename)
+);
 
 CREATE TABLE public.challenge_listen_streak (
     user_id          integer NOT NULL,

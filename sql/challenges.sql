@@ -1,0 +1,113 @@
+-- audius_indexer: the Phase 3 challenge processors' bookkeeping, checkpoint seeding and status view.
+-- The processors themselves are Rust (src/challenges/); their checkpoints live where the seed's Go job
+-- keeps them, in the Audius table indexing_checkpoints (`challenges:<id>:last_blocknumber`).
+
+-- One row per processor. The resume positions make "no skipped rows" possible: the seed resumes from a
+-- block number only. ue_checkpoint is the indexing_checkpoints value the position was stored with; when
+-- the checkpoint there differs (seed_challenge_checkpoints(), the Go job, a DBA reset) it wins.
+CREATE TABLE audius_indexer.challenge_processor_state (
+  challenge_id      text PRIMARY KEY CHECK (challenge_id IN ('m', 'r', 'rv', 'rd')),
+  ue_block          bigint,
+  ue_id             bigint,
+  ue_checkpoint     bigint,
+  users_block       bigint,
+  users_user_id     integer,
+  users_txhash      text,
+  last_run_at       timestamptz,
+  last_dirty_rows   integer,
+  last_users        integer,
+  last_upserts      integer,
+  checkpoint_before bigint,
+  checkpoint_after  bigint,
+  last_error        text,
+  last_error_at     timestamptz,
+  runs              bigint NOT NULL DEFAULT 0,
+  errors            bigint NOT NULL DEFAULT 0,
+  total_upserts     bigint NOT NULL DEFAULT 0
+);
+INSERT INTO audius_indexer.challenge_processor_state (challenge_id) VALUES ('m'), ('r'), ('rv'), ('rd');
+COMMENT ON TABLE audius_indexer.challenge_processor_state IS
+  'Challenge processors m, r, rv, rd: resume positions ((blocknumber, id) in user_events; (blocknumber, user_id, txhash) in users for r/rv) and the outcome of the last run.';
+COMMENT ON COLUMN audius_indexer.challenge_processor_state.ue_checkpoint IS
+  'The indexing_checkpoints value stored with ue_block/ue_id; a different value there wins over the position.';
+COMMENT ON COLUMN audius_indexer.challenge_processor_state.users_block IS
+  'r/rv only: users rows with (blocknumber, user_id, txhash) past this position have not been checked for a verification change.';
+
+-- The seed's migration 0211 "start from now": the four checkpoints set to the current maximum
+-- user_events.blocknumber where absent. Also pins the verification scan of r/rv to the current maximum
+-- users.blocknumber where it has no position yet. The first run after it has nothing to do.
+CREATE FUNCTION audius_indexer.seed_challenge_checkpoints()
+RETURNS TABLE (tablename text, last_checkpoint bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, public, pg_temp
+AS $fn$
+DECLARE
+  v_head bigint;
+BEGIN
+  PERFORM pg_catalog.pg_advisory_xact_lock(1635083621, 3);  -- not while a run is in progress
+  SELECT COALESCE(max(ue.blocknumber), 0) INTO v_head FROM public.user_events ue;
+  INSERT INTO public.indexing_checkpoints AS ic (tablename, last_checkpoint)
+  SELECT 'challenges:' || p.id || ':last_blocknumber', v_head
+    FROM pg_catalog.unnest(ARRAY['m', 'r', 'rv', 'rd']) AS p(id)
+  ON CONFLICT ON CONSTRAINT indexing_checkpoints_pkey DO NOTHING;
+  UPDATE audius_indexer.challenge_processor_state s
+     SET users_block = (SELECT COALESCE(max(u.blocknumber), 0) FROM public.users u),
+         users_user_id = NULL, users_txhash = NULL
+   WHERE s.challenge_id IN ('r', 'rv') AND s.users_block IS NULL;
+  RETURN QUERY
+    SELECT ic.tablename::text, ic.last_checkpoint::bigint
+      FROM public.indexing_checkpoints ic
+      JOIN pg_catalog.unnest(ARRAY['m', 'r', 'rv', 'rd']) WITH ORDINALITY AS p(id, ord)
+        ON ic.tablename = 'challenges:' || p.id || ':last_blocknumber'
+     ORDER BY p.ord;
+END
+$fn$;
+COMMENT ON FUNCTION audius_indexer.seed_challenge_checkpoints() IS
+  'Cutover "start from now" (the seed''s migration 0211): sets the m/r/rv/rd checkpoints to max(user_events.blocknumber) where absent (ON CONFLICT DO NOTHING) and pins the r/rv verification scan to max(users.blocknumber); returns the four checkpoints.';
+
+-- Checkpoint and head per processor, read at query time (the Audius tables may not exist).
+CREATE FUNCTION audius_indexer._challenge_checkpoints()
+RETURNS TABLE (challenge_id text, checkpoint bigint, head bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, public, pg_temp
+AS $fn$
+DECLARE
+  v_head bigint;
+BEGIN
+  IF pg_catalog.to_regclass('public.user_events') IS NULL
+     OR pg_catalog.to_regclass('public.indexing_checkpoints') IS NULL THEN
+    RETURN QUERY SELECT p.id, NULL::bigint, NULL::bigint
+                   FROM pg_catalog.unnest(ARRAY['m', 'r', 'rv', 'rd']) AS p(id);
+    RETURN;
+  END IF;
+  EXECUTE 'SELECT max(blocknumber)::bigint FROM public.user_events' INTO v_head;
+  RETURN QUERY EXECUTE
+    'SELECT p.id, ic.last_checkpoint::bigint, $1
+       FROM pg_catalog.unnest(ARRAY[''m'', ''r'', ''rv'', ''rd'']) AS p(id)
+       LEFT JOIN public.indexing_checkpoints ic ON ic.tablename = ''challenges:'' || p.id || '':last_blocknumber'''
+    USING v_head;
+END
+$fn$;
+
+CREATE VIEW audius_indexer.challenge_processor_status AS
+SELECT s.challenge_id,
+       s.last_run_at,
+       s.last_dirty_rows,
+       s.last_users,
+       s.last_upserts,
+       COALESCE(c.checkpoint, 0) AS checkpoint,
+       c.head AS head_blocknumber,
+       GREATEST(c.head - COALESCE(c.checkpoint, 0), 0) AS lag_blocks,
+       s.last_error,
+       s.last_error_at,
+       s.runs,
+       s.errors,
+       s.total_upserts,
+       s.ue_block AS position_blocknumber,
+       s.ue_id AS position_id,
+       s.users_block AS users_position_blocknumber
+  FROM audius_indexer.challenge_processor_state s
+  JOIN audius_indexer._challenge_checkpoints() c USING (challenge_id)
+ ORDER BY array_position(ARRAY['m', 'r', 'rv', 'rd'], s.challenge_id);
+COMMENT ON VIEW audius_indexer.challenge_processor_status IS
+  'Challenge processors m, r, rv, rd: last run, counts, checkpoint (indexing_checkpoints), lag_blocks = max(user_events.blocknumber) - checkpoint, last error.';

@@ -1,0 +1,103 @@
+//! The SQL the challenge processors run (reference §4), as the seed's Go job ran it, plus the
+//! position bookkeeping of the two improvements.
+//!
+//! Audius tables are named without a schema: like the Go job and the Audius triggers, they resolve
+//! through the `search_path` (Audius keeps them in `public`). Scans pass a position as
+//! `($1 block, $2 tiebreak)`; a NULL tiebreak means "rows after block $1", so the row comparison
+//! yields NULL and only `blocknumber > $1` admits a row. `ix_user_events_blocknumber` (Audius
+//! 0209, `sql/indexes.sql`) serves the `user_events` scans in order (an incremental sort adds the
+//! `id`); `users_new_blocknumber_idx` the `users` scan; `ix_user_events_referrer` the re-derivation
+//! by referrer.
+
+/// `LoadChallenge`: the catalog row (missing or inactive → the processor does nothing).
+pub const LOAD_CHALLENGE: &str = "SELECT active, amount::text FROM challenges WHERE id = $1";
+
+pub const READ_CHECKPOINT: &str =
+    "SELECT last_checkpoint::bigint FROM indexing_checkpoints WHERE tablename = $1";
+
+/// The seed's checkpoint write (called only when the value moves forward).
+pub const WRITE_CHECKPOINT: &str = "INSERT INTO indexing_checkpoints (tablename, last_checkpoint) \
+     VALUES ($1, $2) ON CONFLICT (tablename) DO UPDATE SET last_checkpoint = EXCLUDED.last_checkpoint";
+
+/// The dirty `user_events` scan of `m`: current mobile rows past the position, in order.
+pub const DIRTY_MOBILE: &str = "SELECT ue.id::bigint, ue.user_id, ue.blocknumber::bigint FROM user_events ue \
+     WHERE ue.blocknumber >= $1 AND (ue.blocknumber > $1 OR ue.id > $2) \
+       AND ue.is_current AND ue.is_mobile_user = true \
+     ORDER BY ue.blocknumber, ue.id LIMIT $3";
+
+/// The dirty `user_events` scan shared by `r`, `rv` and `rd`: current rows with a referrer.
+pub const DIRTY_REFERRAL: &str = "SELECT ue.id::bigint, ue.user_id, ue.blocknumber::bigint FROM user_events ue \
+     WHERE ue.blocknumber >= $1 AND (ue.blocknumber > $1 OR ue.id > $2) \
+       AND ue.is_current AND ue.referrer IS NOT NULL \
+     ORDER BY ue.blocknumber, ue.id LIMIT $3";
+
+/// The second dirty scan of `r`/`rv` (the verification gap): `users` rows past the position.
+pub const DIRTY_USERS: &str = "SELECT u.user_id, u.blocknumber::bigint, u.txhash::text FROM users u \
+     WHERE u.blocknumber >= $1 AND (u.blocknumber > $1 OR (u.user_id, u.txhash::text) > ($2, $3)) \
+     ORDER BY u.blocknumber, u.user_id, u.txhash::text LIMIT $4";
+
+/// `m`'s recompute: the dirty users that still have a current mobile row (first-seen order).
+pub const RECOMPUTE_MOBILE: &str = "SELECT d.uid, 0 FROM unnest($1::integer[]) WITH ORDINALITY AS d(uid, ord) \
+     WHERE EXISTS (SELECT 1 FROM user_events ue \
+                    WHERE ue.user_id = d.uid AND ue.is_current AND ue.is_mobile_user = true) \
+     ORDER BY d.ord";
+
+/// `r`/`rv`'s recompute for dirty referred users: their current referrals whose referrer's
+/// current `users` row has `COALESCE(is_verified, false) = $2`.
+pub const RECOMPUTE_REFERRALS: &str = "SELECT ue.user_id, ue.referrer \
+     FROM unnest($1::integer[]) WITH ORDINALITY AS d(uid, ord) \
+     JOIN user_events ue ON ue.user_id = d.uid AND ue.is_current AND ue.referrer IS NOT NULL \
+     WHERE EXISTS (SELECT 1 FROM users u WHERE u.user_id = ue.referrer AND u.is_current \
+                      AND COALESCE(u.is_verified, false) = $2) \
+     ORDER BY d.ord, ue.id";
+
+/// `r`/`rv`'s recompute for referrers whose `users` row changed: every pair they referred.
+pub const RECOMPUTE_BY_REFERRER: &str = "SELECT ue.user_id, ue.referrer \
+     FROM unnest($1::integer[]) WITH ORDINALITY AS d(rid, ord) \
+     JOIN user_events ue ON ue.referrer = d.rid AND ue.is_current AND ue.referrer IS NOT NULL \
+     WHERE EXISTS (SELECT 1 FROM users u WHERE u.user_id = ue.referrer AND u.is_current \
+                      AND COALESCE(u.is_verified, false) = $2) \
+     ORDER BY d.ord, ue.id";
+
+/// `rd`'s recompute: every current referral of the dirty users, regardless of verification.
+pub const RECOMPUTE_REFERRED: &str = "SELECT ue.user_id, ue.referrer \
+     FROM unnest($1::integer[]) WITH ORDINALITY AS d(uid, ord) \
+     JOIN user_events ue ON ue.user_id = d.uid AND ue.is_current AND ue.referrer IS NOT NULL \
+     ORDER BY d.ord, ue.id";
+
+/// `UpsertUserChallenge`, set-based, rows written in the given order: `is_complete` sticky,
+/// `amount` and `completed_at` kept once complete, `completed_blocknumber` never set.
+/// `$1` challenge, `$2` amount, `$3` recipients, `$4` specifiers, `$5` current step, `$6` complete.
+pub const UPSERT: &str = "INSERT INTO user_challenges AS uc \
+       (challenge_id, user_id, specifier, is_complete, current_step_count, amount, created_at, completed_at) \
+     SELECT $1, t.user_id, t.specifier, $6, $5, $2, now(), CASE WHEN $6 THEN now() END \
+       FROM unnest($3::integer[], $4::text[]) WITH ORDINALITY AS t(user_id, specifier, ord) \
+      ORDER BY t.ord \
+     ON CONFLICT (challenge_id, specifier) DO UPDATE SET \
+       current_step_count = EXCLUDED.current_step_count, \
+       is_complete = uc.is_complete OR EXCLUDED.is_complete, \
+       amount = CASE WHEN uc.is_complete THEN uc.amount ELSE EXCLUDED.amount END, \
+       completed_at = CASE WHEN uc.is_complete THEN uc.completed_at \
+                           WHEN EXCLUDED.is_complete THEN EXCLUDED.completed_at \
+                           ELSE uc.completed_at END";
+
+/// One run at a time (worker, pg_cron, psql): waits for a run in progress to commit.
+pub const LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock(1635083621, 3)";
+
+pub const LOAD_STATE: &str = "SELECT ue_block, ue_id, ue_checkpoint, users_block, users_user_id, users_txhash \
+     FROM audius_indexer.challenge_processor_state WHERE challenge_id = $1";
+
+pub const SAVE_UE_POSITION: &str = "UPDATE audius_indexer.challenge_processor_state \
+     SET ue_block = $2, ue_id = $3, ue_checkpoint = $4 WHERE challenge_id = $1";
+
+pub const SAVE_USERS_POSITION: &str = "UPDATE audius_indexer.challenge_processor_state \
+     SET users_block = $2, users_user_id = $3, users_txhash = $4 WHERE challenge_id = $1";
+
+/// The outcome of one run of one processor (after its subtransaction, so errors are recorded).
+pub const RECORD_RUN: &str = "UPDATE audius_indexer.challenge_processor_state SET \
+       last_run_at = pg_catalog.clock_timestamp(), last_dirty_rows = $2, last_users = $3, \
+       last_upserts = $4, checkpoint_before = $5, checkpoint_after = $6, \
+       last_error = $7, last_error_at = CASE WHEN $7 IS NULL THEN last_error_at ELSE pg_catalog.clock_timestamp() END, \
+       runs = runs + 1, errors = errors + CASE WHEN $7 IS NULL THEN 0 ELSE 1 END, \
+       total_upserts = total_upserts + $4 \
+     WHERE challenge_id = $1";
