@@ -142,7 +142,9 @@ fn database_checks(head: Option<i64>) -> Vec<Row> {
                   ELSE 'INVALID (a failed CREATE INDEX CONCURRENTLY): run sql/indexes.sql' END
         FROM (VALUES ('eth_wallet_balances_updated_at_idx', 'eth_wallet_balances'),
                      ('ix_notification_cooldown_user_ids', 'notification'),
-                     ('ix_notification_challenge_reward_user_ids', 'notification')) AS n(idx, tbl)
+                     ('ix_notification_challenge_reward_user_ids', 'notification'),
+                     ('ix_user_events_blocknumber', 'user_events'),
+                     ('ix_user_events_referrer', 'user_events')) AS n(idx, tbl)
         LEFT JOIN pg_class c ON c.relname = n.idx AND c.relnamespace = 'public'::regnamespace
         LEFT JOIN pg_index i ON i.indexrelid = c.oid
        WHERE to_regclass('public.' || n.tbl) IS NOT NULL
@@ -165,6 +167,31 @@ fn database_checks(head: Option<i64>) -> Vec<Row> {
                            THEN 'not running in this database (audius_indexer.database = '
                                 || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
                            ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule CALL audius_indexer.sweep() with pg_cron' END)
+      UNION ALL
+      SELECT 'challenges worker',
+             coalesce(pg_catalog.current_setting('audius_indexer.challenges_interval', true), '30s') IN ('0', '0ms')
+               OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
+                           WHERE backend_type = 'audius_indexer challenges' AND datname = pg_catalog.current_database()),
+             coalesce((SELECT 'running, pid ' || pid FROM pg_catalog.pg_stat_activity
+                        WHERE backend_type = 'audius_indexer challenges' AND datname = pg_catalog.current_database() LIMIT 1),
+                      CASE WHEN coalesce(pg_catalog.current_setting('audius_indexer.challenges_interval', true), '30s') IN ('0', '0ms')
+                           THEN 'off (audius_indexer.challenges_interval = 0)'
+                           WHEN $1 AND pg_catalog.pg_is_in_recovery()
+                           THEN 'standby: the worker starts after promotion'
+                           WHEN $1
+                           THEN 'not running in this database (audius_indexer.database = '
+                                || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
+                           ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule audius_indexer.process_user_event_challenges() with pg_cron' END)
+       WHERE to_regclass('public.user_events') IS NOT NULL
+      UNION ALL
+      SELECT 'challenge processor ' || s.challenge_id,
+             s.last_error IS NULL OR s.last_error_at < s.last_run_at,
+             format('checkpoint %s, lag %s blocks, last run %s%s', s.checkpoint, coalesce(s.lag_blocks::text, '-'),
+                    coalesce(s.last_run_at::text, 'never'),
+                    CASE WHEN s.last_error IS NOT NULL AND s.last_error_at >= s.last_run_at
+                         THEN ', failed: ' || s.last_error ELSE '' END)
+        FROM audius_indexer.challenge_processor_status s
+       WHERE to_regclass('public.user_events') IS NOT NULL
       UNION ALL
       SELECT 'rows stamped above the chain head', n = 0,
              CASE WHEN n = 0 THEN 'none above head block ' || $2

@@ -183,13 +183,15 @@ def _same(cur: str | None, want) -> bool:
 def worker_cluster(name: str, db: str, rpc_url: str, contracts, settings: dict[str, str] | None = None,
                    preload: tuple[str, ...] = ("audius_indexer",)) -> Cluster:
     """A started cluster with audius_indexer preloaded, database `db` holding the extension, the
-    sweep worker connected to it (sweep off until a test turns it on, 1 s interval) and the RPC
-    settings pointed at `rpc_url` / `contracts`. The caller destroys it."""
+    sweep worker connected to it (sweep off until a test turns it on, 1 s interval; the challenge
+    processors' worker off too) and the RPC settings pointed at `rpc_url` / `contracts`. The caller
+    destroys it."""
     c = Cluster(preload=list(preload), name=name)
     c.settings.update({
         "audius_indexer.database": f"'{db}'",
         "audius_indexer.sweep_enabled": "off",
         "audius_indexer.sweep_interval": "'1s'",
+        "audius_indexer.challenges_interval": "0",
         **(settings or {}),
     })
     c.init().start()
