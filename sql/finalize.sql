@@ -38,6 +38,12 @@ REVOKE EXECUTE ON FUNCTION audius_indexer.process_user_event_challenges(integer)
 GRANT EXECUTE ON FUNCTION audius_indexer.process_user_event_challenges(integer) TO audius_indexer_operator;
 REVOKE EXECUTE ON FUNCTION audius_indexer.seed_challenge_checkpoints() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION audius_indexer.seed_challenge_checkpoints() TO audius_indexer_operator;
+-- The Transfer-log follower: writes balances and the audio_transfers checkpoint, like refresh_wallets.
+-- Its table names (users, associated_wallets) resolve where Audius keeps them.
+ALTER FUNCTION audius_indexer.follow_transfers(bigint) SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp;
+REVOKE EXECUTE ON FUNCTION audius_indexer.follow_transfers(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audius_indexer.follow_transfers(bigint) TO audius_indexer_operator;
+GRANT SELECT ON audius_indexer.follow_status, audius_indexer.follow_pending TO audius_indexer_operator;
 -- The status view reads the checkpoints and max(user_events.blocknumber) through a helper that runs
 -- as the owner (function privileges in a view are checked against the reader).
 ALTER FUNCTION audius_indexer._challenge_checkpoints() SECURITY DEFINER;

@@ -73,6 +73,17 @@ pub static SWEEP_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(50);
 pub static CHALLENGES_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// `audius_indexer.challenges_batch_size`: `user_events` rows per processor per worker run.
 pub static CHALLENGES_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000);
+/// `audius_indexer.follow_interval`: time between steps of the Transfer-log follower run by the
+/// background worker (ms; 0 = the worker does not follow).
+pub static FOLLOW_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+/// `audius_indexer.confirmations`: blocks below the head the follower stays.
+pub static CONFIRMATIONS: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// `audius_indexer.log_range_blocks`: blocks per `eth_getLogs` request (the seed's 9,000).
+pub static LOG_RANGE_BLOCKS: GucSetting<i32> = GucSetting::<i32>::new(9000);
+/// `audius_indexer.follow_from_block`: first block on first boot (-1 = the head, as the seed).
+pub static FOLLOW_FROM_BLOCK: GucSetting<i32> = GucSetting::<i32>::new(-1);
+/// `audius_indexer.max_reorg_depth`: how far back the follower looks for a common ancestor.
+pub static MAX_REORG_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(64);
 /// `audius_indexer.failure_backoff_base`: first back-off of a wallet whose reads fail.
 pub static FAILURE_BACKOFF_BASE_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// `audius_indexer.failure_backoff_max`: longest back-off of a failing wallet.
@@ -316,6 +327,56 @@ pub fn init() {
         &CHALLENGES_BATCH_SIZE,
         1,
         1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.follow_interval",
+        c"Time between steps of the Transfer-log follower run by the background worker.",
+        c"0 switches it off (pg_cron can call follow_transfers() instead).",
+        &FOLLOW_INTERVAL_MS,
+        0,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.confirmations",
+        c"Blocks below the chain head the Transfer-log follower stays (0 = follow the head; reorgs are detected by block hash).",
+        c"",
+        &CONFIRMATIONS,
+        0,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.log_range_blocks",
+        c"Blocks per eth_getLogs request of the Transfer-log follower (a refused range is bisected).",
+        c"",
+        &LOG_RANGE_BLOCKS,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.follow_from_block",
+        c"First block the Transfer-log follower reads when there is no audio_transfers checkpoint yet.",
+        c"-1 (default): start at the head, as the seed (no history replay).",
+        &FOLLOW_FROM_BLOCK,
+        -1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.max_reorg_depth",
+        c"How many blocks below its checkpoint the Transfer-log follower looks for the common ancestor after a reorg.",
+        c"",
+        &MAX_REORG_DEPTH,
+        1,
+        100_000,
         GucContext::Sighup,
         GucFlags::default(),
     );

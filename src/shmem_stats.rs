@@ -53,6 +53,8 @@ static SWEEP_CONNECT_ATTEMPTS: PgAtomic<AtomicU32> =
     unsafe { PgAtomic::new(c"audius_indexer_worker_connect_attempts") };
 static CHALLENGES_CONNECT_ATTEMPTS: PgAtomic<AtomicU32> =
     unsafe { PgAtomic::new(c"audius_indexer_challenges_connect_attempts") };
+static FOLLOW_CONNECT_ATTEMPTS: PgAtomic<AtomicU32> =
+    unsafe { PgAtomic::new(c"audius_indexer_follow_connect_attempts") };
 static READY: AtomicBool = AtomicBool::new(false);
 
 /// Called from `_PG_init` while shared_preload_libraries is processed.
@@ -60,6 +62,7 @@ pub fn init() {
     pg_shmem_init!(STATS);
     pg_shmem_init!(SWEEP_CONNECT_ATTEMPTS = AtomicU32::new(0));
     pg_shmem_init!(CHALLENGES_CONNECT_ATTEMPTS = AtomicU32::new(0));
+    pg_shmem_init!(FOLLOW_CONNECT_ATTEMPTS = AtomicU32::new(0));
     READY.store(true, Ordering::Relaxed);
 }
 
@@ -67,22 +70,23 @@ pub fn available() -> bool {
     READY.load(Ordering::Relaxed)
 }
 
-fn connect_attempts(challenges: bool) -> &'static AtomicU32 {
-    if challenges {
-        CHALLENGES_CONNECT_ATTEMPTS.get()
-    } else {
-        SWEEP_CONNECT_ATTEMPTS.get()
+/// The counter of worker `which` (0 sweep, 1 challenges, 2 follow).
+fn connect_attempts(which: usize) -> &'static AtomicU32 {
+    match which {
+        1 => CHALLENGES_CONNECT_ATTEMPTS.get(),
+        2 => FOLLOW_CONNECT_ATTEMPTS.get(),
+        _ => SWEEP_CONNECT_ATTEMPTS.get(),
     }
 }
 
 /// Counts one more connection attempt of a worker; returns how many failed before it.
-pub fn worker_connect_attempt(challenges: bool) -> u32 {
-    connect_attempts(challenges).fetch_add(1, Ordering::SeqCst)
+pub fn worker_connect_attempt(which: usize) -> u32 {
+    connect_attempts(which).fetch_add(1, Ordering::SeqCst)
 }
 
 /// The worker connected: its next failure starts the back-off from the beginning.
-pub fn worker_connected(challenges: bool) {
-    connect_attempts(challenges).store(0, Ordering::SeqCst);
+pub fn worker_connected(which: usize) {
+    connect_attempts(which).store(0, Ordering::SeqCst);
 }
 
 fn copy_into(dst: &mut [u8], s: &str) -> u16 {

@@ -22,7 +22,7 @@ use pgrx::PgSqlErrorCode::*;
 use std::collections::{HashMap, HashSet};
 
 /// Advisory lock key (two int4s) of the sweep's single flight: "AUDI", 1.
-const LOCK_KEY: (i32, i32) = (0x4155_4449, 1);
+pub const LOCK_KEY: (i32, i32) = (0x4155_4449, 1);
 /// Largest batch `refresh_stale` accepts.
 pub const MAX_BATCH: i32 = 100_000;
 
@@ -57,7 +57,16 @@ pub struct Read {
     blocks: Vec<i64>,
     succeeded: Vec<String>,
     failures: Vec<(String, String)>,
-    lagging: i32,
+    /// Reads older than the block that asked for them (a lagging node): key and that block.
+    lagging: Vec<(String, i64)>,
+}
+
+impl Read {
+    /// What the event path must try again: lagging reads (with the block they must reach) and
+    /// failed reads (with their reason).
+    pub fn retries(&self) -> (Vec<(String, i64)>, Vec<(String, String)>) {
+        (self.lagging.clone(), self.failures.clone())
+    }
 }
 
 /// ERROR 25006 on a standby: the write paths need a primary.
@@ -106,7 +115,7 @@ pub fn read(entries: Vec<Entry>) -> Read {
         blocks: Vec::new(),
         succeeded: Vec::new(),
         failures,
-        lagging: 0,
+        lagging: Vec::new(),
     };
     for e in &entries {
         let Ok(a) = &e.address else { continue };
@@ -114,8 +123,8 @@ pub fn read(entries: Vec<Entry>) -> Read {
         match (h.total(), h.error()) {
             (Some(total), _) => {
                 out.succeeded.push(e.key.clone());
-                if e.min_block.is_some_and(|m| h.block < m) {
-                    out.lagging += 1; // lagging node: older than the event that asked
+                if let Some(m) = e.min_block.filter(|m| h.block < *m) {
+                    out.lagging.push((e.key.clone(), m)); // lagging node: older than the event that asked
                 } else {
                     out.keys.push(e.key.clone());
                     out.balances.push(total.to_string());
@@ -135,7 +144,7 @@ pub fn write(r: Read) -> Counts {
     let mut counts = Counts {
         requested: r.requested,
         failed: r.failures.len() as i32,
-        skipped: r.lagging,
+        skipped: r.lagging.len() as i32,
         ..Counts::default()
     };
     Spi::connect_mut(|c| {
@@ -179,7 +188,7 @@ pub fn write(r: Read) -> Counts {
     counts
 }
 
-fn spi_error(e: pgrx::spi::Error) -> ! {
+pub fn spi_error(e: pgrx::spi::Error) -> ! {
     reader::raise(
         ERRCODE_INTERNAL_ERROR,
         format!("audius_indexer: SPI failed: {e}"),
@@ -255,13 +264,13 @@ pub fn validate_batch(batch: i32) {
     }
 }
 
-/// Takes the single-flight lock; false when another sweep holds it.
-fn take_lock(scope: LockScope) -> bool {
+/// Takes a single-flight lock; false when another holder has it.
+pub fn take_lock(key: (i32, i32), scope: LockScope) -> bool {
     let lock_sql = match scope {
         LockScope::Transaction => "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
         LockScope::Session => "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
     };
-    Spi::get_one_with_args::<bool>(lock_sql, &[LOCK_KEY.0.into(), LOCK_KEY.1.into()])
+    Spi::get_one_with_args::<bool>(lock_sql, &[key.0.into(), key.1.into()])
         .unwrap_or_else(|e| spi_error(e))
         .unwrap_or(false)
 }
@@ -327,7 +336,7 @@ pub fn tick<S: Steps>(
 ) -> Option<Counts> {
     validate_batch(batch);
     let first = steps.sql(|| {
-        if !take_lock(scope) {
+        if !take_lock(LOCK_KEY, scope) {
             return None;
         }
         let t = Spi::get_one::<TimestampWithTimeZone>("SELECT pg_catalog.clock_timestamp()")
@@ -379,17 +388,22 @@ pub fn tick<S: Steps>(
     Some(total)
 }
 
-/// Releases the session-level single-flight lock (no-op when not held).
+/// Releases the session-level single-flight lock of the sweep (no-op when not held).
 pub fn release_session_lock() {
+    release_lock(LOCK_KEY);
+}
+
+/// Releases a session-level advisory lock taken by `take_lock` (no-op when not held).
+pub fn release_lock(key: (i32, i32)) {
     Spi::run_with_args(
         "SELECT pg_catalog.pg_advisory_unlock($1, $2) FROM pg_catalog.pg_locks \
          WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid() \
            AND classid = $3::oid AND objid = $4::oid AND objsubid = 2",
         &[
-            LOCK_KEY.0.into(),
-            LOCK_KEY.1.into(),
-            (LOCK_KEY.0 as i64).into(),
-            (LOCK_KEY.1 as i64).into(),
+            key.0.into(),
+            key.1.into(),
+            (key.0 as i64).into(),
+            (key.1 as i64).into(),
         ],
     )
     .unwrap_or_else(|e| spi_error(e));
@@ -420,7 +434,7 @@ pub fn record_tick_error(started: Option<TimestampWithTimeZone>, message: &str) 
 }
 
 /// Steps of a function call: everything in the caller's transaction.
-struct InCallersTransaction;
+pub struct InCallersTransaction;
 
 impl Steps for InCallersTransaction {
     fn sql<R>(&mut self, f: impl FnOnce() -> R) -> R {

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 pub const WORKER_TYPE: &str = "audius_indexer sweep";
 pub const CHALLENGES_WORKER_TYPE: &str = "audius_indexer challenges";
+pub const FOLLOW_WORKER_TYPE: &str = "audius_indexer follow";
 /// How long the postmaster waits before restarting a worker that exited or crashed.
 const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// Longest wait before a new attempt to connect to a database that was missing.
@@ -37,6 +38,7 @@ pub fn register() {
     for (name, function) in [
         (WORKER_TYPE, "audius_indexer_sweep_main"),
         (CHALLENGES_WORKER_TYPE, "audius_indexer_challenges_main"),
+        (FOLLOW_WORKER_TYPE, "audius_indexer_follow_main"),
     ] {
         BackgroundWorkerBuilder::new(name)
             .set_type(name)
@@ -54,6 +56,7 @@ pub fn register() {
 enum Job {
     Sweep,
     Challenges,
+    Follow,
 }
 
 impl Job {
@@ -61,7 +64,13 @@ impl Job {
         match self {
             Job::Sweep => WORKER_TYPE,
             Job::Challenges => CHALLENGES_WORKER_TYPE,
+            Job::Follow => FOLLOW_WORKER_TYPE,
         }
+    }
+
+    /// Index of its connect-attempt counter in shared memory.
+    fn index(self) -> usize {
+        self as usize
     }
 
     /// Time between runs; `None` when the job is switched off.
@@ -72,6 +81,10 @@ impl Job {
                 .then(|| Duration::from_millis(gucs::SWEEP_INTERVAL_MS.get().max(100) as u64)),
             Job::Challenges => {
                 let ms = gucs::CHALLENGES_INTERVAL_MS.get();
+                (ms > 0).then(|| Duration::from_millis(ms.max(100) as u64))
+            }
+            Job::Follow => {
+                let ms = gucs::FOLLOW_INTERVAL_MS.get();
                 (ms > 0).then(|| Duration::from_millis(ms.max(100) as u64))
             }
         }
@@ -95,14 +108,19 @@ pub extern "C-unwind" fn audius_indexer_challenges_main(_arg: pg_sys::Datum) {
     worker_main(Job::Challenges)
 }
 
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn audius_indexer_follow_main(_arg: pg_sys::Datum) {
+    worker_main(Job::Follow)
+}
+
 fn worker_main(job: Job) {
     let name = job.name();
-    let challenges = job == Job::Challenges;
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = gucs::string(&gucs::DATABASE);
     // A failed connection is FATAL (the process exits and is restarted): count attempts in
     // shared memory and wait longer before each new one.
-    let failed_before = crate::shmem_stats::worker_connect_attempt(challenges);
+    let failed_before = crate::shmem_stats::worker_connect_attempt(job.index());
     if failed_before > 0 {
         let wait = RESTART_AFTER
             .saturating_mul(1u32 << (failed_before - 1).min(16))
@@ -116,7 +134,7 @@ fn worker_main(job: Job) {
         }
     }
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
-    crate::shmem_stats::worker_connected(challenges);
+    crate::shmem_stats::worker_connected(job.index());
     reader::mark_worker();
     let app = std::ffi::CString::new(name).expect("no NUL in a worker name");
     unsafe {
@@ -131,6 +149,7 @@ fn worker_main(job: Job) {
 
     let mut last_tick: Option<Instant> = None;
     let mut warned_missing = false;
+    let mut last_error: Option<(String, Instant)> = None;
     loop {
         if should_stop() {
             break;
@@ -151,6 +170,7 @@ fn worker_main(job: Job) {
                 match job {
                     Job::Sweep => tick(&db, &mut warned_missing),
                     Job::Challenges => challenges_tick(&db, &mut warned_missing),
+                    Job::Follow => follow_tick(&db, &mut warned_missing, &mut last_error),
                 }
             }
         }
@@ -368,6 +388,76 @@ fn challenges_tick(db: &str, warned_missing: &mut bool) {
             if !should_stop() {
                 warning!("{CHALLENGES_WORKER_TYPE} run failed: {msg}");
             }
+        }
+    }
+}
+
+/// One follower step: its SQL phases in transactions of their own, its network phases with none
+/// open. A failing step is rolled back, recorded in `follow_status.last_error` and logged (the
+/// same message at most once a minute: a node down for an hour is not 720 WARNINGs).
+fn follow_tick(db: &str, warned_missing: &mut bool, last_error: &mut Option<(String, Instant)>) {
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let installed = in_transaction(|| {
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'audius_indexer')",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    });
+    match installed {
+        Ok(true) => *warned_missing = false,
+        Ok(false) => {
+            if !*warned_missing {
+                log!("{FOLLOW_WORKER_TYPE}: extension not installed in database {db:?}; idle until it is");
+                *warned_missing = true;
+            }
+            return;
+        }
+        Err(_) => return,
+    }
+    let outcome = catching(|| {
+        crate::follow::step(&mut OwnTransactions, None, sweep::LockScope::Session)
+    });
+    match outcome {
+        Ok(Some(c)) => {
+            *last_error = None;
+            if c.logs + c.updated + c.failed > 0 {
+                log!(
+                    "{FOLLOW_WORKER_TYPE}: blocks {}..{} logs={} tracked={} updated={} skipped={} failed={} checkpoint={}",
+                    c.from_block.unwrap_or(0),
+                    c.to_block.unwrap_or(0),
+                    c.logs,
+                    c.tracked,
+                    c.updated,
+                    c.skipped,
+                    c.failed,
+                    c.checkpoint.unwrap_or(0)
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(msg) => {
+            let stopping = should_stop();
+            let repeat = last_error
+                .as_ref()
+                .is_some_and(|(m, at)| *m == msg && at.elapsed() < Duration::from_secs(60));
+            if !stopping && !repeat {
+                warning!("{FOLLOW_WORKER_TYPE} step failed: {msg}");
+                *last_error = Some((msg.clone(), Instant::now()));
+            }
+            let _ = in_transaction(move || {
+                if !stopping {
+                    Spi::run_with_args(
+                        "SELECT audius_indexer._follow_record_error($1)",
+                        &[msg.as_str().into()],
+                    )
+                    .ok();
+                }
+                sweep::release_lock(crate::follow::LOCK_KEY);
+            });
         }
     }
 }

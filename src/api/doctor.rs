@@ -184,6 +184,31 @@ fn database_checks(head: Option<i64>) -> Vec<Row> {
                            ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule audius_indexer.process_user_event_challenges() with pg_cron' END)
        WHERE to_regclass('public.user_events') IS NOT NULL
       UNION ALL
+      SELECT 'follow worker',
+             coalesce(pg_catalog.current_setting('audius_indexer.follow_interval', true), '5s') IN ('0', '0ms')
+               OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
+                           WHERE backend_type = 'audius_indexer follow' AND datname = pg_catalog.current_database()),
+             coalesce((SELECT 'running, pid ' || pid FROM pg_catalog.pg_stat_activity
+                        WHERE backend_type = 'audius_indexer follow' AND datname = pg_catalog.current_database() LIMIT 1),
+                      CASE WHEN coalesce(pg_catalog.current_setting('audius_indexer.follow_interval', true), '5s') IN ('0', '0ms')
+                           THEN 'off (audius_indexer.follow_interval = 0)'
+                           WHEN $1 AND pg_catalog.pg_is_in_recovery()
+                           THEN 'standby: the worker starts after promotion'
+                           WHEN $1
+                           THEN 'not running in this database (audius_indexer.database = '
+                                || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
+                           ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule audius_indexer.follow_transfers() with pg_cron' END)
+      UNION ALL
+      SELECT 'follow transfers',
+             f.last_error IS NULL OR f.last_error_at < f.last_step_finished,
+             format('checkpoint %s, head %s, lag %s blocks / %s s, %s pending wallet(s), %s reorg(s), last step %s%s',
+                    coalesce(f.checkpoint::text, 'none (first step starts at the head)'), coalesce(f.head::text, '-'),
+                    coalesce(f.lag_blocks::text, '-'), coalesce(f.lag_seconds::text, '-'), f.pending_wallets, f.reorgs,
+                    coalesce(f.last_step_finished::text, 'never'),
+                    CASE WHEN f.last_error IS NOT NULL AND (f.last_step_finished IS NULL OR f.last_error_at >= f.last_step_finished)
+                         THEN ', failed: ' || f.last_error ELSE '' END)
+        FROM audius_indexer.follow_status f
+      UNION ALL
       SELECT 'challenge processor ' || s.challenge_id,
              s.last_error IS NULL OR s.last_error_at < s.last_run_at,
              format('checkpoint %s, lag %s blocks, last run %s%s', s.checkpoint, coalesce(s.lag_blocks::text, '-'),

@@ -2,5 +2,6 @@
 pub mod balances;
 pub mod challenges;
 pub mod doctor;
+pub mod follow;
 pub mod status;
 pub mod sweep;

@@ -3,4 +3,5 @@ pub mod abi;
 pub mod address;
 pub mod balances;
 pub mod blocking;
+pub mod logs;
 pub mod rpc;

@@ -133,6 +133,9 @@ pub enum RpcErrorKind {
     OutOfGas(String),
     /// Request or response too large for the node (a smaller chunk may pass).
     TooLarge(String),
+    /// The node refused an `eth_getLogs` block range (too many blocks or results); a smaller
+    /// range may pass.
+    RangeRefused(String),
 }
 
 /// An RPC failure, with the host it happened on.
@@ -172,6 +175,14 @@ impl RpcError {
         )
     }
 
+    /// An `eth_getLogs` range the node refuses as too wide or too heavy: bisect it.
+    pub fn refuses_range(&self) -> bool {
+        matches!(
+            self.kind,
+            RpcErrorKind::RangeRefused(_) | RpcErrorKind::TooLarge(_)
+        )
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match &self.kind {
             RpcErrorKind::RateLimited { retry_after, .. }
@@ -187,7 +198,7 @@ impl RpcError {
             RpcErrorKind::Timeout(_) | RpcErrorKind::ConnectionLost(_) => "08006",
             RpcErrorKind::JsonRpc { .. } | RpcErrorKind::OutOfGas(_) => "38000",
             RpcErrorKind::RateLimited { .. } => "53400",
-            RpcErrorKind::TooLarge(_) => "54000",
+            RpcErrorKind::TooLarge(_) | RpcErrorKind::RangeRefused(_) => "54000",
             RpcErrorKind::HttpStatus { .. }
             | RpcErrorKind::Redirect { .. }
             | RpcErrorKind::BadResponse(_) => "08P01",
@@ -229,6 +240,9 @@ impl fmt::Display for RpcError {
             RpcErrorKind::TooLarge(m) => {
                 write!(f, "RPC host {h}: request or response too large: {m}")
             }
+            RpcErrorKind::RangeRefused(m) => {
+                write!(f, "RPC host {h} refused the eth_getLogs block range: {m}")
+            }
         }
     }
 }
@@ -255,6 +269,27 @@ fn is_transient_jsonrpc(code: i64, message: &str) -> bool {
         .any(|p| m.contains(p))
 }
 
+/// Providers' ways of refusing an `eth_getLogs` range (Infura -32005 "query returned more than
+/// 10000 results", "query exceeds max block range 1000", Alchemy, QuickNode, Ankr wordings).
+fn is_range_refusal(m: &str) -> bool {
+    [
+        "block range",
+        "max range",
+        "range is too",
+        "range too large",
+        "returned more than",
+        "more than 10000 results",
+        "too many blocks",
+        "too many logs",
+        "logs limit",
+        "limited to a",
+        "exceeds max results",
+        "query timeout exceeded",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
 fn classify_jsonrpc(code: i64, message: String) -> RpcErrorKind {
     let m = message.to_ascii_lowercase();
     // geth: "out of gas"; anvil/revm: "EVM error OutOfGas"; others: "gas required exceeds allowance".
@@ -277,6 +312,8 @@ fn classify_jsonrpc(code: i64, message: String) -> RpcErrorKind {
     .any(|p| m.contains(p))
     {
         RpcErrorKind::TooLarge(message)
+    } else if is_range_refusal(&m) {
+        RpcErrorKind::RangeRefused(format!("JSON-RPC error {code}: {message}"))
     } else if matches!(code, -32005 | -32007 | -32090 | 429)
         || m.contains("rate limit")
         || m.contains("too many requests")

@@ -48,6 +48,12 @@ abstract contract MockUintRead {
         revert Forced(who);
     }
 
+    function _move(address from, address to, uint256 value) internal {
+        require(values[from] >= value, string.concat(name, ": insufficient value"));
+        values[from] -= value;
+        values[to] += value;
+    }
+
     function set(address who, uint256 value) external {
         values[who] = value;
     }

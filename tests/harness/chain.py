@@ -440,6 +440,12 @@ class Contracts:
         for i in range(0, len(seq), self.chunk):
             yield i, seq[i:i + self.chunk]
 
+    def transfer(self, frm: str, to: str, value: int) -> dict:
+        """MockAudioToken.move(from, to, value): moves token value and emits an ERC-20 Transfer
+        event (the event path follows those). Returns the receipt (its blockNumber is the event's)."""
+        args = enc_address(frm) + enc_address(to) + enc_uint(value)
+        return self.anvil.transact(self.token, _calldata("MockAudioToken", "move(address,address,uint256)", args))
+
     def set_values(self, wallets: Sequence[str], token: Sequence[int] | None = None,
                    staked: Sequence[int] | None = None, delegated: Sequence[int] | None = None) -> None:
         """Stores the values with batched setMany transactions (None = leave that contract alone)."""

@@ -1,0 +1,165 @@
+-- audius_indexer: the event path's bookkeeping (src/follow.rs): block hashes for reorg checks,
+-- wallets still owed a read, the step record and its status view. The checkpoint itself lives where
+-- the seed's Go eth-indexer keeps it: public.eth_indexer_checkpoints, name 'audio_transfers'.
+
+-- Hash and time of every block a step ended on (the checkpoint and its predecessors): the next
+-- step compares the checkpoint's hash with the node's; after a reorg the newest block the node still
+-- agrees with is the common ancestor. Only the last 10,000 blocks are kept.
+CREATE TABLE audius_indexer.follow_blocks (
+  block      bigint PRIMARY KEY,
+  hash       text NOT NULL,
+  block_time timestamptz NOT NULL
+);
+COMMENT ON TABLE audius_indexer.follow_blocks IS
+  'Hashes of the blocks follow_transfers() ended its ranges on (reorg detection; last 10,000 blocks).';
+
+-- Wallets whose event-path read must be made again: the node answered from a block older than the
+-- transfer (a lagging node: min_block = the transfer's block), or the read failed (backed off).
+CREATE TABLE audius_indexer.follow_pending (
+  wallet       text PRIMARY KEY,
+  min_block    bigint,
+  reason       text NOT NULL,
+  attempts     integer NOT NULL DEFAULT 1,
+  first_queued timestamptz NOT NULL DEFAULT now(),
+  next_attempt timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX follow_pending_next_attempt_idx ON audius_indexer.follow_pending (next_attempt);
+COMMENT ON TABLE audius_indexer.follow_pending IS
+  'Tracked wallets of followed Transfer logs whose read was older than the transfer (lagging node) or failed: read again by the next steps, with min_block as the block the read must reach.';
+
+-- One row: the last step and totals.
+CREATE TABLE audius_indexer.follow_state (
+  id                  boolean PRIMARY KEY DEFAULT true CHECK (id),
+  last_step_started   timestamptz,
+  last_step_finished  timestamptz,
+  last_from_block     bigint,
+  last_to_block       bigint,
+  last_logs           integer,
+  last_candidates     integer,
+  last_tracked        integer,
+  last_updated        integer,
+  last_skipped        integer,
+  last_failed         integer,
+  head                bigint,
+  head_seen_at        timestamptz,
+  last_error          text,
+  last_error_at       timestamptz,
+  steps               bigint NOT NULL DEFAULT 0,
+  total_logs          bigint NOT NULL DEFAULT 0,
+  total_updated       bigint NOT NULL DEFAULT 0,
+  reorgs              bigint NOT NULL DEFAULT 0,
+  last_reorg_at       timestamptz,
+  last_reorg_block    bigint,
+  last_reorg_ancestor bigint
+);
+INSERT INTO audius_indexer.follow_state DEFAULT VALUES;
+
+CREATE FUNCTION audius_indexer._follow_step_started() RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  UPDATE audius_indexer.follow_state SET last_step_started = clock_timestamp();
+$$;
+
+CREATE FUNCTION audius_indexer._follow_head(p_head bigint) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  UPDATE audius_indexer.follow_state SET head = p_head, head_seen_at = clock_timestamp();
+$$;
+
+CREATE FUNCTION audius_indexer._follow_step_finished(
+  p_from bigint, p_to bigint, p_logs integer, p_candidates integer, p_tracked integer,
+  p_updated integer, p_skipped integer, p_failed integer, p_checkpoint bigint) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  UPDATE audius_indexer.follow_state
+     SET last_step_finished = clock_timestamp(), last_from_block = p_from, last_to_block = p_to,
+         last_logs = p_logs, last_candidates = p_candidates, last_tracked = p_tracked,
+         last_updated = p_updated, last_skipped = p_skipped, last_failed = p_failed,
+         steps = steps + 1, total_logs = total_logs + p_logs, total_updated = total_updated + p_updated;
+$$;
+
+CREATE FUNCTION audius_indexer._follow_record_error(p_message text) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  UPDATE audius_indexer.follow_state SET last_error = p_message, last_error_at = clock_timestamp();
+$$;
+
+-- The seed's saveCheckpoint (last_block = GREATEST(existing, new), updated_at = now()), plus the
+-- block's hash and time.
+CREATE FUNCTION audius_indexer._follow_save_checkpoint(p_name text, p_block bigint, p_hash text, p_time bigint)
+RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  INSERT INTO public.eth_indexer_checkpoints AS c (name, last_block, updated_at)
+  VALUES (p_name, p_block, now())
+  ON CONFLICT (name) DO UPDATE SET last_block = GREATEST(c.last_block, EXCLUDED.last_block), updated_at = now();
+  INSERT INTO audius_indexer.follow_blocks (block, hash, block_time)
+  VALUES (p_block, p_hash, to_timestamp(p_time))
+  ON CONFLICT (block) DO UPDATE SET hash = EXCLUDED.hash, block_time = EXCLUDED.block_time;
+  DELETE FROM audius_indexer.follow_blocks WHERE block < p_block - 10000;
+$$;
+
+-- A reorg below p_checkpoint with common ancestor p_ancestor: the rows about to be re-read go back
+-- to the ancestor's stamp (so the block guard lets the new chain's values in), the checkpoint goes
+-- back (the only place it ever moves backwards), hashes above the ancestor are forgotten.
+CREATE FUNCTION audius_indexer._follow_reorg(p_name text, p_checkpoint bigint, p_ancestor bigint, p_wallets text[])
+RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  UPDATE public.eth_wallet_balances SET blocknumber = p_ancestor
+   WHERE wallet OPERATOR(pg_catalog.=) ANY (p_wallets) AND blocknumber > p_ancestor;
+  UPDATE public.eth_indexer_checkpoints SET last_block = p_ancestor, updated_at = now()
+   WHERE name = p_name AND last_block > p_ancestor;
+  DELETE FROM audius_indexer.follow_blocks WHERE block > p_ancestor;
+  UPDATE audius_indexer.follow_state
+     SET reorgs = reorgs + 1, last_reorg_at = clock_timestamp(),
+         last_reorg_block = p_checkpoint, last_reorg_ancestor = p_ancestor;
+$$;
+
+-- Pending-queue bookkeeping after a write: every wallet in p_done leaves the queue, then the lagging
+-- ones (read again at the next step) and the failed ones (backed off) are queued.
+CREATE FUNCTION audius_indexer._follow_pending(
+  p_done text[], p_lagging text[], p_lagging_blocks bigint[], p_failed text[], p_reasons text[],
+  p_backoff_base_s integer, p_backoff_max_s integer) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  DELETE FROM audius_indexer.follow_pending WHERE wallet = ANY (p_done);
+  INSERT INTO audius_indexer.follow_pending AS p (wallet, min_block, reason, next_attempt)
+  SELECT w, b, 'the node answered from a block older than the transfer (lagging node)', now()
+    FROM unnest(p_lagging, p_lagging_blocks) AS l(w, b)
+  ON CONFLICT (wallet) DO UPDATE
+     SET min_block = GREATEST(p.min_block, EXCLUDED.min_block), reason = EXCLUDED.reason,
+         attempts = p.attempts + 1, next_attempt = now();
+  INSERT INTO audius_indexer.follow_pending AS p (wallet, min_block, reason, next_attempt)
+  SELECT w, NULL, r, now() + make_interval(secs => p_backoff_base_s)
+    FROM unnest(p_failed, p_reasons) AS f(w, r)
+  ON CONFLICT (wallet) DO UPDATE
+     SET reason = EXCLUDED.reason, attempts = p.attempts + 1,
+         next_attempt = now() + make_interval(secs => least(p_backoff_max_s::float8,
+                                                             p_backoff_base_s * power(2, least(p.attempts, 30))));
+$$;
+
+CREATE VIEW audius_indexer.follow_status AS
+SELECT s.last_step_started,
+       s.last_step_finished,
+       c.last_block AS checkpoint,
+       s.head,
+       GREATEST(s.head - c.last_block, 0) AS lag_blocks,
+       EXTRACT(epoch FROM (now() - b.block_time))::numeric(20, 3) AS lag_seconds,
+       s.last_from_block,
+       s.last_to_block,
+       s.last_logs,
+       s.last_candidates,
+       s.last_tracked,
+       s.last_updated,
+       s.last_skipped,
+       s.last_failed,
+       (SELECT count(*) FROM audius_indexer.follow_pending) AS pending_wallets,
+       s.last_error,
+       s.last_error_at,
+       s.steps,
+       s.total_logs,
+       s.total_updated,
+       s.reorgs,
+       s.last_reorg_at,
+       s.last_reorg_block,
+       s.last_reorg_ancestor,
+       pg_catalog.current_setting('audius_indexer.follow_interval', true) AS follow_interval
+  FROM audius_indexer.follow_state s
+  LEFT JOIN public.eth_indexer_checkpoints c ON c.name = 'audio_transfers'
+  LEFT JOIN audius_indexer.follow_blocks b ON b.block = c.last_block;
+COMMENT ON VIEW audius_indexer.follow_status IS
+  'Transfer-log follower: last step and its counts, checkpoint (eth_indexer_checkpoints audio_transfers), head, lag in blocks and seconds (now - checkpoint block time), pending wallets, reorgs, last error.';

@@ -1,0 +1,431 @@
+//! The event path: following AUDIO `Transfer` logs from the checkpoint (the seed's eth-indexer,
+//! `eth_indexer.go` backfill + `processLogs` + `filterTracked` + `refreshAddresses`).
+//!
+//! One step, in phases like the sweep (SQL steps in transactions, network with none open when
+//! the runner commits between steps — the worker does):
+//! 1. **state** (SQL): the single-flight lock, the checkpoint (`eth_indexer_checkpoints`, name
+//!    `audio_transfers`, the row the Go indexer writes), the stored block hashes;
+//! 2. **head and reorg check** (network): `eth_blockNumber`; the hash of the checkpoint block
+//!    against the stored one; on a mismatch the newest stored block the node still agrees with
+//!    (within `max_reorg_depth`) is the common ancestor: every row stamped above it is re-read
+//!    and the checkpoint goes back to it;
+//! 3. **pending** wallets of earlier steps (a lagging node's reads, failed reads) are read again;
+//! 4. **ranges** of `log_range_blocks` up to `head - confirmations`: `eth_getLogs` (a range the
+//!    node refuses is bisected down to one block), candidates with their highest block, the
+//!    tracked ones (SQL), their balances with those blocks as minimums (network), then one write
+//!    transaction: upsert, pending wallets, checkpoint (`GREATEST`) and the range end's hash.
+//!
+//! A checkpoint only passes ranges whose writes commit with it. A read older than its event is
+//! never dropped: the wallet is queued in `follow_pending` with the block it must reach, and read
+//! again at the next step (the checkpoint moves on; the queue carries the debt).
+
+use crate::eth::address::normalize;
+use crate::eth::logs::{self, Header};
+use crate::eth::rpc::{self, ExecError};
+use crate::gucs;
+use crate::reader::{self, Config};
+use crate::sweep::{self, Entry, LockScope, Steps};
+use alloy_primitives::{Address, B256};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode::*;
+
+/// Advisory lock key of the follower's single flight ("AUDI", 4).
+pub const LOCK_KEY: (i32, i32) = (0x4155_4449, 4);
+pub const CHECKPOINT_NAME: &str = "audio_transfers";
+/// Pending wallets read again per step at most.
+const PENDING_PER_STEP: i64 = 10_000;
+
+/// What one step did (one row of `follow_transfers`).
+#[derive(Debug, Clone, Default)]
+pub struct StepCounts {
+    pub from_block: Option<i64>,
+    pub to_block: Option<i64>,
+    pub logs: i32,
+    pub candidates: i32,
+    pub tracked: i32,
+    pub updated: i32,
+    pub skipped: i32,
+    pub failed: i32,
+    pub checkpoint: Option<i64>,
+}
+
+impl StepCounts {
+    fn add(&mut self, c: sweep::Counts) {
+        self.updated += c.updated;
+        self.skipped += c.skipped;
+        self.failed += c.failed;
+    }
+}
+
+fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {
+    r.unwrap_or_else(|e| sweep::spi_error(e))
+}
+
+fn header(cfg: &Config, number: u64) -> Header {
+    reader::request(cfg, |id| logs::get_block_body(id, number), logs::parse_header)
+        .unwrap_or_else(|e| reader::raise_exec(e, "eth_getBlockByNumber failed"))
+}
+
+/// `eth_getLogs` over `[from, to]`: Ok(logs), or the refusal to bisect, or an ERROR.
+fn get_logs(cfg: &Config, from: u64, to: u64) -> Result<Vec<logs::Log>, rpc::RpcError> {
+    let token = normalize(&cfg.contracts.token);
+    let topic = logs::transfer_topic();
+    match reader::request(
+        cfg,
+        |id| logs::get_logs_body(id, &token, &topic, from, to),
+        logs::parse_logs,
+    ) {
+        Ok(l) => Ok(l),
+        Err(ExecError::Rpc(e)) if e.refuses_range() => Err(e),
+        Err(e) => reader::raise_exec(e, "eth_getLogs failed"),
+    }
+}
+
+/// The checkpoint row (None on first boot).
+fn load_checkpoint() -> Option<i64> {
+    spi(Spi::connect(|c| {
+        let t = c.select(
+            "SELECT last_block FROM public.eth_indexer_checkpoints WHERE name = $1",
+            Some(1),
+            &[CHECKPOINT_NAME.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.first().get_one::<i64>()
+    }))
+}
+
+/// The seed's `saveCheckpoint`: `last_block = GREATEST(existing, new)`, `updated_at = now()`;
+/// plus the block's hash and time for the next step's reorg check.
+fn save_checkpoint(h: &Header) {
+    spi(Spi::run_with_args(
+        "SELECT audius_indexer._follow_save_checkpoint($1, $2, $3, $4)",
+        &[
+            CHECKPOINT_NAME.into(),
+            (h.number as i64).into(),
+            format!("{:#x}", h.hash).into(),
+            (h.timestamp as i64).into(),
+        ],
+    ));
+}
+
+/// Stored hashes within `depth` below `checkpoint` and the checkpoint's own, newest first.
+fn stored_hashes(checkpoint: i64, depth: i64) -> Vec<(u64, B256)> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT block, hash FROM audius_indexer.follow_blocks \
+             WHERE block <= $1 AND block >= $1 - $2 ORDER BY block DESC",
+            None,
+            &[checkpoint.into(), depth.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in t {
+            let (Some(b), Some(h)) = (row.get::<i64>(1)?, row.get::<String>(2)?) else {
+                continue;
+            };
+            if let Ok(hash) = h.parse::<B256>() {
+                out.push((b as u64, hash));
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| sweep::spi_error(e))
+}
+
+/// The seed's `filterTracked` (lowercased `users.wallet` ∪ `associated_wallets` with
+/// `chain = 'eth'` and `is_delete = false`, no `is_current` filter) plus wallets already in
+/// `eth_wallet_balances`. Tables are resolved through the search_path; a missing `users` or
+/// `associated_wallets` is left out. Returns the tracked candidates in the given order.
+fn filter_tracked(candidates: &[(Address, u64)]) -> Vec<(String, i64)> {
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let (has_users, has_associated) = spi(Spi::get_two::<bool, bool>(
+        "SELECT pg_catalog.to_regclass('users') IS NOT NULL, \
+                pg_catalog.to_regclass('associated_wallets') IS NOT NULL",
+    ));
+    let mut sql = String::from(
+        "SELECT c.w, c.b FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bigint[])) WITH ORDINALITY AS c(w, b, o) \
+         WHERE EXISTS (SELECT 1 FROM public.eth_wallet_balances e WHERE e.wallet = c.w)",
+    );
+    if has_users == Some(true) {
+        sql.push_str(" OR EXISTS (SELECT 1 FROM users u WHERE pg_catalog.lower(u.wallet) = c.w)");
+    }
+    if has_associated == Some(true) {
+        sql.push_str(
+            " OR EXISTS (SELECT 1 FROM associated_wallets a WHERE a.chain = 'eth' \
+               AND a.is_delete = false AND pg_catalog.lower(a.wallet) = c.w)",
+        );
+    }
+    sql.push_str(" ORDER BY c.o");
+    let keys: Vec<String> = candidates.iter().map(|(a, _)| normalize(a)).collect();
+    let blocks: Vec<i64> = candidates.iter().map(|(_, b)| *b as i64).collect();
+    Spi::connect(|c| {
+        c.select(&sql, None, &[keys.into(), blocks.into()])?
+            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| sweep::spi_error(e))
+}
+
+fn entries(wallets: Vec<(String, Option<i64>)>) -> Vec<Entry> {
+    wallets
+        .into_iter()
+        .map(|(key, min_block)| Entry {
+            address: crate::eth::address::parse_address(&key)
+                .map_err(|e| format!("wallet {key:?} is not a valid address: it {e}")),
+            key,
+            min_block,
+        })
+        .collect()
+}
+
+/// Reads `wallets` (network) and writes them with the pending-queue bookkeeping (SQL); `after`
+/// runs in the same write transaction (checkpoint, hashes).
+fn refresh<S: Steps>(
+    steps: &mut S,
+    wallets: Vec<(String, Option<i64>)>,
+    after: impl FnOnce(),
+) -> sweep::Counts {
+    let keys: Vec<String> = wallets.iter().map(|(k, _)| k.clone()).collect();
+    let read = if wallets.is_empty() {
+        None
+    } else {
+        Some(sweep::read(entries(wallets)))
+    };
+    steps.sql(move || {
+        let counts = match read {
+            Some(r) => {
+                let (lagging, failed) = r.retries();
+                let c = sweep::write(r);
+                record_pending(&keys, &lagging, &failed);
+                c
+            }
+            None => sweep::Counts::default(),
+        };
+        after();
+        counts
+    })
+}
+
+/// Pending-queue bookkeeping: lagging and failed reads queued (with the block they must reach),
+/// every other wallet of `keys` done.
+fn record_pending(keys: &[String], lagging: &[(String, i64)], failed: &[(String, String)]) {
+    let (lag_w, lag_b): (Vec<String>, Vec<i64>) = lagging.iter().cloned().unzip();
+    let (fail_w, fail_why): (Vec<String>, Vec<String>) = failed.iter().cloned().unzip();
+    spi(Spi::run_with_args(
+        "SELECT audius_indexer._follow_pending($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            keys.to_vec().into(),
+            lag_w.into(),
+            lag_b.into(),
+            fail_w.into(),
+            fail_why.into(),
+            gucs::FAILURE_BACKOFF_BASE_S.get().into(),
+            gucs::FAILURE_BACKOFF_MAX_S.get().into(),
+        ],
+    ));
+}
+
+/// One step of the follower. None when another step holds the single flight.
+pub fn step<S: Steps>(
+    steps: &mut S,
+    max_blocks: Option<i64>,
+    scope: LockScope,
+) -> Option<StepCounts> {
+    if let Some(m) = max_blocks.filter(|m| *m < 1) {
+        reader::raise(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("max_blocks must be at least 1 (or NULL for no limit), got {m}"),
+            None,
+            None,
+        );
+    }
+    sweep::ensure_primary("follow_transfers");
+    let state = steps.sql(|| {
+        if !sweep::take_lock(LOCK_KEY, scope) {
+            return None;
+        }
+        spi(Spi::run("SELECT audius_indexer._follow_step_started()"));
+        Some(load_checkpoint())
+    });
+    let checkpoint = state?;
+    let result = run_step(steps, checkpoint, max_blocks);
+    steps.sql(|| {
+        spi(Spi::run_with_args(
+            "SELECT audius_indexer._follow_step_finished($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[
+                result.from_block.into(),
+                result.to_block.into(),
+                result.logs.into(),
+                result.candidates.into(),
+                result.tracked.into(),
+                result.updated.into(),
+                result.skipped.into(),
+                result.failed.into(),
+                result.checkpoint.into(),
+            ],
+        ));
+        if scope == LockScope::Session {
+            sweep::release_lock(LOCK_KEY);
+        }
+    });
+    Some(result)
+}
+
+fn run_step<S: Steps>(steps: &mut S, checkpoint: Option<i64>, max_blocks: Option<i64>) -> StepCounts {
+    let cfg = Config::from_settings();
+    let confirmations = i64::from(gucs::CONFIRMATIONS.get().max(0));
+    let range_size = gucs::LOG_RANGE_BLOCKS.get().max(1) as u64;
+    let depth = i64::from(gucs::MAX_REORG_DEPTH.get().max(0));
+    let head = reader::chain_head(&cfg).unwrap_or_else(|e| reader::raise_exec(e, "eth_blockNumber failed"));
+    let target = (head - confirmations).max(0);
+    steps.sql(|| spi(Spi::run_with_args("SELECT audius_indexer._follow_head($1)", &[head.into()])));
+    let mut out = StepCounts::default();
+
+    // First boot: start at the head, as the seed (no history replay), unless follow_from_block.
+    let mut checkpoint = match checkpoint {
+        Some(c) => c,
+        None => {
+            let from = i64::from(gucs::FOLLOW_FROM_BLOCK.get());
+            if from >= 0 {
+                (from - 1).max(-1)
+            } else {
+                let h = header(&cfg, target as u64);
+                steps.sql(|| save_checkpoint(&h));
+                out.checkpoint = Some(target);
+                return out;
+            }
+        }
+    };
+
+    // Reorg check: the checkpoint block's stored hash against the node's.
+    if checkpoint >= 0 && checkpoint <= head {
+        let stored = steps.sql(|| stored_hashes(checkpoint, depth));
+        if let Some((b, h)) = stored.first().copied().filter(|(b, _)| *b as i64 == checkpoint) {
+            let node = header(&cfg, b);
+            if node.hash != h {
+                let older: Vec<(u64, B256)> = stored[1..].to_vec();
+                let ancestor = logs::common_ancestor(&older, |n| Ok::<_, ()>(header(&cfg, n).hash))
+                    .unwrap_or(None)
+                    .map(|a| a as i64)
+                    .unwrap_or_else(|| {
+                        let a = (checkpoint - depth).max(0);
+                        warning!(
+                            "audius_indexer follow: reorg at block {checkpoint}: no stored block hash within max_reorg_depth ({depth}) agrees with the node; re-processing from block {a}"
+                        );
+                        a
+                    });
+                checkpoint = reorg(steps, checkpoint, ancestor);
+            }
+        }
+    } else if checkpoint > head {
+        // The node is behind our checkpoint (a lagging node, or a shorter fork): wait for it.
+        out.checkpoint = Some(checkpoint);
+        return out;
+    }
+
+    // Wallets of earlier steps still owed a read.
+    let pending: Vec<(String, Option<i64>)> = steps.sql(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT wallet, min_block FROM audius_indexer.follow_pending \
+                 WHERE next_attempt <= pg_catalog.now() ORDER BY next_attempt, wallet LIMIT $1",
+                None,
+                &[PENDING_PER_STEP.into()],
+            )?
+            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?)))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+        .unwrap_or_else(|e| sweep::spi_error(e))
+    });
+    if !pending.is_empty() {
+        out.tracked += pending.len() as i32;
+        let c = refresh(steps, pending, || ());
+        out.add(c);
+    }
+
+    let from = checkpoint + 1;
+    let mut to = target;
+    if let Some(m) = max_blocks {
+        to = to.min(checkpoint.saturating_add(m));
+    }
+    out.checkpoint = (checkpoint >= 0).then_some(checkpoint);
+    if from > to {
+        return out;
+    }
+    out.from_block = Some(from);
+    out.to_block = Some(to);
+    let mut work: Vec<(u64, u64)> = logs::plan_ranges(from as u64, to as u64, range_size);
+    work.reverse();
+    while let Some((a, b)) = work.pop() {
+        let found = match get_logs(&cfg, a, b) {
+            Ok(l) => l,
+            Err(e) => match logs::bisect(a, b) {
+                Some((left, right)) => {
+                    work.push(right);
+                    work.push(left);
+                    continue;
+                }
+                None => reader::raise(
+                    reader::errcode(e.sqlstate()),
+                    format!("eth_getLogs refused even the single block {a}: {e}"),
+                    None,
+                    Some("Check the node (audius_indexer.rpc_max_response_bytes, provider limits).".into()),
+                ),
+            },
+        };
+        let cands = logs::candidates(&found);
+        out.logs += found.len() as i32;
+        out.candidates += cands.len() as i32;
+        let end = header(&cfg, b);
+        let tracked = steps.sql(|| filter_tracked(&cands));
+        out.tracked += tracked.len() as i32;
+        let wallets = tracked.into_iter().map(|(w, blk)| (w, Some(blk))).collect();
+        let c = refresh(steps, wallets, || save_checkpoint(&end));
+        out.add(c);
+        out.checkpoint = Some(b as i64);
+    }
+    out
+}
+
+/// A reorg below `checkpoint`: re-read every row stamped above `ancestor` (their values may come
+/// from the abandoned blocks), move the checkpoint back to `ancestor`, forget hashes above it.
+/// Returns the new checkpoint.
+fn reorg<S: Steps>(steps: &mut S, checkpoint: i64, ancestor: i64) -> i64 {
+    log!("audius_indexer follow: reorg detected at block {checkpoint}; common ancestor {ancestor}");
+    let stamped: Vec<String> = steps.sql(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT wallet FROM public.eth_wallet_balances WHERE blocknumber > $1 ORDER BY wallet",
+                None,
+                &[ancestor.into()],
+            )?
+            .map(|r| Ok(r.get::<String>(1)?.unwrap_or_default()))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+        })
+        .unwrap_or_else(|e| sweep::spi_error(e))
+    });
+    let wallets: Vec<(String, Option<i64>)> = stamped.iter().map(|w| (w.clone(), None)).collect();
+    let keys = stamped.clone();
+    // Stamps go back to the ancestor first, so the block guard lets the new chain's values in
+    // even where the new chain is still shorter than the abandoned one.
+    let read = if wallets.is_empty() {
+        None
+    } else {
+        Some(sweep::read(entries(wallets)))
+    };
+    steps.sql(move || {
+        spi(Spi::run_with_args(
+            "SELECT audius_indexer._follow_reorg($1, $2, $3, $4)",
+            &[CHECKPOINT_NAME.into(), checkpoint.into(), ancestor.into(), keys.clone().into()],
+        ));
+        if let Some(r) = read {
+            let (lagging, failed) = r.retries();
+            sweep::write(r);
+            record_pending(&keys, &lagging, &failed);
+        }
+    });
+    ancestor
+}
