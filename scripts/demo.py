@@ -1,8 +1,9 @@
 """`make demo`: a throwaway PostgreSQL 15 cluster (as the postgres OS user) with audius_indexer and
 pg_cron preloaded, a local anvil chain with Multicall3 at its canonical address and our test
 AUDIO/Staking/DelegateManager contracts holding balances for 1,000 wallets, then a live session:
-balances through multicall_total_audio_balances, and the background worker sweeping 1,000 stale
-rows. Everything is torn down at the end (DEMO_KEEP=1 keeps it running until Ctrl-C).
+balances through multicall_total_audio_balances, the background worker sweeping 1,000 stale
+rows, and the event path: a transfer made during the demo lands in eth_wallet_balances within one
+follow interval. Everything is torn down at the end (DEMO_KEEP=1 keeps it running until Ctrl-C).
 """
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ N_WALLETS = 1000
 
 def banner(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not pred():
+        if time.time() > deadline:
+            raise TimeoutError(f"demo: timed out waiting for {what}")
+        time.sleep(0.1)
 
 
 def main() -> int:
@@ -52,6 +61,7 @@ def main() -> int:
             "audius_indexer.sweep_interval": "'1s'",
             "audius_indexer.sweep_batch_size": "200",
             "audius_indexer.sweep_enabled": "off",
+            "audius_indexer.follow_interval": "'2s'",
         })
         cluster.init().start()
         cluster.create_database("audius")
@@ -91,6 +101,30 @@ def main() -> int:
             if "audius_indexer sweep:" in line:
                 print("  " + line.split(": ", 1)[-1])
 
+        banner("event path: a transfer during the demo, followed by the follow worker (interval 2 s)")
+        cluster.set_system(sweep_enabled=False)  # so only the follower can refresh these rows now
+        with cluster.connect("audius") as conn:
+            wait_for(lambda: conn.execute("SELECT checkpoint FROM audius_indexer.follow_status").fetchone()[0]
+                     is not None, 20, "the follower's first step (it starts at the head)")
+            src, dst = wallets[1], wallets[2]
+            before = conn.execute("SELECT wallet, balance, blocknumber FROM eth_wallet_balances "
+                                  "WHERE wallet IN (%s, %s) ORDER BY wallet", (src, dst)).fetchall()
+            amount = token[1] // 2
+            rcpt = contracts.transfer(src, dst, amount)
+            block = int(rcpt["blockNumber"], 16)
+            t0 = time.time()
+            print(f"Transfer of {amount} wei from {src} to {dst} in block {block}")
+            wait_for(lambda: conn.execute("SELECT count(*) FROM eth_wallet_balances WHERE wallet IN (%s, %s) "
+                                          "AND blocknumber >= %s", (src, dst, block)).fetchone()[0] == 2,
+                     20, "both wallets refreshed at or after the transfer's block")
+            print(f"  in eth_wallet_balances {time.time() - t0:.1f} s later")
+            after = conn.execute("SELECT wallet, balance, blocknumber FROM eth_wallet_balances "
+                                 "WHERE wallet IN (%s, %s) ORDER BY wallet", (src, dst)).fetchall()
+            for b, a in zip(before, after):
+                print(f"  {a[0]}  {b[1]} @ {b[2]}  ->  {a[1]} @ {a[2]}")
+        print(cluster.psql("-x", "-c", "SELECT checkpoint, head, lag_blocks, last_logs, last_tracked, last_updated, "
+                           "pending_wallets, steps, last_error FROM audius_indexer.follow_status", dbname="audius"), end="")
+
         banner("point it at a real node")
         print("""As a superuser (the URL is superuser-only and hidden from other roles: it carries your API key):
 
@@ -105,7 +139,9 @@ nothing else is needed. For the worker add to postgresql.conf and restart:
   shared_preload_libraries = 'audius_indexer'
   audius_indexer.database  = 'audius_discovery'
 
-or drive the sweep from pg_cron:  SELECT cron.schedule('* * * * *', 'SELECT audius_indexer.refresh_stale(50)');""")
+or drive the sweep from pg_cron:  SELECT cron.schedule('* * * * *', 'CALL audius_indexer.sweep()');
+The same workers follow AUDIO Transfer logs (follow_interval) and run the challenge processors
+(challenges_interval); see docs/operations.md.""")
         if os.environ.get("DEMO_KEEP"):
             print(f"\nDEMO_KEEP set: cluster on {cluster.sockdir}:{cluster.port}, anvil {anvil.url}. Ctrl-C to stop.")
             try:
