@@ -7,7 +7,7 @@ PYTEST ?= .venv/bin/pytest
 PYTEST_ARGS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install unit integration test demo bench-triggers fmt clean
+.PHONY: all deps build install package-tree unit integration test demo bench-triggers bench-challenges fmt clean
 
 all: build
 
@@ -17,9 +17,17 @@ deps:
 PKG_DIR := target/pgrx-package
 # Release build of the extension (fat LTO) installed into the system PostgreSQL 15 directories.
 # Files are renamed into place (scripts/install-package.sh), so running servers are not disturbed.
-install: deps
-	$(CARGO) pgrx package --pg-config $(PG_CONFIG) --no-default-features --features pg15 --out-dir $(PKG_DIR)
+# The package also carries the SQL of every released version (sql/released/) so that
+# CREATE EXTENSION ... VERSION '<old>' and the upgrade scripts (sql/audius_indexer--*--*.sql, copied
+# by cargo pgrx) work.
+EXT_DIR_IN_PKG = $(PKG_DIR)$(shell $(PG_CONFIG) --sharedir)/extension
+install: package-tree
 	bash scripts/install-package.sh $(PKG_DIR)
+
+package-tree: deps
+	rm -rf $(PKG_DIR)
+	$(CARGO) pgrx package --pg-config $(PG_CONFIG) --no-default-features --features pg15 --out-dir $(PKG_DIR)
+	cp sql/released/audius_indexer--*.sql $(EXT_DIR_IN_PKG)/
 
 build: deps
 	$(CARGO) build --release --no-default-features --features pg15
@@ -39,6 +47,9 @@ demo: install
 
 bench-triggers: install
 	.venv/bin/python bench/triggers/run.py
+
+bench-challenges: install
+	.venv/bin/python bench/challenges/run.py
 
 fmt:
 	$(CARGO) fmt --all

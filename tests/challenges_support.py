@@ -517,11 +517,13 @@ class ChallengeStream:
         """One block with more current mobile rows and more rows with a referrer than one batch."""
         rng = self.rng
         n = self.batch + rng.randint(1, 40)
-        refs = [u for u in self.users][-30:] or [None]
+        refs = list(self.users)[-200:] or [None]
         rows = []
-        for _ in range(n):
+        for k in range(n):
             uid = self._new_user_id()
-            ref = rng.choice(refs)
+            # mostly a referrer without users row (rd only), some with one (r / rv as well), spread
+            # out so that no referrer collects thousands of referrals (its trigger work would be quadratic)
+            ref = rng.choice(refs) if rng.random() < 0.05 else 800_000_000 + self.block * 10 + k % 7
             self.ue[uid] = (True, ref)
             self.ue_list.append(uid)
             rows.append((uid, ref, True))

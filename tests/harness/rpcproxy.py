@@ -31,6 +31,11 @@ Fault modes (params in brackets):
                   EVM execution timeout), or with `status` that HTTP status; other requests pass
   block_number [value]  forward an aggregate3 call, then replace its first result (Multicall3
                   getBlockNumber()) with the uint256 `value`; aggregate3 calls only
+  max_log_range [blocks, code, message, status]  eth_getLogs requests whose toBlock - fromBlock + 1
+                  exceeds `blocks` are refused as a provider refuses a too-wide range: a JSON-RPC
+                  error (default -32005 "query exceeds max block range <blocks>"), or with `status`
+                  that HTTP status (e.g. 413); narrower eth_getLogs and every other request pass
+                  (persistent by default)
   redirect [location]  302 with Location (default: the upstream URL)
   close           read the request, then close the socket without any response
   reset           read the request, then close the socket with a TCP RST
@@ -55,6 +60,7 @@ MODES = {
     "http429", "http500", "http502", "http503", "http_status", "hang", "delay", "slow_drip",
     "truncated", "garbage", "invalid_json", "bad_hex", "no_result", "result", "jsonrpc_error",
     "wrong_result_count", "out_of_gas_above", "redirect", "close", "reset", "fail_holder", "block_number",
+    "max_log_range",
 }
 AGGREGATE3_ONLY = {"wrong_result_count", "out_of_gas_above", "fail_holder", "block_number"}
 
@@ -71,6 +77,7 @@ class Record:
     block: object = None      # eth_call block parameter
     fault: str | None = None  # fault applied to this request, if any
     time: float = 0.0
+    log_range: tuple | None = None  # eth_getLogs: (fromBlock, toBlock) as ints (None if not numeric)
 
 
 class Fault:
@@ -97,6 +104,10 @@ class Fault:
             if self.mode == "fail_holder":
                 h = strip0x(self.params["holder"]).lower().rjust(64, "0")
                 return any(args.lower() == h for r in agg for (_t, _af, _sel, args) in r.calls)
+        if self.mode == "max_log_range":
+            limit = int(self.params.get("blocks", 1000))
+            return any(r.method == "eth_getLogs" and r.log_range is not None
+                       and r.log_range[1] - r.log_range[0] + 1 > limit for r in recs)
         return True
 
     @property
@@ -242,6 +253,11 @@ class RpcProxy:
             if isinstance(e, dict):
                 r.method = e.get("method")
                 params = e.get("params") or []
+                if r.method == "eth_getLogs" and params and isinstance(params[0], dict):
+                    try:
+                        r.log_range = (int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16))
+                    except (KeyError, TypeError, ValueError):
+                        r.log_range = None
                 if r.method == "eth_call" and params and isinstance(params[0], dict):
                     tx = params[0]
                     r.to = (tx.get("to") or "").lower() or None
@@ -391,6 +407,13 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "fail_holder":
             err = {"code": int(prm.get("code", -32000)),
                    "message": prm.get("message", "execution aborted (timeout = 5s)")}
+            return self._send(200, _per_entry(doc, lambda: {"error": err}))
+        if mode == "max_log_range":
+            if prm.get("status"):
+                return self._send(int(prm["status"]), prm.get("body", "Request Entity Too Large\n").encode(),
+                                  "text/plain")
+            err = {"code": int(prm.get("code", -32005)),
+                   "message": prm.get("message", f"query exceeds max block range {int(prm.get('blocks', 1000))}")}
             return self._send(200, _per_entry(doc, lambda: {"error": err}))
         if mode == "redirect":
             loc = prm.get("location", p.upstream)
