@@ -7,7 +7,7 @@ PYTEST ?= .venv/bin/pytest
 PYTEST_ARGS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install package-tree unit integration test demo bench-triggers bench-challenges fmt clean
+.PHONY: all deps build install package-tree package package-smoke unit integration test demo bench-triggers bench-challenges fmt clean
 
 all: build
 
@@ -29,6 +29,15 @@ package-tree: deps
 	$(CARGO) pgrx package --pg-config $(PG_CONFIG) --no-default-features --features pg15 --out-dir $(PKG_DIR)
 	cp sql/released/audius_indexer--*.sql $(EXT_DIR_IN_PKG)/
 
+# Debian package of the same files (dist/audius-indexer-postgresql-15_<version>_amd64.deb).
+package: package-tree
+	bash scripts/build-deb.sh $(PKG_DIR) dist
+
+# Tier 5: the .deb installed with dpkg in place of the `make install` files, smoke-tested, then
+# removed again and the `make install` files put back.
+package-smoke: package
+	bash scripts/package-smoke.sh dist $(PKG_DIR)
+
 build: deps
 	$(CARGO) build --release --no-default-features --features pg15
 
@@ -40,7 +49,7 @@ unit: deps
 integration: install
 	$(PYTEST) tests $(PYTEST_ARGS)
 
-test: unit integration
+test: unit integration package-smoke
 
 demo: install
 	.venv/bin/python scripts/demo.py
@@ -56,4 +65,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	rm -rf .venv tools/node_modules tests/.build
+	rm -rf .venv tools/node_modules tests/.build dist
