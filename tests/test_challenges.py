@@ -138,14 +138,18 @@ def test_differential_against_full_scan(pg, batch, timezone):
     prev_active = {p: True for p in PROCESSORS}
     max_runs = 0
     t0 = time.time()
+    timing: collections.Counter = collections.Counter()
     try:
         for item in stream.items:
+            t = time.time()
             if isinstance(item, Block):
                 apply_block(conn, item)
                 block_now = item.number
+                timing["apply"] += time.time() - t
                 continue
             if isinstance(item, Admin):
                 apply_admin(conn, item.op)
+                timing["apply"] += time.time() - t
                 continue
             assert isinstance(item, Sync)
             sync_no += 1
@@ -156,7 +160,9 @@ def test_differential_against_full_scan(pg, batch, timezone):
             runs = 0
             while True:
                 before = positions(conn)
+                t = time.time()
                 out = run_once(conn, batch)
+                timing["process"] += time.time() - t
                 after = positions(conn)
                 runs += 1
                 db_cps = checkpoints(conn)
@@ -185,8 +191,9 @@ def test_differential_against_full_scan(pg, batch, timezone):
             for p in PROCESSORS:
                 if not active[p]:
                     hits["inactive_run"] += 1
-            (before_n,) = conn.execute("SELECT count(*) FROM ref_user_challenges").fetchone()
+            t = time.time()
             apply_full_scan_reference(conn, sync_no)
+            timing["reference"] += time.time() - t
             new_by = dict(conn.execute("SELECT challenge_id, count(*) FROM ref_user_challenges WHERE sync_no = %s "
                                        "GROUP BY 1", (sync_no,)).fetchall())
             for p in PROCESSORS:
@@ -212,7 +219,9 @@ def test_differential_against_full_scan(pg, batch, timezone):
                 "OR count(*) FILTER (WHERE referrer IS NOT NULL) > %s) b", (last_sync_block, batch, batch)).fetchone()
             hits["crowded_block_gt_batch"] += crowded
             last_sync_block = block_now
+            t = time.time()
             diffs = compare(conn)
+            timing["compare"] += time.time() - t
             assert diffs == [], f"sync {sync_no}: function and full-scan reference differ:\n" + \
                 "\n".join(map(str, diffs))
             w = warnings_of(notices)
@@ -230,7 +239,7 @@ def test_differential_against_full_scan(pg, batch, timezone):
     summary = {"batch": batch, "timezone": timezone, "ordinary_ops": stream.ordinary_ops,
                "crowded_block_rows": stream.crowded_rows, "user_events_rows": ue_rows, "syncs": sync_no,
                "max_runs_per_sync": max_runs, "user_challenges": total_rows, "hits": dict(sorted(hits.items())),
-               "seconds": round(time.time() - t0, 1)}
+               "seconds": round(time.time() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
     DIFF_SUMMARY[tag] = summary
     print(f"\n[challenges differential {tag}] {json.dumps(summary)}")
     print(f"[challenges differential] {TOTAL_DIFF_OPS} ordinary ops over {len(DIFF_PARAMS)} runs "
