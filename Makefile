@@ -41,9 +41,12 @@ package-smoke: package
 build: deps
 	$(CARGO) build --release --no-default-features --features pg15
 
-# Tier 1: pure logic (src/eth/*, trigger payload builders), plain #[test] + property tests, no PostgreSQL.
+# Tier 1: the pure core (crates/core: ABI, RPC, chunking, logs, challenge rules, trigger payloads;
+# no pgrx dependency) and the extension crate's own unit tests: plain #[test] + property tests, no
+# PostgreSQL.
 unit: deps
-	$(CARGO) test --lib --no-default-features --features pg15
+	$(CARGO) test -p audius_indexer_core
+	$(CARGO) test -p audius_indexer --lib --no-default-features --features pg15
 
 # Tiers 2-4: real PostgreSQL 15 clusters (as the postgres OS user) + real anvil + Multicall3.
 integration: install

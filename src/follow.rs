@@ -23,7 +23,8 @@ use crate::eth::address::normalize;
 use crate::eth::logs::{self, Header};
 use crate::eth::rpc::{self, ExecError};
 use crate::gucs;
-use crate::reader::{self, Config};
+use crate::config::Config;
+use crate::reader;
 use crate::sweep::{self, Entry, LockScope, Steps};
 use alloy_primitives::{Address, B256};
 use pgrx::prelude::*;
@@ -58,7 +59,7 @@ impl StepCounts {
 }
 
 fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {
-    r.unwrap_or_else(|e| sweep::spi_error(e))
+    r.unwrap_or_else(|e| crate::errors::spi_error(e))
 }
 
 fn header(cfg: &Config, number: u64) -> Header {
@@ -130,7 +131,7 @@ fn stored_hashes(checkpoint: i64, depth: i64) -> Vec<(u64, B256)> {
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
-    .unwrap_or_else(|e| sweep::spi_error(e))
+    .unwrap_or_else(|e| crate::errors::spi_error(e))
 }
 
 /// The seed's `filterTracked` (lowercased `users.wallet` ∪ `associated_wallets` with
@@ -166,7 +167,7 @@ fn filter_tracked(candidates: &[(Address, u64)]) -> Vec<(String, i64)> {
             .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
-    .unwrap_or_else(|e| sweep::spi_error(e))
+    .unwrap_or_else(|e| crate::errors::spi_error(e))
 }
 
 fn entries(wallets: Vec<(String, Option<i64>)>) -> Vec<Entry> {
@@ -235,7 +236,7 @@ pub fn step<S: Steps>(
     scope: LockScope,
 ) -> Option<StepCounts> {
     if let Some(m) = max_blocks.filter(|m| *m < 1) {
-        reader::raise(
+        crate::errors::raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
             format!("max_blocks must be at least 1 (or NULL for no limit), got {m}"),
             None,
@@ -338,7 +339,7 @@ fn run_step<S: Steps>(steps: &mut S, checkpoint: Option<i64>, max_blocks: Option
             .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?)))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         })
-        .unwrap_or_else(|e| sweep::spi_error(e))
+        .unwrap_or_else(|e| crate::errors::spi_error(e))
     });
     if !pending.is_empty() {
         out.tracked += pending.len() as i32;
@@ -368,8 +369,8 @@ fn run_step<S: Steps>(steps: &mut S, checkpoint: Option<i64>, max_blocks: Option
                     work.push(left);
                     continue;
                 }
-                None => reader::raise(
-                    reader::errcode(e.sqlstate()),
+                None => crate::errors::raise(
+                    crate::errors::errcode(e.sqlstate()),
                     format!("eth_getLogs refused even the single block {a}: {e}"),
                     None,
                     Some("Check the node (audius_indexer.rpc_max_response_bytes, provider limits).".into()),
@@ -405,7 +406,7 @@ fn reorg<S: Steps>(steps: &mut S, checkpoint: i64, ancestor: i64) -> i64 {
             .map(|r| Ok(r.get::<String>(1)?.unwrap_or_default()))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         })
-        .unwrap_or_else(|e| sweep::spi_error(e))
+        .unwrap_or_else(|e| crate::errors::spi_error(e))
     });
     let wallets: Vec<(String, Option<i64>)> = stamped.iter().map(|w| (w.clone(), None)).collect();
     let keys = stamped.clone();

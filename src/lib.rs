@@ -1,6 +1,7 @@
 //! audius_indexer: the hot paths of an Ethereum/Audius indexer inside PostgreSQL.
 //!
-//! - `eth/`: pure logic (ABI, addresses, JSON-RPC, retries, chunk planning), no pgrx types.
+//! - `eth` (the workspace crate `crates/core`, which has no pgrx dependency): ABI, addresses,
+//!   JSON-RPC, retries, chunk planning, Transfer logs; also the challenge rules and trigger payloads.
 //! - `reader.rs`: settings → reads, interrupt-aware RPC, errors with SQLSTATEs.
 //! - `api/`: the SQL functions; `sql/`: the SQL that is naturally SQL.
 //! - `worker.rs`: the stale-sweep background worker; `triggers/`: the Rust dedupe triggers.
@@ -10,9 +11,13 @@ use pgrx::prelude::*;
 
 mod api;
 mod challenges;
+mod config;
+mod errors;
 mod follow;
-pub mod eth;
+/// The pure Ethereum logic lives in the workspace crate `audius_indexer_core` (no pgrx).
+pub use audius_indexer_core::eth;
 mod gucs;
+mod interrupts;
 mod reader;
 mod shmem_stats;
 mod sweep;

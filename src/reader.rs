@@ -1,213 +1,28 @@
 //! Glue between the pure read path (`eth::balances`, `eth::rpc`) and PostgreSQL: settings, the
 //! per-backend endpoint state, interrupt polling, and turning failures into ERRORs with SQLSTATEs.
 
-use crate::eth::abi::{Contracts, DecodeError};
+use crate::eth::abi::DecodeError;
 use crate::eth::address::{normalize, parse_address};
 use crate::eth::balances::{self, ChunkError, HolderBalance, ReadStats};
 use crate::eth::blocking::{run_interruptible, sleep_interruptible};
-use crate::eth::rpc::{self, Endpoint, Endpoints, ExecError, Interrupted, RetryPolicy, RpcError};
+use crate::eth::rpc::{self, Endpoint, Endpoints, ExecError, RpcError};
+use crate::config::Config;
+use crate::errors::{errcode, raise};
 use crate::gucs;
 use alloy_primitives::Address;
-use pgrx::pg_sys;
-use pgrx::prelude::*;
-use pgrx::{PgSqlErrorCode, PgSqlErrorCode::*};
+use pgrx::PgSqlErrorCode::*;
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
 thread_local! {
     /// Endpoint health and counters of this backend (backends are single-threaded).
     static ENDPOINTS: RefCell<Endpoints> = RefCell::new(Endpoints::new(Vec::new(), Duration::ZERO));
-    /// Set by the background worker: interrupt polling then also watches for SIGTERM.
-    static IN_WORKER: Cell<bool> = const { Cell::new(false) };
     static REQUEST_ID: Cell<u64> = const { Cell::new(1) };
     /// Highest `eth_blockNumber` this backend has seen (0 = none yet): reads stamped within
     /// `max_block_ahead` of it need no new head check.
     static HEAD_SEEN: Cell<i64> = const { Cell::new(0) };
     /// Contract addresses this backend has seen code at (checked only when a read came back empty).
     static CODE_SEEN: RefCell<std::collections::HashSet<Address>> = RefCell::new(std::collections::HashSet::new());
-}
-
-pub fn mark_worker() {
-    IN_WORKER.with(|w| w.set(true));
-}
-
-/// Raises an ERROR with `code`, a message, and optional detail/hint. Never returns.
-pub fn raise(
-    code: PgSqlErrorCode,
-    message: impl Into<String>,
-    detail: Option<String>,
-    hint: Option<String>,
-) -> ! {
-    let mut r = pgrx::pg_sys::panic::ErrorReport::new(code, message.into(), "audius_indexer");
-    if let Some(d) = detail {
-        r = r.set_detail(d);
-    }
-    if let Some(h) = hint {
-        r = r.set_hint(h);
-    }
-    r.report(PgLogLevel::ERROR);
-    unreachable!("ERROR returned")
-}
-
-/// The message of an ERROR or panic caught with `PgTryBuilder`.
-pub fn caught_message(e: &pgrx::pg_sys::panic::CaughtError) -> String {
-    use pgrx::pg_sys::panic::CaughtError::*;
-    match e {
-        PostgresError(r) | ErrorReport(r) => r.message().to_string(),
-        RustPanic { ereport, .. } => ereport.message().to_string(),
-    }
-}
-
-/// SQLSTATE string (from the pure code) → pgrx error code.
-pub fn errcode(sqlstate: &str) -> PgSqlErrorCode {
-    match sqlstate {
-        "08001" => ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-        "08006" => ERRCODE_CONNECTION_FAILURE,
-        "08P01" => ERRCODE_PROTOCOL_VIOLATION,
-        "38000" => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-        "53400" => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-        "54000" => ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-        "55000" => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        "22023" => ERRCODE_INVALID_PARAMETER_VALUE,
-        _ => ERRCODE_INTERNAL_ERROR,
-    }
-}
-
-/// Everything one read needs, taken from the settings at call time.
-pub struct Config {
-    pub endpoints: Vec<Endpoint>,
-    pub contracts: Contracts,
-    pub chunk_size: usize,
-    pub max_request_bytes: usize,
-    pub attempt_timeout: Duration,
-    pub policy: RetryPolicy,
-    pub cooldown: Duration,
-    pub max_response_bytes: u64,
-}
-
-fn address_setting(name: &str, setting: &pgrx::GucSetting<Option<std::ffi::CString>>) -> Address {
-    let v = gucs::string(setting);
-    parse_address(&v).unwrap_or_else(|e| {
-        raise(
-            ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("setting audius_indexer.{name} = {v:?} is not a valid address: it {e}"),
-            None,
-            Some(format!("SET audius_indexer.{name} = '0x…' (40 hex digits)")),
-        )
-    })
-}
-
-/// Where the endpoints come from: `rpc_urls_file`, else `rpc_urls`, else `rpc_url`.
-enum EndpointSource {
-    File(String),
-    Setting(&'static str, String),
-    None,
-}
-
-fn endpoint_source() -> EndpointSource {
-    let file = gucs::string(&gucs::RPC_URLS_FILE);
-    if !file.trim().is_empty() {
-        return EndpointSource::File(file.trim().to_string());
-    }
-    let urls = gucs::string(&gucs::RPC_URLS);
-    if !urls.trim().is_empty() {
-        return EndpointSource::Setting("rpc_urls", urls);
-    }
-    let url = gucs::string(&gucs::RPC_URL);
-    if !url.trim().is_empty() {
-        return EndpointSource::Setting("rpc_url", url);
-    }
-    EndpointSource::None
-}
-
-/// Reads and parses the endpoints file. Errors name the path (which is not a secret), never the
-/// file's content.
-fn read_endpoint_file(path: &str) -> Result<Vec<Endpoint>, EndpointError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let code = match e.kind() {
-            std::io::ErrorKind::NotFound => ERRCODE_UNDEFINED_FILE,
-            std::io::ErrorKind::PermissionDenied => ERRCODE_INSUFFICIENT_PRIVILEGE,
-            _ => ERRCODE_IO_ERROR,
-        };
-        let msg = format!("cannot read audius_indexer.rpc_urls_file {path:?}: {e}");
-        (code, msg, None)
-    })?;
-    rpc::parse_endpoint_file(&text).map_err(|e| {
-        let msg = format!("audius_indexer.rpc_urls_file {path:?} is invalid: {e}");
-        (ERRCODE_INVALID_PARAMETER_VALUE, msg, None)
-    })
-}
-
-/// Why the configured endpoints cannot be used: SQLSTATE, message, hint. Never the URL itself.
-type EndpointError = (PgSqlErrorCode, String, Option<String>);
-
-/// The configured endpoints, or why there are none usable.
-fn resolve_endpoints() -> Result<Vec<Endpoint>, EndpointError> {
-    match endpoint_source() {
-        EndpointSource::None => Err((
-            ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "no Ethereum RPC endpoint configured: audius_indexer.rpc_url is not set".into(),
-            Some(
-                "As a superuser: write the URL into a file only the server can read and ALTER SYSTEM SET \
-                 audius_indexer.rpc_urls_file = '/path'; SELECT pg_reload_conf(); (or set audius_indexer.rpc_url)"
-                    .into(),
-            ),
-        )),
-        EndpointSource::File(path) => read_endpoint_file(&path),
-        // Never echo the value: it may carry an API key.
-        EndpointSource::Setting(name, list) => rpc::parse_endpoint_list(&list).map_err(|e| {
-            (
-                ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("setting audius_indexer.{name} is invalid: {e}"),
-                Some("Only http:// and https:// URLs are accepted.".into()),
-            )
-        }),
-    }
-}
-
-/// The configured endpoints; ERROR when none is configured or the configuration is unusable.
-pub fn configured_endpoints() -> Vec<Endpoint> {
-    resolve_endpoints().unwrap_or_else(|(code, msg, hint)| raise(code, msg, None, hint))
-}
-
-impl Config {
-    pub fn from_settings() -> Config {
-        let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
-        let max_retries = gucs::RPC_MAX_RETRIES.get().max(0) as u32;
-        Config {
-            endpoints: configured_endpoints(),
-            contracts: Contracts {
-                multicall: address_setting("multicall_address", &gucs::MULTICALL_ADDRESS),
-                token: address_setting("token_address", &gucs::TOKEN_ADDRESS),
-                staking: address_setting("staking_address", &gucs::STAKING_ADDRESS),
-                delegate_manager: address_setting(
-                    "delegate_manager_address",
-                    &gucs::DELEGATE_MANAGER_ADDRESS,
-                ),
-            },
-            chunk_size: gucs::MULTICALL_CHUNK_SIZE.get().max(1) as usize,
-            max_request_bytes: gucs::MULTICALL_MAX_REQUEST_BYTES.get().max(0) as usize,
-            attempt_timeout: ms(gucs::RPC_TIMEOUT_MS.get()),
-            policy: RetryPolicy {
-                max_retries,
-                base: Duration::from_millis(250),
-                cap: Duration::from_secs(10),
-                budget: ms(gucs::RPC_RETRY_BUDGET_MS.get()),
-            },
-            cooldown: ms(gucs::RPC_FAILOVER_COOLDOWN_MS.get()),
-            max_response_bytes: gucs::RPC_MAX_RESPONSE_BYTES.get().max(1024) as u64,
-        }
-    }
-}
-
-/// Interrupt polling while waiting on the network: query cancel, statement_timeout, and for the
-/// worker SIGTERM / postmaster death.
-fn poll_interrupts() -> Result<(), Interrupted> {
-    if IN_WORKER.with(Cell::get) && crate::worker::should_stop() {
-        return Err(Interrupted);
-    }
-    pg_sys::check_for_interrupts!();
-    Ok(())
 }
 
 fn random_u64() -> u64 {
@@ -246,7 +61,7 @@ pub fn request<T: Send + 'static>(
                     move || {
                         rpc::http_post(&ep, &body, timeout, max_resp).and_then(|v| parse(&ep, &v))
                     },
-                    &mut poll_interrupts,
+                    &mut crate::interrupts::poll,
                 );
                 if let Ok(outcome) = &r {
                     let err = outcome.as_ref().err().map(ToString::to_string);
@@ -254,7 +69,7 @@ pub fn request<T: Send + 'static>(
                 }
                 r
             },
-            |d| sleep_interruptible(d, &mut poll_interrupts),
+            |d| sleep_interruptible(d, &mut crate::interrupts::poll),
             Instant::now,
             random_u64,
         )
@@ -523,7 +338,7 @@ fn truncate(s: &str, max: usize) -> String {
 /// Snapshot of this backend's per-endpoint counters (for `rpc_endpoint_stats()`).
 pub fn endpoint_stats() -> Vec<(String, rpc::EndpointStats)> {
     // Show configured endpoints even before the first request.
-    let configured = resolve_endpoints().unwrap_or_default();
+    let configured = crate::config::resolve_endpoints().unwrap_or_default();
     ENDPOINTS.with(|cell| {
         let mut eps = cell.borrow_mut();
         if !configured.is_empty() {

@@ -13,8 +13,10 @@
 
 use crate::eth::address::{normalize, parse_address};
 use crate::eth::balances::HolderBalance;
+use crate::errors::spi_error;
 use crate::gucs;
-use crate::reader::{self, Config, Purpose};
+use crate::config::Config;
+use crate::reader::{self, Purpose};
 use alloy_primitives::Address;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
@@ -72,7 +74,7 @@ impl Read {
 /// ERROR 25006 on a standby: the write paths need a primary.
 pub fn ensure_primary(what: &str) {
     if unsafe { pg_sys::RecoveryInProgress() } {
-        reader::raise(
+        crate::errors::raise(
             ERRCODE_READ_ONLY_SQL_TRANSACTION,
             format!("audius_indexer.{what} cannot run on a standby: recovery is in progress"),
             None,
@@ -188,14 +190,6 @@ pub fn write(r: Read) -> Counts {
     counts
 }
 
-pub fn spi_error(e: pgrx::spi::Error) -> ! {
-    reader::raise(
-        ERRCODE_INTERNAL_ERROR,
-        format!("audius_indexer: SPI failed: {e}"),
-        None,
-        None,
-    )
-}
 
 /// The event path: explicit wallets (invalid input is an ERROR naming it), optional per-wallet
 /// minimum blocks (same length as `wallets`; NULL entries mean no minimum).
@@ -206,7 +200,7 @@ pub fn refresh_wallets(
     ensure_primary("refresh_wallets");
     if let Some(m) = &min_blocks {
         if m.len() != wallets.len() {
-            reader::raise(
+            crate::errors::raise(
                 ERRCODE_INVALID_PARAMETER_VALUE,
                 format!(
                     "min_blocks has {} entries but wallets has {}",
@@ -255,7 +249,7 @@ pub enum LockScope {
 
 pub fn validate_batch(batch: i32) {
     if !(1..=MAX_BATCH).contains(&batch) {
-        reader::raise(
+        crate::errors::raise(
             ERRCODE_INVALID_PARAMETER_VALUE,
             format!("batch must be between 1 and {MAX_BATCH}, got {batch}"),
             None,

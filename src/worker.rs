@@ -18,7 +18,8 @@
 //! When the database cannot be connected to (it does not exist yet), each restart waits longer
 //! before trying again (exponential, up to `MAX_CONNECT_BACKOFF`): a few log lines, not a flood.
 
-use crate::{gucs, reader, sweep};
+use crate::interrupts::should_stop;
+use crate::{gucs, sweep};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
@@ -91,11 +92,6 @@ impl Job {
     }
 }
 
-/// True once SIGTERM arrived (the flag PostgreSQL's own loops use; never reset).
-pub fn should_stop() -> bool {
-    unsafe { pg_sys::ShutdownRequestPending != 0 }
-}
-
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn audius_indexer_sweep_main(_arg: pg_sys::Datum) {
@@ -135,7 +131,7 @@ fn worker_main(job: Job) {
     }
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     crate::shmem_stats::worker_connected(job.index());
-    reader::mark_worker();
+    crate::interrupts::mark_worker();
     let app = std::ffi::CString::new(name).expect("no NUL in a worker name");
     unsafe {
         pg_sys::SetConfigOption(
@@ -244,7 +240,7 @@ fn catching<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(move || Ok(f())))
         .catch_others(|e| {
             unsafe { pg_sys::AbortCurrentTransaction() };
-            Err(reader::caught_message(&e))
+            Err(crate::errors::caught_message(&e))
         })
         .execute();
     unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null()) };
@@ -360,7 +356,7 @@ fn challenges_tick(db: &str, warned_missing: &mut bool) {
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         });
-        Some(rows.unwrap_or_else(|e| reader::raise(
+        Some(rows.unwrap_or_else(|e| crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("process_user_event_challenges: {e}"),
             None,

@@ -29,7 +29,8 @@ OUTCOME_COLS = ("challenge_id", "dirty_rows", "users", "upserts", "checkpoint_be
 
 REFERENCE_OBJECTS_SQL = r"""
 -- Go's fmt %x of an int: lowercase hex, no 0x, no padding, a sign for negative values.
-CREATE FUNCTION public.ref_spec(id integer) RETURNS text LANGUAGE sql IMMUTABLE STRICT AS
+-- (Not STRICT, so that the planner inlines it: the full scan calls it for every row.)
+CREATE FUNCTION public.ref_spec(id integer) RETURNS text LANGUAGE sql IMMUTABLE AS
 $$ SELECT CASE WHEN id < 0 THEN '-' || to_hex(-(id::bigint)) ELSE to_hex(id) END $$;
 
 -- Go's fmt.Sscanf(amount, "%d", &n) into an int (64 bit), 0 on error.
@@ -70,16 +71,18 @@ REFERENCE_PAIRS = {
           "FROM user_events ue WHERE ue.is_current AND ue.referrer IS NOT NULL",
 }
 
-# UpsertUserChallenge (step 1 of 1: complete at once) into `table`. The trailing WHERE only skips
-# updates that would change nothing (a complete row re-upserted with the same step), so the result
-# is that of applying the upsert to every pair.
+# UpsertUserChallenge (step 1 of 1: complete at once) into `table`. The NOT EXISTS only leaves out
+# pairs whose row is already complete at step 1 -- for them the upsert changes nothing -- so the
+# result is that of applying the upsert to every pair (it just saves the no-op updates).
 UPSERT_TEMPLATE = """
 INSERT INTO {table} AS uc (challenge_id, user_id, specifier, is_complete, current_step_count, amount,
                            created_at, completed_at{extra_cols})
 SELECT c.id, q.recipient, q.specifier, (1 >= 1), 1, ref_amount_int(c.amount)::integer, now(),
        CASE WHEN (1 >= 1) THEN now() END{extra_vals}
-  FROM (SELECT DISTINCT ON (p.specifier) p.recipient, p.specifier FROM ({pairs}) p ORDER BY p.specifier) q
+  FROM (SELECT p.specifier, min(p.recipient) AS recipient FROM ({pairs}) p GROUP BY p.specifier) q
   JOIN challenges c ON c.id = %(cid)s AND c.active
+ WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE o.challenge_id = c.id AND o.specifier = q.specifier
+                      AND o.is_complete AND o.current_step_count IS NOT DISTINCT FROM 1)
 ON CONFLICT (challenge_id, specifier) DO UPDATE SET
   current_step_count = EXCLUDED.current_step_count,
   is_complete = uc.is_complete OR EXCLUDED.is_complete,
@@ -87,7 +90,6 @@ ON CONFLICT (challenge_id, specifier) DO UPDATE SET
   completed_at = CASE WHEN uc.is_complete THEN uc.completed_at
                       WHEN EXCLUDED.is_complete THEN EXCLUDED.completed_at
                       ELSE uc.completed_at END
-WHERE uc.current_step_count IS DISTINCT FROM EXCLUDED.current_step_count OR NOT uc.is_complete
 """
 
 # One plain UpsertUserChallenge statement for one row (test 4: what the Go job sent, row by row).
@@ -104,20 +106,20 @@ ON CONFLICT (challenge_id, specifier) DO UPDATE SET
                       ELSE uc.completed_at END
 """
 
+# Rows of m/r/rv/rd that differ in any column (created_at / completed_at: NULL or not), by key.
 COMPARE_SQL = """
-WITH a AS (SELECT challenge_id::text, user_id, specifier::text, is_complete, current_step_count,
-                  completed_blocknumber, amount, created_at IS NULL AS created_null,
-                  completed_at IS NULL AS completed_null
+WITH a AS (SELECT challenge_id::text AS cid, specifier::text AS spec,
+                  ROW(user_id, is_complete, current_step_count, completed_blocknumber, amount,
+                      created_at IS NULL, completed_at IS NULL)::text AS v
              FROM {ext} WHERE challenge_id IN ('m', 'r', 'rv', 'rd')),
-     b AS (SELECT challenge_id::text, user_id, specifier::text, is_complete, current_step_count,
-                  completed_blocknumber, amount, created_at IS NULL AS created_null,
-                  completed_at IS NULL AS completed_null
+     b AS (SELECT challenge_id::text AS cid, specifier::text AS spec,
+                  ROW(user_id, is_complete, current_step_count, completed_blocknumber, amount,
+                      created_at IS NULL, completed_at IS NULL)::text AS v
              FROM {ref} WHERE challenge_id IN ('m', 'r', 'rv', 'rd'))
-SELECT * FROM (
-  (SELECT 'only in {ext}' AS side, * FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b) x)
-  UNION ALL
-  (SELECT 'only in {ref}' AS side, * FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a) y)
-) d ORDER BY 2, 4, 1 LIMIT 40
+SELECT COALESCE(a.cid, b.cid), COALESCE(a.spec, b.spec), a.v AS {ext}, b.v AS {ref}
+  FROM a FULL JOIN b ON a.cid = b.cid AND a.spec = b.spec
+ WHERE a.v IS DISTINCT FROM b.v
+ ORDER BY 1, 2 LIMIT 40
 """
 
 
@@ -180,6 +182,8 @@ def apply_full_scan_reference(conn: psycopg.Connection, sync_no: int | None = No
     for every challenge that is active now (inactive or missing: skipped), in one transaction."""
     extra = table == "ref_user_challenges"
     with conn.transaction():
+        # (fresh tables have no statistics yet: keep the planner off nested loops over them)
+        conn.execute("SET LOCAL enable_nestloop = off")
         for cid in PROCESSORS:
             conn.execute(UPSERT_TEMPLATE.format(table=table, pairs=REFERENCE_PAIRS[cid],
                                                 extra_cols=", sync_no" if extra else "",
@@ -514,19 +518,24 @@ class ChallengeStream:
         return Op("catalog_amount", (p, rng.choice(AMOUNTS)))
 
     def _crowded_block(self) -> None:
-        """One block with more current mobile rows and more rows with a referrer than one batch."""
+        """One block with more current rows than one batch: alternately mobile rows (m) and rows
+        with a referrer (r, rv, rd)."""
         rng = self.rng
-        n = self.batch + rng.randint(1, 40)
+        n = self.batch + rng.randint(15, 40)
+        mobile = self.counts.get("crowded_block", 0) % 2 == 0
         refs = list(self.users)[-200:] or [None]
         rows = []
         for k in range(n):
             uid = self._new_user_id()
             # mostly a referrer without users row (rd only), some with one (r / rv as well), spread
             # out so that no referrer collects thousands of referrals (its trigger work would be quadratic)
-            ref = rng.choice(refs) if rng.random() < 0.05 else 800_000_000 + self.block * 10 + k % 7
-            self.ue[uid] = (True, ref)
+            if mobile:
+                ref = rng.choice(refs) if rng.random() < 0.02 else None
+            else:
+                ref = rng.choice(refs) if rng.random() < 0.05 else 800_000_000 + self.block * 10 + k % 7
+            self.ue[uid] = (mobile, ref)
             self.ue_list.append(uid)
-            rows.append((uid, ref, True))
+            rows.append((uid, ref, mobile))
         self.block += 1
         self.items.append(Block(self.block, [Op("ue_bulk", (rows,))], crowded=True))
         self.crowded_rows += n

@@ -23,17 +23,23 @@ bench/results/challenges-<date>.txt and exits 0 unless something breaks. One thr
    rolled back (then VACUUM). The `= ANY` catch-up itself would take days, so its total is
    EXTRAPOLATED: completions of the real catch-up x mean `= ANY` trigger time per completion (a
    lower bound: the trigger alone, no scan/upsert/commit).
-3. The real catch-up with the Rust trigger: process_user_event_challenges(--batch) called in
-   autocommit (one transaction per run, like the background worker) until a run returns
-   dirty_rows = 0 for all four processors. Wall time, runs, per-run median/p95, rows/s, completions.
+3. The real catch-up with the Rust trigger, run to the end: process_user_event_challenges(--batch)
+   called in autocommit (one transaction per run, like the background worker) until a run returns
+   dirty_rows = 0 for all four processors. Wall time, runs, per-run median/p95, rows/s,
+   completions. It runs with ix_notification_cooldown_user_ids WITH (fastupdate = off): as
+   sql/indexes.sql creates it (fastupdate = on, the default), every new reward_in_cooldown row goes
+   to the GIN pending list, which every cooldown lookup scans linearly, so the catch-up slows down
+   as it goes and takes hours; that as-shipped catch-up runs afterwards from the same start (reset),
+   capped at --shipped-minutes, and its total is EXTRAPOLATED from its last runs (a lower bound).
 4. Empty dirty set: --idle-runs more runs with nothing new: server-side and round-trip time,
    median and p95 (acceptance: median < 20 ms); then the plans: EXPLAIN ANALYZE of the dirty scans
    (statements parsed from src/challenges/statements.rs, with the parameters the function passes)
    at the start (checkpoint 0) and at the head, and auto_explain of one empty run (nested
    statements) to show what the function itself executed.
 
-Options: --users, --events, --notifications, --mobile, --referral, --batch, --any-completions,
---idle-runs, --skip-any, --keep (leave the cluster running), --out FILE.
+Options: --users, --events, --notifications, --user-challenges, --mobile, --referral, --batch,
+--any-completions, --idle-runs, --skip-any, --shipped-minutes (0: to the end, -1: skip),
+--keep (leave the cluster running), --out FILE.
 """
 from __future__ import annotations
 
@@ -378,9 +384,10 @@ def auto_explain_run(cluster: Cluster, batch: int) -> list[str]:
 GIN_PENDING = "SELECT pending_tuples FROM pgstatginindex('ix_notification_cooldown_user_ids')"
 
 
-def catch_up(cluster: Cluster, batch: int, label: str, base_notifications: int) -> dict:
+def catch_up(cluster: Cluster, batch: int, label: str, base_notifications: int, limit_s: float = 0) -> dict:
     """Calls process_user_event_challenges(batch) in autocommit until a run has dirty_rows = 0 for all
-    four processors. Samples the pending list of the partial GIN after every run (metapage read)."""
+    four processors (or, with limit_s > 0, until limit_s seconds have passed: finished = False).
+    Samples the pending list of the partial GIN after every run (metapage read)."""
     log(f"catch-up with {label}: process_user_event_challenges({batch}) until dirty_rows = 0 everywhere")
     runs: list[dict] = []
     pending: list[int] = []
@@ -399,19 +406,23 @@ def catch_up(cluster: Cluster, batch: int, label: str, base_notifications: int) 
             pending.append(probe.execute(GIN_PENDING).fetchone()[0])
             if all(r[1] == 0 for r in rows):
                 break
+            if limit_s and time.time() - t_start > limit_s:
+                log(f"  STOPPED after {time.time() - t_start:.0f} s (time cap), {len(runs)} runs")
+                break
             if time.time() - last_log > 60:
                 last_log = time.time()
                 done = sum(sum(r["upserts"].values()) for r in runs)
                 log(f"  run {len(runs)}: {done:,} upserts so far, {time.time() - t_start:.0f} s; GIN pending list "
                     f"{pending[-1]:,} tuples; checkpoints " + ", ".join(f"{k} {v}" for k, v in runs[-1]["cp"].items()))
     wall = time.time() - t_start
+    finished = all(v == 0 for v in runs[-1]["dirty"].values())
     upserts = {p: sum(r["upserts"][p] for r in runs) for p in PROCESSORS}
     dirty = {p: sum(r["dirty"][p] for r in runs) for p in PROCESSORS}
     total = sum(upserts.values())
-    log(f"  caught up: {len(runs)} runs ({len(runs) - 1} with work + the empty one), {wall:.1f} s, {total:,} upserts; "
+    log(f"  {'caught up' if finished else 'NOT caught up'}: {len(runs)} runs ({len(runs) - 1} with work + the empty one), {wall:.1f} s, {total:,} upserts; "
         f"partial GIN pending list: max {max(pending):,}, mean {statistics.fmean(pending):,.0f} tuples after a run")
-    return {"label": label, "runs": runs, "wall": wall, "upserts": upserts, "dirty": dirty, "upserts_total": total,
-            "pending_max": max(pending), "pending_mean": statistics.fmean(pending)}
+    return {"label": label, "runs": runs, "wall": wall, "finished": finished, "upserts": upserts, "dirty": dirty, "upserts_total": total,
+            "pending": pending, "pending_max": max(pending), "pending_mean": statistics.fmean(pending)}
 
 
 def reset_catchup(cluster: Cluster, base_notifications: int) -> None:
@@ -477,8 +488,9 @@ def main() -> int:
     ap.add_argument("--any-completions", type=int, default=200)
     ap.add_argument("--idle-runs", type=int, default=50)
     ap.add_argument("--skip-any", action="store_true", help="do not time the = ANY trigger")
-    ap.add_argument("--skip-fastupdate-off", action="store_true",
-                    help="do not repeat the catch-up with the partial GIN WITH (fastupdate = off)")
+    ap.add_argument("--shipped-minutes", type=float, default=6,
+                    help="time cap of the as-shipped (fastupdate = on) catch-up; 0 = run it to the end (hours), "
+                         "-1 = skip it")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", default=None, help="results file (default bench/results/challenges-<date>.txt)")
     a = ap.parse_args()
@@ -569,10 +581,15 @@ def main() -> int:
             assert left == 0, left
             conn.execute("VACUUM ANALYZE notification, user_challenges, user_score_features")
 
-        # ---- the catch-up with the Rust trigger, as shipped --------------------------------------
-        shipped = catch_up(cluster, a.batch, f"{fn}, as shipped (partial GIN fastupdate = on)", n_notif)
-        runs, catchup, total_upserts = shipped["runs"], shipped["wall"], shipped["upserts_total"]
-        work_runs, upserts, dirty = runs[:-1], shipped["upserts"], shipped["dirty"]
+        # ---- the complete catch-up with the Rust trigger, partial GIN WITH (fastupdate = off) -------
+        # As shipped (sql/indexes.sql: default fastupdate = on) every new reward_in_cooldown row goes to
+        # the GIN pending list, which every cooldown lookup scans: too slow to run to the end here
+        # (hours), so it runs second, time-capped (--shipped-minutes).
+        with cluster.connect("bench") as conn:
+            conn.execute("ALTER INDEX ix_notification_cooldown_user_ids SET (fastupdate = off)")
+        full = catch_up(cluster, a.batch, f"{fn}, partial GIN fastupdate = off", n_notif)
+        runs, catchup, total_upserts = full["runs"], full["wall"], full["upserts_total"]
+        work_runs, upserts, dirty = runs[:-1], full["upserts"], full["dirty"]
         with cluster.connect("bench") as conn:
             status = conn.execute("SELECT challenge_id, checkpoint, head_blocknumber, lag_blocks, runs, total_upserts "
                                   "FROM audius_indexer.challenge_processor_status").fetchall()
@@ -616,19 +633,22 @@ def main() -> int:
             plans_head["DIRTY_USERS"] = explain_scan(conn, "DIRTY_USERS", stmts["DIRTY_USERS"], (ub, uu, ut, a.batch))
         auto = auto_explain_run(cluster, a.batch)
 
-        # ---- the same catch-up again, the partial GIN without a pending list ---------------------
-        off = None
-        if not a.skip_fastupdate_off:
-            log("reset to checkpoints at 0; ALTER INDEX ix_notification_cooldown_user_ids SET (fastupdate = off)")
+        # ---- the same catch-up as shipped (fastupdate = on), time-capped -------------------------
+        shipped = None
+        if a.shipped_minutes != -1:
+            log("reset to checkpoints at 0; ALTER INDEX ix_notification_cooldown_user_ids RESET (fastupdate) "
+                "(as sql/indexes.sql creates it)")
             reset_catchup(cluster, n_notif)
             with cluster.connect("bench") as conn:
-                conn.execute("ALTER INDEX ix_notification_cooldown_user_ids SET (fastupdate = off)")
-            off = catch_up(cluster, a.batch, f"{fn}, partial GIN fastupdate = off", n_notif)
-            with cluster.connect("bench") as conn:
-                got_off = dict(conn.execute(
-                    "SELECT challenge_id, count(*) FILTER (WHERE is_complete) FROM user_challenges "
-                    "WHERE challenge_id IN ('m','r','rv','rd') GROUP BY 1").fetchall())
-            assert got_off == got, (got_off, got)
+                conn.execute("ALTER INDEX ix_notification_cooldown_user_ids RESET (fastupdate)")
+            shipped = catch_up(cluster, a.batch, f"{fn}, as shipped (partial GIN fastupdate = on)", n_notif,
+                               limit_s=a.shipped_minutes * 60)
+            if shipped["finished"]:
+                with cluster.connect("bench") as conn:
+                    got_s = dict(conn.execute(
+                        "SELECT challenge_id, count(*) FILTER (WHERE is_complete) FROM user_challenges "
+                        "WHERE challenge_id IN ('m','r','rv','rd') GROUP BY 1").fetchall())
+                assert got_s == got, (got_s, got)
 
         # ---- report ------------------------------------------------------------------------------
         secs = [r["secs"] * 1000 for r in work_runs]
@@ -662,9 +682,19 @@ def main() -> int:
             "ue rows/s | completions | compl./s | run median   | run p95      | GIN pend. |")
         out("|-----------------------------------------------------------------|------|------------|"
             "-----------|-------------|----------|--------------|--------------|-----------|")
-        out(measured(shipped, "Rust trigger, as shipped (measured)"))
-        if off is not None:
-            out(measured(off, "Rust trigger, partial GIN WITH (fastupdate = off) (measured)"))
+        out(measured(full, "Rust trigger, partial GIN fastupdate = off (measured, complete)"))
+        if shipped is not None and shipped["finished"]:
+            out(measured(shipped, "Rust trigger, as shipped: fastupdate = on (measured, complete)"))
+        elif shipped is not None:
+            # the same workload: completions left = those of the complete catch-up minus those done;
+            # at the rate of the last 3 runs (the pending list only grows until it reaches 4 MB)
+            done = shipped["upserts_total"]
+            tail = shipped["runs"][-3:]
+            rate = sum(sum(r["upserts"].values()) for r in tail) / sum(r["secs"] for r in tail)
+            est = shipped["wall"] + max(total_upserts - done, 0) / rate
+            label = "Rust trigger, as shipped: fastupdate = on, EXTRAPOLATED (>=)"
+            out(f"| {label:<63} | {'-':>4} | {hms(est):>10} | {n_ue / est:>9,.0f} | {total_upserts:>11,} | "
+                f"{total_upserts / est:>8,.0f} | {'-':>12} | {'-':>12} | {shipped['pending_max']:>9,} |")
         if "any" in first:
             xs_a = first["any"][0]
             a_med, a_p95, a_mean = stats(xs_a)
@@ -690,7 +720,7 @@ def main() -> int:
                 f"Per completion = ANY / Rust on the same {min(len(xs_a), len(xs_r))}: median {a_med / r_med:,.0f}x, "
                 f"mean {a_mean / r_mean:,.0f}x; whole catch-up: {extra / catchup:,.0f}x.")
         out()
-        out("as shipped:")
+        out("fastupdate = off (the complete catch-up):")
         out(f"runs with work: {len(work_runs)}; per run median {run_med:,.0f} ms, p95 {run_p95:,.0f} ms, "
             f"mean {run_mean:,.0f} ms, max {max(secs):,.0f} ms (round trip incl. commit)")
         out("per processor:  " + "; ".join(
@@ -710,11 +740,21 @@ def main() -> int:
             f"#{i + 1} {work_runs[i]['secs'] * 1000:,.0f} ms (" + ", ".join(
                 f"{p} {work_runs[i]['dirty'][p]}/{work_runs[i]['upserts'][p]}" for p in PROCESSORS) + ")"
             for i in slow) + "   [dirty/upserts]")
-        if off is not None:
-            om, op, _ = stats([r["secs"] * 1000 for r in off["runs"][:-1]])
-            out(f"fastupdate = off: {len(off['runs'])} runs, {off['wall']:.1f} s, {off['upserts_total']:,} upserts, per run "
-                f"median {om:,.0f} ms, p95 {op:,.0f} ms; same user_challenges as shipped; as shipped / off = "
-                f"{catchup / off['wall']:.2f}x")
+        if shipped is not None:
+            sm, sp, _ = stats([r["secs"] * 1000 for r in shipped["runs"]])
+            if shipped["finished"]:
+                out(f"as shipped (fastupdate = on): {len(shipped['runs'])} runs, {shipped['wall']:.1f} s, "
+                    f"{shipped['upserts_total']:,} upserts, same user_challenges; as shipped / fastupdate off = "
+                    f"{shipped['wall'] / catchup:.2f}x")
+            else:
+                out(f"as shipped (fastupdate = on): NOT run to the end (time cap {a.shipped_minutes:g} min): "
+                    f"{len(shipped['runs'])} runs, {shipped['upserts_total']:,} of {total_upserts:,} completions in "
+                    f"{shipped['wall']:.0f} s; per run median {sm:,.0f} ms, p95 {sp:,.0f} ms; last 3 runs "
+                    f"{rate:,.0f} completions/s (fastupdate off: {total_upserts / catchup:,.0f}/s overall); "
+                    f"remaining EXTRAPOLATED at that rate -> total ~{hms(est)}")
+            out("  its runs (s, upserts, pending-list tuples after the run): " + "; ".join(
+                f"{r['secs']:.0f} s/{sum(r['upserts'].values()):,}/{pn:,}"
+                for r, pn in zip(shipped["runs"], shipped["pending"])))
         out()
         verdict = "PASS" if idle_med < 20 else "FAIL"
         out(f"| empty dirty set ({a.idle_runs} runs, persistent session) | median   | p95      |")

@@ -1,7 +1,8 @@
 //! `audius_indexer.multicall_total_audio_balances(wallets text[])`.
 
 use crate::eth::address::normalize;
-use crate::reader::{self, Config};
+use crate::config::Config;
+use crate::reader;
 use alloy_primitives::U256;
 use pgrx::prelude::*;
 

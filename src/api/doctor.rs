@@ -3,7 +3,8 @@
 use crate::eth::abi::hex;
 use crate::eth::address::normalize;
 use crate::eth::rpc::{self, ExecError};
-use crate::reader::{self, quantity, Config};
+use crate::config::Config;
+use crate::reader::{self, quantity};
 use alloy_primitives::keccak256;
 use pgrx::prelude::*;
 use serde_json::json;
@@ -32,7 +33,7 @@ fn doctor() -> TableIterator<
 > {
     let mut rows: Vec<Row> = Vec::new();
     let settings = PgTryBuilder::new(|| Ok(Config::from_settings()))
-        .catch_others(|e| Err(reader::caught_message(&e)))
+        .catch_others(|e| Err(crate::errors::caught_message(&e)))
         .execute();
     if let Err(msg) = &settings {
         rows.push(("settings".into(), false, msg.clone()));
@@ -130,117 +131,7 @@ fn doctor() -> TableIterator<
 fn database_checks(head: Option<i64>) -> Vec<Row> {
     // Everything here is readable by audius_indexer_operator: no superuser-only setting is read
     // (whether the library is preloaded comes from the library itself).
-    const SQL: &str = r#"
-      SELECT 'table eth_wallet_balances', to_regclass('public.eth_wallet_balances') IS NOT NULL,
-             coalesce((SELECT 'rows: ' || count(*) FROM public.eth_wallet_balances), 'missing')
-       WHERE to_regclass('public.eth_wallet_balances') IS NOT NULL
-      UNION ALL
-      SELECT 'table eth_wallet_balances', false, 'missing' WHERE to_regclass('public.eth_wallet_balances') IS NULL
-      UNION ALL
-      SELECT 'index ' || n.idx, coalesce(i.indisvalid, false),
-             CASE WHEN i.indexrelid IS NULL THEN 'missing' WHEN i.indisvalid THEN 'valid'
-                  ELSE 'INVALID (a failed CREATE INDEX CONCURRENTLY): run sql/indexes.sql' END
-        FROM (VALUES ('eth_wallet_balances_updated_at_idx', 'eth_wallet_balances'),
-                     ('ix_notification_cooldown_user_ids', 'notification'),
-                     ('ix_notification_challenge_reward_user_ids', 'notification'),
-                     ('ix_user_events_blocknumber', 'user_events'),
-                     ('ix_user_events_referrer', 'user_events')) AS n(idx, tbl)
-        LEFT JOIN pg_class c ON c.relname = n.idx AND c.relnamespace = 'public'::regnamespace
-        LEFT JOIN pg_index i ON i.indexrelid = c.oid
-       WHERE to_regclass('public.' || n.tbl) IS NOT NULL
-      UNION ALL
-      SELECT 'trigger ' || t.tgname, p.pronamespace = 'audius_indexer'::regnamespace,
-             'calls ' || p.oid::regprocedure::text
-        FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-       WHERE t.tgname IN ('on_user_challenge', 'on_challenge_disbursement', 'on_sol_reward_disbursement')
-         AND NOT t.tgisinternal
-      UNION ALL
-      SELECT 'sweep worker',
-             NOT coalesce(pg_catalog.current_setting('audius_indexer.sweep_enabled', true), 'on')::bool
-               OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
-                           WHERE backend_type = 'audius_indexer sweep' AND datname = pg_catalog.current_database()),
-             coalesce((SELECT 'running, pid ' || pid FROM pg_catalog.pg_stat_activity
-                        WHERE backend_type = 'audius_indexer sweep' AND datname = pg_catalog.current_database() LIMIT 1),
-                      CASE WHEN $1 AND pg_catalog.pg_is_in_recovery()
-                           THEN 'standby: the worker starts after promotion'
-                           WHEN $1
-                           THEN 'not running in this database (audius_indexer.database = '
-                                || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
-                           ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule CALL audius_indexer.sweep() with pg_cron' END)
-      UNION ALL
-      SELECT 'challenges worker',
-             coalesce(pg_catalog.current_setting('audius_indexer.challenges_interval', true), '30s') IN ('0', '0ms')
-               OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
-                           WHERE backend_type = 'audius_indexer challenges' AND datname = pg_catalog.current_database()),
-             coalesce((SELECT 'running, pid ' || pid FROM pg_catalog.pg_stat_activity
-                        WHERE backend_type = 'audius_indexer challenges' AND datname = pg_catalog.current_database() LIMIT 1),
-                      CASE WHEN coalesce(pg_catalog.current_setting('audius_indexer.challenges_interval', true), '30s') IN ('0', '0ms')
-                           THEN 'off (audius_indexer.challenges_interval = 0)'
-                           WHEN $1 AND pg_catalog.pg_is_in_recovery()
-                           THEN 'standby: the worker starts after promotion'
-                           WHEN $1
-                           THEN 'not running in this database (audius_indexer.database = '
-                                || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
-                           ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule audius_indexer.process_user_event_challenges() with pg_cron' END)
-       WHERE to_regclass('public.user_events') IS NOT NULL
-      UNION ALL
-      SELECT 'follow worker',
-             coalesce(pg_catalog.current_setting('audius_indexer.follow_interval', true), '5s') IN ('0', '0ms')
-               OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
-                           WHERE backend_type = 'audius_indexer follow' AND datname = pg_catalog.current_database()),
-             coalesce((SELECT 'running, pid ' || pid FROM pg_catalog.pg_stat_activity
-                        WHERE backend_type = 'audius_indexer follow' AND datname = pg_catalog.current_database() LIMIT 1),
-                      CASE WHEN coalesce(pg_catalog.current_setting('audius_indexer.follow_interval', true), '5s') IN ('0', '0ms')
-                           THEN 'off (audius_indexer.follow_interval = 0)'
-                           WHEN $1 AND pg_catalog.pg_is_in_recovery()
-                           THEN 'standby: the worker starts after promotion'
-                           WHEN $1
-                           THEN 'not running in this database (audius_indexer.database = '
-                                || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
-                           ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule audius_indexer.follow_transfers() with pg_cron' END)
-      UNION ALL
-      SELECT 'follow transfers',
-             f.last_error IS NULL OR f.last_error_at < f.last_step_finished,
-             format('checkpoint %s, head %s, lag %s blocks / %s s, %s pending wallet(s), %s reorg(s), last step %s%s',
-                    coalesce(f.checkpoint::text, 'none (first step starts at the head)'), coalesce(f.head::text, '-'),
-                    coalesce(f.lag_blocks::text, '-'), coalesce(f.lag_seconds::text, '-'), f.pending_wallets, f.reorgs,
-                    coalesce(f.last_step_finished::text, 'never'),
-                    CASE WHEN f.last_error IS NOT NULL AND (f.last_step_finished IS NULL OR f.last_error_at >= f.last_step_finished)
-                         THEN ', failed: ' || f.last_error ELSE '' END)
-        FROM audius_indexer.follow_status f
-      UNION ALL
-      SELECT 'challenge processor ' || s.challenge_id,
-             s.last_error IS NULL OR s.last_error_at < s.last_run_at,
-             format('checkpoint %s, lag %s blocks, last run %s%s', s.checkpoint, coalesce(s.lag_blocks::text, '-'),
-                    coalesce(s.last_run_at::text, 'never'),
-                    CASE WHEN s.last_error IS NOT NULL AND s.last_error_at >= s.last_run_at
-                         THEN ', failed: ' || s.last_error ELSE '' END)
-        FROM audius_indexer.challenge_processor_status s
-       WHERE to_regclass('public.user_events') IS NOT NULL
-      UNION ALL
-      SELECT 'rows stamped above the chain head', n = 0,
-             CASE WHEN n = 0 THEN 'none above head block ' || $2
-                  ELSE n || ' row(s) with blocknumber > head block ' || $2 || ' (max ' || mx
-                       || '): the block guard keeps every read from updating them; check the node and RESET their blocknumber' END
-        FROM (SELECT count(*) AS n, max(blocknumber) AS mx FROM public.eth_wallet_balances
-               WHERE blocknumber > $2) AS a
-       WHERE $2 IS NOT NULL AND to_regclass('public.eth_wallet_balances') IS NOT NULL
-      UNION ALL
-      SELECT 'search_path safety', roles IS NULL,
-             coalesce('non-superuser roles that may CREATE in schema public, which the balance upsert and the Audius '
-                      || 'triggers it fires search (functions run as the extension owner): ' || roles
-                      || '. REVOKE CREATE ON SCHEMA public FROM them, or accept that they can run code as the owner.',
-                      'no role but superusers may CREATE in schema public')
-        FROM (SELECT string_agg(r.rolname, ', ' ORDER BY r.rolname) AS roles FROM pg_catalog.pg_roles r
-               WHERE NOT r.rolsuper AND r.rolname !~ '^pg_'
-                 AND pg_catalog.has_schema_privilege(r.oid, 'public', 'CREATE')) AS s
-      UNION ALL
-      SELECT 'sweep status', last_error IS NULL OR last_error_at < last_tick_finished,
-             format('last tick %s, lag %s, %s wallets in back-off%s', coalesce(last_tick_finished::text, 'never'),
-                    coalesce(lag::text, '-'), wallets_in_backoff,
-                    coalesce(', last error: ' || last_error, ''))
-        FROM audius_indexer.sweep_status
-    "#;
+    const SQL: &str = include_str!("../../sql/doctor_checks.sql");
     Spi::connect(|c| {
         c.select(SQL, None, &[crate::gucs::preloaded().into(), head.into()])
             .map(|t| {

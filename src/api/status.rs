@@ -62,7 +62,7 @@ fn rpc_endpoint_stats_server() -> TableIterator<
     ),
 > {
     if !crate::shmem_stats::available() {
-        reader::raise(
+        crate::errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "server-wide RPC counters need audius_indexer in shared_preload_libraries",
             None,

@@ -1,6 +1,5 @@
 //! `refresh_wallets` (event path) and `refresh_stale` (sweep tick).
 
-use crate::reader;
 use crate::sweep::{self, Counts};
 use pgrx::prelude::*;
 
@@ -137,7 +136,7 @@ pub unsafe extern "C-unwind" fn audius_indexer_sweep_procedure(
         (nonatomic, batch)
     };
     if !nonatomic {
-        reader::raise(
+        crate::errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_TERMINATION,
             "audius_indexer.sweep() commits between its steps and cannot run inside a transaction block or a function",
             None,
@@ -150,7 +149,7 @@ pub unsafe extern "C-unwind" fn audius_indexer_sweep_procedure(
     if unsafe { pg_sys::SPI_connect_ext(pg_sys::SPI_OPT_NONATOMIC as i32) }
         != pg_sys::SPI_OK_CONNECT as i32
     {
-        reader::raise(
+        crate::errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             "audius_indexer.sweep(): SPI_connect_ext failed",
             None,
@@ -194,7 +193,7 @@ pub unsafe extern "C-unwind" fn audius_indexer_sweep_procedure(
         Err(e) => {
             // Roll the failed work back, record the error and free the single flight in a
             // transaction of their own (committed), then report the error to the caller.
-            let msg = reader::caught_message(&e);
+            let msg = crate::errors::caught_message(&e);
             unsafe { pg_sys::SPI_rollback() };
             as_owner_with_snapshot(owner, || {
                 sweep::record_tick_error(started, &msg);

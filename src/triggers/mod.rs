@@ -25,7 +25,7 @@
 //! (`EXECUTE FUNCTION audius_indexer.handle_…('audius_indexer.test_panic')`) panics after doing its
 //! writes. `install_triggers()` never passes arguments, so production triggers cannot reach it.
 
-mod payload;
+use audius_indexer_core::trigger_payload as payload;
 mod statements;
 pub mod subxact;
 

@@ -1,0 +1,11 @@
+//! The pure core of audius_indexer. This crate does not depend on pgrx (nor on anything of
+//! PostgreSQL): that it compiles without it is what keeps the logic here testable with plain
+//! `cargo test` and free of database types. The extension crate re-exports it.
+//!
+//! - `eth`: ABI codec, addresses, JSON-RPC (HTTP, error classes, retries, failover), interrupt-aware
+//!   waiting, balance reads in chunks (halving, isolation, sum-or-nothing), Transfer logs;
+//! - `challenge_rules`: the Phase 3 challenge processors' rules;
+//! - `trigger_payload`: group ids, JSON and pg_notify payloads of the dedupe triggers.
+pub mod challenge_rules;
+pub mod eth;
+pub mod trigger_payload;
