@@ -260,23 +260,9 @@ fn tick(db: &str, warned_missing: &mut bool) {
     if unsafe { pg_sys::RecoveryInProgress() } {
         return; // never started during recovery; belt and braces
     }
-    let installed = in_transaction(|| {
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'audius_indexer')",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-    });
-    match installed {
-        Ok(true) => *warned_missing = false,
-        Ok(false) => {
-            if !*warned_missing {
-                log!("audius_indexer sweep: extension not installed in database {db:?}; idle until it is");
-                *warned_missing = true;
-            }
-            return;
-        }
+    match extension_installed(WORKER_TYPE, db, warned_missing) {
+        Ok(true) => {}
+        Ok(false) => return,
         Err(msg) => return tick_failed(None, &msg),
     }
     let mut started = None;
@@ -303,6 +289,26 @@ fn tick(db: &str, warned_missing: &mut bool) {
         }
         Err(msg) => tick_failed(started, &msg),
     }
+}
+
+/// Whether the extension is installed in the worker's database; while it is not, the worker idles
+/// and says so once (`warned_missing`).
+fn extension_installed(name: &str, db: &str, warned_missing: &mut bool) -> Result<bool, String> {
+    let installed = in_transaction(|| {
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'audius_indexer')",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })?;
+    if installed {
+        *warned_missing = false;
+    } else if !*warned_missing {
+        log!("{name}: extension not installed in database {db:?}; idle until it is");
+        *warned_missing = true;
+    }
+    Ok(installed)
 }
 
 /// Logs a failed tick, records it in `sweep_status` and releases the single-flight lock.
@@ -395,24 +401,8 @@ fn follow_tick(db: &str, warned_missing: &mut bool, last_error: &mut Option<(Str
     if unsafe { pg_sys::RecoveryInProgress() } {
         return;
     }
-    let installed = in_transaction(|| {
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'audius_indexer')",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-    });
-    match installed {
-        Ok(true) => *warned_missing = false,
-        Ok(false) => {
-            if !*warned_missing {
-                log!("{FOLLOW_WORKER_TYPE}: extension not installed in database {db:?}; idle until it is");
-                *warned_missing = true;
-            }
-            return;
-        }
-        Err(_) => return,
+    if extension_installed(FOLLOW_WORKER_TYPE, db, warned_missing) != Ok(true) {
+        return;
     }
     let outcome = catching(|| {
         crate::follow::step(&mut OwnTransactions, None, sweep::LockScope::Session)

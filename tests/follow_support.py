@@ -82,6 +82,9 @@ def audius_cluster(name: str, db: str, settings: dict[str, str] | None = None) -
         "audius_indexer.sweep_enabled": "off",
         "audius_indexer.challenges_interval": "0",
         "audius_indexer.follow_interval": "0",
+        # a commit must survive a crash restart (kill -9 of a worker): the harness default
+        # synchronous_commit = off loses the last commits with the WAL buffers
+        "synchronous_commit": "on",
         **(settings or {}),
     })
     try:

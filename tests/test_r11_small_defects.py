@@ -216,7 +216,7 @@ def test_install_triggers_no_search_path_warning(cluster, report):
 # the worker backs off while its database is missing
 # ------------------------------------------------------------------------------------------------
 TS = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) UTC"
-FATAL_RE = re.compile(TS + r' \[\d+\] .*FATAL:  database "nope" does not exist')
+FATAL_RE = re.compile(TS + r' \[\d+\] audius_indexer sweep .*FATAL:  database "nope" does not exist')
 NEXT_RE = re.compile(TS + r' \[\d+\] .*LOG:  audius_indexer sweep: could not connect to database "nope" '
                      r"\((\d+) failed attempt\(s\)\); next attempt in (\d+) s")
 WATCH_S = 45

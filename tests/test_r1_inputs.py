@@ -80,6 +80,10 @@ def lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
+# The mismatched upsert of case `up_blocks_short` (also run on its own by the companion test).
+UP_BLOCKS_SHORT_SQL = f"SELECT * FROM {UP}(ARRAY[{lit(W[4])}, {lit(W[5])}], ARRAY[7,8]::numeric[], ARRAY[1]::bigint[])"
+
+
 def check_100k(rows):
     assert len(rows) == BIG_N
     assert [r[0] for r in rows] == BIG, "one row per wallet, in input order"
@@ -208,8 +212,7 @@ CASES: list[Case] = [
     err("up_wallets_short", "1 wallet, 2 balances, 2 blocks",
         f"SELECT * FROM {UP}(ARRAY[{lit(W[4])}], ARRAY[1,2]::numeric[], ARRAY[1,2]::bigint[])",
         "22023", "must have the same length (got 1, 2, 2)", expect="ERROR 22023 (array lengths differ); nothing written"),
-    err("up_blocks_short", "2 wallets, 2 balances, 1 block",
-        f"SELECT * FROM {UP}(ARRAY[{lit(W[4])}, {lit(W[5])}], ARRAY[7,8]::numeric[], ARRAY[1]::bigint[])",
+    err("up_blocks_short", "2 wallets, 2 balances, 1 block", UP_BLOCKS_SHORT_SQL,
         "22023", expect="ERROR 22023 (array lengths differ); nothing written"),
     ok("up_all_null", "upsert(NULL, NULL, NULL)", f"SELECT * FROM {UP}(NULL, NULL, NULL)", rows_eq([]),
        "no rows written"),
@@ -303,10 +306,13 @@ def test_r1(case: Case, session, proxy, report):
 
 
 def test_r1_up_blocks_short_wrote_nothing(session, report):
-    """Companion of `up_blocks_short`: what the mismatched upsert left in eth_wallet_balances."""
+    """Companion of `up_blocks_short`, on its own (no dependence on test order): the mismatched
+    upsert fails and leaves nothing in eth_wallet_balances."""
     conn = session.get("up_blocks_short_wrote_nothing")
     with report.case("up_blocks_short (rows)", "rows left by 2 wallets / 2 balances / 1 block",
                      "no row with balance 7 or 8") as rec:
+        conn.execute("DELETE FROM eth_wallet_balances WHERE wallet = ANY(%s)", (W[4:],))
+        expect_error(conn, UP_BLOCKS_SHORT_SQL, None, "22023", "must have the same length")
         rows = conn.execute("SELECT wallet, balance::text, blocknumber FROM eth_wallet_balances "
                             "WHERE wallet = ANY(%s) AND balance IN (7, 8) ORDER BY wallet", (W[4:],)).fetchall()
         rec.observed = f"{len(rows)} rows written"

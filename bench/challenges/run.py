@@ -348,7 +348,7 @@ def explain_scan(conn, name: str, sql: str, args: tuple) -> list[str]:
         r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) EXECUTE s({lit})").fetchall()]
 
 
-def auto_explain_run(cluster: Cluster, batch: int) -> list[str]:
+def auto_explain_run(cluster: Cluster, batch: int) -> tuple[list[str], dict[str, str]]:
     """One run with auto_explain on nested statements (log_analyze); the plans as the server logged them."""
     before = len(cluster.log_text())
     with cluster.connect("bench") as conn:
@@ -371,11 +371,18 @@ def auto_explain_run(cluster: Cluster, batch: int) -> list[str]:
                  if re.search(r"Scan|Sort|Limit|Nested Loop|Hash|Result|Function|Insert|Update|LockRows", ln)]
         entries.append((float(m.group(1)), q, nodes))
     lines = []
+    texts = {}
     for ms, q, nodes in entries:
+        if q.startswith("SELECT ue.id::bigint") and "is_mobile_user" in q:
+            texts["DIRTY_MOBILE"] = q
+        elif q.startswith("SELECT ue.id::bigint") and "referrer IS NOT NULL" in q:
+            texts["DIRTY_REFERRAL"] = q
+        elif q.startswith("SELECT u.user_id, u.blocknumber"):
+            texts["DIRTY_USERS"] = q
         lines.append(f"  {ms:8.3f} ms  {q[:150]}")
         for n in nodes[:6]:
             lines.append(f"               {n[:150]}")
-    return lines
+    return lines, texts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -555,15 +562,6 @@ def main() -> int:
             log(ln)
         log(f"data ready after {time.time() - started:.0f} s")
 
-        # ---- plans at the start (checkpoint 0) -------------------------------------------------
-        stmts = rust_statements()
-        plans_start = {}
-        with cluster.connect("bench") as conn:
-            for name in ("DIRTY_MOBILE", "DIRTY_REFERRAL"):
-                plans_start[name] = explain_scan(conn, name, stmts[name], (0, None, a.batch))
-            plans_start["DIRTY_USERS"] = explain_scan(conn, "DIRTY_USERS", stmts["DIRTY_USERS"],
-                                                      (0, None, None, a.batch))
-
         # ---- the first N completions: Rust, then = ANY (both rolled back) -----------------------
         n = a.any_completions
         first = {}
@@ -623,15 +621,23 @@ def main() -> int:
                     c2.execute(CALL, (a.batch,)).fetchall()
                     fresh.append((time.perf_counter() - t0) * 1000)
 
-        # ---- plans at the head -----------------------------------------------------------------
-        plans_head = {}
+        # ---- plans: the dirty scans as the installed function ran them (auto_explain of an empty
+        # run), then EXPLAIN ANALYZE of those texts at the start (checkpoint 0) and at the head ------
+        auto, stmts = auto_explain_run(cluster, a.batch)
+        if len(stmts) < 3:
+            src = rust_statements()
+            stmts = {k: stmts.get(k) or src.get(k) for k in SCAN_TYPES}
+        plans_start, plans_head = {}, {}
         with cluster.connect("bench") as conn:
+            for name in ("DIRTY_MOBILE", "DIRTY_REFERRAL"):
+                plans_start[name] = explain_scan(conn, name, stmts[name], (0, None, a.batch))
+            plans_start["DIRTY_USERS"] = explain_scan(conn, "DIRTY_USERS", stmts["DIRTY_USERS"],
+                                                      (0, None, None, a.batch))
             for name, p in (("DIRTY_MOBILE", "m"), ("DIRTY_REFERRAL", "rd")):
                 ue_block, ue_id = state[p][0], state[p][1]
                 plans_head[name] = explain_scan(conn, name, stmts[name], (ue_block, ue_id, a.batch))
             ub, uu, ut = state["r"][2], state["r"][3], state["r"][4]
             plans_head["DIRTY_USERS"] = explain_scan(conn, "DIRTY_USERS", stmts["DIRTY_USERS"], (ub, uu, ut, a.batch))
-        auto = auto_explain_run(cluster, a.batch)
 
         # ---- the same catch-up as shipped (fastupdate = on), time-capped -------------------------
         shipped = None
@@ -764,8 +770,8 @@ def main() -> int:
         out(f"| round trip, new session each (10 runs)        | {fr_med:>5.2f} ms | {fr_p95:>5.2f} ms |")
         out(f"acceptance: median < 20 ms -> {verdict} ({idle_med:.2f} ms server-side)")
         out()
-        out("EXPLAIN ANALYZE of the dirty scans (src/challenges/statements.rs, custom plans with the values the "
-            "function passes):")
+        out("EXPLAIN ANALYZE of the dirty scans (their text as the installed function ran it, from auto_explain; "
+            "custom plans with the values the function passes; 'start' measured after the catch-up):")
         for label, plans in (("start (checkpoint 0, no position)", plans_start), ("head (stored positions)", plans_head)):
             for name, lines in plans.items():
                 out(f"  -- {name} at {label}")

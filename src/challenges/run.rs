@@ -21,6 +21,21 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+impl Outcome {
+    /// Nothing done yet.
+    fn empty(p: Processor) -> Outcome {
+        Outcome {
+            challenge_id: p.id(),
+            dirty_rows: 0,
+            users: 0,
+            upserts: 0,
+            checkpoint_before: None,
+            checkpoint_after: None,
+            error: None,
+        }
+    }
+}
+
 /// Runs the four processors in order (m, r, rv, rd) inside the caller's transaction. Each one runs
 /// in a subtransaction: a failure rolls back only its own work and checkpoint and is reported;
 /// the others still run. Waits for a concurrent run to finish first (one run at a time).
@@ -39,15 +54,7 @@ pub fn run_all(batch: i32) -> Vec<Outcome> {
         super::ALL
             .iter()
             .map(|&p| {
-                let mut counts = Outcome {
-                    challenge_id: p.id(),
-                    dirty_rows: 0,
-                    users: 0,
-                    upserts: 0,
-                    checkpoint_before: None,
-                    checkpoint_after: None,
-                    error: None,
-                };
+                let mut counts = Outcome::empty(p);
                 let result = in_subtransaction(|| process(client, p, batch as usize));
                 match result {
                     Ok(c) => counts = c,
@@ -124,15 +131,7 @@ fn load_state(client: &mut SpiClient<'_>, p: Processor) -> SpiResult<State> {
 /// One processor: load the catalog row, scan what is dirty, re-derive, upsert, move the
 /// checkpoint and the positions. Runs inside its subtransaction.
 fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<Outcome> {
-    let mut out = Outcome {
-        challenge_id: p.id(),
-        dirty_rows: 0,
-        users: 0,
-        upserts: 0,
-        checkpoint_before: None,
-        checkpoint_after: None,
-        error: None,
-    };
+    let mut out = Outcome::empty(p);
     let key = p.checkpoint_key();
     let prev: i64 = {
         let t = client.update(sql::READ_CHECKPOINT, Some(1), &[key.as_str().into()])?;

@@ -19,17 +19,24 @@ pub const READ_CHECKPOINT: &str =
 pub const WRITE_CHECKPOINT: &str = "INSERT INTO indexing_checkpoints (tablename, last_checkpoint) \
      VALUES ($1, $2) ON CONFLICT (tablename) DO UPDATE SET last_checkpoint = EXCLUDED.last_checkpoint";
 
-/// The dirty `user_events` scan of `m`: current mobile rows past the position, in order.
-pub const DIRTY_MOBILE: &str = "SELECT ue.id::bigint, ue.user_id, ue.blocknumber::bigint FROM user_events ue \
-     WHERE ue.blocknumber >= $1 AND (ue.blocknumber > $1 OR ue.id > $2) \
-       AND ue.is_current AND ue.is_mobile_user = true \
-     ORDER BY ue.blocknumber, ue.id LIMIT $3";
+/// The seed's dirty `user_events` scan with a processor's filter: current rows past the position
+/// `($1, $2)`, in `(blocknumber, id)` order, at most `$3`.
+macro_rules! dirty_user_events {
+    ($filter:literal) => {
+        concat!(
+            "SELECT ue.id::bigint, ue.user_id, ue.blocknumber::bigint FROM user_events ue \
+             WHERE ue.blocknumber >= $1 AND (ue.blocknumber > $1 OR ue.id > $2) AND ue.is_current AND ",
+            $filter,
+            " ORDER BY ue.blocknumber, ue.id LIMIT $3"
+        )
+    };
+}
+
+/// The dirty `user_events` scan of `m`: current mobile rows.
+pub const DIRTY_MOBILE: &str = dirty_user_events!("ue.is_mobile_user = true");
 
 /// The dirty `user_events` scan shared by `r`, `rv` and `rd`: current rows with a referrer.
-pub const DIRTY_REFERRAL: &str = "SELECT ue.id::bigint, ue.user_id, ue.blocknumber::bigint FROM user_events ue \
-     WHERE ue.blocknumber >= $1 AND (ue.blocknumber > $1 OR ue.id > $2) \
-       AND ue.is_current AND ue.referrer IS NOT NULL \
-     ORDER BY ue.blocknumber, ue.id LIMIT $3";
+pub const DIRTY_REFERRAL: &str = dirty_user_events!("ue.referrer IS NOT NULL");
 
 /// The second dirty scan of `r`/`rv` (the verification gap): `users` rows past the position.
 pub const DIRTY_USERS: &str = "SELECT u.user_id, u.blocknumber::bigint, u.txhash::text FROM users u \
@@ -42,28 +49,38 @@ pub const RECOMPUTE_MOBILE: &str = "SELECT d.uid, 0 FROM unnest($1::integer[]) W
                     WHERE ue.user_id = d.uid AND ue.is_current AND ue.is_mobile_user = true) \
      ORDER BY d.ord";
 
+/// Current referrals `(user_id, referrer)` of the ids in `$1` (matched on `ue.<column>`), in the
+/// ids' order, optionally only those whose referrer's current `users` row has
+/// `COALESCE(is_verified, false) = $2`.
+macro_rules! referrals {
+    ($column:literal) => {
+        referrals!(@ $column, "")
+    };
+    ($column:literal, referrer_verified) => {
+        referrals!(@ $column, "WHERE EXISTS (SELECT 1 FROM users u WHERE u.user_id = ue.referrer \
+                                AND u.is_current AND COALESCE(u.is_verified, false) = $2)")
+    };
+    (@ $column:literal, $verified:literal) => {
+        concat!(
+            "SELECT ue.user_id, ue.referrer FROM unnest($1::integer[]) WITH ORDINALITY AS d(id, ord) \
+             JOIN user_events ue ON ue.",
+            $column,
+            " = d.id AND ue.is_current AND ue.referrer IS NOT NULL ",
+            $verified,
+            " ORDER BY d.ord, ue.id"
+        )
+    };
+}
+
 /// `r`/`rv`'s recompute for dirty referred users: their current referrals whose referrer's
 /// current `users` row has `COALESCE(is_verified, false) = $2`.
-pub const RECOMPUTE_REFERRALS: &str = "SELECT ue.user_id, ue.referrer \
-     FROM unnest($1::integer[]) WITH ORDINALITY AS d(uid, ord) \
-     JOIN user_events ue ON ue.user_id = d.uid AND ue.is_current AND ue.referrer IS NOT NULL \
-     WHERE EXISTS (SELECT 1 FROM users u WHERE u.user_id = ue.referrer AND u.is_current \
-                      AND COALESCE(u.is_verified, false) = $2) \
-     ORDER BY d.ord, ue.id";
+pub const RECOMPUTE_REFERRALS: &str = referrals!("user_id", referrer_verified);
 
 /// `r`/`rv`'s recompute for referrers whose `users` row changed: every pair they referred.
-pub const RECOMPUTE_BY_REFERRER: &str = "SELECT ue.user_id, ue.referrer \
-     FROM unnest($1::integer[]) WITH ORDINALITY AS d(rid, ord) \
-     JOIN user_events ue ON ue.referrer = d.rid AND ue.is_current AND ue.referrer IS NOT NULL \
-     WHERE EXISTS (SELECT 1 FROM users u WHERE u.user_id = ue.referrer AND u.is_current \
-                      AND COALESCE(u.is_verified, false) = $2) \
-     ORDER BY d.ord, ue.id";
+pub const RECOMPUTE_BY_REFERRER: &str = referrals!("referrer", referrer_verified);
 
 /// `rd`'s recompute: every current referral of the dirty users, regardless of verification.
-pub const RECOMPUTE_REFERRED: &str = "SELECT ue.user_id, ue.referrer \
-     FROM unnest($1::integer[]) WITH ORDINALITY AS d(uid, ord) \
-     JOIN user_events ue ON ue.user_id = d.uid AND ue.is_current AND ue.referrer IS NOT NULL \
-     ORDER BY d.ord, ue.id";
+pub const RECOMPUTE_REFERRED: &str = referrals!("user_id");
 
 /// `UpsertUserChallenge`, set-based, rows written in the given order: `is_complete` sticky,
 /// `amount` and `completed_at` kept once complete, `completed_blocknumber` never set.

@@ -326,6 +326,58 @@ struct ChallengeDisbursement {
     created_at: Option<TimestampWithTimeZone>,
 }
 
+/// One disbursement as both disbursement triggers see it (their tables differ in column types,
+/// hence their own lookup and insert statements).
+struct Disbursement<'a, S, C> {
+    lookup: &'static Statement,
+    insert: &'static Statement,
+    user_id: Option<i32>,
+    challenge_id: Option<&'a str>,
+    specifier: Option<&'a str>,
+    amount: JsonValue<'a>,
+    slot: S,
+    created_at: C,
+}
+
+/// The part both disbursement triggers share: unless the challenge is a reward code, a
+/// `challenge_reward` notification for the user, at most one per hour (`user_ids @>` lookup).
+fn challenge_reward_once_an_hour<S: IntoDatum, C: IntoDatum + Copy>(
+    client: &mut SpiClient<'_>,
+    d: Disbursement<'_, S, C>,
+) -> Result<(), TriggerError> {
+    let is_reward_code: Option<bool> =
+        first_value(client, &statements::REWARD_CODE_EXISTS, &[varchar(d.challenge_id)])?;
+    if is_reward_code == Some(true) {
+        return Ok(());
+    }
+    let recent = any_row(client, d.lookup, &[d.user_id.into(), d.created_at.into()])?;
+    if recent {
+        return Ok(());
+    }
+    let group_id = payload::group_id(
+        payload::CHALLENGE_REWARD,
+        d.user_id,
+        d.challenge_id,
+        d.specifier,
+    );
+    let data = payload::disbursement_data(d.specifier, d.challenge_id, d.amount);
+    let user_specifier = d.user_id.map(|u| u.to_string());
+    run(
+        client,
+        d.insert,
+        None,
+        &[
+            d.slot.into(),
+            d.user_id.into(),
+            d.created_at.into(),
+            group_id.as_deref().into(),
+            user_specifier.as_deref().into(),
+            data.as_str().into(),
+        ],
+    )?;
+    Ok(())
+}
+
 fn challenge_disbursement_body(
     client: &mut SpiClient<'_>,
     trigger: &PgTrigger<'_>,
@@ -349,45 +401,19 @@ fn challenge_disbursement_body(
         &statements::CD_REWARD_MANAGER_TX,
         &[varchar(d.signature.as_deref())],
     )? {
-        let is_reward_code: Option<bool> = first_value(
+        challenge_reward_once_an_hour(
             client,
-            &statements::REWARD_CODE_EXISTS,
-            &[varchar(d.challenge_id.as_deref())],
+            Disbursement {
+                lookup: &statements::CD_CHALLENGE_REWARD_LOOKUP,
+                insert: &statements::CD_INSERT_NOTIFICATION,
+                user_id: d.user_id,
+                challenge_id: d.challenge_id.as_deref(),
+                specifier: d.specifier.as_deref(),
+                amount: JsonValue::opt_str(d.amount.as_deref()),
+                slot: d.slot,
+                created_at: d.created_at,
+            },
         )?;
-        if is_reward_code != Some(true) {
-            let recent = any_row(
-                client,
-                &statements::CD_CHALLENGE_REWARD_LOOKUP,
-                &[d.user_id.into(), d.created_at.into()],
-            )?;
-            if !recent {
-                let group_id = payload::group_id(
-                    payload::CHALLENGE_REWARD,
-                    d.user_id,
-                    d.challenge_id.as_deref(),
-                    d.specifier.as_deref(),
-                );
-                let data = payload::disbursement_data(
-                    d.specifier.as_deref(),
-                    d.challenge_id.as_deref(),
-                    JsonValue::opt_str(d.amount.as_deref()),
-                );
-                let user_specifier = d.user_id.map(|u| u.to_string());
-                run(
-                    client,
-                    &statements::CD_INSERT_NOTIFICATION,
-                    None,
-                    &[
-                        d.slot.into(),
-                        d.user_id.into(),
-                        d.created_at.into(),
-                        group_id.as_deref().into(),
-                        user_specifier.as_deref().into(),
-                        data.as_str().into(),
-                    ],
-                )?;
-            }
-        }
     }
     if test_panic_requested(trigger) {
         panic!("fault injection ({TEST_PANIC_ARG}) in {}", tg_name(trigger));
@@ -451,45 +477,19 @@ fn sol_reward_disbursement_body(
         return Ok(());
     };
 
-    let is_reward_code: Option<bool> = first_value(
+    challenge_reward_once_an_hour(
         client,
-        &statements::REWARD_CODE_EXISTS,
-        &[varchar(d.challenge_id.as_deref())],
+        Disbursement {
+            lookup: &statements::SOL_CHALLENGE_REWARD_LOOKUP,
+            insert: &statements::SOL_INSERT_NOTIFICATION,
+            user_id: Some(user_id),
+            challenge_id: d.challenge_id.as_deref(),
+            specifier: d.specifier.as_deref(),
+            amount: JsonValue::opt_int(d.amount),
+            slot: d.slot,
+            created_at: d.created_at,
+        },
     )?;
-    if is_reward_code != Some(true) {
-        let recent = any_row(
-            client,
-            &statements::SOL_CHALLENGE_REWARD_LOOKUP,
-            &[user_id.into(), d.created_at.into()],
-        )?;
-        if !recent {
-            let group_id = payload::group_id(
-                payload::CHALLENGE_REWARD,
-                Some(user_id),
-                d.challenge_id.as_deref(),
-                d.specifier.as_deref(),
-            );
-            let data = payload::disbursement_data(
-                d.specifier.as_deref(),
-                d.challenge_id.as_deref(),
-                JsonValue::opt_int(d.amount),
-            );
-            let user_specifier = user_id.to_string();
-            run(
-                client,
-                &statements::SOL_INSERT_NOTIFICATION,
-                None,
-                &[
-                    d.slot.into(),
-                    user_id.into(),
-                    d.created_at.into(),
-                    group_id.as_deref().into(),
-                    user_specifier.as_str().into(),
-                    data.as_str().into(),
-                ],
-            )?;
-        }
-    }
 
     let notify = payload::challenge_disbursed_payload(
         user_id,

@@ -67,6 +67,22 @@ pub struct Statement {
     pub partial_index: Option<&'static str>,
 }
 
+/// The dedupe lookup of one notification type: a notification of that type for the user in the
+/// hour before `$2`. The type is a literal so the partial GIN (`WHERE type = '<type>'`) can serve it.
+macro_rules! recent_notification_sql {
+    ($type:literal) => {
+        concat!(
+            "SELECT id FROM notification WHERE type = '",
+            $type,
+            "' AND user_ids @> ARRAY[$1]::integer[] AND \"timestamp\" >= ($2 - interval '1 hour') LIMIT 1"
+        )
+    };
+}
+
+/// The `challenge_reward` notification of both disbursement triggers.
+const DISBURSEMENT_NOTIFICATION_SQL: &str = "INSERT INTO notification (slot, user_ids, \"timestamp\", type, group_id, specifier, data) \
+     VALUES ($1, ARRAY[$2]::integer[], $3, 'challenge_reward', $4, $5, $6::jsonb) ON CONFLICT DO NOTHING";
+
 const UC: &str = "handle_on_user_challenge";
 const CD: &str = "handle_challenge_disbursement";
 const SOL: &str = "handle_sol_reward_disbursement";
@@ -96,8 +112,7 @@ pub static UC_COOLDOWN_LOOKUP: Statement = Statement {
     slot: 2,
     name: "uc_cooldown_lookup",
     function: UC,
-    sql: "SELECT id FROM notification WHERE type = 'reward_in_cooldown' \
-          AND user_ids @> ARRAY[$1]::integer[] AND \"timestamp\" >= ($2 - interval '1 hour') LIMIT 1",
+    sql: recent_notification_sql!("reward_in_cooldown"),
     params: &[INT4, TS],
     partial_index: Some("ix_notification_cooldown_user_ids"),
 };
@@ -155,8 +170,7 @@ pub static CD_CHALLENGE_REWARD_LOOKUP: Statement = Statement {
     slot: 7,
     name: "cd_challenge_reward_lookup",
     function: CD,
-    sql: "SELECT id FROM notification WHERE type = 'challenge_reward' \
-          AND user_ids @> ARRAY[$1]::integer[] AND \"timestamp\" >= ($2 - interval '1 hour') LIMIT 1",
+    sql: recent_notification_sql!("challenge_reward"),
     params: &[INT4, TSTZ],
     partial_index: Some("ix_notification_challenge_reward_user_ids"),
 };
@@ -166,8 +180,7 @@ pub static CD_INSERT_NOTIFICATION: Statement = Statement {
     slot: 8,
     name: "cd_insert_notification",
     function: CD,
-    sql: "INSERT INTO notification (slot, user_ids, \"timestamp\", type, group_id, specifier, data) \
-          VALUES ($1, ARRAY[$2]::integer[], $3, 'challenge_reward', $4, $5, $6::jsonb) ON CONFLICT DO NOTHING",
+    sql: DISBURSEMENT_NOTIFICATION_SQL,
     params: &[INT4, INT4, TSTZ, TEXT, TEXT, TEXT],
     partial_index: None,
 };
@@ -188,8 +201,7 @@ pub static SOL_CHALLENGE_REWARD_LOOKUP: Statement = Statement {
     slot: 10,
     name: "sol_challenge_reward_lookup",
     function: SOL,
-    sql: "SELECT id FROM notification WHERE type = 'challenge_reward' \
-          AND user_ids @> ARRAY[$1]::integer[] AND \"timestamp\" >= ($2 - interval '1 hour') LIMIT 1",
+    sql: recent_notification_sql!("challenge_reward"),
     params: &[INT4, TS],
     partial_index: Some("ix_notification_challenge_reward_user_ids"),
 };
@@ -199,8 +211,7 @@ pub static SOL_INSERT_NOTIFICATION: Statement = Statement {
     slot: 11,
     name: "sol_insert_notification",
     function: SOL,
-    sql: "INSERT INTO notification (slot, user_ids, \"timestamp\", type, group_id, specifier, data) \
-          VALUES ($1, ARRAY[$2]::integer[], $3, 'challenge_reward', $4, $5, $6::jsonb) ON CONFLICT DO NOTHING",
+    sql: DISBURSEMENT_NOTIFICATION_SQL,
     params: &[INT8, INT4, TS, TEXT, TEXT, TEXT],
     partial_index: None,
 };

@@ -206,13 +206,9 @@ pub fn revert_reason(data: &[u8]) -> Option<String> {
     ErrorCall::abi_decode(data).ok().map(|e| e.reason)
 }
 
+/// Lowercase hex without `0x` (alloy's vectorised `hex`, i.e. const-hex).
 pub fn hex(data: &[u8]) -> String {
-    use std::fmt::Write;
-    data.iter()
-        .fold(String::with_capacity(data.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    alloy_primitives::hex::encode(data)
 }
 
 #[cfg(test)]

@@ -20,26 +20,36 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| "is not a URL (expected http://host[:port]/…)".to_string())?;
-        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-            return Err(format!(
-                "uses scheme {scheme:?}; only http and https are allowed"
-            ));
-        }
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        if host.is_empty() {
-            return Err("has no host".to_string());
-        }
-        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    /// Parses an endpoint URL with the `url` crate (WHATWG rules: host lowercased, IDNA, IPv6).
+    /// Refused: schemes other than http/https, no host, whitespace or control characters
+    /// anywhere (the parser would silently drop tabs and newlines). Messages never quote the URL.
+    pub fn parse(text: &str) -> Result<Endpoint, String> {
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err("contains whitespace".to_string());
         }
+        let u = url::Url::parse(text)
+            .map_err(|_| "is not a URL (expected http://host[:port]/…)".to_string())?;
+        if u.scheme() != "http" && u.scheme() != "https" {
+            return Err(format!(
+                "uses scheme {:?}; only http and https are allowed",
+                u.scheme()
+            ));
+        }
+        // `http:///x` would parse with host "x": an empty authority is no host.
+        let authority_empty = text
+            .split_once("://")
+            .is_none_or(|(_, rest)| rest.starts_with(['/', '?', '#']));
+        let host = match u.host_str() {
+            Some(h) if !h.is_empty() && !authority_empty => h,
+            _ => return Err("has no host".to_string()),
+        };
+        let host = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
         Ok(Endpoint {
-            url: url.to_string(),
-            host: host.to_ascii_lowercase(),
+            url: text.to_string(),
+            host,
         })
     }
 
@@ -422,21 +432,7 @@ pub fn decode_hex_result(ep: &Endpoint, v: &Value) -> Result<Vec<u8>, RpcError> 
             digits.len()
         )));
     }
-    let mut out = Vec::with_capacity(digits.len() / 2);
-    for pair in digits.as_bytes().chunks(2) {
-        let hi = (pair[0] as char).to_digit(16);
-        let lo = (pair[1] as char).to_digit(16);
-        match (hi, lo) {
-            (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
-            _ => {
-                return Err(bad(format!(
-                    "malformed hex result near {:?}",
-                    String::from_utf8_lossy(pair)
-                )))
-            }
-        }
-    }
-    Ok(out)
+    alloy_primitives::hex::decode(digits).map_err(|e| bad(format!("malformed hex result: {e}")))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -452,9 +448,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// The JSON-RPC request body of `eth_call(to, data, "latest")`.
 pub fn eth_call_body(id: u64, to: &str, data: &[u8]) -> String {
-    let mut hexdata = String::with_capacity(2 + data.len() * 2);
-    hexdata.push_str("0x");
-    hexdata.push_str(&crate::eth::abi::hex(data));
+    let hexdata = alloy_primitives::hex::encode_prefixed(data);
     json!({"jsonrpc": "2.0", "id": id, "method": "eth_call",
            "params": [{"to": to, "data": hexdata}, "latest"]})
     .to_string()
