@@ -329,13 +329,16 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
          last_reorg_block = p_checkpoint, last_reorg_ancestor = p_ancestor;
 $$;
 
--- Pending-queue bookkeeping after a write: every wallet in p_done leaves the queue, then the lagging
--- ones (read again at the next step) and the failed ones (backed off) are queued.
+-- Pending-queue bookkeeping after a write: the wallets of p_done that were read and written leave
+-- the queue; the lagging ones (read again at the next step) and the failed ones (backed off like
+-- wallet_failures: base * 2^(attempts-1), at most max) are queued or counted again, each with the
+-- block its read must reach (the higher one when it was queued already).
 CREATE FUNCTION audius_indexer._follow_pending(
-  p_done text[], p_lagging text[], p_lagging_blocks bigint[], p_failed text[], p_reasons text[],
-  p_backoff_base_s integer, p_backoff_max_s integer) RETURNS void
+  p_done text[], p_lagging text[], p_lagging_blocks bigint[], p_failed text[], p_failed_blocks bigint[],
+  p_reasons text[], p_backoff_base_s integer, p_backoff_max_s integer) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-  DELETE FROM audius_indexer.follow_pending WHERE wallet = ANY (p_done);
+  DELETE FROM audius_indexer.follow_pending
+   WHERE wallet = ANY (p_done) AND wallet <> ALL (p_lagging) AND wallet <> ALL (p_failed);
   INSERT INTO audius_indexer.follow_pending AS p (wallet, min_block, reason, next_attempt)
   SELECT w, b, 'the node answered from a block older than the transfer (lagging node)', now()
     FROM unnest(p_lagging, p_lagging_blocks) AS l(w, b)
@@ -343,10 +346,11 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
      SET min_block = GREATEST(p.min_block, EXCLUDED.min_block), reason = EXCLUDED.reason,
          attempts = p.attempts + 1, next_attempt = now();
   INSERT INTO audius_indexer.follow_pending AS p (wallet, min_block, reason, next_attempt)
-  SELECT w, NULL, r, now() + make_interval(secs => p_backoff_base_s)
-    FROM unnest(p_failed, p_reasons) AS f(w, r)
+  SELECT w, b, r, now() + make_interval(secs => least(p_backoff_max_s, p_backoff_base_s))
+    FROM unnest(p_failed, p_failed_blocks, p_reasons) AS f(w, b, r)
   ON CONFLICT (wallet) DO UPDATE
-     SET reason = EXCLUDED.reason, attempts = p.attempts + 1,
+     SET min_block = GREATEST(p.min_block, EXCLUDED.min_block), reason = EXCLUDED.reason,
+         attempts = p.attempts + 1,
          next_attempt = now() + make_interval(secs => least(p_backoff_max_s::float8,
                                                              p_backoff_base_s * power(2, least(p.attempts, 30))));
 $$;
@@ -382,7 +386,6 @@ SELECT s.last_step_started,
   LEFT JOIN audius_indexer.follow_blocks b ON b.block = c.last_block;
 COMMENT ON VIEW audius_indexer.follow_status IS
   'Transfer-log follower: last step and its counts, checkpoint (eth_indexer_checkpoints audio_transfers), head, lag in blocks and seconds (now - checkpoint block time), pending wallets, reorgs, last error.';
-
 CREATE  FUNCTION audius_indexer."follow_transfers"(
 	"max_blocks" bigint DEFAULT NULL /* Option < i64 > */
 ) RETURNS TABLE (

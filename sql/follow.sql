@@ -110,13 +110,16 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
          last_reorg_block = p_checkpoint, last_reorg_ancestor = p_ancestor;
 $$;
 
--- Pending-queue bookkeeping after a write: every wallet in p_done leaves the queue, then the lagging
--- ones (read again at the next step) and the failed ones (backed off) are queued.
+-- Pending-queue bookkeeping after a write: the wallets of p_done that were read and written leave
+-- the queue; the lagging ones (read again at the next step) and the failed ones (backed off like
+-- wallet_failures: base * 2^(attempts-1), at most max) are queued or counted again, each with the
+-- block its read must reach (the higher one when it was queued already).
 CREATE FUNCTION audius_indexer._follow_pending(
-  p_done text[], p_lagging text[], p_lagging_blocks bigint[], p_failed text[], p_reasons text[],
-  p_backoff_base_s integer, p_backoff_max_s integer) RETURNS void
+  p_done text[], p_lagging text[], p_lagging_blocks bigint[], p_failed text[], p_failed_blocks bigint[],
+  p_reasons text[], p_backoff_base_s integer, p_backoff_max_s integer) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-  DELETE FROM audius_indexer.follow_pending WHERE wallet = ANY (p_done);
+  DELETE FROM audius_indexer.follow_pending
+   WHERE wallet = ANY (p_done) AND wallet <> ALL (p_lagging) AND wallet <> ALL (p_failed);
   INSERT INTO audius_indexer.follow_pending AS p (wallet, min_block, reason, next_attempt)
   SELECT w, b, 'the node answered from a block older than the transfer (lagging node)', now()
     FROM unnest(p_lagging, p_lagging_blocks) AS l(w, b)
@@ -124,10 +127,11 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
      SET min_block = GREATEST(p.min_block, EXCLUDED.min_block), reason = EXCLUDED.reason,
          attempts = p.attempts + 1, next_attempt = now();
   INSERT INTO audius_indexer.follow_pending AS p (wallet, min_block, reason, next_attempt)
-  SELECT w, NULL, r, now() + make_interval(secs => p_backoff_base_s)
-    FROM unnest(p_failed, p_reasons) AS f(w, r)
+  SELECT w, b, r, now() + make_interval(secs => least(p_backoff_max_s, p_backoff_base_s))
+    FROM unnest(p_failed, p_failed_blocks, p_reasons) AS f(w, b, r)
   ON CONFLICT (wallet) DO UPDATE
-     SET reason = EXCLUDED.reason, attempts = p.attempts + 1,
+     SET min_block = GREATEST(p.min_block, EXCLUDED.min_block), reason = EXCLUDED.reason,
+         attempts = p.attempts + 1,
          next_attempt = now() + make_interval(secs => least(p_backoff_max_s::float8,
                                                              p_backoff_base_s * power(2, least(p.attempts, 30))));
 $$;

@@ -190,6 +190,7 @@ fn refresh<S: Steps>(
     after: impl FnOnce(),
 ) -> sweep::Counts {
     let keys: Vec<String> = wallets.iter().map(|(k, _)| k.clone()).collect();
+    let min_blocks: std::collections::HashMap<String, Option<i64>> = wallets.iter().cloned().collect();
     let read = if wallets.is_empty() {
         None
     } else {
@@ -200,7 +201,7 @@ fn refresh<S: Steps>(
             Some(r) => {
                 let (lagging, failed) = r.retries();
                 let c = sweep::write(r);
-                record_pending(&keys, &lagging, &failed);
+                record_pending(&keys, &lagging, &failed, &min_blocks);
                 c
             }
             None => sweep::Counts::default(),
@@ -210,18 +211,28 @@ fn refresh<S: Steps>(
     })
 }
 
-/// Pending-queue bookkeeping: lagging and failed reads queued (with the block they must reach),
-/// every other wallet of `keys` done.
-fn record_pending(keys: &[String], lagging: &[(String, i64)], failed: &[(String, String)]) {
+/// Pending-queue bookkeeping: lagging and failed reads queued (with the block they must reach:
+/// `min_blocks` of the wallets asked for), every other wallet of `keys` done.
+fn record_pending(
+    keys: &[String],
+    lagging: &[(String, i64)],
+    failed: &[(String, String)],
+    min_blocks: &std::collections::HashMap<String, Option<i64>>,
+) {
     let (lag_w, lag_b): (Vec<String>, Vec<i64>) = lagging.iter().cloned().unzip();
     let (fail_w, fail_why): (Vec<String>, Vec<String>) = failed.iter().cloned().unzip();
+    let fail_b: Vec<Option<i64>> = fail_w
+        .iter()
+        .map(|w| min_blocks.get(w).copied().flatten())
+        .collect();
     spi(Spi::run_with_args(
-        "SELECT audius_indexer._follow_pending($1, $2, $3, $4, $5, $6, $7)",
+        "SELECT audius_indexer._follow_pending($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             keys.to_vec().into(),
             lag_w.into(),
             lag_b.into(),
             fail_w.into(),
+            fail_b.into(),
             fail_why.into(),
             gucs::FAILURE_BACKOFF_BASE_S.get().into(),
             gucs::FAILURE_BACKOFF_MAX_S.get().into(),
@@ -425,7 +436,7 @@ fn reorg<S: Steps>(steps: &mut S, checkpoint: i64, ancestor: i64) -> i64 {
         if let Some(r) = read {
             let (lagging, failed) = r.retries();
             sweep::write(r);
-            record_pending(&keys, &lagging, &failed);
+            record_pending(&keys, &lagging, &failed, &std::collections::HashMap::new());
         }
     });
     ancestor
