@@ -43,14 +43,14 @@ SEED = 20260311
 OPS = {50: 5000, 5000: 2600}
 DIFF_PARAMS = [(50, "UTC"), (50, "America/New_York"), (5000, "UTC"), (5000, "America/New_York")]
 TOTAL_DIFF_OPS = sum(OPS[b] for b, _ in DIFF_PARAMS)
-DIFF_SUMMARY: dict[str, dict] = {}
 
 
 @pytest.fixture(scope="module")
 def pg():
-    # autovacuum off: the tests ANALYZE / flush GIN pending lists themselves, at deterministic points
-    # (an ANALYZE of notification makes the trigger's cooldown lookup a LIMIT-1 seq scan -- see the
-    # report -- which would make the runtime depend on when autovacuum happens to run)
+    # autovacuum off: the tests ANALYZE / flush GIN pending lists themselves, at deterministic points.
+    # (With statistics on this test's notification table the planner turns the trigger's cooldown
+    # lookup into a LIMIT-1 seq scan of notification -- one run of 5000 completions then took ~40 s
+    # instead of ~1 s -- so the runtime would depend on when autovacuum happens to run.)
     c = start_cluster("challenges", {"max_connections": "40", "autovacuum": "off"})
     try:
         yield c
@@ -254,7 +254,6 @@ def test_differential_against_full_scan(pg, batch, timezone):
                "crowded_block_rows": stream.crowded_rows, "user_events_rows": ue_rows, "syncs": sync_no,
                "max_runs_per_sync": max_runs, "user_challenges": total_rows, "hits": dict(sorted(hits.items())),
                "seconds": round(time.time() - t0, 1), "timing": {k: round(v, 1) for k, v in timing.items()}}
-    DIFF_SUMMARY[tag] = summary
     print(f"\n[challenges differential {tag}] {json.dumps(summary)}")
     print(f"[challenges differential] {TOTAL_DIFF_OPS} ordinary ops over {len(DIFF_PARAMS)} runs "
           f"({OPS}, plus the rows of the crowded blocks)")

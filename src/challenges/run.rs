@@ -60,6 +60,10 @@ pub fn run_all(batch: i32) -> Vec<Outcome> {
                     Ok(c) => counts = c,
                     Err(Failed { sqlstate, message }) => {
                         counts.error = Some(format!("{sqlstate}: {message}"));
+                        // Its own work is rolled back: the checkpoint is where it was.
+                        let cp = current_checkpoint(client, p);
+                        counts.checkpoint_before = cp;
+                        counts.checkpoint_after = cp;
                     }
                 }
                 record(client, &counts);
@@ -94,6 +98,17 @@ fn record(client: &mut SpiClient<'_>, o: &Outcome) {
             ],
         )
         .unwrap_or_else(|e| spi_failed(e));
+}
+
+/// The checkpoint of `p` as it stands (None when it cannot be read, e.g. no such table).
+fn current_checkpoint(client: &mut SpiClient<'_>, p: Processor) -> Option<i64> {
+    let key = p.checkpoint_key();
+    in_subtransaction(|| -> SpiResult<Option<i64>> {
+        let t = client.update(sql::READ_CHECKPOINT, Some(1), &[key.as_str().into()])?;
+        Ok(if t.is_empty() { Some(0) } else { t.first().get::<i64>(1)?.or(Some(0)) })
+    })
+    .ok()
+    .flatten()
 }
 
 /// The stored positions of one processor.
@@ -178,12 +193,22 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
         )?
         .map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i32>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
         .collect::<SpiResult<_>>()?;
-    if let Some(&(last_id, _, last_block)) = rows.last() {
+    if !rows.is_empty() {
         out.dirty_rows += rows.len() as i32;
         let ids = super::first_seen(rows.iter().map(|r| r.1));
         touched.extend(&ids);
         pairs.extend(recompute(client, p, &ids)?);
-        let max_bn = rows.iter().map(|r| r.2).max().unwrap_or(last_block);
+    }
+    // Where the scan ends: its last row, or (nothing new) where it started.
+    let end = rows
+        .last()
+        .map(|&(id, _, block)| (block, id))
+        .or(start.after.map(|id| (start.block, id)));
+    let max_bn = rows.iter().map(|r| r.2).max();
+    if let Some((end_block, end_id)) = end {
+        // A scan that returned fewer rows than the batch saw every row up to its end: as the seed
+        // (which would re-scan that block and find it finished), the checkpoint may reach it.
+        let max_bn = max_bn.unwrap_or(end_block).max(end_block);
         let checkpoint = match super::high_water(prev, max_bn, rows.len(), batch) {
             Some(cp) => {
                 client.update(
@@ -196,11 +221,13 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
             None => prev,
         };
         out.checkpoint_after = Some(checkpoint);
-        client.update(
-            sql::SAVE_UE_POSITION,
-            None,
-            &[p.id().into(), last_block.into(), last_id.into(), checkpoint.into()],
-        )?;
+        if !rows.is_empty() || checkpoint != prev {
+            client.update(
+                sql::SAVE_UE_POSITION,
+                None,
+                &[p.id().into(), end_block.into(), end_id.into(), checkpoint.into()],
+            )?;
+        }
     }
 
     // 2. r / rv: users rows past their own position (referrers whose verification may have
