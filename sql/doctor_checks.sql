@@ -8,14 +8,20 @@ SELECT 'table eth_wallet_balances', to_regclass('public.eth_wallet_balances') IS
 UNION ALL
 SELECT 'table eth_wallet_balances', false, 'missing' WHERE to_regclass('public.eth_wallet_balances') IS NULL
 UNION ALL
-SELECT 'index ' || n.idx, coalesce(i.indisvalid, false),
-       CASE WHEN i.indexrelid IS NULL THEN 'missing' WHEN i.indisvalid THEN 'valid'
-            ELSE 'INVALID (a failed CREATE INDEX CONCURRENTLY): run sql/indexes.sql' END
-  FROM (VALUES ('eth_wallet_balances_updated_at_idx', 'eth_wallet_balances'),
-               ('ix_notification_cooldown_user_ids', 'notification'),
-               ('ix_notification_challenge_reward_user_ids', 'notification'),
-               ('ix_user_events_blocknumber', 'user_events'),
-               ('ix_user_events_referrer', 'user_events')) AS n(idx, tbl)
+-- The dedupe GINs must have fastupdate off: with a pending list, every `@>` lookup of the triggers
+-- also scans the list, and a burst of completions (a challenge catch-up) slows down quadratically.
+SELECT 'index ' || n.idx,
+       coalesce(i.indisvalid, false) AND NOT (n.dedupe_gin AND NOT 'fastupdate=off' = ANY (coalesce(c.reloptions, '{}'))),
+       CASE WHEN i.indexrelid IS NULL THEN 'missing'
+            WHEN NOT i.indisvalid THEN 'INVALID (a failed CREATE INDEX CONCURRENTLY): run sql/indexes.sql'
+            WHEN n.dedupe_gin AND NOT 'fastupdate=off' = ANY (coalesce(c.reloptions, '{}'))
+            THEN 'valid, but fastupdate is on: every dedupe lookup also scans the GIN pending list; run sql/indexes.sql'
+            ELSE 'valid' END
+  FROM (VALUES ('eth_wallet_balances_updated_at_idx', 'eth_wallet_balances', false),
+               ('ix_notification_cooldown_user_ids', 'notification', true),
+               ('ix_notification_challenge_reward_user_ids', 'notification', true),
+               ('ix_user_events_blocknumber', 'user_events', false),
+               ('ix_user_events_referrer', 'user_events', false)) AS n(idx, tbl, dedupe_gin)
   LEFT JOIN pg_class c ON c.relname = n.idx AND c.relnamespace = 'public'::regnamespace
   LEFT JOIN pg_index i ON i.indexrelid = c.oid
  WHERE to_regclass('public.' || n.tbl) IS NOT NULL

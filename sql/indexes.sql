@@ -18,6 +18,11 @@
 --   ix_user_events_referrer    -- (referrer) WHERE referrer IS NOT NULL: r/rv re-derive the pairs of a
 --                                 referrer whose users row changed (the verification-gap fix)
 --
+-- Both GINs are built with fastupdate = off, and an existing one (Audius 0210 creates the first) is
+-- switched to it: with a pending list every lookup also scans the list, and a burst of completions
+-- (a challenge processor catch-up) slows down with the list's length — measured in
+-- bench/challenges: 6 min with fastupdate off, ~64 min (extrapolated) with it on.
+--
 -- Idempotent. A CREATE INDEX CONCURRENTLY that failed or was cancelled leaves an INVALID index behind,
 -- which IF NOT EXISTS would then silently accept: such leftovers are dropped (concurrently) and rebuilt.
 -- The script ends by checking that both indexes exist and are valid.
@@ -56,7 +61,7 @@ SELECT format('DROP INDEX CONCURRENTLY IF EXISTS %I.%I', n.nspname, c.relname)
 
 -- 2. Build what is missing.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_notification_cooldown_user_ids
-    ON :"schema".notification USING gin (user_ids)
+    ON :"schema".notification USING gin (user_ids) WITH (fastupdate = off)
     WHERE ((type)::text = 'reward_in_cooldown'::text);
 
 COMMENT ON INDEX :"schema".ix_notification_cooldown_user_ids IS
@@ -64,12 +69,27 @@ COMMENT ON INDEX :"schema".ix_notification_cooldown_user_ids IS
     'of on_user_challenge (user_ids @> ARRAY[user_id]). GIN cannot serve "= ANY(user_ids)". Created by audius_indexer sql/indexes.sql.';
 
 CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_notification_challenge_reward_user_ids
-    ON :"schema".notification USING gin (user_ids)
+    ON :"schema".notification USING gin (user_ids) WITH (fastupdate = off)
     WHERE ((type)::text = 'challenge_reward'::text);
 
 COMMENT ON INDEX :"schema".ix_notification_challenge_reward_user_ids IS
     'Partial GIN on notification.user_ids for type = ''challenge_reward'': serves the 1-hour disbursement dedupe '
     'of on_challenge_disbursement / on_sol_reward_disbursement (user_ids @> ARRAY[user_id]). Created by audius_indexer sql/indexes.sql.';
+
+-- An existing GIN (e.g. Audius 0210's) with fastupdate on: switch it off (a short lock on the index),
+-- then merge its pending list into the index.
+SELECT format('ALTER INDEX %I.%I SET (fastupdate = off)', n.nspname, c.relname)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = :'schema'
+   AND c.relname IN ('ix_notification_cooldown_user_ids', 'ix_notification_challenge_reward_user_ids')
+   AND c.relam = (SELECT a.oid FROM pg_catalog.pg_am a WHERE a.amname = 'gin')
+   AND NOT 'fastupdate=off' = ANY (coalesce(c.reloptions, '{}'))
+\gexec
+SELECT pg_catalog.gin_clean_pending_list(c.oid::regclass) AS pending_tuples_merged
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = :'schema'
+   AND c.relname IN ('ix_notification_cooldown_user_ids', 'ix_notification_challenge_reward_user_ids')
+   AND c.relam = (SELECT a.oid FROM pg_catalog.pg_am a WHERE a.amname = 'gin');
 
 \if :has_user_events
 CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_user_events_blocknumber
@@ -106,10 +126,10 @@ BEGIN
              WHERE n.nspname = v_schema AND c.relname = v_spec[1]
                AND i.indrelid = format('%I.notification', v_schema)::regclass
                AND i.indisvalid AND i.indisready
-               AND am.amname = 'gin'
+               AND am.amname = 'gin' AND 'fastupdate=off' = ANY (coalesce(c.reloptions, '{}'))
                AND pg_catalog.pg_get_expr(i.indpred, i.indrelid) = format('((type)::text = %L::text)', v_spec[2]))
         THEN
-            RAISE EXCEPTION 'index %.% is missing, invalid or not the expected partial GIN (type = %) after sql/indexes.sql',
+            RAISE EXCEPTION 'index %.% is missing, invalid or not the expected partial GIN (type = %, fastupdate off) after sql/indexes.sql',
                             v_schema, v_spec[1], v_spec[2]
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Drop the index (DROP INDEX CONCURRENTLY) and run sql/indexes.sql again.';

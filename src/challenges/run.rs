@@ -266,10 +266,17 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
                 out.dirty_rows += rows.len() as i32;
                 let referrers = super::first_seen(rows.iter().map(|r| r.0));
                 touched.extend(&referrers);
+                // Only pairs the user_events scan has passed: the others it derives itself.
+                let (passed_block, passed_id) = end.unwrap_or((prev, i64::MAX));
                 let t = client.update(
                     sql::RECOMPUTE_BY_REFERRER,
                     None,
-                    &[referrers.into(), verified.into()],
+                    &[
+                        referrers.into(),
+                        verified.into(),
+                        passed_block.into(),
+                        passed_id.into(),
+                    ],
                 )?;
                 for r in t {
                     pairs.push((r.get::<i32>(1)?.unwrap_or(0), r.get::<i32>(2)?.unwrap_or(0)));

@@ -57,10 +57,13 @@ macro_rules! referrals {
         referrals!(@ $column, "")
     };
     ($column:literal, referrer_verified) => {
-        referrals!(@ $column, "WHERE EXISTS (SELECT 1 FROM users u WHERE u.user_id = ue.referrer \
-                                AND u.is_current AND COALESCE(u.is_verified, false) = $2)")
+        referrals!($column, referrer_verified, "")
     };
-    (@ $column:literal, $verified:literal) => {
+    ($column:literal, referrer_verified, $and:literal) => {
+        referrals!(@ $column, concat!("WHERE EXISTS (SELECT 1 FROM users u WHERE u.user_id = ue.referrer \
+                                AND u.is_current AND COALESCE(u.is_verified, false) = $2) ", $and))
+    };
+    (@ $column:literal, $verified:expr) => {
         concat!(
             "SELECT ue.user_id, ue.referrer FROM unnest($1::integer[]) WITH ORDINALITY AS d(id, ord) \
              JOIN user_events ue ON ue.",
@@ -76,8 +79,14 @@ macro_rules! referrals {
 /// current `users` row has `COALESCE(is_verified, false) = $2`.
 pub const RECOMPUTE_REFERRALS: &str = referrals!("user_id", referrer_verified);
 
-/// `r`/`rv`'s recompute for referrers whose `users` row changed: every pair they referred.
-pub const RECOMPUTE_BY_REFERRER: &str = referrals!("referrer", referrer_verified);
+/// `r`/`rv`'s recompute for referrers whose `users` row changed: every pair they referred that the
+/// `user_events` scan has already passed (`(blocknumber, id) <= ($3, $4)`); the pairs beyond it
+/// are derived by that scan when it gets there, with the state of that moment.
+pub const RECOMPUTE_BY_REFERRER: &str = referrals!(
+    "referrer",
+    referrer_verified,
+    "AND (ue.blocknumber < $3 OR (ue.blocknumber = $3 AND ue.id <= $4))"
+);
 
 /// `rd`'s recompute: every current referral of the dirty users, regardless of verification.
 pub const RECOMPUTE_REFERRED: &str = referrals!("user_id");
