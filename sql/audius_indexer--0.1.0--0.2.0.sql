@@ -3,8 +3,9 @@
 -- Hand-written; tests/test_upgrade.py proves that 0.1.0 + this script has the same catalog as a fresh
 -- CREATE EXTENSION of 0.2.0 (functions with signatures and attributes, views, tables, grants, comments)
 -- and that every row of the extension's own tables survives. What changed:
---   * install_triggers(): no search_path warning (it runs with a pinned search_path and cannot see the
---     writers' one);
+--   * install_triggers() / uninstall_triggers(): no search_path warning (they run with a pinned
+--     search_path and cannot see the writers' one); shared helpers _point_trigger(),
+--     _set_trigger_enabled(), _require_trigger_tables() replace _trigger_enable_clause();
 --   * upsert_wallet_balances(): search_path pg_catalog, public, pg_temp with every call qualified; rows the
 --     block guard leaves alone are marked checked (updated_at = now());
 --   * sweep_status: the worker pid of this database only; sweep_enabled NULL-safe;
@@ -20,6 +21,51 @@
 -- ---------------------------------------------------------------------------------------------------
 -- changed objects
 -- ---------------------------------------------------------------------------------------------------
+CREATE FUNCTION audius_indexer._point_trigger(target_schema text, table_name text, trigger_name text,
+                                              events text, function_signature text, tgenabled "char")
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %I.%I FOR EACH ROW EXECUTE FUNCTION %s',
+                   trigger_name, events, target_schema, table_name, function_signature);
+    PERFORM audius_indexer._set_trigger_enabled(target_schema, table_name, trigger_name, tgenabled);
+END
+$$;
+
+CREATE FUNCTION audius_indexer._set_trigger_enabled(target_schema text, table_name text, trigger_name text,
+                                                    tgenabled "char")
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF coalesce(tgenabled, 'O') <> 'O' THEN
+        EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, table_name,
+                       CASE tgenabled WHEN 'D' THEN 'DISABLE' WHEN 'R' THEN 'ENABLE REPLICA'
+                                      WHEN 'A' THEN 'ENABLE ALWAYS' END, trigger_name);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION audius_indexer._require_trigger_tables(caller text, target_schema text, hint text)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
+        IF to_regclass(format('%I.%I', target_schema, s.table_name)) IS NULL THEN
+            RAISE EXCEPTION 'audius_indexer.%: table %.% does not exist', caller, target_schema, s.table_name
+                USING ERRCODE = 'undefined_table', HINT = hint;
+        END IF;
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION audius_indexer.install_triggers(target_schema text DEFAULT 'public')
 RETURNS TABLE (table_name text, trigger_name text, previous_function text, action text)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
@@ -34,13 +80,10 @@ DECLARE
     v_known  boolean;
 BEGIN
     -- Check everything first, so a missing table fails before anything changed.
+    PERFORM audius_indexer._require_trigger_tables('install_triggers', target_schema,
+        'Run it in the Audius database and pass the schema holding the Audius tables '
+        '(install_triggers(''public'') by default).');
     FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
-        IF to_regclass(format('%I.%I', target_schema, s.table_name)) IS NULL THEN
-            RAISE EXCEPTION 'audius_indexer.install_triggers: table %.% does not exist', target_schema, s.table_name
-                USING ERRCODE = 'undefined_table',
-                      HINT = 'Run it in the Audius database and pass the schema holding the Audius tables '
-                             '(install_triggers(''public'') by default).';
-        END IF;
         IF to_regprocedure(s.function_signature) IS NULL THEN
             RAISE EXCEPTION 'audius_indexer.install_triggers: function % does not exist', s.function_signature
                 USING ERRCODE = 'undefined_function',
@@ -86,12 +129,8 @@ BEGIN
             END IF;
             action := 'already installed';
             IF NOT v_trig.canonical THEN
-                EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %I.%I FOR EACH ROW EXECUTE FUNCTION %s',
-                               s.trigger_name, s.events, target_schema, s.table_name, s.function_signature);
-                IF v_trig.tgenabled <> 'O' THEN
-                    EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, s.table_name,
-                                   audius_indexer._trigger_enable_clause(v_trig.tgenabled), s.trigger_name);
-                END IF;
+                PERFORM audius_indexer._point_trigger(target_schema, s.table_name, s.trigger_name, s.events,
+                                                      s.function_signature, v_trig.tgenabled);
                 action := 'repaired';
             END IF;
             table_name := format('%I.%I', target_schema, s.table_name);
@@ -116,14 +155,11 @@ BEGIN
                previous_enabled    = EXCLUDED.previous_enabled,
                installed_at        = EXCLUDED.installed_at;
 
-        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %I.%I FOR EACH ROW EXECUTE FUNCTION %s',
-                       s.trigger_name, s.events, target_schema, s.table_name, s.function_signature);
         -- The replacement fires in the same situations as the trigger it replaces (a disabled Audius
         -- trigger stays disabled; ENABLE REPLICA / ALWAYS are kept).
-        IF v_trig.oid IS NOT NULL AND v_trig.tgenabled <> 'O' THEN
-            EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, s.table_name,
-                           audius_indexer._trigger_enable_clause(v_trig.tgenabled), s.trigger_name);
-        END IF;
+        PERFORM audius_indexer._point_trigger(target_schema, s.table_name, s.trigger_name, s.events,
+                                              s.function_signature,
+                                              CASE WHEN v_trig.oid IS NULL THEN NULL ELSE v_trig.tgenabled END);
 
         table_name := format('%I.%I', target_schema, s.table_name);
         trigger_name := s.trigger_name;
@@ -133,6 +169,68 @@ BEGIN
     END LOOP;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION audius_indexer.uninstall_triggers(target_schema text DEFAULT 'public')
+RETURNS TABLE (table_name text, trigger_name text, restored_function text, action text)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    s        record;
+    v_rel    regclass;
+    v_ours   regprocedure;
+    v_trig   record;
+    v_state  record;
+BEGIN
+    PERFORM audius_indexer._require_trigger_tables('uninstall_triggers', target_schema,
+        'Pass the schema that held the Audius tables when install_triggers() ran.');
+
+    FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
+        v_rel  := to_regclass(format('%I.%I', target_schema, s.table_name));
+        v_ours := to_regprocedure(s.function_signature);
+
+        SELECT t.oid, t.tgfoid INTO v_trig
+          FROM pg_trigger t
+         WHERE t.tgrelid = v_rel AND t.tgname = s.trigger_name AND NOT t.tgisinternal;
+
+        SELECT st.previous_function, st.previous_definition, st.previous_enabled INTO v_state
+          FROM audius_indexer.trigger_install_state st
+         WHERE st.table_schema = target_schema AND st.table_name = s.table_name AND st.trigger_name = s.trigger_name;
+
+        table_name := format('%I.%I', target_schema, s.table_name);
+        trigger_name := s.trigger_name;
+        restored_function := NULL;
+
+        IF v_trig.oid IS NULL OR v_trig.tgfoid IS DISTINCT FROM v_ours THEN
+            -- Not pointing at us (never installed, or re-pointed by someone since): leave it alone.
+            action := CASE WHEN v_trig.oid IS NULL THEN 'absent, nothing to do' ELSE 'not ours, left alone' END;
+        ELSIF v_state.previous_definition IS NOT NULL THEN
+            IF to_regprocedure(v_state.previous_function) IS NULL THEN
+                RAISE EXCEPTION 'audius_indexer.uninstall_triggers: cannot restore %.%: the function it called before (%) no longer exists',
+                                target_schema, s.trigger_name, v_state.previous_function
+                    USING ERRCODE = 'undefined_function',
+                          HINT = 'Recreate that function (or drop the trigger yourself), then run uninstall_triggers() again.';
+            END IF;
+            EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trigger_name, target_schema, s.table_name);
+            EXECUTE v_state.previous_definition;
+            PERFORM audius_indexer._set_trigger_enabled(target_schema, s.table_name, s.trigger_name,
+                                                        v_state.previous_enabled);
+            restored_function := v_state.previous_function;
+            action := 'restored';
+        ELSE
+            EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trigger_name, target_schema, s.table_name);
+            action := 'dropped (no trigger before install)';
+        END IF;
+
+        DELETE FROM audius_indexer.trigger_install_state st
+         WHERE st.table_schema = target_schema AND st.table_name = s.table_name AND st.trigger_name = s.trigger_name;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+DROP FUNCTION audius_indexer._trigger_enable_clause("char");
 
 CREATE OR REPLACE FUNCTION audius_indexer.upsert_wallet_balances(
   wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean DEFAULT false)
@@ -558,7 +656,9 @@ DECLARE
 BEGIN
   FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
            WHERE p.pronamespace = 'audius_indexer'::regnamespace
-             AND (p.proname LIKE '\_follow\_%' OR p.proname = '_challenge_checkpoints')
+             AND (p.proname LIKE '\_follow\_%'
+                  OR p.proname IN ('_challenge_checkpoints', '_point_trigger', '_set_trigger_enabled',
+                                   '_require_trigger_tables'))
   LOOP
     EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
   END LOOP;

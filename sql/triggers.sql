@@ -52,13 +52,55 @@ COMMENT ON FUNCTION audius_indexer.trigger_specs() IS
     'Rust function, expected pg_trigger.tgtype.';
 
 -- ALTER TABLE ... {ENABLE|DISABLE} TRIGGER clause for a pg_trigger.tgenabled value ('O' = default).
-CREATE FUNCTION audius_indexer._trigger_enable_clause(tgenabled "char")
-RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY INVOKER
+-- Points trigger_name on target_schema.table_name at function_signature (AFTER events FOR EACH ROW)
+-- and gives it the firing state tgenabled ('O' origin/default, 'D' disabled, 'R' replica, 'A'
+-- always): the replacement fires in the same situations as the trigger it replaces.
+CREATE FUNCTION audius_indexer._point_trigger(target_schema text, table_name text, trigger_name text,
+                                              events text, function_signature text, tgenabled "char")
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT CASE tgenabled WHEN 'D' THEN 'DISABLE' WHEN 'R' THEN 'ENABLE REPLICA'
-                          WHEN 'A' THEN 'ENABLE ALWAYS' ELSE 'ENABLE' END
+BEGIN
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %I.%I FOR EACH ROW EXECUTE FUNCTION %s',
+                   trigger_name, events, target_schema, table_name, function_signature);
+    PERFORM audius_indexer._set_trigger_enabled(target_schema, table_name, trigger_name, tgenabled);
+END
+$$;
+
+-- ALTER TABLE ... {DISABLE | ENABLE REPLICA | ENABLE ALWAYS} TRIGGER for a firing state other than
+-- the default ('O' or NULL: nothing to do).
+CREATE FUNCTION audius_indexer._set_trigger_enabled(target_schema text, table_name text, trigger_name text,
+                                                    tgenabled "char")
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF coalesce(tgenabled, 'O') <> 'O' THEN
+        EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, table_name,
+                       CASE tgenabled WHEN 'D' THEN 'DISABLE' WHEN 'R' THEN 'ENABLE REPLICA'
+                                      WHEN 'A' THEN 'ENABLE ALWAYS' END, trigger_name);
+    END IF;
+END
+$$;
+
+-- The tables of trigger_specs() must all exist in target_schema (checked before anything changes).
+CREATE FUNCTION audius_indexer._require_trigger_tables(caller text, target_schema text, hint text)
+RETURNS void
+LANGUAGE plpgsql STABLE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
+        IF to_regclass(format('%I.%I', target_schema, s.table_name)) IS NULL THEN
+            RAISE EXCEPTION 'audius_indexer.%: table %.% does not exist', caller, target_schema, s.table_name
+                USING ERRCODE = 'undefined_table', HINT = hint;
+        END IF;
+    END LOOP;
+END
 $$;
 
 CREATE FUNCTION audius_indexer.install_triggers(target_schema text DEFAULT 'public')
@@ -75,13 +117,10 @@ DECLARE
     v_known  boolean;
 BEGIN
     -- Check everything first, so a missing table fails before anything changed.
+    PERFORM audius_indexer._require_trigger_tables('install_triggers', target_schema,
+        'Run it in the Audius database and pass the schema holding the Audius tables '
+        '(install_triggers(''public'') by default).');
     FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
-        IF to_regclass(format('%I.%I', target_schema, s.table_name)) IS NULL THEN
-            RAISE EXCEPTION 'audius_indexer.install_triggers: table %.% does not exist', target_schema, s.table_name
-                USING ERRCODE = 'undefined_table',
-                      HINT = 'Run it in the Audius database and pass the schema holding the Audius tables '
-                             '(install_triggers(''public'') by default).';
-        END IF;
         IF to_regprocedure(s.function_signature) IS NULL THEN
             RAISE EXCEPTION 'audius_indexer.install_triggers: function % does not exist', s.function_signature
                 USING ERRCODE = 'undefined_function',
@@ -127,12 +166,8 @@ BEGIN
             END IF;
             action := 'already installed';
             IF NOT v_trig.canonical THEN
-                EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %I.%I FOR EACH ROW EXECUTE FUNCTION %s',
-                               s.trigger_name, s.events, target_schema, s.table_name, s.function_signature);
-                IF v_trig.tgenabled <> 'O' THEN
-                    EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, s.table_name,
-                                   audius_indexer._trigger_enable_clause(v_trig.tgenabled), s.trigger_name);
-                END IF;
+                PERFORM audius_indexer._point_trigger(target_schema, s.table_name, s.trigger_name, s.events,
+                                                      s.function_signature, v_trig.tgenabled);
                 action := 'repaired';
             END IF;
             table_name := format('%I.%I', target_schema, s.table_name);
@@ -157,14 +192,11 @@ BEGIN
                previous_enabled    = EXCLUDED.previous_enabled,
                installed_at        = EXCLUDED.installed_at;
 
-        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %I.%I FOR EACH ROW EXECUTE FUNCTION %s',
-                       s.trigger_name, s.events, target_schema, s.table_name, s.function_signature);
         -- The replacement fires in the same situations as the trigger it replaces (a disabled Audius
         -- trigger stays disabled; ENABLE REPLICA / ALWAYS are kept).
-        IF v_trig.oid IS NOT NULL AND v_trig.tgenabled <> 'O' THEN
-            EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, s.table_name,
-                           audius_indexer._trigger_enable_clause(v_trig.tgenabled), s.trigger_name);
-        END IF;
+        PERFORM audius_indexer._point_trigger(target_schema, s.table_name, s.trigger_name, s.events,
+                                              s.function_signature,
+                                              CASE WHEN v_trig.oid IS NULL THEN NULL ELSE v_trig.tgenabled END);
 
         table_name := format('%I.%I', target_schema, s.table_name);
         trigger_name := s.trigger_name;
@@ -192,13 +224,8 @@ DECLARE
     v_trig   record;
     v_state  record;
 BEGIN
-    FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
-        IF to_regclass(format('%I.%I', target_schema, s.table_name)) IS NULL THEN
-            RAISE EXCEPTION 'audius_indexer.uninstall_triggers: table %.% does not exist', target_schema, s.table_name
-                USING ERRCODE = 'undefined_table',
-                      HINT = 'Pass the schema that held the Audius tables when install_triggers() ran.';
-        END IF;
-    END LOOP;
+    PERFORM audius_indexer._require_trigger_tables('uninstall_triggers', target_schema,
+        'Pass the schema that held the Audius tables when install_triggers() ran.');
 
     FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
         v_rel  := to_regclass(format('%I.%I', target_schema, s.table_name));
@@ -228,10 +255,8 @@ BEGIN
             END IF;
             EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trigger_name, target_schema, s.table_name);
             EXECUTE v_state.previous_definition;
-            IF coalesce(v_state.previous_enabled, 'O') <> 'O' THEN
-                EXECUTE format('ALTER TABLE %I.%I %s TRIGGER %I', target_schema, s.table_name,
-                               audius_indexer._trigger_enable_clause(v_state.previous_enabled), s.trigger_name);
-            END IF;
+            PERFORM audius_indexer._set_trigger_enabled(target_schema, s.table_name, s.trigger_name,
+                                                        v_state.previous_enabled);
             restored_function := v_state.previous_function;
             action := 'restored';
         ELSE
