@@ -7,7 +7,7 @@ PYTEST ?= .venv/bin/pytest
 PYTEST_ARGS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install package-tree package package-smoke unit integration test demo bench-triggers bench-challenges fmt clean
+.PHONY: all deps build install package-tree package package-smoke unit integration test demo bench-triggers bench-challenges bench-rpc bench-sweep-scale fmt clean
 
 all: build
 
@@ -62,6 +62,17 @@ bench-triggers: install
 
 bench-challenges: install
 	.venv/bin/python bench/challenges/run.py
+
+# RPC read path + stale sweep vs the bare RPC work (bench/rpc/README.md). viem (the client-side
+# baseline) lives in bench/rpc/node_modules, pinned by bench/rpc/package-lock.json, installed here
+# only when missing: not in tools/, not needed by make test. BENCH_RPC_ARGS passes options through.
+BENCH_RPC_ARGS ?=
+bench-rpc: install
+	@test -f bench/rpc/node_modules/viem/package.json || (cd bench/rpc && npm ci --no-audit --no-fund)
+	.venv/bin/python bench/rpc/run.py $(BENCH_RPC_ARGS)
+
+bench-sweep-scale: install
+	.venv/bin/python bench/rpc/run.py --sweep-scale $(BENCH_RPC_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,833 @@
+#!/usr/bin/env python3
+"""RPC read path and stale sweep: what the extension costs over the bare RPC work (issue 11).
+
+`make bench-rpc` (after `make install`; not part of `make test`; ~10 min on 2 cores). One anvil
+(Multicall3 + the three mock contracts, eth_call gas cap 2^32, no request size limit), one
+throwaway PostgreSQL 15 cluster with audius_indexer preloaded, the same wallets for every part.
+The extension always talks to anvil directly; a recording proxy (bench/rpc/recproxy.py: raw request
+bodies + accepted TCP connections) sits in between only for separate capture calls, whose bodies
+are then replayed.
+
+P2  audius_indexer.multicall_total_audio_balances(wallets) for N = 200, 2,000, 20,000 (chunk 200),
+    --reps repetitions after one warm-up, in one session. Server-side time = clock_timestamp() -
+    statement_timestamp() evaluated in the select list of
+    `SELECT count(*), count(balance), <that> FROM multicall_total_audio_balances($1)` (from the start
+    of the statement to its last row: array input, the RPC reads, decoding, building the rows; not
+    the client's transfer of the array). Against the exact request bodies the extension sent
+    (captured once through the proxy), replayed --reps times: (a) one kept-alive HTTP connection,
+    one Python process (http.client), (b) one `curl` process per body, (c) a new Python
+    http.client connection per body; each reads the whole answer, parses nothing.
+P3  viem (bench/rpc/node_modules, pinned in bench/rpc/package.json) against the same anvil and
+    wallets: multicall with allowFailure over 200-holder slices one after the other, multicall with
+    viem's defaults (batchSize 1,024 calldata bytes, chunks sent concurrently), and naive
+    per-wallet eth_calls (3 per wallet, sequential) for N = 200, 2,000 (bench/rpc/viem_bench.mjs).
+P4  The sweep: eth_wallet_balances with --rows (100,000) rows, `SELECT * FROM
+    audius_indexer.refresh_stale(batch)` in autocommit (one transaction per tick) until every row
+    was refreshed (then checked: no row older than the pass's start), for batch 200 / 2,000 / 10,000
+    x chunk 200 / 1,000 (multicall_max_request_bytes = 0 so that chunk 1,000 really is 1,000);
+    enough passes for >= --reps ticks. Per pass: wallets/s; per tick: min/median/max; the sweeping
+    backend's RssAnon (sampled every 20 ms, peak) and VmHWM from /proc/<pid>/status; TCP connects in
+    this network namespace during the pass (/proc/net/snmp Tcp ActiveOpens delta, the same counter a
+    bare `ss -s` reads: it counts every connect(), the bench's own few included); CPU seconds of the
+    backend and of anvil. One extra tick per config through the proxy: its bodies, the connections
+    the proxy accepted; those bodies replayed sequentially on one kept-alive connection (--reps
+    times) = the bare rate. Then the table grows to --big-rows (1,000,000) rows and the memory is
+    measured again over 10 ticks of batch 10,000 (chunk 200 and 1,000) and one tick of 100,000.
+
+`--sweep-scale` (`make bench-sweep-scale`): --scale-rows (3,150,000) rows swept end to end by the
+background worker (sweep_enabled = on, sweep_batch_size 10,000, sweep_interval 100ms,
+multicall_chunk_size 1,000, multicall_max_request_bytes 0); every 10 s: wallets done (sweep_state
+total_requested), wallets/s over the last interval, the worker's RssAnon/VmHWM, TCP connects.
+Capped by --max-minutes (20): then the remaining time is EXTRAPOLATED at the rate of the last minute.
+
+Output: printed, and written to bench/results/rpc-<date>.txt (sweep-scale: rpc-sweep-scale-<date>.txt)
+with the machine description and the load average (another benchmark may share the machine).
+"""
+from __future__ import annotations
+
+import argparse
+from decimal import Decimal
+import datetime as dt
+import http.client
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(HERE))
+
+from harness.chain import ANVIL_BIN, MULTICALL3_ADDRESS, Anvil, Contracts, wallet_address  # noqa: E402
+from harness.pg import Cluster  # noqa: E402
+from recproxy import RecordingProxy  # noqa: E402
+from triggers_support import require_extension_installed  # noqa: E402
+
+NODE_BIN = os.environ.get("NODE_BIN", "node")
+VIEM_JS = HERE / "viem_bench.mjs"
+GAS_CAP = 2**32  # anvil --gas-limit: a chunk of 1,000 holders (3,001 sub-calls) must fit one eth_call
+
+# --------------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------------
+_OUT: list[str] = []
+
+
+def out(line: str = "") -> None:
+    print(line, flush=True)
+    _OUT.append(line)
+
+
+def log(msg: str) -> None:
+    out(f"[{time.strftime('%H:%M:%S')}] {msg}")
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def mmm(xs: list[float]) -> tuple[float, float, float]:
+    return min(xs), statistics.median(xs), max(xs)
+
+
+def fmt_ms(x: float) -> str:
+    return f"{x:,.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def mmm_ms(xs: list[float]) -> str:
+    a, b, c = mmm(xs)
+    return f"{fmt_ms(a)} / {fmt_ms(b)} / {fmt_ms(c)}"
+
+
+def hms(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.1f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+# --------------------------------------------------------------------------------------------------
+# /proc
+# --------------------------------------------------------------------------------------------------
+def proc_status(pid: int) -> dict[str, int]:
+    """kB values of /proc/<pid>/status (VmHWM, VmRSS, RssAnon, RssShmem, ...)."""
+    d = {}
+    try:
+        for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = ln.partition(":")
+            v = v.split()
+            if len(v) == 2 and v[1] == "kB":
+                d[k] = int(v[0])
+    except OSError:
+        pass
+    return d
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError):
+        return float("nan")
+
+
+def tcp_active_opens() -> int:
+    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines() if ln.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("ActiveOpens")])
+
+
+def rpc_time(cluster: Cluster) -> tuple[int, float]:
+    """Server-wide RPC requests and their summed latency (ms) from rpc_endpoint_stats_server(): the
+    extension's own timing of each HTTP attempt (connect + send + answer + parse, on its helper thread)."""
+    with cluster.connect("bench") as c:
+        n, ms = c.execute("SELECT coalesce(sum(requests), 0)::bigint, coalesce(sum(requests * avg_latency_ms), 0) "
+                          "FROM audius_indexer.rpc_endpoint_stats_server()").fetchone()
+    return int(n), float(ms)
+
+
+class MemSampler:
+    """Peak RssAnon of a process, sampled every `every` seconds on a thread."""
+
+    def __init__(self, pid: int, every: float = 0.02):
+        self.pid, self.every = pid, every
+        self.peak_anon = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak_anon = max(self.peak_anon, proc_status(self.pid).get("RssAnon", 0))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak_anon = max(self.peak_anon, proc_status(self.pid).get("RssAnon", 0))
+
+
+def mib(kb: int) -> str:
+    return f"{kb / 1024:,.1f} MiB"
+
+
+# --------------------------------------------------------------------------------------------------
+# replay of captured bodies
+# --------------------------------------------------------------------------------------------------
+HDRS = {"Content-Type": "application/json"}
+
+
+def _post(conn: http.client.HTTPConnection, body: bytes) -> bytes:
+    conn.request("POST", "/", body=body, headers=HDRS)
+    resp = conn.getresponse()
+    data = resp.read()
+    if resp.status != 200 or b'"error"' in data[:200]:
+        raise RuntimeError(f"replay: HTTP {resp.status} {data[:200]!r}")
+    return data
+
+
+def replay_keepalive(port: int, bodies: list[bytes]) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    t0 = time.perf_counter()
+    for b in bodies:
+        _post(conn, b)
+    dt_ = time.perf_counter() - t0
+    conn.close()
+    return dt_
+
+
+def replay_newconn(port: int, bodies: list[bytes]) -> float:
+    t0 = time.perf_counter()
+    for b in bodies:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        _post(conn, b)
+        conn.close()
+    return time.perf_counter() - t0
+
+
+def replay_curl(url: str, files: list[str]) -> float:
+    t0 = time.perf_counter()
+    for f in files:
+        subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "-H", "Content-Type: application/json",
+                        "--data-binary", f"@{f}", url], check=True)
+    return time.perf_counter() - t0
+
+
+def body_files(bodies: list[bytes], tmp: Path, tag: str) -> list[str]:
+    files = []
+    for i, b in enumerate(bodies):
+        p = tmp / f"{tag}-{i:05d}.json"
+        p.write_bytes(b)
+        files.append(str(p))
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
+# environment
+# --------------------------------------------------------------------------------------------------
+def machine(conn) -> list[str]:
+    mem = cpu = ""
+    for ln in Path("/proc/meminfo").read_text().splitlines():
+        if ln.startswith("MemTotal:"):
+            mem = f"{int(ln.split()[1]) / 1024 / 1024:.1f} GiB"
+    for ln in Path("/proc/cpuinfo").read_text().splitlines():
+        if ln.startswith("model name"):
+            cpu = ln.split(":", 1)[1].strip()
+            break
+    ver = conn.execute("SELECT version()").fetchone()[0]
+    ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'audius_indexer'").fetchone()[0]
+    so = Path("/usr/lib/postgresql/15/lib/audius_indexer.so")
+    built = dt.datetime.fromtimestamp(so.stat().st_mtime).strftime("%Y-%m-%d %H:%M") if so.exists() else "?"
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "?"
+    anvil_v = subprocess.run([str(ANVIL_BIN), "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    node_v = subprocess.run([NODE_BIN, "--version"], capture_output=True, text=True).stdout.strip()
+    curl_v = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return [f"machine: {os.cpu_count()} CPUs ({cpu}), {mem} RAM, {platform.system()} {platform.release()}",
+            f"server:  {ver}",
+            f"extension: audius_indexer {ext} (installed .so built {built}; repo HEAD {head})",
+            f"node: {anvil_v}; node.js {node_v}; {curl_v}; Python {platform.python_version()}"]
+
+
+SETTINGS = {
+    "shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
+    "wal_level": "minimal", "max_wal_senders": "0", "jit": "off", "autovacuum": "on",
+    "audius_indexer.sweep_enabled": "off",
+    "audius_indexer.challenges_interval": "0",
+    "audius_indexer.database": "'bench'",
+    "audius_indexer.rpc_timeout_ms": "300000",
+    "audius_indexer.rpc_retry_budget_ms": "600000",
+}
+
+
+def start_env(extra: dict[str, str] | None = None) -> tuple[Anvil, Contracts, Cluster]:
+    anvil = Anvil(gas_limit=GAS_CAP, no_request_size_limit=True).start()
+    anvil.install_multicall3()
+    contracts = Contracts.deploy_all(anvil)
+    c = Cluster(preload=["audius_indexer"], name="benchrpc", settings={**SETTINGS, **(extra or {})})
+    c.init().start()
+    c.create_database("bench")
+    with c.connect("bench") as conn:
+        conn.execute("CREATE EXTENSION audius_indexer")
+    c.restart()
+    c.set_system(rpc_url=anvil.url, token_address=contracts.token, staking_address=contracts.staking,
+                 delegate_manager_address=contracts.delegate)
+    return anvil, contracts, c
+
+
+def point_rpc(cluster: Cluster, url: str) -> None:
+    cluster.set_system(rpc_url=url)
+
+
+# --------------------------------------------------------------------------------------------------
+# P2
+# --------------------------------------------------------------------------------------------------
+P2_SQL = ("SELECT count(*), count(balance), coalesce(sum(balance), 0)::text, "
+          "extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000 "
+          "FROM audius_indexer.multicall_total_audio_balances(%s::text[])")
+
+
+def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str], sizes: list[int], reps: int,
+       tmp: Path) -> list[dict]:
+    res = []
+    for n in sizes:
+        ws = wallets[:n]
+        log(f"P2 N={n:,}: capture through the proxy (load {loadavg()})")
+        point_rpc(cluster, proxy.url)
+        proxy.reset()
+        with cluster.connect("bench") as conn:
+            cnt, ok, total, _ = conn.execute(P2_SQL, (ws,)).fetchone()
+        bodies, conns = list(proxy.bodies), proxy.connections
+        assert cnt == n and ok == n, (cnt, ok)
+        point_rpc(cluster, anvil.url)
+        req_bytes = sum(len(b) for b in bodies)
+        log(f"  {len(bodies)} requests ({req_bytes / 1e6:,.2f} MB), {conns} TCP connections accepted; "
+            f"extension: {reps} repetitions")
+        srv, rt = [], []
+        with cluster.connect("bench") as conn:
+            pid = conn.info.backend_pid
+            conn.execute(P2_SQL, (ws,)).fetchone()  # warm-up
+            cpu_b, cpu_a = cpu_seconds(pid), cpu_seconds(anvil.proc.pid)
+            opens0 = tcp_active_opens()
+            rpc0 = rpc_time(cluster)
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                cnt, ok, tot, ms = conn.execute(P2_SQL, (ws,)).fetchone()
+                rt.append((time.perf_counter() - t0) * 1000)
+                srv.append(float(ms))
+                assert cnt == n and ok == n and tot == total
+            opens = tcp_active_opens() - opens0
+            rpc1 = rpc_time(cluster)
+            cpu_b, cpu_a = cpu_seconds(pid) - cpu_b, cpu_seconds(anvil.proc.pid) - cpu_a
+        log(f"  extension server-side median {statistics.median(srv):,.1f} ms; replays ({reps} each)")
+        ka = [replay_keepalive(anvil.port, bodies) * 1000 for _ in [None] + list(range(reps))][1:]
+        files = body_files(bodies, tmp, f"p2-{n}")
+        curl = [replay_curl(anvil.url, files) * 1000 for _ in range(reps)]
+        nc = [replay_newconn(anvil.port, bodies) * 1000 for _ in range(reps)]
+        r = {"n": n, "bodies": len(bodies), "bytes": req_bytes, "conns": conns, "srv": srv, "rt": rt,
+             "ka": ka, "curl": curl, "newconn": nc, "opens_per_call": opens / reps, "total": total,
+             "cpu_backend": cpu_b / reps, "cpu_anvil": cpu_a / reps,
+             "rpc_ms": (rpc1[1] - rpc0[1]) / reps, "rpc_n": (rpc1[0] - rpc0[0]) / reps}
+        log(f"  keep-alive median {statistics.median(ka):,.1f} ms, curl {statistics.median(curl):,.1f} ms, "
+            f"new connection {statistics.median(nc):,.1f} ms; TCP connects per call {opens / reps:,.1f}; "
+            f"CPU per call: backend {cpu_b / reps * 1000:,.0f} ms, anvil {cpu_a / reps * 1000:,.0f} ms "
+            f"(load {loadavg()})")
+        res.append(r)
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# P3
+# --------------------------------------------------------------------------------------------------
+def p3(anvil: Anvil, contracts: Contracts, wallets: list[str], sizes: list[int], reps: int) -> dict:
+    nm = HERE / "node_modules" / "viem"
+    if not nm.exists():
+        raise RuntimeError(f"{nm} missing: run `cd bench/rpc && npm ci` (make bench-rpc does)")
+    cfg = {"url": anvil.url, "chainId": int(anvil.rpc("eth_chainId"), 16), "multicall": MULTICALL3_ADDRESS,
+           "token": contracts.token, "staking": contracts.staking, "delegate": contracts.delegate,
+           "wallets": wallets[:max(sizes)], "sizes": sizes, "reps": reps,
+           "modes": ["viem_slices200", "viem_default", "naive"]}
+    log(f"P3 viem: N = {sizes}, {reps} repetitions each (load {loadavg()})")
+    cpu_a = cpu_seconds(anvil.proc.pid)
+    p = subprocess.run([NODE_BIN, str(VIEM_JS)], input=json.dumps(cfg), capture_output=True, text=True,
+                       cwd=str(HERE))
+    if p.returncode != 0:
+        raise RuntimeError(f"viem_bench.mjs failed ({p.returncode}):\n{p.stderr[-4000:]}")
+    for ln in p.stderr.splitlines():
+        log("  " + ln)
+    doc = json.loads(p.stdout)
+    doc["cpu_anvil"] = cpu_seconds(anvil.proc.pid) - cpu_a
+    return doc
+
+
+# --------------------------------------------------------------------------------------------------
+# P4
+# --------------------------------------------------------------------------------------------------
+def load_rows(conn, first: int, last: int) -> None:
+    """eth_wallet_balances rows first..last: lowercase addresses from md5, balance 0, no block,
+    updated_at far in the past in row order."""
+    conn.execute("""
+        INSERT INTO public.eth_wallet_balances (wallet, balance, blocknumber, updated_at, created_at)
+        SELECT '0x' || md5('w' || i) || substr(md5('x' || i), 1, 8), 0, NULL,
+               timestamp '2000-01-01' + i * interval '1 millisecond', now()
+          FROM generate_series(%s::bigint, %s::bigint) AS i""", (first, last))
+
+
+def age_all(conn) -> None:
+    """Makes every row stale again (keeps their relative order)."""
+    conn.execute("UPDATE public.eth_wallet_balances SET updated_at = updated_at - interval '100 years'")
+    conn.execute("VACUUM ANALYZE public.eth_wallet_balances")
+
+
+TICK_SQL = "SELECT requested, updated, failed, skipped FROM audius_indexer.refresh_stale(%s)"
+
+
+def session_for(cluster: Cluster, chunk: int):
+    conn = cluster.connect("bench")
+    conn.execute(f"SET audius_indexer.multicall_chunk_size = {chunk}")
+    conn.execute("SET audius_indexer.multicall_max_request_bytes = 0")
+    return conn
+
+
+def sweep_pass(cluster: Cluster, anvil: Anvil, batch: int, chunk: int, rows: int) -> dict:
+    """One full pass over `rows` rows in a fresh session (its own VmHWM)."""
+    with cluster.connect("bench") as c:
+        age_all(c)
+    conn = session_for(cluster, chunk)
+    try:
+        pid = conn.info.backend_pid
+        start = conn.execute("SELECT now()::timestamp").fetchone()[0]
+        base = proc_status(pid)
+        ticks, done, updated, failed, skipped = [], 0, 0, 0, 0
+        rpc0 = rpc_time(cluster)
+        opens0, cpu_b0, cpu_a0 = tcp_active_opens(), cpu_seconds(pid), cpu_seconds(anvil.proc.pid)
+        with MemSampler(pid) as ms:
+            t_start = time.perf_counter()
+            while done < rows:
+                t0 = time.perf_counter()
+                req, upd, fail, skip = conn.execute(TICK_SQL, (batch,)).fetchone()
+                ticks.append((time.perf_counter() - t0, req))
+                if req == 0:
+                    raise RuntimeError("refresh_stale returned 0 wallets before the pass was complete")
+                done += req
+                updated += upd
+                failed += fail
+                skipped += skip
+            wall = time.perf_counter() - t_start
+        opens = tcp_active_opens() - opens0
+        cpu_b, cpu_a = cpu_seconds(pid) - cpu_b0, cpu_seconds(anvil.proc.pid) - cpu_a0
+        rpc1 = rpc_time(cluster)
+        st = proc_status(pid)
+        stale = conn.execute("SELECT count(*) FROM public.eth_wallet_balances WHERE updated_at < %s",
+                             (start,)).fetchone()[0]
+        if stale:
+            raise RuntimeError(f"{stale} rows not refreshed after the pass")
+    finally:
+        conn.close()
+    return {"batch": batch, "chunk": chunk, "rows": rows, "wall": wall, "ticks": ticks, "done": done,
+            "updated": updated, "failed": failed, "skipped": skipped, "opens": opens, "cpu_backend": cpu_b,
+            "cpu_anvil": cpu_a, "rpc_s": (rpc1[1] - rpc0[1]) / 1000, "rpc_n": rpc1[0] - rpc0[0], "peak_anon": ms.peak_anon, "hwm": st.get("VmHWM", 0),
+            "shmem": st.get("RssShmem", 0), "base_anon": base.get("RssAnon", 0), "base_hwm": base.get("VmHWM", 0)}
+
+
+def capture_tick(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, batch: int, chunk: int) -> dict:
+    """One tick of `batch` through the proxy: its bodies and accepted connections (then put back)."""
+    with cluster.connect("bench") as c:
+        age_all(c)
+    point_rpc(cluster, proxy.url)
+    proxy.reset()
+    conn = session_for(cluster, chunk)
+    try:
+        req = conn.execute(TICK_SQL, (batch,)).fetchone()[0]
+    finally:
+        conn.close()
+        point_rpc(cluster, anvil.url)
+    bodies = list(proxy.bodies)
+    calls = [b for b in bodies if b'"eth_call"' in b]
+    others = [json.loads(b).get("method", "?") for b in bodies if b'"eth_call"' not in b]
+    return {"requested": req, "bodies": bodies, "conns": proxy.connections, "n_calls": len(calls),
+            "other": len(others), "other_methods": sorted(set(others))}
+
+
+def p4(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, rows: int, batches: list[int], chunks: list[int],
+       reps: int) -> list[dict]:
+    res = []
+    for chunk in chunks:
+        for batch in batches:
+            log(f"P4 batch {batch:,} chunk {chunk:,} over {rows:,} rows (load {loadavg()})")
+            cap = capture_tick(cluster, anvil, proxy, batch, chunk)
+            # replay of the tick's eth_call bodies (the eth_blockNumber head check of a backend's
+            # first tick is left out: a steady-state tick sends only the aggregate3 calls)
+            bodies = [b for b in cap["bodies"] if b'"eth_call"' in b]
+            ka = [replay_keepalive(anvil.port, bodies) for _ in range(reps + 1)][1:]
+            per_pass = math.ceil(rows / batch)
+            passes = max(1, math.ceil(reps / per_pass))
+            runs = [sweep_pass(cluster, anvil, batch, chunk, rows) for _ in range(passes)]
+            r = {"batch": batch, "chunk": chunk, "cap": {k: v for k, v in cap.items() if k != "bodies"},
+                 "replay": ka, "replay_wallets": cap["requested"], "passes": runs}
+            rates = [p["done"] / p["wall"] for p in runs]
+            tick_rates = [req / s for p in runs for s, req in p["ticks"]]
+            log(f"  {len(runs)} pass(es): {statistics.median(rates):,.0f} wallets/s (ticks "
+                f"{min(tick_rates):,.0f}..{max(tick_rates):,.0f}); bare keep-alive replay of a tick's "
+                f"{len(bodies)} bodies: {cap['requested'] / statistics.median(ka):,.0f} wallets/s; "
+                f"TCP connects per pass {runs[0]['opens']:,}; proxy saw {cap['conns']} connections for "
+                f"{len(cap['bodies'])} requests in one tick; RssAnon peak {mib(max(p['peak_anon'] for p in runs))}, "
+                f"VmHWM {mib(max(p['hwm'] for p in runs))}")
+            res.append(r)
+    return res
+
+
+def memory_ticks(cluster: Cluster, anvil: Anvil, rows: int, batch: int, chunk: int, ticks: int) -> dict:
+    with cluster.connect("bench") as c:
+        age_all(c)
+    conn = session_for(cluster, chunk)
+    try:
+        pid = conn.info.backend_pid
+        times = []
+        opens0 = tcp_active_opens()
+        with MemSampler(pid) as ms:
+            for _ in range(ticks):
+                t0 = time.perf_counter()
+                req = conn.execute(TICK_SQL, (batch,)).fetchone()[0]
+                times.append((time.perf_counter() - t0, req))
+        st = proc_status(pid)
+        opens = tcp_active_opens() - opens0
+    finally:
+        conn.close()
+    return {"rows": rows, "batch": batch, "chunk": chunk, "ticks": times, "peak_anon": ms.peak_anon,
+            "hwm": st.get("VmHWM", 0), "shmem": st.get("RssShmem", 0), "opens": opens}
+
+
+# --------------------------------------------------------------------------------------------------
+# the bench-rpc run
+# --------------------------------------------------------------------------------------------------
+def bench_rpc(a) -> int:
+    require_extension_installed()
+    started = time.time()
+    log(f"bench/rpc started {dt.datetime.now():%Y-%m-%d %H:%M:%S}; load average {loadavg()}")
+    loads = [("start", loadavg())]
+    anvil, contracts, cluster = start_env()
+    proxy = RecordingProxy(anvil.url).start()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_rpc_"))
+    try:
+        with cluster.connect("bench") as conn:
+            mach = machine(conn)
+        n_max = max(a.sizes)
+        wallets = [wallet_address(i, "bench-rpc") for i in range(n_max)]
+        seeded = wallets[:a.seed]
+        t0 = time.time()
+        contracts.set_values(seeded, token=[10**18 + i for i in range(len(seeded))],
+                             staked=[2 * 10**18 + i for i in range(len(seeded))],
+                             delegated=[3 * 10**18 + i for i in range(len(seeded))])
+        log(f"anvil {anvil.url} (gas limit {GAS_CAP:,}, no request size limit), Multicall3 + mocks; "
+            f"{len(seeded)} of {n_max:,} wallets seeded with non-zero values in {time.time() - t0:.0f} s "
+            "(the others read 0: same RPC work)")
+        # correctness spot check of the extension against plain eth_calls
+        with cluster.connect("bench") as conn:
+            got = dict(conn.execute("SELECT wallet, balance::text FROM audius_indexer.multicall_total_audio_balances(%s)",
+                                    (wallets[:5] + wallets[-2:],)).fetchall())
+        for w in wallets[:5] + wallets[-2:]:
+            want = sum(contracts.independent_total(w))
+            assert int(got[w]) == want, (w, got[w], want)
+        log("spot check: extension == independent eth_calls for 7 wallets")
+
+        p2r = p2(cluster, anvil, proxy, wallets, a.sizes, a.reps, tmp)
+        loads.append(("after P2", loadavg()))
+        p3r = None if a.skip_viem else p3(anvil, contracts, wallets, a.viem_sizes, a.reps)
+        loads.append(("after P3", loadavg()))
+        if p3r:
+            ext_sum = {r["n"]: r["total"] for r in p2r}
+            for r in p3r["results"]:
+                if r["n"] in ext_sum and int(Decimal(ext_sum[r["n"]])) != int(r["sum"]):
+                    raise RuntimeError(f"viem {r['mode']} N={r['n']} sum {r['sum']} != extension {ext_sum[r['n']]}")
+
+        log(f"P4: loading {a.rows:,} eth_wallet_balances rows")
+        with cluster.connect("bench") as conn:
+            load_rows(conn, 1, a.rows)
+            conn.execute("VACUUM ANALYZE public.eth_wallet_balances")
+        p4r = p4(cluster, anvil, proxy, a.rows, a.batches, a.chunks, a.reps)
+        loads.append(("after P4", loadavg()))
+
+        mem = []
+        for chunk in a.chunks:
+            mem.append(memory_ticks(cluster, anvil, a.rows, 10_000, chunk, 10))
+        log(f"memory: growing the table to {a.big_rows:,} rows")
+        with cluster.connect("bench") as conn:
+            load_rows(conn, a.rows + 1, a.big_rows)
+            conn.execute("VACUUM ANALYZE public.eth_wallet_balances")
+        for chunk in a.chunks:
+            log(f"memory at {a.big_rows:,} rows: 10 ticks of batch 10,000, chunk {chunk:,}")
+            mem.append(memory_ticks(cluster, anvil, a.big_rows, 10_000, chunk, 10))
+        with cluster.connect("bench") as conn:
+            age_all(conn)
+            claim_plan = [r[0] for r in conn.execute(
+                "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT w.wallet FROM public.eth_wallet_balances w "
+                "WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f WHERE f.wallet = w.wallet "
+                "AND f.next_attempt > now()) ORDER BY w.updated_at LIMIT 10000").fetchall()]
+        log(f"memory at {a.big_rows:,} rows: 1 tick of batch 100,000, chunk {max(a.chunks):,}")
+        mem.append(memory_ticks(cluster, anvil, a.big_rows, 100_000, max(a.chunks), 1))
+        loads.append(("end", loadavg()))
+
+        report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan)
+        return 0
+    finally:
+        path = Path(a.out) if a.out else REPO / "bench" / "results" / f"rpc-{dt.date.today().isoformat()}.txt"
+        if _OUT:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(_OUT) + "\n")
+            print(f"written {path}")
+        proxy.stop()
+        if a.keep:
+            print(f"kept: cluster {cluster.conninfo('bench')}, anvil {anvil.url}")
+        else:
+            cluster.destroy()
+            anvil.destroy()
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
+    out()
+    out("=" * 110)
+    out(f"bench/rpc — RPC read path and stale sweep, {dt.datetime.fromtimestamp(started):%Y-%m-%d %H:%M:%S}, "
+        f"total wall time {time.time() - started:,.0f} s")
+    for ln in mach:
+        out(ln)
+    out("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in loads))
+    out(f"anvil: --gas-limit {GAS_CAP} --no-request-size-limit; cluster: "
+        + ", ".join(f"{k}={v}" for k, v in SETTINGS.items() if not k.startswith("audius_indexer.")))
+    out(f"all times: min / median / max over {a.reps} repetitions (after one warm-up), ms unless stated")
+    out()
+    out("P2  multicall_total_audio_balances(N wallets), chunk 200 (default), vs replaying the exact request bodies it sent")
+    out("    extension server-side = clock_timestamp() - statement_timestamp() at its last row; client = psycopg round trip")
+    out("| N | requests (MB) | conns seen by proxy / TCP connects per call | extension server-side | extension client | "
+        "replay keep-alive (1 conn) | replay curl per body | replay new conn per body | ext/keep-alive | ext/curl | ext/new-conn |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in p2r:
+        m = statistics.median(r["srv"])
+        out(f"| {r['n']:,} | {r['bodies']} ({r['bytes'] / 1e6:.2f}) | {r['conns']} / {r['opens_per_call']:.1f} | "
+            f"{mmm_ms(r['srv'])} | {mmm_ms(r['rt'])} | {mmm_ms(r['ka'])} | {mmm_ms(r['curl'])} | {mmm_ms(r['newconn'])} | "
+            f"{m / statistics.median(r['ka']):.2f} | {m / statistics.median(r['curl']):.2f} | "
+            f"{m / statistics.median(r['newconn']):.2f} |")
+    out("    where the extension's time goes, mean per call: its RPC requests as it times them itself "
+        "(rpc_endpoint_stats_server: connect + send + answer + parse, per HTTP attempt) / the rest (encode, decode, "
+        "rows) ; CPU (/proc utime+stime) of the backend and of anvil:")
+    for r in p2r:
+        mean_srv = statistics.fmean(r["srv"])
+        out(f"    N={r['n']:,}: server-side mean {mean_srv:,.1f} ms = RPC {r['rpc_ms']:,.1f} ms ({r['rpc_n']:.0f} requests, "
+            f"{r['rpc_ms'] / max(r['rpc_n'], 1):,.2f} ms each; keep-alive replay {statistics.fmean(r['ka']) / r['bodies']:,.2f} ms "
+            f"per body) + rest {mean_srv - r['rpc_ms']:,.1f} ms; CPU backend {r['cpu_backend'] * 1000:,.0f} ms, "
+            f"anvil {r['cpu_anvil'] * 1000:,.0f} ms")
+    out()
+    if p3r:
+        ext = {r["n"]: statistics.median(r["srv"]) for r in p2r}
+        out(f"P3  viem {p3r['viem']} (node.js, http transport, no retries) vs the extension, same anvil and wallets")
+        out("| mode | N | HTTP requests per read | time | wallets/s (median) | extension server-side / this |")
+        out("|---|---|---|---|---|---|")
+        labels = {"viem_slices200": "viem multicall, allowFailure, 200-holder slices sequential",
+                  "viem_default": "viem multicall, defaults (batchSize 1024 B, chunks concurrent)",
+                  "naive": "naive eth_call per read (3 per wallet, sequential)"}
+        for r in p3r["results"]:
+            med = statistics.median(r["times_ms"])
+            ratio = f"{ext[r['n']] / med:.2f}" if r["n"] in ext else "–"
+            out(f"| {labels[r['mode']]} | {r['n']:,} | {r['requests'][0]:,} | {mmm_ms(r['times_ms'])} | "
+                f"{r['n'] / med * 1000:,.0f} | {ratio} |")
+        for r in p2r:
+            if r["n"] in {x["n"] for x in p3r["results"]}:
+                out(f"| extension (server-side), chunk 200 | {r['n']:,} | {r['bodies']} | {mmm_ms(r['srv'])} | "
+                    f"{r['n'] / statistics.median(r['srv']) * 1000:,.0f} | 1.00 |")
+        out("    every viem mode's sum of values equals the extension's (checked)")
+        out()
+    out(f"P4  sweep: SELECT * FROM audius_indexer.refresh_stale(batch) in autocommit until all {a.rows:,} rows are "
+        "refreshed (multicall_max_request_bytes = 0)")
+    out("| batch | chunk | passes x ticks | pass wallets/s (min/med/max) | tick wallets/s (min/med/max) | "
+        "bare keep-alive replay wallets/s | sweep/replay | TCP connects per pass | one tick via proxy: requests / conns | "
+        "RssAnon peak | VmHWM | s per pass: wall / in RPC requests / rest | CPU s per pass: backend / anvil |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in p4r:
+        runs = r["passes"]
+        rates = [p["done"] / p["wall"] for p in runs]
+        tr = [req / s for p in runs for s, req in p["ticks"]]
+        rep = r["replay_wallets"] / statistics.median(r["replay"])
+        cap = r["cap"]
+        out(f"| {r['batch']:,} | {r['chunk']:,} | {len(runs)} x {len(runs[0]['ticks'])} | "
+            f"{min(rates):,.0f} / {statistics.median(rates):,.0f} / {max(rates):,.0f} | "
+            f"{min(tr):,.0f} / {statistics.median(tr):,.0f} / {max(tr):,.0f} | {rep:,.0f} | "
+            f"{statistics.median(rates) / rep:.2f} | {statistics.median(p['opens'] for p in runs):,.0f} | "
+            f"{cap['n_calls']}+{cap['other']}{' (' + ','.join(cap['other_methods']) + ')' if cap['other'] else ''} / {cap['conns']} | {mib(max(p['peak_anon'] for p in runs))} | "
+            f"{mib(max(p['hwm'] for p in runs))} | "
+            f"{statistics.median(p['wall'] for p in runs):,.2f} / {statistics.median(p['rpc_s'] for p in runs):,.2f} / "
+            f"{statistics.median(p['wall'] - p['rpc_s'] for p in runs):,.2f} | "
+            f"{statistics.median(p['cpu_backend'] for p in runs):,.1f} / {statistics.median(p['cpu_anvil'] for p in runs):,.1f} |")
+    out("    'TCP connects per pass' = /proc/net/snmp ActiveOpens delta over the pass (this network namespace); "
+        "'N+M' requests = N aggregate3 eth_calls + M others (named)")
+    out("    'in RPC requests' = the extension's own per-request timing (rpc_endpoint_stats_server delta); 'rest' = "
+        "claim + encode/decode + upsert + commit + the client round trip")
+    out("    updated / skipped / failed over all passes: " + "; ".join(
+        f"b{r['batch']}/c{r['chunk']}: {sum(p['updated'] for p in r['passes']):,} / "
+        f"{sum(p['skipped'] for p in r['passes']):,} / {sum(p['failed'] for p in r['passes']):,}" for r in p4r))
+    out()
+    out("Memory of the sweeping backend (fresh session per line; RssAnon sampled every 20 ms; VmHWM includes "
+        "shared_buffers pages touched, RssShmem at the end shown)")
+    out("| table rows | batch | chunk | ticks | wallets/s | RssAnon peak | VmHWM | RssShmem | TCP connects |")
+    out("|---|---|---|---|---|---|---|---|---|")
+    for m in mem:
+        wps = sum(q for _, q in m["ticks"]) / sum(s for s, _ in m["ticks"])
+        out(f"| {m['rows']:,} | {m['batch']:,} | {m['chunk']:,} | {len(m['ticks'])} | {wps:,.0f} | "
+            f"{mib(m['peak_anon'])} | {mib(m['hwm'])} | {mib(m['shmem'])} | {m['opens']:,} |")
+    out()
+    out(f"The claim of a tick (the body of audius_indexer._stale_batch(10000)) at {a.big_rows:,} rows, all stale:")
+    for ln in claim_plan:
+        out("    " + ln)
+    out("=" * 110)
+
+
+# --------------------------------------------------------------------------------------------------
+# bench-sweep-scale
+# --------------------------------------------------------------------------------------------------
+def sweep_scale(a) -> int:
+    require_extension_installed()
+    started = time.time()
+    log(f"bench/rpc --sweep-scale started {dt.datetime.now():%Y-%m-%d %H:%M:%S}; load average {loadavg()}")
+    loads = [("start", loadavg())]
+    wk = {"audius_indexer.sweep_batch_size": str(a.scale_batch),
+          "audius_indexer.sweep_interval": f"'{a.scale_interval}'",
+          "audius_indexer.multicall_chunk_size": str(a.scale_chunk),
+          "audius_indexer.multicall_max_request_bytes": "0"}
+    anvil, contracts, cluster = start_env(wk)
+    samples = []
+    try:
+        with cluster.connect("bench") as conn:
+            mach = machine(conn)
+            log(f"loading {a.scale_rows:,} eth_wallet_balances rows")
+            t0 = time.time()
+            load_rows(conn, 1, a.scale_rows)
+            conn.execute("VACUUM ANALYZE public.eth_wallet_balances")
+            log(f"  in {time.time() - t0:.0f} s; {conn.execute('SELECT pg_size_pretty(pg_total_relation_size(%s))', ('public.eth_wallet_balances',)).fetchone()[0]}")
+            conn.execute("SELECT audius_indexer.reset_sweep_status()")
+        cap = a.max_minutes * 60
+        log(f"sweep_enabled = on (batch {a.scale_batch:,}, interval {a.scale_interval}, chunk {a.scale_chunk:,}); "
+            f"cap {a.max_minutes} min")
+        opens0 = tcp_active_opens()
+        cluster.set_system(sweep_enabled=True)
+        t_on = time.time()
+        finished = False
+        pid = None
+        peak_anon = 0
+        with cluster.connect("bench") as conn:
+            start_ts = conn.execute("SELECT now()::timestamp").fetchone()[0]
+            last = (t_on, 0)
+            next_sample = t_on + 10
+            while True:
+                time.sleep(max(0.0, min(next_sample, t_on + cap) - time.time()))
+                row = conn.execute("SELECT total_requested, total_updated, total_failed, total_skipped, ticks, "
+                                   "last_error, worker_pid FROM audius_indexer.sweep_status").fetchone()
+                req, upd, fail, skip, ticks, err, wpid = row
+                pid = wpid or pid
+                st = proc_status(pid) if pid else {}
+                peak_anon = max(peak_anon, st.get("RssAnon", 0))
+                now = time.time()
+                rate = (req - last[1]) / (now - last[0]) if now > last[0] else 0
+                samples.append({"t": now - t_on, "done": req, "rate": rate, "ticks": ticks, "anon": st.get("RssAnon", 0),
+                                "hwm": st.get("VmHWM", 0), "opens": tcp_active_opens() - opens0, "err": err,
+                                "load": loadavg()})
+                log(f"  {now - t_on:6.0f} s: {req:>9,} wallets ({req / a.scale_rows:6.1%}), {rate:8,.0f}/s last "
+                    f"interval, {ticks:,} ticks, worker RssAnon {mib(st.get('RssAnon', 0))} VmHWM {mib(st.get('VmHWM', 0))}, "
+                    f"TCP connects {samples[-1]['opens']:,}, load {samples[-1]['load']}" + (f", last_error {err}" if err else ""))
+                last = (now, req)
+                next_sample += 10
+                if req >= a.scale_rows:
+                    finished = True
+                    break
+                if now - t_on >= cap:
+                    break
+            wall = time.time() - t_on
+            cluster.set_system(sweep_enabled=False)
+            stale = conn.execute("SELECT count(*) FROM public.eth_wallet_balances WHERE updated_at < %s",
+                                 (start_ts,)).fetchone()[0]
+            fin = conn.execute("SELECT total_requested, total_updated, total_failed, total_skipped, ticks "
+                               "FROM audius_indexer.sweep_status").fetchone()
+        st = proc_status(pid) if pid else {}
+        loads.append(("end", loadavg()))
+        out()
+        out("=" * 110)
+        out(f"bench/rpc --sweep-scale — background worker sweep of {a.scale_rows:,} rows, "
+            f"{dt.datetime.fromtimestamp(started):%Y-%m-%d %H:%M:%S}, total wall time {time.time() - started:,.0f} s")
+        for ln in mach:
+            out(ln)
+        out("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in loads))
+        out(f"worker: sweep_batch_size {a.scale_batch:,}, sweep_interval {a.scale_interval}, multicall_chunk_size "
+            f"{a.scale_chunk:,}, multicall_max_request_bytes 0; anvil --gas-limit {GAS_CAP} --no-request-size-limit")
+        done = fin[0]
+        overall = done / wall if wall else 0
+        out(f"| status | wall time | wallets | ticks | wallets/s overall | worker RssAnon peak (10 s samples) | "
+            "worker VmHWM at end | TCP connects (namespace) |")
+        out("|---|---|---|---|---|---|---|---|")
+        out(f"| {'COMPLETE' if finished else 'STOPPED at --max-minutes'} | {hms(wall)} | {done:,} of {a.scale_rows:,} "
+            f"(updated {fin[1]:,}, failed {fin[2]:,}, skipped {fin[3]:,}) | {fin[4]:,} | {overall:,.0f} | "
+            f"{mib(peak_anon)} | {mib(st.get('VmHWM', 0))} | {samples[-1]['opens']:,} |")
+        if finished:
+            out(f"every row refreshed: {stale == 0} ({stale:,} rows older than the start)")
+        else:
+            recent = [s for s in samples if s["t"] >= samples[-1]["t"] - 60] or samples[-1:]
+            r_last = (recent[-1]["done"] - (recent[0]["done"] - recent[0]["rate"] * 10)) / (len(recent) * 10)
+            left = a.scale_rows - done
+            est = wall + left / r_last if r_last > 0 else float("inf")
+            out(f"EXTRAPOLATED (not measured): {left:,} rows left at the last minute's {r_last:,.0f} wallets/s -> "
+                f"total ~{hms(est)} for {a.scale_rows:,} rows")
+        out("wallets/s every 10 s: " + ", ".join(f"{s['rate']:,.0f}" for s in samples))
+        out("=" * 110)
+        return 0
+    finally:
+        path = Path(a.out) if a.out else REPO / "bench" / "results" / f"rpc-sweep-scale-{dt.date.today().isoformat()}.txt"
+        if _OUT:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(_OUT) + "\n")
+            print(f"written {path}")
+        if a.keep:
+            print(f"kept: cluster {cluster.conninfo('bench')}, anvil {anvil.url}")
+        else:
+            cluster.destroy()
+            anvil.destroy()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--sizes", type=ints, default=[200, 2000, 20000], help="P2 N values")
+    ap.add_argument("--viem-sizes", type=ints, default=[200, 2000], help="P3 N values")
+    ap.add_argument("--skip-viem", action="store_true")
+    ap.add_argument("--seed", type=int, default=200, help="wallets given non-zero balances")
+    ap.add_argument("--rows", type=int, default=100_000, help="P4 table size")
+    ap.add_argument("--big-rows", type=int, default=1_000_000, help="memory measurement table size")
+    ap.add_argument("--batches", type=ints, default=[200, 2000, 10000])
+    ap.add_argument("--chunks", type=ints, default=[200, 1000])
+    ap.add_argument("--sweep-scale", action="store_true", help="the background-worker scale run instead")
+    ap.add_argument("--scale-rows", type=int, default=3_150_000)
+    ap.add_argument("--scale-batch", type=int, default=10_000)
+    ap.add_argument("--scale-interval", default="100ms")
+    ap.add_argument("--scale-chunk", type=int, default=1000)
+    ap.add_argument("--max-minutes", type=float, default=20)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    return sweep_scale(a) if a.sweep_scale else bench_rpc(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
