@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """RPC read path and stale sweep: what the extension costs over the bare RPC work (issue 11).
 
-`make bench-rpc` (after `make install`; not part of `make test`; ~10 min on 2 cores). One anvil
+`make bench-rpc` (after `make install`; not part of `make test`; 4-5 min on 2 cores). One anvil
 (Multicall3 + the three mock contracts, eth_call gas cap 2^32, no request size limit), one
 throwaway PostgreSQL 15 cluster with audius_indexer preloaded, the same wallets for every part.
 The extension always talks to anvil directly; a recording proxy (bench/rpc/recproxy.py: raw request
@@ -27,8 +27,8 @@ P4  The sweep: eth_wallet_balances with --rows (100,000) rows, `SELECT * FROM
     x chunk 200 / 1,000 (multicall_max_request_bytes = 0 so that chunk 1,000 really is 1,000);
     enough passes for >= --reps ticks. Per pass: wallets/s; per tick: min/median/max; the sweeping
     backend's RssAnon (sampled every 20 ms, peak) and VmHWM from /proc/<pid>/status; TCP connects in
-    this network namespace during the pass (/proc/net/snmp Tcp ActiveOpens delta, the same counter a
-    bare `ss -s` reads: it counts every connect(), the bench's own few included); CPU seconds of the
+    this network namespace during the pass (/proc/net/snmp Tcp ActiveOpens delta: it counts every
+    connect() in the namespace, the bench's own few included); CPU seconds of the
     backend and of anvil. One extra tick per config through the proxy: its bodies, the connections
     the proxy accepted; those bodies replayed sequentially on one kept-alive connection (--reps
     times) = the bare rate. Then the table grows to --big-rows (1,000,000) rows and the memory is
@@ -722,46 +722,59 @@ def sweep_scale(a) -> int:
         cap = a.max_minutes * 60
         log(f"sweep_enabled = on (batch {a.scale_batch:,}, interval {a.scale_interval}, chunk {a.scale_chunk:,}); "
             f"cap {a.max_minutes} min")
-        opens0 = tcp_active_opens()
-        cluster.set_system(sweep_enabled=True)
-        t_on = time.time()
+        poll = "SELECT s.total_requested, s.total_updated, s.total_failed, s.total_skipped, s.ticks, s.last_error, " \
+               "s.last_tick_finished, s.last_tick_started, s.last_requested, (SELECT a.pid FROM pg_stat_activity a WHERE a.backend_type = 'audius_indexer sweep' " \
+               "LIMIT 1) FROM audius_indexer.sweep_state s"
         finished = False
         pid = None
         peak_anon = 0
+        tick_seen: dict = {}  # last_tick_started -> (duration s, wallets), ticks seen by the 0.25 s poll
         with cluster.connect("bench") as conn:
-            start_ts = conn.execute("SELECT now()::timestamp").fetchone()[0]
+            start_ts, t_on_srv = conn.execute("SELECT now()::timestamp, clock_timestamp()").fetchone()
+            opens0 = tcp_active_opens()
+            cluster.set_system(sweep_enabled=True)
+            t_on = time.time()
             last = (t_on, 0)
             next_sample = t_on + 10
             while True:
-                time.sleep(max(0.0, min(next_sample, t_on + cap) - time.time()))
-                row = conn.execute("SELECT total_requested, total_updated, total_failed, total_skipped, ticks, "
-                                   "last_error, worker_pid FROM audius_indexer.sweep_status").fetchone()
-                req, upd, fail, skip, ticks, err, wpid = row
+                # sweep_state (one row) every 0.25 s: the crossing is seen within a tick; the worker's
+                # memory sampled as often; a line every 10 s
+                time.sleep(0.25)
+                req, upd, fail, skip, ticks, err, fin_at, st_at, last_req, wpid = conn.execute(poll).fetchone()
+                if st_at is not None and fin_at is not None and fin_at >= st_at and last_req:
+                    tick_seen[st_at] = ((fin_at - st_at).total_seconds(), last_req)
                 pid = wpid or pid
                 st = proc_status(pid) if pid else {}
                 peak_anon = max(peak_anon, st.get("RssAnon", 0))
                 now = time.time()
-                rate = (req - last[1]) / (now - last[0]) if now > last[0] else 0
-                samples.append({"t": now - t_on, "done": req, "rate": rate, "ticks": ticks, "anon": st.get("RssAnon", 0),
-                                "hwm": st.get("VmHWM", 0), "opens": tcp_active_opens() - opens0, "err": err,
-                                "load": loadavg()})
-                log(f"  {now - t_on:6.0f} s: {req:>9,} wallets ({req / a.scale_rows:6.1%}), {rate:8,.0f}/s last "
-                    f"interval, {ticks:,} ticks, worker RssAnon {mib(st.get('RssAnon', 0))} VmHWM {mib(st.get('VmHWM', 0))}, "
-                    f"TCP connects {samples[-1]['opens']:,}, load {samples[-1]['load']}" + (f", last_error {err}" if err else ""))
-                last = (now, req)
-                next_sample += 10
                 if req >= a.scale_rows:
+                    cluster.set_system(sweep_enabled=False)
                     finished = True
+                    wall = (fin_at - t_on_srv).total_seconds()
+                    end_stats = (req, upd, fail, skip, ticks)
                     break
                 if now - t_on >= cap:
+                    cluster.set_system(sweep_enabled=False)
+                    wall = now - t_on
+                    end_stats = (req, upd, fail, skip, ticks)
                     break
-            wall = time.time() - t_on
-            cluster.set_system(sweep_enabled=False)
+                if now >= next_sample:
+                    rate = (req - last[1]) / (now - last[0])
+                    samples.append({"t": now - t_on, "done": req, "rate": rate, "ticks": ticks,
+                                    "anon": st.get("RssAnon", 0), "hwm": st.get("VmHWM", 0),
+                                    "opens": tcp_active_opens() - opens0, "err": err, "load": loadavg()})
+                    log(f"  {now - t_on:6.0f} s: {req:>9,} wallets ({req / a.scale_rows:6.1%}), {rate:8,.0f}/s last "
+                        f"interval, {ticks:,} ticks, worker RssAnon {mib(st.get('RssAnon', 0))} VmHWM "
+                        f"{mib(st.get('VmHWM', 0))} RssShmem {mib(st.get('RssShmem', 0))}, TCP connects "
+                        f"{samples[-1]['opens']:,}, load {samples[-1]['load']}" + (f", last_error {err}" if err else ""))
+                    last = (now, req)
+                    next_sample += 10
+            opens = tcp_active_opens() - opens0
+            time.sleep(0.5)
+            st = proc_status(pid) if pid else {}
             stale = conn.execute("SELECT count(*) FROM public.eth_wallet_balances WHERE updated_at < %s",
                                  (start_ts,)).fetchone()[0]
-            fin = conn.execute("SELECT total_requested, total_updated, total_failed, total_skipped, ticks "
-                               "FROM audius_indexer.sweep_status").fetchone()
-        st = proc_status(pid) if pid else {}
+            fin = end_stats
         loads.append(("end", loadavg()))
         out()
         out("=" * 110)
@@ -774,17 +787,29 @@ def sweep_scale(a) -> int:
             f"{a.scale_chunk:,}, multicall_max_request_bytes 0; anvil --gas-limit {GAS_CAP} --no-request-size-limit")
         done = fin[0]
         overall = done / wall if wall else 0
-        out(f"| status | wall time | wallets | ticks | wallets/s overall | worker RssAnon peak (10 s samples) | "
-            "worker VmHWM at end | TCP connects (namespace) |")
+        out(f"| status | wall time | wallets | ticks | wallets/s overall | worker RssAnon peak (0.25 s samples) | "
+            "worker VmHWM at end (of it RssShmem) | TCP connects (namespace) |")
         out("|---|---|---|---|---|---|---|---|")
         out(f"| {'COMPLETE' if finished else 'STOPPED at --max-minutes'} | {hms(wall)} | {done:,} of {a.scale_rows:,} "
             f"(updated {fin[1]:,}, failed {fin[2]:,}, skipped {fin[3]:,}) | {fin[4]:,} | {overall:,.0f} | "
-            f"{mib(peak_anon)} | {mib(st.get('VmHWM', 0))} | {samples[-1]['opens']:,} |")
+            f"{mib(peak_anon)} | {mib(st.get('VmHWM', 0))} ({mib(st.get('RssShmem', 0))}) | {opens:,} "
+            f"({opens / max(fin[4], 1):.1f} per tick) |")
+        if tick_seen:
+            durs = sorted(d for d, _ in tick_seen.values())
+            per_tick = [n / d for d, n in tick_seen.values() if d > 0]
+            busy = statistics.fmean(durs) * fin[4]
+            out(f"ticks (last_tick_started..last_tick_finished, {len(tick_seen)} of {fin[4]} seen by the poll): "
+                f"duration min/median/max {durs[0]:.3f} / {statistics.median(durs):.3f} / {durs[-1]:.3f} s, "
+                f"wallets/s within a tick median {statistics.median(per_tick):,.0f}; ticks x mean duration = "
+                f"{busy:,.0f} s of the {wall:,.0f} s wall ({busy / wall:.0%} busy; the rest: "
+                f"waits between ticks (sweep_interval {a.scale_interval}) and the worker's own steps)")
         if finished:
-            out(f"every row refreshed: {stale == 0} ({stale:,} rows older than the start)")
+            out(f"wall time = sweep_enabled on -> last_tick_finished of the tick that reached {a.scale_rows:,}; "
+                f"every row refreshed: {stale == 0} ({stale:,} rows older than the start)")
         else:
-            recent = [s for s in samples if s["t"] >= samples[-1]["t"] - 60] or samples[-1:]
-            r_last = (recent[-1]["done"] - (recent[0]["done"] - recent[0]["rate"] * 10)) / (len(recent) * 10)
+            older = [s for s in samples if s["t"] <= wall - 60]
+            t0_, d0_ = (older[-1]["t"], older[-1]["done"]) if older else (0.0, 0)
+            r_last = (done - d0_) / (wall - t0_) if wall > t0_ else 0
             left = a.scale_rows - done
             est = wall + left / r_last if r_last > 0 else float("inf")
             out(f"EXTRAPOLATED (not measured): {left:,} rows left at the last minute's {r_last:,.0f} wallets/s -> "
