@@ -89,6 +89,10 @@ def cluster(proxy, contracts):
         "cron.database_name": "'postgres'",
         "cron.host": f"'{c.sockdir}'",
         "audius_indexer.sweep_enabled": "off",
+        # the follow and challenge workers stay off too: their RPC calls would show in the proxy's
+        # counters of every test (tests that want them turn them on)
+        "audius_indexer.follow_interval": "0",
+        "audius_indexer.challenges_interval": "0",
         "audius_indexer.database": "'audius'",
     })
     c.baseline = {

@@ -121,10 +121,12 @@ pub const SAVE_USERS_POSITION: &str = "UPDATE audius_indexer.challenge_processor
 
 /// The outcome of one run of one processor (after its subtransaction, so errors are recorded).
 /// `last_error` keeps the latest error; it is current while `last_error_at = last_run_at`.
-pub const RECORD_RUN: &str = "UPDATE audius_indexer.challenge_processor_state SET \
-       last_run_at = pg_catalog.clock_timestamp(), last_dirty_rows = $2, last_users = $3, \
+pub const RECORD_RUN: &str = "UPDATE audius_indexer.challenge_processor_state s SET \
+       last_run_at = c.t, last_dirty_rows = $2, last_users = $3, \
        last_upserts = $4, checkpoint_before = $5, checkpoint_after = $6, \
-       last_error = COALESCE($7, last_error), last_error_at = CASE WHEN $7 IS NULL THEN last_error_at ELSE pg_catalog.clock_timestamp() END, \
-       runs = runs + 1, errors = errors + CASE WHEN $7 IS NULL THEN 0 ELSE 1 END, \
-       total_upserts = total_upserts + $4 \
-     WHERE challenge_id = $1";
+       last_error = COALESCE($7, s.last_error), \
+       last_error_at = CASE WHEN $7 IS NULL THEN s.last_error_at ELSE c.t END, \
+       runs = s.runs + 1, errors = s.errors + CASE WHEN $7 IS NULL THEN 0 ELSE 1 END, \
+       total_upserts = s.total_upserts + $4 \
+     FROM (SELECT pg_catalog.clock_timestamp() AS t) AS c \
+     WHERE s.challenge_id = $1";
