@@ -475,6 +475,45 @@ def test_pg_cron_drives_the_sweep(env, conn):
         conn.execute("SELECT cron.unschedule(%s)", (job,))
 
 
+def test_pg_cron_drives_the_follower_and_the_challenge_processors(env, conn):
+    """pg_cron works for the event path and the challenge processors too (issues 9 and 10): one job
+    each; within a minute a transfer is followed into eth_wallet_balances and a user_events row
+    completes challenge m."""
+    from pathlib import Path
+    fixture = Path(__file__).resolve().parent / "sql" / "audius_fixture_schema.sql"
+    env.cluster.set_system(follow_interval=0, challenges_interval=0)  # pg_cron is the only driver
+    a, b = wallets(2, "cron-follow")
+    env.contracts.set_values([a, b], [10**18, 0], [0, 0], [0, 0])
+    seed_rows(conn, [b], balance=0)
+    conn.execute("DELETE FROM eth_indexer_checkpoints WHERE name = 'audio_transfers'")
+    conn.execute("SELECT * FROM audius_indexer.follow_transfers()")  # first boot: starts at the head
+    conn.execute(fixture.read_text())
+    jobs = []
+    try:
+        conn.execute("INSERT INTO user_events (blocknumber, is_current, user_id, is_mobile_user) VALUES (7, true, 4242, true)")
+        rcpt = env.contracts.transfer(a, b, 10**17)
+        block = int(rcpt["blockNumber"], 16)
+        for name, cmd in (("audius-follow", "SELECT * FROM audius_indexer.follow_transfers()"),
+                          ("audius-challenges", "SELECT * FROM audius_indexer.process_user_event_challenges()")):
+            jobs.append(conn.execute("SELECT cron.schedule(%s, '* * * * *', %s)", (name, cmd)).fetchone()[0])
+        wait_until(lambda: balances(conn, [b])[b][0] == 10**17 and balances(conn, [b])[b][1] >= block
+                   and conn.execute("SELECT count(*) FROM user_challenges WHERE challenge_id = 'm' AND user_id = 4242")
+                   .fetchone()[0] == 1, timeout=75, interval=0.5, what="both pg_cron jobs to run")
+        for job in jobs:
+            st = conn.execute("SELECT status FROM cron.job_run_details WHERE jobid = %s ORDER BY start_time DESC "
+                              "LIMIT 1", (job,)).fetchone()
+            assert st and st[0] == "succeeded", (job, st)
+    finally:
+        for job in jobs:
+            conn.execute("SELECT cron.unschedule(%s)", (job,))
+        conn.execute("DROP TABLE IF EXISTS user_challenges, challenges, notification, challenge_disbursements, "
+                     "sol_reward_disbursements, reward_manager_txs, reward_codes, users, challenge_listen_streak, "
+                     "user_score_features, user_events, indexing_checkpoints CASCADE")
+        conn.execute("DROP TYPE IF EXISTS challengetype")
+        conn.execute("DROP SEQUENCE IF EXISTS notification_id_seq")
+        env.cluster.set_system(follow_interval=None, challenges_interval=None)
+
+
 def test_drop_and_create_extension_keeps_rows(env, conn):
     ws = wallets(25, "keep")
     seed_rows(conn, ws, balance=77)
