@@ -19,11 +19,11 @@
 //! never dropped: the wallet is queued in `follow_pending` with the block it must reach, and read
 //! again at the next step (the checkpoint moves on; the queue carries the debt).
 
+use crate::config::Config;
 use crate::eth::address::normalize;
 use crate::eth::logs::{self, Header};
 use crate::eth::rpc::{self, ExecError};
 use crate::gucs;
-use crate::config::Config;
 use crate::reader;
 use crate::sweep::{self, Entry, LockScope, Steps};
 use alloy_primitives::{Address, B256};
@@ -63,8 +63,12 @@ fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {
 }
 
 fn header(cfg: &Config, number: u64) -> Header {
-    reader::request(cfg, |id| logs::get_block_body(id, number), logs::parse_header)
-        .unwrap_or_else(|e| reader::raise_exec(e, "eth_getBlockByNumber failed"))
+    reader::request(
+        cfg,
+        |id| logs::get_block_body(id, number),
+        logs::parse_header,
+    )
+    .unwrap_or_else(|e| reader::raise_exec(e, "eth_getBlockByNumber failed"))
 }
 
 /// `eth_getLogs` over `[from, to]`: Ok(logs), or the refusal to bisect, or an ERROR.
@@ -164,7 +168,12 @@ fn filter_tracked(candidates: &[(Address, u64)]) -> Vec<(String, i64)> {
     let blocks: Vec<i64> = candidates.iter().map(|(_, b)| *b as i64).collect();
     Spi::connect(|c| {
         c.select(&sql, None, &[keys.into(), blocks.into()])?
-            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
+            .map(|r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<i64>(2)?.unwrap_or(0),
+                ))
+            })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| crate::errors::spi_error(e))
@@ -190,7 +199,8 @@ fn refresh<S: Steps>(
     after: impl FnOnce(),
 ) -> sweep::Counts {
     let keys: Vec<String> = wallets.iter().map(|(k, _)| k.clone()).collect();
-    let min_blocks: std::collections::HashMap<String, Option<i64>> = wallets.iter().cloned().collect();
+    let min_blocks: std::collections::HashMap<String, Option<i64>> =
+        wallets.iter().cloned().collect();
     let read = if wallets.is_empty() {
         None
     } else {
@@ -286,14 +296,24 @@ pub fn step<S: Steps>(
     Some(result)
 }
 
-fn run_step<S: Steps>(steps: &mut S, checkpoint: Option<i64>, max_blocks: Option<i64>) -> StepCounts {
+fn run_step<S: Steps>(
+    steps: &mut S,
+    checkpoint: Option<i64>,
+    max_blocks: Option<i64>,
+) -> StepCounts {
     let cfg = Config::from_settings();
     let confirmations = i64::from(gucs::CONFIRMATIONS.get().max(0));
     let range_size = gucs::LOG_RANGE_BLOCKS.get().max(1) as u64;
     let depth = i64::from(gucs::MAX_REORG_DEPTH.get().max(0));
-    let head = reader::chain_head(&cfg).unwrap_or_else(|e| reader::raise_exec(e, "eth_blockNumber failed"));
+    let head = reader::chain_head(&cfg)
+        .unwrap_or_else(|e| reader::raise_exec(e, "eth_blockNumber failed"));
     let target = (head - confirmations).max(0);
-    steps.sql(|| spi(Spi::run_with_args("SELECT audius_indexer._follow_head($1)", &[head.into()])));
+    steps.sql(|| {
+        spi(Spi::run_with_args(
+            "SELECT audius_indexer._follow_head($1)",
+            &[head.into()],
+        ))
+    });
     let mut out = StepCounts::default();
 
     // First boot: start at the head, as the seed (no history replay), unless follow_from_block.
@@ -315,7 +335,11 @@ fn run_step<S: Steps>(steps: &mut S, checkpoint: Option<i64>, max_blocks: Option
     // Reorg check: the checkpoint block's stored hash against the node's.
     if checkpoint >= 0 && checkpoint <= head {
         let stored = steps.sql(|| stored_hashes(checkpoint, depth));
-        if let Some((b, h)) = stored.first().copied().filter(|(b, _)| *b as i64 == checkpoint) {
+        if let Some((b, h)) = stored
+            .first()
+            .copied()
+            .filter(|(b, _)| *b as i64 == checkpoint)
+        {
             let node = header(&cfg, b);
             if node.hash != h {
                 let older: Vec<(u64, B256)> = stored[1..].to_vec();
@@ -384,7 +408,10 @@ fn run_step<S: Steps>(steps: &mut S, checkpoint: Option<i64>, max_blocks: Option
                     crate::errors::errcode(e.sqlstate()),
                     format!("eth_getLogs refused even the single block {a}: {e}"),
                     None,
-                    Some("Check the node (audius_indexer.rpc_max_response_bytes, provider limits).".into()),
+                    Some(
+                        "Check the node (audius_indexer.rpc_max_response_bytes, provider limits)."
+                            .into(),
+                    ),
                 ),
             },
         };
@@ -431,7 +458,12 @@ fn reorg<S: Steps>(steps: &mut S, checkpoint: i64, ancestor: i64) -> i64 {
     steps.sql(move || {
         spi(Spi::run_with_args(
             "SELECT audius_indexer._follow_reorg($1, $2, $3, $4)",
-            &[CHECKPOINT_NAME.into(), checkpoint.into(), ancestor.into(), keys.clone().into()],
+            &[
+                CHECKPOINT_NAME.into(),
+                checkpoint.into(),
+                ancestor.into(),
+                keys.clone().into(),
+            ],
         ));
         if let Some(r) = read {
             let (lagging, failed) = r.retries();

@@ -35,8 +35,16 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/sweep.sql", name = "sweep", requires = ["bootstrap"]);
-extension_sql_file!("../sql/challenges.sql", name = "challenges", requires = ["bootstrap"]);
-extension_sql_file!("../sql/follow.sql", name = "follow", requires = ["bootstrap"]);
+extension_sql_file!(
+    "../sql/challenges.sql",
+    name = "challenges",
+    requires = ["bootstrap"]
+);
+extension_sql_file!(
+    "../sql/follow.sql",
+    name = "follow",
+    requires = ["bootstrap"]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

@@ -1,13 +1,13 @@
 //! Glue between the pure read path (`eth::balances`, `eth::rpc`) and PostgreSQL: settings, the
 //! per-backend endpoint state, interrupt polling, and turning failures into ERRORs with SQLSTATEs.
 
+use crate::config::Config;
+use crate::errors::{errcode, raise};
 use crate::eth::abi::DecodeError;
 use crate::eth::address::{normalize, parse_address};
 use crate::eth::balances::{self, ChunkError, HolderBalance, ReadStats};
 use crate::eth::blocking::{run_interruptible, sleep_interruptible};
 use crate::eth::rpc::{self, Endpoint, Endpoints, ExecError, RpcError};
-use crate::config::Config;
-use crate::errors::{errcode, raise};
 use crate::gucs;
 use alloy_primitives::Address;
 use pgrx::PgSqlErrorCode::*;

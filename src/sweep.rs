@@ -11,11 +11,11 @@
 //! the caller's transaction; the worker and `CALL sweep()` commit after the claim and read with
 //! no transaction and no snapshot open (DESIGN rule 2), so a slow node never holds back vacuum.
 
+use crate::config::Config;
+use crate::errors::spi_error;
 use crate::eth::address::{normalize, parse_address};
 use crate::eth::balances::HolderBalance;
-use crate::errors::spi_error;
 use crate::gucs;
-use crate::config::Config;
 use crate::reader::{self, Purpose};
 use alloy_primitives::Address;
 use pgrx::datum::TimestampWithTimeZone;
@@ -189,7 +189,6 @@ pub fn write(r: Read) -> Counts {
     });
     counts
 }
-
 
 /// The event path: explicit wallets (invalid input is an ERROR naming it), optional per-wallet
 /// minimum blocks (same length as `wallets`; NULL entries mean no minimum).

@@ -362,12 +362,14 @@ fn challenges_tick(db: &str, warned_missing: &mut bool) {
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         });
-        Some(rows.unwrap_or_else(|e| crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("process_user_event_challenges: {e}"),
-            None,
-            None,
-        )))
+        Some(rows.unwrap_or_else(|e| {
+            crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("process_user_event_challenges: {e}"),
+                None,
+                None,
+            )
+        }))
     });
     match outcome {
         Ok(None) => {
@@ -404,9 +406,8 @@ fn follow_tick(db: &str, warned_missing: &mut bool, last_error: &mut Option<(Str
     if extension_installed(FOLLOW_WORKER_TYPE, db, warned_missing) != Ok(true) {
         return;
     }
-    let outcome = catching(|| {
-        crate::follow::step(&mut OwnTransactions, None, sweep::LockScope::Session)
-    });
+    let outcome =
+        catching(|| crate::follow::step(&mut OwnTransactions, None, sweep::LockScope::Session));
     match outcome {
         Ok(Some(c)) => {
             *last_error = None;

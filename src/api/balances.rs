@@ -1,7 +1,7 @@
 //! `audius_indexer.multicall_total_audio_balances(wallets text[])`.
 
-use crate::eth::address::normalize;
 use crate::config::Config;
+use crate::eth::address::normalize;
 use crate::reader;
 use alloy_primitives::U256;
 use pgrx::prelude::*;

@@ -1,9 +1,9 @@
 //! `audius_indexer.doctor()`: one row per health check, for a DBA at psql.
 
+use crate::config::Config;
 use crate::eth::abi::hex;
 use crate::eth::address::normalize;
 use crate::eth::rpc::{self, ExecError};
-use crate::config::Config;
 use crate::reader::{self, quantity};
 use alloy_primitives::keccak256;
 use pgrx::prelude::*;

@@ -25,7 +25,11 @@ fn follow_transfers(
         name!(checkpoint, Option<i64>),
     ),
 > {
-    let Some(c) = follow::step(&mut InCallersTransaction, max_blocks, LockScope::Transaction) else {
+    let Some(c) = follow::step(
+        &mut InCallersTransaction,
+        max_blocks,
+        LockScope::Transaction,
+    ) else {
         pgrx::notice!("audius_indexer.follow_transfers: another step is running; nothing done");
         return TableIterator::new(Vec::new());
     };

@@ -105,7 +105,11 @@ fn current_checkpoint(client: &mut SpiClient<'_>, p: Processor) -> Option<i64> {
     let key = p.checkpoint_key();
     in_subtransaction(|| -> SpiResult<Option<i64>> {
         let t = client.update(sql::READ_CHECKPOINT, Some(1), &[key.as_str().into()])?;
-        Ok(if t.is_empty() { Some(0) } else { t.first().get::<i64>(1)?.or(Some(0)) })
+        Ok(if t.is_empty() {
+            Some(0)
+        } else {
+            t.first().get::<i64>(1)?.or(Some(0))
+        })
     })
     .ok()
     .flatten()
@@ -189,9 +193,19 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
         .update(
             dirty_sql,
             None,
-            &[start.block.into(), start.after.into(), (batch as i64).into()],
+            &[
+                start.block.into(),
+                start.after.into(),
+                (batch as i64).into(),
+            ],
         )?
-        .map(|r| Ok((r.get::<i64>(1)?.unwrap_or(0), r.get::<i32>(2)?.unwrap_or(0), r.get::<i64>(3)?.unwrap_or(0))))
+        .map(|r| {
+            Ok((
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<i32>(2)?.unwrap_or(0),
+                r.get::<i64>(3)?.unwrap_or(0),
+            ))
+        })
         .collect::<SpiResult<_>>()?;
     if !rows.is_empty() {
         out.dirty_rows += rows.len() as i32;
@@ -225,7 +239,12 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
             client.update(
                 sql::SAVE_UE_POSITION,
                 None,
-                &[p.id().into(), end_block.into(), end_id.into(), checkpoint.into()],
+                &[
+                    p.id().into(),
+                    end_block.into(),
+                    end_id.into(),
+                    checkpoint.into(),
+                ],
             )?;
         }
     }

@@ -39,12 +39,14 @@ pub const DIRTY_MOBILE: &str = dirty_user_events!("ue.is_mobile_user = true");
 pub const DIRTY_REFERRAL: &str = dirty_user_events!("ue.referrer IS NOT NULL");
 
 /// The second dirty scan of `r`/`rv` (the verification gap): `users` rows past the position.
-pub const DIRTY_USERS: &str = "SELECT u.user_id, u.blocknumber::bigint, u.txhash::text FROM users u \
+pub const DIRTY_USERS: &str =
+    "SELECT u.user_id, u.blocknumber::bigint, u.txhash::text FROM users u \
      WHERE u.blocknumber >= $1 AND (u.blocknumber > $1 OR (u.user_id, u.txhash::text) > ($2, $3)) \
      ORDER BY u.blocknumber, u.user_id, u.txhash::text LIMIT $4";
 
 /// `m`'s recompute: the dirty users that still have a current mobile row (first-seen order).
-pub const RECOMPUTE_MOBILE: &str = "SELECT d.uid, 0 FROM unnest($1::integer[]) WITH ORDINALITY AS d(uid, ord) \
+pub const RECOMPUTE_MOBILE: &str =
+    "SELECT d.uid, 0 FROM unnest($1::integer[]) WITH ORDINALITY AS d(uid, ord) \
      WHERE EXISTS (SELECT 1 FROM user_events ue \
                     WHERE ue.user_id = d.uid AND ue.is_current AND ue.is_mobile_user = true) \
      ORDER BY d.ord";
@@ -110,7 +112,8 @@ pub const UPSERT: &str = "INSERT INTO user_challenges AS uc \
 /// One run at a time (worker, pg_cron, psql): waits for a run in progress to commit.
 pub const LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock(1635083621, 3)";
 
-pub const LOAD_STATE: &str = "SELECT ue_block, ue_id, ue_checkpoint, users_block, users_user_id, users_txhash \
+pub const LOAD_STATE: &str =
+    "SELECT ue_block, ue_id, ue_checkpoint, users_block, users_user_id, users_txhash \
      FROM audius_indexer.challenge_processor_state WHERE challenge_id = $1";
 
 pub const SAVE_UE_POSITION: &str = "UPDATE audius_indexer.challenge_processor_state \

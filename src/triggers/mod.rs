@@ -345,8 +345,11 @@ fn challenge_reward_once_an_hour<S: IntoDatum, C: IntoDatum + Copy>(
     client: &mut SpiClient<'_>,
     d: Disbursement<'_, S, C>,
 ) -> Result<(), TriggerError> {
-    let is_reward_code: Option<bool> =
-        first_value(client, &statements::REWARD_CODE_EXISTS, &[varchar(d.challenge_id)])?;
+    let is_reward_code: Option<bool> = first_value(
+        client,
+        &statements::REWARD_CODE_EXISTS,
+        &[varchar(d.challenge_id)],
+    )?;
     if is_reward_code == Some(true) {
         return Ok(());
     }

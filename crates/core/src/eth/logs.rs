@@ -47,14 +47,22 @@ fn hex_u64(ep: &Endpoint, v: Option<&Value>, what: &str) -> Result<u64, RpcError
 fn parse_b256(ep: &Endpoint, v: &Value, what: &str) -> Result<B256, RpcError> {
     v.as_str()
         .and_then(|s| s.parse::<B256>().ok())
-        .ok_or_else(|| bad(ep, format!("{what} is not 32 bytes of hex: {:.80}", v.to_string())))
+        .ok_or_else(|| {
+            bad(
+                ep,
+                format!("{what} is not 32 bytes of hex: {:.80}", v.to_string()),
+            )
+        })
 }
 
 /// Parses the `result` of `eth_getLogs`.
 pub fn parse_logs(ep: &Endpoint, v: &Value) -> Result<Vec<Log>, RpcError> {
-    let items = v
-        .as_array()
-        .ok_or_else(|| bad(ep, format!("eth_getLogs result is not an array: {:.60}", v.to_string())))?;
+    let items = v.as_array().ok_or_else(|| {
+        bad(
+            ep,
+            format!("eth_getLogs result is not an array: {:.60}", v.to_string()),
+        )
+    })?;
     items
         .iter()
         .map(|item| {
@@ -68,7 +76,10 @@ pub fn parse_logs(ep: &Endpoint, v: &Value) -> Result<Vec<Log>, RpcError> {
             Ok(Log {
                 block: hex_u64(ep, item.get("blockNumber"), "log blockNumber")?,
                 topics,
-                removed: item.get("removed").and_then(Value::as_bool).unwrap_or(false),
+                removed: item
+                    .get("removed")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             })
         })
         .collect()
@@ -136,7 +147,10 @@ pub fn get_block_body(id: u64, number: u64) -> String {
 /// Parses the `result` of `eth_getBlockByNumber`; `null` (no such block yet) is an error.
 pub fn parse_header(ep: &Endpoint, v: &Value) -> Result<Header, RpcError> {
     if v.is_null() {
-        return Err(bad(ep, "eth_getBlockByNumber answered null (no such block)".into()));
+        return Err(bad(
+            ep,
+            "eth_getBlockByNumber answered null (no such block)".into(),
+        ));
     }
     Ok(Header {
         number: hex_u64(ep, v.get("number"), "block number")?,
@@ -182,7 +196,8 @@ mod tests {
 
     #[test]
     fn request_body_names_range_address_and_topic() {
-        let b: Value = serde_json::from_str(&get_logs_body(7, "0xabc", &transfer_topic(), 16, 255)).unwrap();
+        let b: Value =
+            serde_json::from_str(&get_logs_body(7, "0xabc", &transfer_topic(), 16, 255)).unwrap();
         assert_eq!(b["method"], "eth_getLogs");
         assert_eq!(b["params"][0]["fromBlock"], "0x10");
         assert_eq!(b["params"][0]["toBlock"], "0xff");
@@ -210,7 +225,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![(format!("0x{a}"), 7), (format!("0x{b}"), 9), (format!("0x{c}"), 9)]
+            vec![
+                (format!("0x{a}"), 7),
+                (format!("0x{b}"), 9),
+                (format!("0x{c}"), 9)
+            ]
         );
     }
 
@@ -240,7 +259,10 @@ mod tests {
 
     #[test]
     fn ranges_and_bisection() {
-        assert_eq!(plan_ranges(1, 25_000, 9000), vec![(1, 9000), (9001, 18_000), (18_001, 25_000)]);
+        assert_eq!(
+            plan_ranges(1, 25_000, 9000),
+            vec![(1, 9000), (9001, 18_000), (18_001, 25_000)]
+        );
         assert_eq!(plan_ranges(5, 4, 10), vec![]);
         assert_eq!(plan_ranges(3, 3, 10), vec![(3, 3)]);
         assert_eq!(bisect(1, 9000), Some(((1, 4500), (4501, 9000))));
