@@ -9,6 +9,15 @@ APT_PKGS=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config p
 
 log() { printf '[install-deps] %s\n' "$*"; }
 
+# A full `make test` writes ~2.5 GB under target/ (release + unit-test builds, the package).
+# A disk that fills up mid-build shows up as an unexplained rustc failure, so say it up front.
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if ((free_kb < 3 * 1024 * 1024)); then
+  log "WARNING: only $((free_kb / 1024)) MB free on $(df -P . | awk 'NR==2 {print $6}'); the build needs ~2.5 GB"
+else
+  log "disk: $((free_kb / 1024 / 1024)) GB free"
+fi
+
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
