@@ -21,6 +21,10 @@ pub struct Config {
     pub policy: RetryPolicy,
     pub cooldown: Duration,
     pub max_response_bytes: u64,
+    /// Chunks in flight per read (`rpc_concurrency`).
+    pub concurrency: usize,
+    /// Keep-alive connections idle longer than this are not reused (`rpc_idle_timeout_ms`).
+    pub idle_timeout: Duration,
 }
 
 fn address_setting(name: &str, setting: &pgrx::GucSetting<Option<std::ffi::CString>>) -> Address {
@@ -134,6 +138,8 @@ impl Config {
             },
             cooldown: ms(gucs::RPC_FAILOVER_COOLDOWN_MS.get()),
             max_response_bytes: gucs::RPC_MAX_RESPONSE_BYTES.get().max(1024) as u64,
+            concurrency: gucs::RPC_CONCURRENCY.get().clamp(1, 32) as usize,
+            idle_timeout: ms(gucs::RPC_IDLE_TIMEOUT_MS.get()),
         }
     }
 }

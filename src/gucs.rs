@@ -58,6 +58,13 @@ pub static RPC_RETRY_BUDGET_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000)
 pub static RPC_FAILOVER_COOLDOWN_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// `audius_indexer.rpc_max_response_bytes`: largest answer accepted.
 pub static RPC_MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
+/// `audius_indexer.rpc_concurrency`: aggregate3 chunks of one read in flight at once (1 = one
+/// after the other). Halved for the rest of the session's reads while the provider rate-limits,
+/// grown back by one after a run of good answers.
+pub static RPC_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(4);
+/// `audius_indexer.rpc_idle_timeout_ms`: a keep-alive connection idle this long is closed at
+/// its next use instead of being reused (0 = no keep-alive: a new connection per request).
+pub static RPC_IDLE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 
 /// `audius_indexer.database`: database the sweep worker connects to (postmaster setting).
 pub static DATABASE: GucSetting<Option<CString>> =
@@ -225,6 +232,26 @@ pub fn init() {
         c"statement_timeout and query cancel still apply at any time.",
         &RPC_TIMEOUT_MS,
         100,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.rpc_concurrency",
+        c"Aggregate3 chunks of one balance read in flight at once (1 = one after the other).",
+        c"Halved while the provider answers rate-limit errors, grown back by one after a run of good answers. Answers are applied in wallet order either way.",
+        &RPC_CONCURRENCY,
+        1,
+        32,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"audius_indexer.rpc_idle_timeout_ms",
+        c"How long an idle keep-alive connection to an RPC endpoint may be reused.",
+        c"Older connections are closed at their next use and a new one is opened. 0 = no keep-alive: a new connection per request.",
+        &RPC_IDLE_TIMEOUT_MS,
+        0,
         3_600_000,
         GucContext::Userset,
         GucFlags::UNIT_MS,

@@ -7,22 +7,51 @@ use crate::eth::abi::DecodeError;
 use crate::eth::address::{normalize, parse_address};
 use crate::eth::balances::{self, ChunkError, HolderBalance, ReadStats};
 use crate::eth::blocking::{run_interruptible, sleep_interruptible};
-use crate::eth::rpc::{self, Endpoint, Endpoints, ExecError, RpcError};
+use crate::eth::pipeline::{Limiter, Pipeline, StopFlag};
+use crate::eth::rpc::{self, Agents, Endpoint, Endpoints, ExecError, RpcError};
 use crate::gucs;
 use alloy_primitives::Address;
 use pgrx::PgSqlErrorCode::*;
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The network state of this backend, shared with its helper threads: endpoint health, one
+/// keep-alive HTTP agent per endpoint, and the pipelining limit (halved on rate limits).
+#[derive(Clone)]
+struct Net {
+    endpoints: Arc<Mutex<Endpoints>>,
+    agents: Arc<Agents>,
+    limiter: Arc<Limiter>,
+}
+
 thread_local! {
-    /// Endpoint health and counters of this backend (backends are single-threaded).
-    static ENDPOINTS: RefCell<Endpoints> = RefCell::new(Endpoints::new(Vec::new(), Duration::ZERO));
-    static REQUEST_ID: Cell<u64> = const { Cell::new(1) };
+    static NET: Net = Net {
+        endpoints: Arc::new(Mutex::new(Endpoints::new(Vec::new(), Duration::ZERO))),
+        agents: Arc::new(Agents::new(Duration::ZERO, 1)),
+        limiter: Arc::new(Limiter::new(1)),
+    };
     /// Highest `eth_blockNumber` this backend has seen (0 = none yet): reads stamped within
     /// `max_block_ahead` of it need no new head check.
     static HEAD_SEEN: Cell<i64> = const { Cell::new(0) };
     /// Contract addresses this backend has seen code at (checked only when a read came back empty).
     static CODE_SEEN: RefCell<std::collections::HashSet<Address>> = RefCell::new(std::collections::HashSet::new());
+}
+
+static REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+/// This backend's network state, brought up to date with the settings in `cfg`.
+fn net(cfg: &Config) -> Net {
+    NET.with(|n| {
+        n.endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reconfigure(cfg.endpoints.clone(), cfg.cooldown);
+        n.agents.configure(cfg.idle_timeout, cfg.concurrency);
+        n.limiter.set_max(cfg.concurrency);
+        n.clone()
+    })
 }
 
 fn random_u64() -> u64 {
@@ -32,6 +61,40 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// One HTTP attempt as the statistics record it: host, latency, error.
+type Attempt = (String, Duration, Option<String>);
+
+/// One attempt on a helper thread: the POST, `parse` of the result, the limiter told how it went.
+fn attempt<T>(
+    net: &Net,
+    ep: &Endpoint,
+    body: &str,
+    timeout: Duration,
+    max_resp: u64,
+    parse: fn(&Endpoint, &serde_json::Value) -> Result<T, RpcError>,
+) -> (Result<T, RpcError>, Attempt) {
+    let t = Instant::now();
+    let r = net
+        .agents
+        .post(ep, body, timeout, max_resp)
+        .and_then(|v| parse(ep, &v));
+    match &r {
+        Ok(_) => net.limiter.succeeded(),
+        Err(e) if matches!(e.kind, rpc::RpcErrorKind::RateLimited { .. }) => {
+            net.limiter.rate_limited()
+        }
+        Err(_) => {}
+    }
+    let err = r.as_ref().err().map(ToString::to_string);
+    (r, (ep.host().to_string(), t.elapsed(), err))
+}
+
+fn record_attempts(attempts: &[Attempt]) {
+    for (host, latency, err) in attempts {
+        crate::shmem_stats::record(host, *latency, err.as_deref());
+    }
+}
+
 /// One JSON-RPC request with failover + retries; `parse` turns the `result` value into `T` on the
 /// helper thread (so a malformed answer names the endpoint that sent it).
 pub fn request<T: Send + 'static>(
@@ -39,41 +102,67 @@ pub fn request<T: Send + 'static>(
     body_for: impl Fn(u64) -> String,
     parse: fn(&Endpoint, &serde_json::Value) -> Result<T, RpcError>,
 ) -> Result<T, ExecError> {
-    ENDPOINTS.with(|cell| {
-        let mut eps = cell.borrow_mut();
-        eps.reconfigure(cfg.endpoints.clone(), cfg.cooldown);
-        let max_resp = cfg.max_response_bytes;
-        rpc::execute(
-            &mut eps,
-            &cfg.policy,
-            cfg.attempt_timeout,
-            |ep, timeout| {
-                let id = REQUEST_ID.with(|c| {
-                    let v = c.get();
-                    c.set(v + 1);
-                    v
-                });
-                let body = body_for(id);
-                let ep = ep.clone();
-                let host = ep.host().to_string();
-                let t = Instant::now();
-                let r = run_interruptible(
-                    move || {
-                        rpc::http_post(&ep, &body, timeout, max_resp).and_then(|v| parse(&ep, &v))
-                    },
-                    &mut crate::interrupts::poll,
-                );
-                if let Ok(outcome) = &r {
-                    let err = outcome.as_ref().err().map(ToString::to_string);
-                    crate::shmem_stats::record(&host, t.elapsed(), err.as_deref());
-                }
-                r
-            },
-            |d| sleep_interruptible(d, &mut crate::interrupts::poll),
-            Instant::now,
-            random_u64,
-        )
-    })
+    let net = net(cfg);
+    let max_resp = cfg.max_response_bytes;
+    rpc::execute(
+        &net.endpoints,
+        &cfg.policy,
+        cfg.attempt_timeout,
+        |ep, timeout| {
+            let body = body_for(REQUEST_ID.fetch_add(1, Ordering::Relaxed));
+            let (ep, n) = (ep.clone(), net.clone());
+            let r = run_interruptible(
+                move || attempt(&n, &ep, &body, timeout, max_resp, parse),
+                &mut crate::interrupts::poll,
+            );
+            r.map(|(outcome, a)| {
+                record_attempts(std::slice::from_ref(&a));
+                outcome
+            })
+        },
+        |d| sleep_interruptible(d, &mut crate::interrupts::poll),
+        Instant::now,
+        random_u64,
+    )
+}
+
+/// A chunk's aggregate3 eth_call on a helper thread (pipelined): failover, retries and back-off
+/// as `request`, waits abandoned when the pipeline stops. The attempts are recorded by the
+/// backend's thread when it takes the answer.
+fn pipelined_eth_call(
+    net: &Net,
+    cfg: &PipelineCfg,
+    calldata: &[u8],
+    stop: &StopFlag,
+) -> (Result<Vec<u8>, ExecError>, Vec<Attempt>) {
+    let mut attempts = Vec::new();
+    let r = rpc::execute(
+        &net.endpoints,
+        &cfg.policy,
+        cfg.attempt_timeout,
+        |ep, timeout| {
+            if stop.stopped() {
+                return Err(rpc::Interrupted);
+            }
+            let body = rpc::eth_call_body(REQUEST_ID.fetch_add(1, Ordering::Relaxed), &cfg.to, calldata);
+            let (r, a) = attempt(net, ep, &body, timeout, cfg.max_resp, rpc::decode_hex_result);
+            attempts.push(a);
+            Ok(r)
+        },
+        |d| stop.sleep(d),
+        Instant::now,
+        random_u64,
+    );
+    (r, attempts)
+}
+
+/// What a helper thread needs of the configuration.
+struct PipelineCfg {
+    policy: rpc::RetryPolicy,
+    attempt_timeout: Duration,
+    max_resp: u64,
+    to: String,
+    contracts: crate::eth::abi::Contracts,
 }
 
 /// Reports an RPC failure as an ERROR (or the worker's shutdown as a terminating ERROR).
@@ -132,14 +221,65 @@ pub fn read_balances(
     holders: &[Address],
     purpose: Purpose,
 ) -> (Vec<HolderBalance>, ReadStats) {
+    let mut out = Vec::with_capacity(holders.len());
+    let stats = read_balances_streaming(cfg, holders, purpose, &mut |mut v, _| out.append(&mut v));
+    (out, stats)
+}
+
+/// Reads the holders chunk by chunk, up to `rpc_concurrency` chunks in flight, and hands each
+/// chunk's holders to `emit(holders, next_is_ready)` in holder order as soon as it is complete,
+/// so the caller can write it while later chunks are on the wire (`next_is_ready`: the next
+/// chunk's answer is already there, a caller may wait for it and write both at once). ERRORs on
+/// any chunk failure that is not isolated; chunks emitted before it stay emitted (a caller in one
+/// transaction rolls them back with the ERROR). With `Purpose::Write` every chunk passes the
+/// contract-code and block-ahead checks before it is emitted.
+pub fn read_balances_streaming(
+    cfg: &Config,
+    holders: &[Address],
+    purpose: Purpose,
+    emit: &mut dyn FnMut(Vec<HolderBalance>, bool),
+) -> ReadStats {
     let mut stats = ReadStats::default();
     let to = normalize(&cfg.contracts.multicall);
     let isolate: &dyn Fn(&ChunkError<ExecError>) -> bool = &isolatable;
-    let result = balances::read_all(
+    let size = balances::effective_chunk_size(cfg.chunk_size, cfg.max_request_bytes);
+    let chunks = balances::plan_chunks(holders, size);
+    let workers = cfg.concurrency.min(chunks.len());
+    let pipeline = (workers > 1).then(|| {
+        let n = net(cfg);
+        let pc = PipelineCfg {
+            policy: cfg.policy,
+            attempt_timeout: cfg.attempt_timeout,
+            max_resp: cfg.max_response_bytes,
+            to: to.clone(),
+            contracts: cfg.contracts,
+        };
+        let owned: Vec<Vec<Address>> = chunks.iter().map(|c| c.to_vec()).collect();
+        let limiter = n.limiter.clone();
+        Pipeline::start(
+            chunks.len(),
+            workers,
+            limiter,
+            Arc::new(move |i: usize, stop: &StopFlag| {
+                let calldata = crate::eth::abi::encode_chunk(&pc.contracts, &owned[i]);
+                pipelined_eth_call(&n, &pc, &calldata, stop)
+            }),
+        )
+    });
+    let mut first = |i: usize| {
+        let p = pipeline.as_ref()?;
+        Some(match p.take(i, &mut crate::interrupts::poll) {
+            Ok((r, attempts)) => {
+                record_attempts(&attempts);
+                r
+            }
+            Err(rpc::Interrupted) => Err(ExecError::Interrupted),
+        })
+    };
+    let result = balances::read_chunks(
         &cfg.contracts,
-        holders,
-        cfg.chunk_size,
-        cfg.max_request_bytes,
+        &chunks,
+        &mut first,
         |calldata, _n| {
             request(
                 cfg,
@@ -150,9 +290,18 @@ pub fn read_balances(
         |e| matches!(e, ExecError::Rpc(r) if r.wants_smaller_chunk()),
         (purpose == Purpose::Write).then_some(isolate),
         &mut stats,
+        &mut |i, values| {
+            if purpose == Purpose::Write {
+                check_contract_code(cfg, &values);
+                check_block_ahead(cfg, &values);
+            }
+            let next_ready = pipeline.as_ref().is_some_and(|p| p.ready(i + 1));
+            emit(values, next_ready)
+        },
     );
-    let values = match result {
-        Ok(v) => v,
+    drop(pipeline);
+    match result {
+        Ok(()) => stats,
         Err(ChunkError::Fetch(e)) => raise_exec(e, "multicall eth_call failed"),
         Err(ChunkError::Decode(DecodeError::NoCode)) => raise(
             ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -173,12 +322,7 @@ pub fn read_balances(
             None,
             None,
         ),
-    };
-    if purpose == Purpose::Write {
-        check_contract_code(cfg, &values);
-        check_block_ahead(cfg, &values);
     }
-    (values, stats)
 }
 
 /// One JSON-RPC call with a hex quantity answer (eth_blockNumber, eth_chainId).
@@ -339,8 +483,8 @@ fn truncate(s: &str, max: usize) -> String {
 pub fn endpoint_stats() -> Vec<(String, rpc::EndpointStats)> {
     // Show configured endpoints even before the first request.
     let configured = crate::config::resolve_endpoints().unwrap_or_default();
-    ENDPOINTS.with(|cell| {
-        let mut eps = cell.borrow_mut();
+    NET.with(|n| {
+        let mut eps = n.endpoints.lock().unwrap_or_else(|p| p.into_inner());
         if !configured.is_empty() {
             let cooldown = eps.cooldown;
             eps.reconfigure(configured, cooldown);

@@ -3,18 +3,21 @@
 //!
 //! A refresh has three phases:
 //! 1. **claim** (SQL): which wallets, under the single-flight lock;
-//! 2. **read** (network only, no SPI): every wallet over RPC;
-//! 3. **write** (SQL): one upsert, failure bookkeeping, the tick record.
+//! 2. **read** (network only, no SPI): every wallet over RPC, in wallet order, up to
+//!    `rpc_concurrency` chunks in flight;
+//! 3. **write** (SQL): per chunk as it arrives — one upsert, failure bookkeeping — while the next
+//!    chunks are still on the wire; then the tick record.
 //!
-//! Row locks on `eth_wallet_balances` are held only from the upsert to commit — never across a
-//! network round trip. The functions (`refresh_wallets`, `refresh_stale`) run the three phases in
-//! the caller's transaction; the worker and `CALL sweep()` commit after the claim and read with
-//! no transaction and no snapshot open (DESIGN rule 2), so a slow node never holds back vacuum.
+//! Phases 2 and 3 overlap: the backend's thread writes chunk k while helper threads wait for
+//! chunks k+1…. Rows are written in wallet order across the whole tick, so a tick's upserts lock
+//! in the same order as every other writer's. In the worker and `CALL sweep()` each write commits
+//! on its own and no transaction or snapshot is open while the backend waits for an answer
+//! (DESIGN rule 2), so a slow node never holds back vacuum. The functions (`refresh_wallets`,
+//! `refresh_stale`) run all phases in the caller's transaction.
 
 use crate::config::Config;
 use crate::errors::spi_error;
 use crate::eth::address::{normalize, parse_address};
-use crate::eth::balances::HolderBalance;
 use crate::gucs;
 use crate::reader::{self, Purpose};
 use alloy_primitives::Address;
@@ -87,58 +90,129 @@ pub fn ensure_primary(what: &str) {
     }
 }
 
+impl Read {
+    fn empty() -> Read {
+        Read {
+            requested: 0,
+            keys: Vec::new(),
+            balances: Vec::new(),
+            blocks: Vec::new(),
+            succeeded: Vec::new(),
+            failures: Vec::new(),
+            lagging: Vec::new(),
+        }
+    }
+
+    fn append(&mut self, mut other: Read) {
+        self.requested += other.requested;
+        self.keys.append(&mut other.keys);
+        self.balances.append(&mut other.balances);
+        self.blocks.append(&mut other.blocks);
+        self.succeeded.append(&mut other.succeeded);
+        self.failures.append(&mut other.failures);
+        self.lagging.append(&mut other.lagging);
+    }
+}
+
 /// Phase 2: reads every entry (network only: no SPI, no snapshot needed). ERRORs, without
 /// anything written, when the RPC call as a whole fails: that is not the wallets' fault.
 pub fn read(entries: Vec<Entry>) -> Read {
+    let mut all = Read::empty();
+    read_streaming(entries, &mut |part, _| all.append(part));
+    all
+}
+
+/// Phase 2 in parts: `on_part(part, next_is_ready)` gets the entries of each chunk as soon as
+/// the chunk is read, in entry order, while later chunks are still on the wire (see
+/// `reader::read_balances_streaming`). Entries that are not addresses come with the first part.
+pub fn read_streaming(entries: Vec<Entry>, on_part: &mut dyn FnMut(Read, bool)) {
     let mut holders: Vec<Address> = Vec::new();
-    let mut seen: HashSet<Address> = HashSet::new();
-    let mut failures: Vec<(String, String)> = Vec::new();
-    for e in &entries {
+    let mut by_address: HashMap<Address, Vec<usize>> = HashMap::new();
+    let mut invalid = Read::empty();
+    for (i, e) in entries.iter().enumerate() {
         match &e.address {
             Ok(a) => {
-                if seen.insert(*a) {
+                let slot = by_address.entry(*a).or_default();
+                if slot.is_empty() {
                     holders.push(*a);
                 }
+                slot.push(i);
             }
-            Err(reason) => failures.push((e.key.clone(), reason.clone())),
+            Err(reason) => {
+                invalid.requested += 1;
+                invalid.failures.push((e.key.clone(), reason.clone()));
+            }
         }
     }
-    let values: HashMap<Address, HolderBalance> = if holders.is_empty() {
-        HashMap::new()
-    } else {
-        let cfg = Config::from_settings();
-        let (read, _) = reader::read_balances(&cfg, &holders, Purpose::Write);
-        read.into_iter().map(|h| (h.wallet, h)).collect()
-    };
-    let mut out = Read {
-        requested: entries.len() as i32,
-        keys: Vec::new(),
-        balances: Vec::new(),
-        blocks: Vec::new(),
-        succeeded: Vec::new(),
-        failures,
-        lagging: Vec::new(),
-    };
-    for e in &entries {
-        let Ok(a) = &e.address else { continue };
-        let h = &values[a];
-        match (h.total(), h.error()) {
-            (Some(total), _) => {
-                out.succeeded.push(e.key.clone());
-                if let Some(m) = e.min_block.filter(|m| h.block < *m) {
-                    out.lagging.push((e.key.clone(), m)); // lagging node: older than the event that asked
-                } else {
-                    out.keys.push(e.key.clone());
-                    out.balances.push(total.to_string());
-                    out.blocks.push(h.block);
+    if holders.is_empty() {
+        on_part(invalid, false);
+        return;
+    }
+    let mut first = Some(invalid);
+    let cfg = Config::from_settings();
+    reader::read_balances_streaming(&cfg, &holders, Purpose::Write, &mut |values, next_ready| {
+        let mut out = first.take().unwrap_or_else(Read::empty);
+        for h in &values {
+            for &i in &by_address[&h.wallet] {
+                let e = &entries[i];
+                out.requested += 1;
+                match (h.total(), h.error()) {
+                    (Some(total), _) => {
+                        out.succeeded.push(e.key.clone());
+                        if let Some(m) = e.min_block.filter(|m| h.block < *m) {
+                            // lagging node: older than the event that asked
+                            out.lagging.push((e.key.clone(), m));
+                        } else {
+                            out.keys.push(e.key.clone());
+                            out.balances.push(total.to_string());
+                            out.blocks.push(h.block);
+                        }
+                    }
+                    (None, err) => out
+                        .failures
+                        .push((e.key.clone(), err.unwrap_or_else(|| "read failed".into()))),
                 }
             }
-            (None, err) => out
-                .failures
-                .push((e.key.clone(), err.unwrap_or_else(|| "read failed".into()))),
         }
+        on_part(out, next_ready);
+    });
+}
+
+/// Reads `entries` in wallet order and writes each chunk (`write`, run through `sql`) while the
+/// next chunks are on the wire; chunks whose answers are already there are written together.
+/// Rows are locked in wallet order across the whole call (no deadlock with other writers that
+/// lock in wallet order), whatever order the entries came in.
+fn read_and_write(mut entries: Vec<Entry>, sql: &mut dyn FnMut(Read) -> Counts) -> Counts {
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut total = Counts::default();
+    let mut pending: Option<Read> = None;
+    read_streaming(entries, &mut |part, next_ready| {
+        let buf = match pending.take() {
+            Some(mut p) => {
+                p.append(part);
+                p
+            }
+            None => part,
+        };
+        if next_ready {
+            pending = Some(buf);
+        } else {
+            total.add(sql(buf));
+        }
+    });
+    if let Some(buf) = pending {
+        total.add(sql(buf));
     }
-    out
+    total
+}
+
+impl Counts {
+    fn add(&mut self, c: Counts) {
+        self.requested += c.requested;
+        self.updated += c.updated;
+        self.failed += c.failed;
+        self.skipped += c.skipped;
+    }
 }
 
 /// Phase 3: one upsert (block guard on), then the failure bookkeeping.
@@ -234,7 +308,7 @@ pub fn refresh_wallets(
             }
         }
     }
-    write(read(by_key))
+    read_and_write(by_key, &mut write)
 }
 
 /// How long the sweep's single-flight lock is held.
@@ -355,12 +429,8 @@ pub fn tick<S: Steps>(
         }
         done.extend(entries.iter().map(|e| e.key.clone()));
         let batch_entries = std::mem::take(&mut entries);
-        let values = read(batch_entries);
-        let c = steps.sql(move || write(values));
-        total.requested += c.requested;
-        total.updated += c.updated;
-        total.failed += c.failed;
-        total.skipped += c.skipped;
+        let c = read_and_write(batch_entries, &mut |part| steps.sql(move || write(part)));
+        total.add(c);
         if c.skipped == 0 || round + 1 == rounds {
             break;
         }

@@ -87,9 +87,11 @@ class Report:
         self.suite, self.title = suite, title
         self.rows: list[tuple[str, str, str, str, bool]] = []
         self.started = time.monotonic()
+        self.prefix = ""  # put before every case name (e.g. the rpc_concurrency a pass runs with)
 
     @contextlib.contextmanager
     def case(self, case: str, fault: str, expected: str):
+        case = self.prefix + case
         c = _Case(case, fault, expected)
         try:
             yield c

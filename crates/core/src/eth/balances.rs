@@ -134,59 +134,104 @@ pub fn read_all<E: fmt::Display>(
     holders: &[Address],
     chunk_size: usize,
     max_request_bytes: usize,
-    mut fetch: impl FnMut(&[u8], usize) -> Result<Vec<u8>, E>,
+    fetch: impl FnMut(&[u8], usize) -> Result<Vec<u8>, E>,
     wants_split: impl Fn(&E) -> bool,
     isolate: Option<&dyn Fn(&ChunkError<E>) -> bool>,
     stats: &mut ReadStats,
 ) -> Result<Vec<HolderBalance>, ChunkError<E>> {
-    let size = effective_chunk_size(chunk_size, max_request_bytes);
     let mut out = Vec::with_capacity(holders.len());
-    // explicit stack of pending slices, processed in order (halves pushed in reverse)
-    let mut pending: Vec<&[Address]> = holders.chunks(size).rev().collect();
-    while let Some(chunk) = pending.pop() {
-        stats.requests += 1;
-        let err = match read_chunk(contracts, chunk, &mut fetch) {
-            Ok(mut v) => {
-                out.append(&mut v);
-                continue;
-            }
-            Err(e) => e,
-        };
-        if let ChunkError::Fetch(f) = &err {
-            if chunk.len() > 1 && wants_split(f) {
-                stats.splits += 1;
-                let (a, b) = chunk.split_at(chunk.len() / 2);
-                pending.push(b);
-                pending.push(a);
-                continue;
-            }
-        }
-        match isolate {
-            Some(isolatable) if isolatable(&err) => {
-                // Is it the chunk, or the node? A node that stopped answering is never the
-                // wallets' fault: then the whole read fails.
-                stats.requests += 1;
-                stats.probes += 1;
-                if read_chunk(contracts, &[], &mut fetch).is_err() {
-                    return Err(err);
+    let size = effective_chunk_size(chunk_size, max_request_bytes);
+    read_chunks(
+        contracts,
+        &plan_chunks(holders, size),
+        &mut |_| None,
+        fetch,
+        wants_split,
+        isolate,
+        stats,
+        &mut |_, mut v| out.append(&mut v),
+    )?;
+    Ok(out)
+}
+
+/// The top-level chunks of a read: `holders` in order, `size` per chunk (the last may be short).
+pub fn plan_chunks(holders: &[Address], size: usize) -> Vec<&[Address]> {
+    holders.chunks(size.max(1)).collect()
+}
+
+/// Reads planned chunks in order and hands each chunk's holders to `emit(index, holders)` as
+/// soon as that chunk (with its splits) is done: a caller can write chunk k while chunk k+1 is
+/// still on the wire. `first(i)` may supply the answer to chunk `i`'s first request (fetched
+/// ahead, e.g. pipelined); None sends it with `fetch`. Splits and probes always use `fetch`.
+/// On an error nothing more is emitted.
+#[allow(clippy::too_many_arguments)]
+pub fn read_chunks<E: fmt::Display>(
+    contracts: &Contracts,
+    chunks: &[&[Address]],
+    first: &mut dyn FnMut(usize) -> Option<Result<Vec<u8>, E>>,
+    mut fetch: impl FnMut(&[u8], usize) -> Result<Vec<u8>, E>,
+    wants_split: impl Fn(&E) -> bool,
+    isolate: Option<&dyn Fn(&ChunkError<E>) -> bool>,
+    stats: &mut ReadStats,
+    emit: &mut dyn FnMut(usize, Vec<HolderBalance>),
+) -> Result<(), ChunkError<E>> {
+    for (index, &top) in chunks.iter().enumerate() {
+        let mut out = Vec::with_capacity(top.len());
+        // explicit stack of pending slices, processed in order (halves pushed in reverse)
+        let mut pending: Vec<&[Address]> = vec![top];
+        let mut prefetched = first(index);
+        while let Some(chunk) = pending.pop() {
+            stats.requests += 1;
+            let answer = match prefetched.take() {
+                Some(raw) => raw
+                    .map_err(ChunkError::Fetch)
+                    .and_then(|raw| decode_chunk(chunk, &raw)),
+                None => read_chunk(contracts, chunk, &mut fetch),
+            };
+            let err = match answer {
+                Ok(mut v) => {
+                    out.append(&mut v);
+                    continue;
                 }
-                if chunk.len() > 1 {
+                Err(e) => e,
+            };
+            if let ChunkError::Fetch(f) = &err {
+                if chunk.len() > 1 && wants_split(f) {
                     stats.splits += 1;
                     let (a, b) = chunk.split_at(chunk.len() / 2);
                     pending.push(b);
                     pending.push(a);
-                } else {
-                    stats.isolated += 1;
-                    out.push(HolderBalance::not_read(
-                        chunk[0],
-                        format!("the read of this wallet alone failed: {err}"),
-                    ));
+                    continue;
                 }
             }
-            _ => return Err(err),
+            match isolate {
+                Some(isolatable) if isolatable(&err) => {
+                    // Is it the chunk, or the node? A node that stopped answering is never the
+                    // wallets' fault: then the whole read fails.
+                    stats.requests += 1;
+                    stats.probes += 1;
+                    if read_chunk(contracts, &[], &mut fetch).is_err() {
+                        return Err(err);
+                    }
+                    if chunk.len() > 1 {
+                        stats.splits += 1;
+                        let (a, b) = chunk.split_at(chunk.len() / 2);
+                        pending.push(b);
+                        pending.push(a);
+                    } else {
+                        stats.isolated += 1;
+                        out.push(HolderBalance::not_read(
+                            chunk[0],
+                            format!("the read of this wallet alone failed: {err}"),
+                        ));
+                    }
+                }
+                _ => return Err(err),
+            }
         }
+        emit(index, out);
     }
-    Ok(out)
+    Ok(())
 }
 
 impl HolderBalance {

@@ -54,7 +54,7 @@ pub fn sleep_interruptible(
     }
 }
 
-fn spawn_with_signals_blocked(f: impl FnOnce() + Send + 'static) {
+pub(crate) fn spawn_with_signals_blocked(f: impl FnOnce() + Send + 'static) {
     // SAFETY: plain libc signal-mask calls on the current thread; the old mask is restored before
     // returning, so only the spawned thread inherits the all-blocked mask.
     unsafe {

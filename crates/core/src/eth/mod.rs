@@ -4,4 +4,5 @@ pub mod address;
 pub mod balances;
 pub mod blocking;
 pub mod logs;
+pub mod pipeline;
 pub mod rpc;

@@ -459,27 +459,176 @@ pub fn request_body(id: u64, method: &str, params: Value) -> String {
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
 }
 
-/// One HTTP POST of a JSON-RPC body. Blocking: call it on a helper thread (see `blocking.rs`).
-pub fn http_post(
-    ep: &Endpoint,
-    body: &str,
-    timeout: Duration,
-    max_response_bytes: u64,
-) -> Result<Value, RpcError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
+/// The HTTP agents of one backend: one per endpoint URL, shared by every request of the backend
+/// (and its helper threads), so consecutive chunks, calls and worker ticks reuse one keep-alive
+/// connection per endpoint (a few when requests are pipelined).
+///
+/// A pooled connection idle for `idle` or longer is closed at its next use instead of being
+/// reused (`idle` = 0: no keep-alive, a new connection per request). A request that fails on a
+/// connection that may have been reused, before any answer arrived (the server closed it while it
+/// was idle), is sent once more on a fresh connection; that resend is not a failed attempt.
+pub struct Agents {
+    inner: std::sync::Mutex<AgentsInner>,
+}
+
+struct AgentsInner {
+    idle: Duration,
+    per_host: usize,
+    by_url: std::collections::HashMap<String, AgentSlot>,
+}
+
+struct AgentSlot {
+    agent: ureq::Agent,
+    /// When a request on this agent last got an answer: a connection may be pooled since then.
+    last_answer: Option<Instant>,
+}
+
+/// How one HTTP exchange went wrong, and whether the failure came before any answer arrived.
+struct PostError {
+    kind: RpcErrorKind,
+    before_answer: bool,
+}
+
+impl Agents {
+    pub fn new(idle: Duration, per_host: usize) -> Agents {
+        Agents {
+            inner: std::sync::Mutex::new(AgentsInner {
+                idle,
+                per_host,
+                by_url: std::collections::HashMap::new(),
+            }),
+        }
+    }
+
+    /// Applies changed settings; agents built with the old ones (and their pooled connections)
+    /// are dropped.
+    pub fn configure(&self, idle: Duration, per_host: usize) {
+        let mut g = self.lock();
+        if g.idle != idle || g.per_host != per_host {
+            g.idle = idle;
+            g.per_host = per_host;
+            g.by_url.clear();
+        }
+    }
+
+    /// Closes every pooled connection.
+    pub fn close_all(&self) {
+        self.lock().by_url.clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AgentsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The agent for `ep` and whether a pooled connection may be reused by the next request.
+    fn checkout(&self, ep: &Endpoint) -> (ureq::Agent, bool) {
+        let mut g = self.lock();
+        let (idle, per_host) = (g.idle, g.per_host);
+        let slot = g
+            .by_url
+            .entry(ep.url().to_string())
+            .or_insert_with(|| AgentSlot {
+                agent: new_agent(idle, per_host),
+                last_answer: None,
+            });
+        let maybe_reused = !idle.is_zero() && slot.last_answer.is_some_and(|t| t.elapsed() < idle);
+        (slot.agent.clone(), maybe_reused)
+    }
+
+    fn answered(&self, ep: &Endpoint) {
+        if let Some(s) = self.lock().by_url.get_mut(ep.url()) {
+            s.last_answer = Some(Instant::now());
+        }
+    }
+
+    /// Drops the agent of `ep` (and its pooled connections): the next request connects anew.
+    fn discard(&self, ep: &Endpoint) {
+        self.lock().by_url.remove(ep.url());
+    }
+
+    /// One HTTP POST of a JSON-RPC body. Blocking: call it off the backend's thread (see
+    /// `blocking.rs`).
+    pub fn post(
+        &self,
+        ep: &Endpoint,
+        body: &str,
+        timeout: Duration,
+        max_response_bytes: u64,
+    ) -> Result<Value, RpcError> {
+        let start = Instant::now();
+        let (agent, maybe_reused) = self.checkout(ep);
+        let r = match post_once(&agent, ep, body, timeout, max_response_bytes) {
+            Err(e)
+                if maybe_reused
+                    && e.before_answer
+                    && matches!(e.kind, RpcErrorKind::ConnectionLost(_)) =>
+            {
+                // A stale keep-alive connection: once more on a fresh one, within the same timeout.
+                self.discard(ep);
+                let (agent, _) = self.checkout(ep);
+                let left = timeout.saturating_sub(start.elapsed());
+                if left.is_zero() {
+                    Err(PostError {
+                        kind: RpcErrorKind::Timeout(timeout),
+                        before_answer: true,
+                    })
+                } else {
+                    post_once(&agent, ep, body, left, max_response_bytes)
+                }
+            }
+            r => r,
+        };
+        match r {
+            Ok((status, retry_after, location, buf)) => {
+                self.answered(ep);
+                parse_http_answer(
+                    ep,
+                    status,
+                    retry_after.as_deref(),
+                    location.as_deref(),
+                    &buf,
+                )
+            }
+            Err(e) => Err(RpcError::new(ep, e.kind)),
+        }
+    }
+}
+
+fn new_agent(idle: Duration, per_host: usize) -> ureq::Agent {
+    let pooled = if idle.is_zero() { 0 } else { per_host.max(1) };
+    ureq::Agent::config_builder()
         .max_redirects(0)
         .max_redirects_will_error(false)
         .http_status_as_error(false)
         .proxy(None)
+        .max_idle_connections(pooled)
+        .max_idle_connections_per_host(pooled)
+        .max_idle_age(idle.max(Duration::from_millis(1)))
         .user_agent(concat!("audius_indexer/", env!("CARGO_PKG_VERSION")))
         .build()
-        .into();
+        .into()
+}
+
+type Answer = (u16, Option<String>, Option<String>, Vec<u8>);
+
+fn post_once(
+    agent: &ureq::Agent,
+    ep: &Endpoint,
+    body: &str,
+    timeout: Duration,
+    max_response_bytes: u64,
+) -> Result<Answer, PostError> {
     let resp = agent
         .post(ep.url())
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
         .header("content-type", "application/json")
         .send(body)
-        .map_err(|e| RpcError::new(ep, classify_transport_error(e, timeout)))?;
+        .map_err(|e| PostError {
+            kind: classify_transport_error(e, timeout),
+            before_answer: true,
+        })?;
     let status = resp.status().as_u16();
     let header = |name: &str| {
         resp.headers()
@@ -512,15 +661,12 @@ pub fn http_post(
                 }
             }
         };
-        return Err(RpcError::new(ep, kind));
+        return Err(PostError {
+            kind,
+            before_answer: false,
+        });
     }
-    parse_http_answer(
-        ep,
-        status,
-        retry_after.as_deref(),
-        location.as_deref(),
-        &buf,
-    )
+    Ok((status, retry_after, location, buf))
 }
 
 fn classify_transport_error(e: ureq::Error, timeout: Duration) -> RpcErrorKind {
@@ -719,7 +865,7 @@ impl From<Interrupted> for ExecError {
 /// Deterministic failures return at once. The budget bounds attempts and waits together; each
 /// attempt's timeout is the smaller of `attempt_timeout` and what is left of the budget.
 pub fn execute<T>(
-    endpoints: &mut Endpoints,
+    endpoints: &std::sync::Mutex<Endpoints>,
     policy: &RetryPolicy,
     attempt_timeout: Duration,
     mut send: impl FnMut(&Endpoint, Duration) -> Result<Result<T, RpcError>, Interrupted>,
@@ -727,38 +873,47 @@ pub fn execute<T>(
     now: impl Fn() -> Instant,
     mut random: impl FnMut() -> u64,
 ) -> Result<T, ExecError> {
+    // The lock is held only to pick and to record, never across an attempt or a wait: requests
+    // pipelined on other threads share the endpoints' health.
+    let eps = || endpoints.lock().unwrap_or_else(|p| p.into_inner());
     let start = now();
     let deadline = start + policy.budget;
     let mut retries = 0u32;
     let mut tried_since_wait: Vec<usize> = Vec::new();
     loop {
         let t = now();
-        let i = match endpoints.pick(t, &tried_since_wait) {
-            Some(i) => i,
-            None => {
-                tried_since_wait.clear();
-                endpoints.pick(t, &[]).expect("at least one endpoint")
-            }
+        let (i, ep) = {
+            let g = eps();
+            let i = match g.pick(t, &tried_since_wait) {
+                Some(i) => i,
+                None => {
+                    tried_since_wait.clear();
+                    g.pick(t, &[]).expect("at least one endpoint")
+                }
+            };
+            (i, g.list[i].clone())
         };
         let left = deadline.saturating_duration_since(t);
         let timeout = attempt_timeout.min(left.max(Duration::from_millis(1)));
-        let result = send(&endpoints.list[i], timeout)?;
+        let result = send(&ep, timeout)?;
         let elapsed = now().saturating_duration_since(t);
         match result {
             Ok(v) => {
-                endpoints.record(i, now(), elapsed, Ok(()));
+                eps().record(i, now(), elapsed, Ok(()));
                 return Ok(v);
             }
             Err(e) => {
-                endpoints.record(i, now(), elapsed, Err(&e));
+                eps().record(i, now(), elapsed, Err(&e));
                 if !e.is_transient() || retries >= policy.max_retries {
                     return Err(ExecError::Rpc(e));
                 }
                 retries += 1;
                 tried_since_wait.push(i);
-                let another_healthy = endpoints
-                    .pick(now(), &tried_since_wait)
-                    .is_some_and(|j| endpoints.stats[j].cooldown_until.is_none_or(|c| c <= now()));
+                let another_healthy = {
+                    let g = eps();
+                    g.pick(now(), &tried_since_wait)
+                        .is_some_and(|j| g.stats[j].cooldown_until.is_none_or(|c| c <= now()))
+                };
                 if !another_healthy {
                     let wait = policy.delay(retries, e.retry_after(), random());
                     if now() + wait >= deadline {
@@ -1003,8 +1158,9 @@ mod tests {
             sleeps: Cell::new(Duration::ZERO),
         };
         let mut log = Vec::new();
+        let shared = std::sync::Mutex::new(eps.clone());
         let r = execute(
-            eps,
+            &shared,
             &policy,
             Duration::from_secs(1),
             |e, _| {
@@ -1020,6 +1176,7 @@ mod tests {
             || sim.t.get(),
             || 42,
         );
+        *eps = shared.into_inner().unwrap();
         (r, sim.sleeps.get(), log)
     }
 
