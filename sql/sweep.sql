@@ -62,6 +62,7 @@ SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
   bad record;
+  written bigint;
 BEGIN
   IF pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(balances)
      OR pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(blocks) THEN
@@ -70,8 +71,13 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   -- Keys are stored lowercase 0x + 40 hex (what every reader of eth_wallet_balances expects).
+  -- (Checked without a regular expression: '^0x[0-9a-f]{40}$' cost a fifth of a sweep's CPU.)
   SELECT u.w, u.i INTO bad FROM pg_catalog.unnest(wallets) WITH ORDINALITY AS u(w, i)
-   WHERE u.w IS NULL OR u.w OPERATOR(pg_catalog.!~) '^0x[0-9a-f]{40}$' ORDER BY u.i LIMIT 1;
+   WHERE u.w IS NULL
+      OR pg_catalog.octet_length(u.w) OPERATOR(pg_catalog.<>) 42
+      OR pg_catalog.substr(u.w, 1, 2) OPERATOR(pg_catalog.<>) '0x'
+      OR pg_catalog.ltrim(pg_catalog.substr(u.w, 3), '0123456789abcdef') OPERATOR(pg_catalog.<>) ''
+   ORDER BY u.i LIMIT 1;
   IF FOUND THEN
     RAISE EXCEPTION 'wallet at position % (%) is not a lowercase 0x-prefixed 40-hex-digit address',
       bad.i, coalesce(pg_catalog.quote_literal(bad.w), 'NULL')
@@ -94,8 +100,10 @@ BEGIN
        OR e.blocknumber <= EXCLUDED.blocknumber
     RETURNING e.wallet)
   SELECT w.wallet FROM written AS w;
-  IF only_if_not_older THEN
-    -- The rows the guard left alone (already locked by the INSERT above, in wallet order).
+  GET DIAGNOSTICS written = ROW_COUNT;
+  IF only_if_not_older AND written < pg_catalog.cardinality(wallets) THEN
+    -- The rows the guard left alone (already locked by the INSERT above, in wallet order); none
+    -- when every row was written, the usual case: then no second pass over the wallets.
     UPDATE public.eth_wallet_balances AS e SET updated_at = pg_catalog.now()
       FROM ROWS FROM (pg_catalog.unnest(wallets), pg_catalog.unnest(blocks)) AS u(w, bl)
      WHERE e.wallet = u.w AND u.bl > 0 AND e.blocknumber > u.bl;
@@ -142,10 +150,15 @@ $$;
 
 CREATE FUNCTION audius_indexer._clear_failures(wallets text[])
 RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  DELETE FROM audius_indexer.wallet_failures WHERE wallet = ANY (wallets)
+BEGIN
+  -- Nearly always empty: one look at the table instead of an index probe per wallet per chunk.
+  IF EXISTS (SELECT 1 FROM audius_indexer.wallet_failures) THEN
+    DELETE FROM audius_indexer.wallet_failures WHERE wallet = ANY (wallets);
+  END IF;
+END
 $$;
 
 CREATE FUNCTION audius_indexer._record_tick(

@@ -226,7 +226,8 @@ pub fn read_balances(
     (out, stats)
 }
 
-/// Reads the holders chunk by chunk, up to `rpc_concurrency` chunks in flight, and hands each
+/// Reads the holders chunk by chunk, up to `rpc_concurrency` chunks in flight (on helper
+/// threads, ahead of the backend's thread, whenever there is more than one chunk), and hands each
 /// chunk's holders to `emit(holders, next_is_ready)` in holder order as soon as it is complete,
 /// so the caller can write it while later chunks are on the wire (`next_is_ready`: the next
 /// chunk's answer is already there, a caller may wait for it and write both at once). ERRORs on
@@ -244,8 +245,10 @@ pub fn read_balances_streaming(
     let isolate: &dyn Fn(&ChunkError<ExecError>) -> bool = &isolatable;
     let size = balances::effective_chunk_size(cfg.chunk_size, cfg.max_request_bytes);
     let chunks = balances::plan_chunks(holders, size);
+    // With more than one chunk the reads run on helper threads, ahead of the backend's thread:
+    // even at rpc_concurrency = 1 the next chunk is on the wire while this one is written.
     let workers = cfg.concurrency.min(chunks.len());
-    let pipeline = (workers > 1).then(|| {
+    let pipeline = (chunks.len() > 1).then(|| {
         let n = net(cfg);
         let pc = PipelineCfg {
             policy: cfg.policy,

@@ -198,7 +198,8 @@ def test_chunk_size_setting(db, contracts, proxy):
     db.execute("SET audius_indexer.multicall_chunk_size = 7")
     rows = balances(db, ws)
     assert [_int(r[1]) for r in rows] == [i + 5 for i in range(1, 21)]
-    assert [r.n_calls for r in proxy.select(method="eth_call", aggregate3=True)] == [22, 22, 19]
+    # three chunks, pipelined (rpc_concurrency): they reach the node in any order
+    assert sorted(r.n_calls for r in proxy.select(method="eth_call", aggregate3=True)) == [19, 22, 22]
 
 
 def test_out_of_gas_chunk_is_split(db, contracts, proxy):

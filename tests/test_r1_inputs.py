@@ -224,6 +224,16 @@ CASES: list[Case] = [
     err("up_wallet_not_normal_form", "upsert of a mixed-case wallet (keys are lowercase)",
         f"SELECT * FROM {UP}(ARRAY['0xABCDEF0123456789abcdef0123456789ABCDEF01'], ARRAY[1]::numeric[], ARRAY[1]::bigint[])",
         "22023", "wallet at position 1"),
+    *[err(f"up_wallet_{tag}", f"upsert of a wallet {what}",
+          f"SELECT * FROM {UP}(ARRAY[{lit(W[4])}, {lit(bad)}], ARRAY[1, 2]::numeric[], ARRAY[1, 2]::bigint[])",
+          "22023", "wallet at position 2") for tag, what, bad in [
+        ("39_digits", "with 39 hex digits", "0x" + "a" * 39),
+        ("41_digits", "with 41 hex digits", "0x" + "a" * 41),
+        ("no_0x", "without 0x", "00" + "a" * 40),
+        ("0X", "with 0X", "0X" + "a" * 40),
+        ("non_hex", "with a non-hex digit", "0x" + "a" * 39 + "g"),
+        ("non_ascii", "with a non-ASCII character", "0x" + "a" * 39 + "é"),
+        ("space", "with a trailing space", "0x" + "a" * 40 + " ")]],
     err("up_balance_not_numeric", "balances '{abc}'",
         f"SELECT * FROM {UP}(ARRAY[{lit(W[4])}], '{{abc}}'::numeric[], ARRAY[1]::bigint[])", "22P02", "numeric"),
 ]

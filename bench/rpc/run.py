@@ -73,6 +73,7 @@ from triggers_support import require_extension_installed  # noqa: E402
 
 NODE_BIN = os.environ.get("NODE_BIN", "node")
 VIEM_JS = HERE / "viem_bench.mjs"
+DEFAULT_CONCURRENCY = 4  # audius_indexer.rpc_concurrency's default (src/gucs.rs)
 GAS_CAP = 2**32  # anvil --gas-limit: a chunk of 1,000 holders (3,001 sub-calls) must fit one eth_call
 
 # --------------------------------------------------------------------------------------------------
@@ -268,6 +269,7 @@ SETTINGS = {
     "wal_level": "minimal", "max_wal_senders": "0", "jit": "off", "autovacuum": "on",
     "audius_indexer.sweep_enabled": "off",
     "audius_indexer.challenges_interval": "0",
+    "audius_indexer.follow_interval": "0",
     "audius_indexer.database": "'bench'",
     "audius_indexer.rpc_timeout_ms": "300000",
     "audius_indexer.rpc_retry_budget_ms": "600000",
@@ -293,6 +295,11 @@ def point_rpc(cluster: Cluster, url: str) -> None:
     cluster.set_system(rpc_url=url)
 
 
+def set_concurrency(cluster: Cluster, c: int) -> None:
+    """audius_indexer.rpc_concurrency for every new session (the sessions below are all new)."""
+    cluster.set_system(rpc_concurrency=c)
+
+
 # --------------------------------------------------------------------------------------------------
 # P2
 # --------------------------------------------------------------------------------------------------
@@ -302,11 +309,12 @@ P2_SQL = ("SELECT count(*), count(balance), coalesce(sum(balance), 0)::text, "
 
 
 def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str], sizes: list[int], reps: int,
-       tmp: Path) -> list[dict]:
+       tmp: Path, concurrency: list[int]) -> list[dict]:
     res = []
-    for n in sizes:
+    for conc, n in [(c, n) for c in concurrency for n in sizes]:
+        set_concurrency(cluster, conc)
         ws = wallets[:n]
-        log(f"P2 N={n:,}: capture through the proxy (load {loadavg()})")
+        log(f"P2 rpc_concurrency={conc} N={n:,}: capture through the proxy (load {loadavg()})")
         point_rpc(cluster, proxy.url)
         proxy.reset()
         with cluster.connect("bench") as conn:
@@ -338,7 +346,7 @@ def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str]
         files = body_files(bodies, tmp, f"p2-{n}")
         curl = [replay_curl(anvil.url, files) * 1000 for _ in range(reps)]
         nc = [replay_newconn(anvil.port, bodies) * 1000 for _ in range(reps)]
-        r = {"n": n, "bodies": len(bodies), "bytes": req_bytes, "conns": conns, "srv": srv, "rt": rt,
+        r = {"conc": conc, "n": n, "bodies": len(bodies), "bytes": req_bytes, "conns": conns, "srv": srv, "rt": rt,
              "ka": ka, "curl": curl, "newconn": nc, "opens_per_call": opens / reps, "total": total,
              "cpu_backend": cpu_b / reps, "cpu_anvil": cpu_a / reps,
              "rpc_ms": (rpc1[1] - rpc0[1]) / reps, "rpc_n": (rpc1[0] - rpc0[0]) / reps}
@@ -464,11 +472,11 @@ def capture_tick(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, batch: i
 
 
 def p4(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, rows: int, batches: list[int], chunks: list[int],
-       reps: int) -> list[dict]:
+       reps: int, concurrency: list[int]) -> list[dict]:
     res = []
-    for chunk in chunks:
-        for batch in batches:
-            log(f"P4 batch {batch:,} chunk {chunk:,} over {rows:,} rows (load {loadavg()})")
+    for conc, chunk, batch in [(c, k, b) for c in concurrency for k in chunks for b in batches]:
+            set_concurrency(cluster, conc)
+            log(f"P4 rpc_concurrency={conc} batch {batch:,} chunk {chunk:,} over {rows:,} rows (load {loadavg()})")
             cap = capture_tick(cluster, anvil, proxy, batch, chunk)
             # replay of the tick's eth_call bodies (the eth_blockNumber head check of a backend's
             # first tick is left out: a steady-state tick sends only the aggregate3 calls)
@@ -477,7 +485,7 @@ def p4(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, rows: int, batches
             per_pass = math.ceil(rows / batch)
             passes = max(1, math.ceil(reps / per_pass))
             runs = [sweep_pass(cluster, anvil, batch, chunk, rows) for _ in range(passes)]
-            r = {"batch": batch, "chunk": chunk, "cap": {k: v for k, v in cap.items() if k != "bodies"},
+            r = {"conc": conc, "batch": batch, "chunk": chunk, "cap": {k: v for k, v in cap.items() if k != "bodies"},
                  "replay": ka, "replay_wallets": cap["requested"], "passes": runs}
             rates = [p["done"] / p["wall"] for p in runs]
             tick_rates = [req / s for p in runs for s, req in p["ticks"]]
@@ -545,12 +553,12 @@ def bench_rpc(a) -> int:
             assert int(got[w]) == want, (w, got[w], want)
         log("spot check: extension == independent eth_calls for 7 wallets")
 
-        p2r = p2(cluster, anvil, proxy, wallets, a.sizes, a.reps, tmp)
+        p2r = p2(cluster, anvil, proxy, wallets, a.sizes, a.reps, tmp, a.concurrency)
         loads.append(("after P2", loadavg()))
         p3r = None if a.skip_viem else p3(anvil, contracts, wallets, a.viem_sizes, a.reps)
         loads.append(("after P3", loadavg()))
         if p3r:
-            ext_sum = {r["n"]: r["total"] for r in p2r}
+            ext_sum = {r["n"]: r["total"] for r in p2r if r["conc"] == DEFAULT_CONCURRENCY}
             for r in p3r["results"]:
                 if r["n"] in ext_sum and int(Decimal(ext_sum[r["n"]])) != int(r["sum"]):
                     raise RuntimeError(f"viem {r['mode']} N={r['n']} sum {r['sum']} != extension {ext_sum[r['n']]}")
@@ -559,7 +567,8 @@ def bench_rpc(a) -> int:
         with cluster.connect("bench") as conn:
             load_rows(conn, 1, a.rows)
             conn.execute("VACUUM ANALYZE public.eth_wallet_balances")
-        p4r = p4(cluster, anvil, proxy, a.rows, a.batches, a.chunks, a.reps)
+        p4r = p4(cluster, anvil, proxy, a.rows, a.batches, a.chunks, a.reps, a.concurrency)
+        set_concurrency(cluster, DEFAULT_CONCURRENCY)
         loads.append(("after P4", loadavg()))
 
         mem = []
@@ -614,12 +623,12 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
     out()
     out("P2  multicall_total_audio_balances(N wallets), chunk 200 (default), vs replaying the exact request bodies it sent")
     out("    extension server-side = clock_timestamp() - statement_timestamp() at its last row; client = psycopg round trip")
-    out("| N | requests (MB) | conns seen by proxy / TCP connects per call | extension server-side | extension client | "
+    out("| rpc_concurrency | N | requests (MB) | conns seen by proxy / TCP connects per call | extension server-side | extension client | "
         "replay keep-alive (1 conn) | replay curl per body | replay new conn per body | ext/keep-alive | ext/curl | ext/new-conn |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in p2r:
         m = statistics.median(r["srv"])
-        out(f"| {r['n']:,} | {r['bodies']} ({r['bytes'] / 1e6:.2f}) | {r['conns']} / {r['opens_per_call']:.1f} | "
+        out(f"| {r['conc']} | {r['n']:,} | {r['bodies']} ({r['bytes'] / 1e6:.2f}) | {r['conns']} / {r['opens_per_call']:.1f} | "
             f"{mmm_ms(r['srv'])} | {mmm_ms(r['rt'])} | {mmm_ms(r['ka'])} | {mmm_ms(r['curl'])} | {mmm_ms(r['newconn'])} | "
             f"{m / statistics.median(r['ka']):.2f} | {m / statistics.median(r['curl']):.2f} | "
             f"{m / statistics.median(r['newconn']):.2f} |")
@@ -628,13 +637,13 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
         "rows) ; CPU (/proc utime+stime) of the backend and of anvil:")
     for r in p2r:
         mean_srv = statistics.fmean(r["srv"])
-        out(f"    N={r['n']:,}: server-side mean {mean_srv:,.1f} ms = RPC {r['rpc_ms']:,.1f} ms ({r['rpc_n']:.0f} requests, "
+        out(f"    c={r['conc']} N={r['n']:,}: server-side mean {mean_srv:,.1f} ms = RPC {r['rpc_ms']:,.1f} ms ({r['rpc_n']:.0f} requests, "
             f"{r['rpc_ms'] / max(r['rpc_n'], 1):,.2f} ms each; keep-alive replay {statistics.fmean(r['ka']) / r['bodies']:,.2f} ms "
             f"per body) + rest {mean_srv - r['rpc_ms']:,.1f} ms; CPU backend {r['cpu_backend'] * 1000:,.0f} ms, "
             f"anvil {r['cpu_anvil'] * 1000:,.0f} ms")
     out()
     if p3r:
-        ext = {r["n"]: statistics.median(r["srv"]) for r in p2r}
+        ext = {r["n"]: statistics.median(r["srv"]) for r in p2r if r["conc"] == DEFAULT_CONCURRENCY}
         out(f"P3  viem {p3r['viem']} (node.js, http transport, no retries) vs the extension, same anvil and wallets")
         out("| mode | N | HTTP requests per read | time | wallets/s (median) | extension server-side / this |")
         out("|---|---|---|---|---|---|")
@@ -647,24 +656,24 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
             out(f"| {labels[r['mode']]} | {r['n']:,} | {r['requests'][0]:,} | {mmm_ms(r['times_ms'])} | "
                 f"{r['n'] / med * 1000:,.0f} | {ratio} |")
         for r in p2r:
-            if r["n"] in {x["n"] for x in p3r["results"]}:
-                out(f"| extension (server-side), chunk 200 | {r['n']:,} | {r['bodies']} | {mmm_ms(r['srv'])} | "
+            if r["n"] in {x["n"] for x in p3r["results"]} and r["conc"] == DEFAULT_CONCURRENCY:
+                out(f"| extension (server-side), chunk 200, rpc_concurrency {r['conc']} | {r['n']:,} | {r['bodies']} | {mmm_ms(r['srv'])} | "
                     f"{r['n'] / statistics.median(r['srv']) * 1000:,.0f} | 1.00 |")
         out("    every viem mode's sum of values equals the extension's (checked)")
         out()
     out(f"P4  sweep: SELECT * FROM audius_indexer.refresh_stale(batch) in autocommit until all {a.rows:,} rows are "
         "refreshed (multicall_max_request_bytes = 0)")
-    out("| batch | chunk | passes x ticks | pass wallets/s (min/med/max) | tick wallets/s (min/med/max) | "
+    out("| rpc_concurrency | batch | chunk | passes x ticks | pass wallets/s (min/med/max) | tick wallets/s (min/med/max) | "
         "bare keep-alive replay wallets/s | sweep/replay | TCP connects per pass | one tick via proxy: requests / conns | "
         "RssAnon peak | VmHWM | s per pass: wall / in RPC requests / rest | CPU s per pass: backend / anvil |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in p4r:
         runs = r["passes"]
         rates = [p["done"] / p["wall"] for p in runs]
         tr = [req / s for p in runs for s, req in p["ticks"]]
         rep = r["replay_wallets"] / statistics.median(r["replay"])
         cap = r["cap"]
-        out(f"| {r['batch']:,} | {r['chunk']:,} | {len(runs)} x {len(runs[0]['ticks'])} | "
+        out(f"| {r['conc']} | {r['batch']:,} | {r['chunk']:,} | {len(runs)} x {len(runs[0]['ticks'])} | "
             f"{min(rates):,.0f} / {statistics.median(rates):,.0f} / {max(rates):,.0f} | "
             f"{min(tr):,.0f} / {statistics.median(tr):,.0f} / {max(tr):,.0f} | {rep:,.0f} | "
             f"{statistics.median(rates) / rep:.2f} | {statistics.median(p['opens'] for p in runs):,.0f} | "
@@ -678,7 +687,7 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
     out("    'in RPC requests' = the extension's own per-request timing (rpc_endpoint_stats_server delta); 'rest' = "
         "claim + encode/decode + upsert + commit + the client round trip")
     out("    updated / skipped / failed over all passes: " + "; ".join(
-        f"b{r['batch']}/c{r['chunk']}: {sum(p['updated'] for p in r['passes']):,} / "
+        f"conc {r['conc']} b{r['batch']}/c{r['chunk']}: {sum(p['updated'] for p in r['passes']):,} / "
         f"{sum(p['skipped'] for p in r['passes']):,} / {sum(p['failed'] for p in r['passes']):,}" for r in p4r))
     out()
     out("Memory of the sweeping backend (fresh session per line; RssAnon sampled every 20 ms; VmHWM includes "
@@ -842,6 +851,8 @@ def main() -> int:
     ap.add_argument("--big-rows", type=int, default=1_000_000, help="memory measurement table size")
     ap.add_argument("--batches", type=ints, default=[200, 2000, 10000])
     ap.add_argument("--chunks", type=ints, default=[200, 1000])
+    ap.add_argument("--concurrency", type=ints, default=[1, DEFAULT_CONCURRENCY],
+                    help="rpc_concurrency values for P2 and P4 (memory and P3 use the default)")
     ap.add_argument("--sweep-scale", action="store_true", help="the background-worker scale run instead")
     ap.add_argument("--scale-rows", type=int, default=3_150_000)
     ap.add_argument("--scale-batch", type=int, default=10_000)
