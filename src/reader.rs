@@ -144,8 +144,19 @@ fn pipelined_eth_call(
             if stop.stopped() {
                 return Err(rpc::Interrupted);
             }
-            let body = rpc::eth_call_body(REQUEST_ID.fetch_add(1, Ordering::Relaxed), &cfg.to, calldata);
-            let (r, a) = attempt(net, ep, &body, timeout, cfg.max_resp, rpc::decode_hex_result);
+            let body = rpc::eth_call_body(
+                REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+                &cfg.to,
+                calldata,
+            );
+            let (r, a) = attempt(
+                net,
+                ep,
+                &body,
+                timeout,
+                cfg.max_resp,
+                rpc::decode_hex_result,
+            );
             attempts.push(a);
             Ok(r)
         },

@@ -493,6 +493,96 @@ def test_real_node_out_of_gas_is_split(db, contracts, proxy, report):
 
 
 # ------------------------------------------------------------------------------------------------
+# 3b. keep-alive and pipelining
+# ------------------------------------------------------------------------------------------------
+def test_one_connection_per_slot_for_a_whole_sweep(conn, contracts, proxy, report, concurrency):
+    """Keep-alive: three sweep ticks of 6 chunks each in one session open one connection per chunk in
+    flight (rpc_concurrency), not one per request; rpc_idle_timeout_ms = 0 opens one per request."""
+    ws = wallets(24, "ka")
+    want = set_random_values(contracts, ws, "ka")
+    seed(conn, ws)
+    with report.case("keep-alive across ticks", "3 x refresh_stale(8), chunk 4 (6 aggregate3 calls)",
+                     f"<= {concurrency} TCP connection(s) in all; idle timeout 0: one per request") as rec:
+        conn.execute("SET audius_indexer.multicall_chunk_size = 4")
+        conn.execute("SELECT * FROM audius_indexer.rpc_endpoint_stats()")
+        proxy.reset()
+        for _ in range(3):
+            assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
+        n_req, n_conn = proxy.http_requests, proxy.accepted
+        assert n_req >= 6, n_req
+        assert 1 <= n_conn <= concurrency, f"{n_conn} connections for {n_req} requests"
+        assert values(conn, ws) == want
+        conn.execute("SET audius_indexer.rpc_idle_timeout_ms = 0")
+        conn.execute("UPDATE eth_wallet_balances SET updated_at = '1900-01-01' WHERE wallet = ANY(%s)", (ws,))
+        proxy.reset()
+        assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
+        assert proxy.accepted == proxy.http_requests, (proxy.accepted, proxy.http_requests)
+        rec.observed = (f"{n_conn} connection(s) for {n_req} requests over 3 ticks; idle timeout 0: "
+                        f"{proxy.accepted} for {proxy.http_requests}")
+
+
+def test_stale_keepalive_connection_resent_once_uncounted(conn, proxy, report):
+    """A kept-alive connection the server closed (it read the request, answered nothing) is not a
+    failed attempt: the request goes once more on a fresh connection, with rpc_max_retries = 0.
+    Without keep-alive the same fault is a failed attempt (ERROR 08006)."""
+    ws = wallets(3, "stale")
+    with report.case("stale keep-alive connection", "close (no answer) on the 2nd call of a session, rpc_max_retries=0",
+                     "success, 2 HTTP requests, 0 failures counted; idle timeout 0: ERROR 08006") as rec:
+        conn.execute("SET audius_indexer.rpc_max_retries = 0")
+        assert len(conn.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall()) == 3  # pools a connection
+        failures0 = conn.execute("SELECT sum(failures) FROM audius_indexer.rpc_endpoint_stats()").fetchone()[0]
+        proxy.reset()
+        proxy.fault("close", times=1)
+        assert len(conn.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall()) == 3
+        assert proxy.http_requests == 2 and [r.fault for r in proxy.requests] == ["close", None]
+        assert proxy.accepted == 1, "the resend goes on a fresh connection"
+        failures1 = conn.execute("SELECT sum(failures) FROM audius_indexer.rpc_endpoint_stats()").fetchone()[0]
+        assert failures1 == failures0, "the resend is not a failed attempt"
+        conn.execute("SET audius_indexer.rpc_idle_timeout_ms = 0")
+        proxy.reset()
+        proxy.fault("close", times=1)
+        e, _, _ = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "08006", (hostport(proxy), "lost"), max_s=2)
+        assert proxy.http_requests == 1
+        rec.observed = f"2 requests, failures {failures0} -> {failures1}; idle timeout 0: {short(e, 60)}"
+
+
+def test_rate_limits_halve_the_requests_in_flight(conn, proxy, report, concurrency):
+    """Pipelined reads: up to rpc_concurrency requests at once; 429s halve that for the session (a
+    rate-limited provider sees fewer requests at once, not more), a run of good answers grows it back."""
+    ws = wallets(32, "aimd")
+    with report.case("429 halves the concurrency", "8 chunks of 150 ms; then 3 x http429; then 8 chunks again",
+                     f"peak in flight {concurrency}, then 1, grown back to {concurrency}") as rec:
+        conn.execute("SET audius_indexer.multicall_chunk_size = 4")
+        slow = proxy.fault("delay", ms=150)
+        proxy.reset()
+        assert len(conn.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall()) == 32
+        before = proxy.peak_in_flight
+        proxy.clear_faults()
+        proxy.fault("http429", times=3, retry_after=0.05)
+        assert len(conn.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall()) == 32
+        proxy.clear_faults()
+        proxy.fault("delay", ms=150)
+        proxy.reset()
+        assert len(conn.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall()) == 32
+        after = proxy.peak_in_flight
+        proxy.clear_faults()
+        rounds = 0
+        while rounds < 40:  # grows by one per 16 x limit good answers: 16 + 32 + 48 for 1 -> 4
+            conn.execute(f"SELECT count(*) FROM {F}(%s)", (ws,)).fetchone()
+            rounds += 1
+        proxy.fault("delay", ms=150)
+        proxy.reset()
+        assert len(conn.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall()) == 32
+        regrown = proxy.peak_in_flight
+        proxy.clear_faults()
+        assert before == concurrency, f"peak {before} with rpc_concurrency {concurrency}"
+        assert after == 1, f"peak {after} after the 429s"
+        assert regrown == concurrency, f"peak {regrown} after {rounds * 8} good answers"
+        del slow
+        rec.observed = f"peak in flight {before} -> {after} after the 429s -> {regrown} after {rounds * 8} good answers"
+
+
+# ------------------------------------------------------------------------------------------------
 # 4. redirect, node down, failover
 # ------------------------------------------------------------------------------------------------
 def test_redirect_not_followed(conn, contracts, proxy, report):

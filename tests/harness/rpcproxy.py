@@ -125,6 +125,9 @@ class RpcProxy:
         self._records: list[Record] = []
         self._faults: list[Fault] = []
         self._http_count = 0
+        self._accepted = 0  # TCP connections accepted since the last reset()
+        self._in_flight = 0
+        self._peak_in_flight = 0  # most requests being answered at once since the last reset()
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
         self._tls = threading.local()
@@ -142,6 +145,7 @@ class RpcProxy:
             def process_request(self, request, client_address):
                 with proxy._lock:
                     proxy._conns.add(request)
+                    proxy._accepted += 1
                 super().process_request(request, client_address)
 
             def shutdown_request(self, request):
@@ -223,10 +227,24 @@ class RpcProxy:
         with self._lock:
             return self._http_count
 
+    @property
+    def accepted(self) -> int:
+        """TCP connections accepted since the last reset()."""
+        with self._lock:
+            return self._accepted
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Most HTTP requests the proxy was answering at the same time since the last reset()."""
+        with self._lock:
+            return self._peak_in_flight
+
     def reset(self) -> None:
         with self._lock:
             self._records.clear()
             self._http_count = 0
+            self._accepted = 0
+            self._peak_in_flight = self._in_flight
 
     def count(self, method: str | None = None, aggregate3: bool | None = None, to: str | None = None) -> int:
         return len(self.select(method, aggregate3, to))
@@ -362,6 +380,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(405, b"method not allowed", "text/plain")
 
     def do_POST(self):
+        p = self.proxy
+        with p._lock:
+            p._in_flight += 1
+            p._peak_in_flight = max(p._peak_in_flight, p._in_flight)
+        try:
+            self._post()
+        finally:
+            with p._lock:
+                p._in_flight -= 1
+
+    def _post(self):
         p = self.proxy
         body = self._read_body()
         recs, doc = p._record(self.path, body)

@@ -164,7 +164,11 @@ impl<T: Send + 'static> Pipeline<T> {
 
     /// Whether job `i`'s answer is already there.
     pub fn ready(&self, i: usize) -> bool {
-        let a = self.shared.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let a = self
+            .shared
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         a.get(i).is_some_and(Option::is_some)
     }
 
@@ -175,7 +179,11 @@ impl<T: Send + 'static> Pipeline<T> {
         i: usize,
         poll: &mut dyn FnMut() -> Result<(), Interrupted>,
     ) -> Result<T, Interrupted> {
-        let mut a = self.shared.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut a = self
+            .shared
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(v) = a[i].take() {
                 return Ok(v);
@@ -192,7 +200,11 @@ impl<T: Send + 'static> Pipeline<T> {
                     self.stop.stop();
                     return Err(e);
                 }
-                a = self.shared.answers.lock().unwrap_or_else(|p| p.into_inner());
+                a = self
+                    .shared
+                    .answers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
             }
         }
     }
@@ -248,7 +260,11 @@ mod tests {
         );
         let sent = pipe.take(0, &mut || Ok(())).unwrap();
         // far below the 20 ms poll slice
-        assert!(sent.elapsed() < Duration::from_millis(10), "{:?}", sent.elapsed());
+        assert!(
+            sent.elapsed() < Duration::from_millis(10),
+            "{:?}",
+            sent.elapsed()
+        );
     }
 
     #[test]
@@ -277,7 +293,10 @@ mod tests {
         assert_eq!(r, Err(Interrupted));
         assert!(t.elapsed() < Duration::from_millis(200));
         std::thread::sleep(Duration::from_millis(50));
-        assert!(started.load(Ordering::SeqCst) <= 2, "no job taken after the stop");
+        assert!(
+            started.load(Ordering::SeqCst) <= 2,
+            "no job taken after the stop"
+        );
     }
 
     #[test]
