@@ -308,7 +308,9 @@ pub fn refresh_wallets(
             }
         }
     }
-    read_and_write(by_key, &mut write)
+    // The event path reads everything before its one upsert: no row lock of the caller's
+    // transaction is ever held across a round trip (wallet sets here are small anyway).
+    write(read(by_key))
 }
 
 /// How long the sweep's single-flight lock is held.

@@ -265,7 +265,7 @@ def machine(conn) -> list[str]:
 
 
 SETTINGS = {
-    "shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_timeout": "30min",
+    "shared_buffers": "1GB", "max_wal_size": "1GB", "checkpoint_timeout": "30min",
     "wal_level": "minimal", "max_wal_senders": "0", "jit": "off", "autovacuum": "on",
     "audius_indexer.sweep_enabled": "off",
     "audius_indexer.challenges_interval": "0",

@@ -446,12 +446,22 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// The JSON-RPC request body of `eth_call(to, data, "latest")`.
+/// The JSON-RPC request body of `eth_call(to, data, "latest")`, built in one buffer: the calldata
+/// is hex-encoded (vectorised) straight into it. `to` is JSON-escaped like any string.
 pub fn eth_call_body(id: u64, to: &str, data: &[u8]) -> String {
-    let hexdata = alloy_primitives::hex::encode_prefixed(data);
-    json!({"jsonrpc": "2.0", "id": id, "method": "eth_call",
-           "params": [{"to": to, "data": hexdata}, "latest"]})
-    .to_string()
+    let to = Value::String(to.to_string()).to_string();
+    let head = format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_call","params":[{{"to":{to},"data":"0x"#
+    );
+    let tail = r#""},"latest"]}"#;
+    let mut buf = Vec::with_capacity(head.len() + 2 * data.len() + tail.len());
+    buf.extend_from_slice(head.as_bytes());
+    let start = buf.len();
+    buf.resize(start + 2 * data.len(), 0);
+    alloy_primitives::hex::encode_to_slice(data, &mut buf[start..])
+        .expect("the slice is exactly twice the input");
+    buf.extend_from_slice(tail.as_bytes());
+    String::from_utf8(buf).expect("JSON text and hex digits are UTF-8")
 }
 
 /// Generic request body.
@@ -937,6 +947,20 @@ mod tests {
 
     fn ep(s: &str) -> Endpoint {
         Endpoint::parse(s).unwrap()
+    }
+
+    #[test]
+    fn eth_call_body_is_the_json_it_says() {
+        let data: Vec<u8> = (0..=255u8).chain([0, 1, 0xab]).collect();
+        let body = eth_call_body(7, "0xca11bde05977b3631167028862be2a173976ca11", &data);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let want = json!({"jsonrpc": "2.0", "id": 7, "method": "eth_call",
+            "params": [{"to": "0xca11bde05977b3631167028862be2a173976ca11",
+                        "data": alloy_primitives::hex::encode_prefixed(&data)}, "latest"]});
+        assert_eq!(v, want);
+        let odd: Value = serde_json::from_str(&eth_call_body(1, "a\"b", &[])).unwrap();
+        assert_eq!(odd["params"][0]["to"], "a\"b");
+        assert_eq!(odd["params"][0]["data"], "0x");
     }
 
     #[test]
