@@ -9,6 +9,15 @@ APT_PKGS=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config p
 
 log() { printf '[install-deps] %s\n' "$*"; }
 
+# anvil keeps old chain states in ~/.foundry/anvil/tmp and removes them only on a clean exit; nodes
+# killed by earlier runs (before tests/harness set --cache-path) left gigabytes there. With no anvil
+# running, anything in that temp directory is garbage.
+ANVIL_TMP="$HOME/.foundry/anvil/tmp"
+if [ -d "$ANVIL_TMP" ] && ! pgrep -x anvil >/dev/null 2>&1 && [ -n "$(ls -A "$ANVIL_TMP" 2>/dev/null)" ]; then
+  log "removing $(du -sh "$ANVIL_TMP" | cut -f1) of state left in $ANVIL_TMP by killed anvil nodes"
+  find "$ANVIL_TMP" -mindepth 1 -maxdepth 1 -name 'anvil-state-*' -exec rm -rf {} +
+fi
+
 # A full `make test` writes ~2.5 GB under target/ (release + unit-test builds, the package).
 # A disk that fills up mid-build shows up as an unexplained rustc failure, so say it up front.
 free_kb=$(df -Pk . | awk 'NR==2 {print $4}')

@@ -259,6 +259,11 @@ pub fn read_balances_streaming(
     // With more than one chunk the reads run on helper threads, ahead of the backend's thread:
     // even at rpc_concurrency = 1 the next chunk is on the wire while this one is written.
     let workers = cfg.concurrency.min(chunks.len());
+    if chunks.len() > 1 && purpose == Purpose::Write && HEAD_SEEN.with(Cell::get) == 0 {
+        // The block-ahead check needs the head once per session: ask before the helpers start,
+        // so the backend's own request does not run beside them (one connection at concurrency 1).
+        chain_head(cfg).unwrap_or_else(|e| raise_exec(e, "eth_blockNumber failed"));
+    }
     let pipeline = (chunks.len() > 1).then(|| {
         let n = net(cfg);
         let pc = PipelineCfg {

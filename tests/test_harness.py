@@ -377,3 +377,24 @@ def test_upstream_down_gives_502():
         assert post(p.url, rpc_req("eth_chainId"))[0] == 502
     finally:
         p.stop()
+
+
+def test_anvil_keeps_its_persisted_states_in_its_own_directory():
+    """anvil writes old states to disk once it holds many blocks; killed, it used to leave them under
+    ~/.foundry/anvil/tmp (gigabytes per test run). They go into the node's own directory, which
+    destroy() removes."""
+    import os
+    from pathlib import Path
+    home_tmp = Path.home() / ".foundry" / "anvil" / "tmp"
+    before = set(os.listdir(home_tmp)) if home_tmp.exists() else set()
+    node = Anvil().start()
+    try:
+        for _ in range(3):
+            node.rpc("anvil_mine", [hex(200)])
+        cache = node.logdir / "anvil-cache"
+        assert cache.is_dir() and any(cache.rglob("*")), "anvil persisted no state into its cache path"
+    finally:
+        node.destroy()  # SIGKILL, as the crash tests do
+    after = set(os.listdir(home_tmp)) if home_tmp.exists() else set()
+    assert after == before, f"left in {home_tmp}: {sorted(after - before)}"
+    assert not node.logdir.exists()

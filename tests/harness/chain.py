@@ -237,10 +237,15 @@ class Anvil:
             cmd += ["--gas-limit", str(self.gas_limit)]
         if self.no_request_size_limit:
             cmd.append("--no-request-size-limit")
+        # anvil persists old states under ~/.foundry/anvil/tmp and removes them only on a clean exit;
+        # killed nodes (destroy(), the crash tests) left gigabytes per run there. Keep them in our own
+        # directory, which destroy() removes.
+        cmd += ["--cache-path", str(self.logdir / "anvil-cache")]
         cmd += self.extra_args
         log = open(self.logfile, "ab")
+        env = {**os.environ, "HOME": str(self.logdir)}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, env=env)
         log.close()
         deadline = time.time() + timeout
         while True:
