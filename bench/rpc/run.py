@@ -291,6 +291,29 @@ def start_env(extra: dict[str, str] | None = None) -> tuple[Anvil, Contracts, Cl
     return anvil, contracts, c
 
 
+def pin_cpus(anvil: Anvil, cluster: Cluster) -> str:
+    """--pin: anvil (all its threads) on the last CPU; the cluster (postmaster, its running children and,
+    by inheritance, every backend and helper thread started later) and this process on the others. The
+    node then no longer competes with the database for CPU, as with a remote provider; the replays run
+    under the same pinning, so the ratios stay side by side."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    node, db = {cpus[-1]}, set(cpus[:-1])
+
+    def pin_tree(pid: int, to: set[int]) -> None:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), to)
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            pin_tree(int(child), to)
+
+    pin_tree(anvil.proc.pid, node)
+    postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+    pin_tree(postmaster, db)
+    os.sched_setaffinity(0, db)
+    return f"anvil on CPU {sorted(node)}, the cluster and the bench client on CPU {sorted(db)}"
+
+
 def point_rpc(cluster: Cluster, url: str) -> None:
     cluster.set_system(rpc_url=url)
 
@@ -529,6 +552,8 @@ def bench_rpc(a) -> int:
     log(f"bench/rpc started {dt.datetime.now():%Y-%m-%d %H:%M:%S}; load average {loadavg()}")
     loads = [("start", loadavg())]
     anvil, contracts, cluster = start_env()
+    pinning = pin_cpus(anvil, cluster) if a.pin else "none (all processes share all CPUs)"
+    log(f"CPU pinning: {pinning}")
     proxy = RecordingProxy(anvil.url).start()
     tmp = Path(tempfile.mkdtemp(prefix="bench_rpc_"))
     try:
@@ -591,6 +616,7 @@ def bench_rpc(a) -> int:
         mem.append(memory_ticks(cluster, anvil, a.big_rows, 100_000, max(a.chunks), 1))
         loads.append(("end", loadavg()))
 
+        mach.append(f"CPU pinning: {pinning}")
         report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan)
         return 0
     finally:
@@ -860,6 +886,8 @@ def main() -> int:
     ap.add_argument("--scale-chunk", type=int, default=1000)
     ap.add_argument("--max-minutes", type=float, default=20)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="anvil on its own CPU, the cluster and the bench client on the others")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     return sweep_scale(a) if a.sweep_scale else bench_rpc(a)
