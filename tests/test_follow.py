@@ -386,6 +386,8 @@ def test_privileges_operator_may_public_may_not(fdb, cluster, anvil):
 # --------------------------------------------------------------------------------------------
 # own cluster, own chains: the worker
 # --------------------------------------------------------------------------------------------
+# building the chain dominates: ~470 s for the issue's 25,000 blocks here, ~25 s for the default 2,500
+@pytest.mark.timeout(max(300, BACKFILL_BLOCKS // 20))
 def test_worker_backfills_then_follows(own, own_db):
     """Backfill by the worker: 300 transfers among 120 wallets (40 tracked through users in mixed
     case, 40 through associated_wallets, 40 untracked incl. deleted and chain='sol' associations)
