@@ -63,6 +63,9 @@ impl HolderBalance {
     }
 }
 
+/// Which chunk failures may be narrowed down to the wallets that cause them (write paths only).
+pub type Isolatable<'a, E> = &'a dyn Fn(&ChunkError<E>) -> bool;
+
 /// Why a chunk could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkError<E> {
@@ -136,7 +139,7 @@ pub fn read_all<E: fmt::Display>(
     max_request_bytes: usize,
     fetch: impl FnMut(&[u8], usize) -> Result<Vec<u8>, E>,
     wants_split: impl Fn(&E) -> bool,
-    isolate: Option<&dyn Fn(&ChunkError<E>) -> bool>,
+    isolate: Option<Isolatable<'_, E>>,
     stats: &mut ReadStats,
 ) -> Result<Vec<HolderBalance>, ChunkError<E>> {
     let mut out = Vec::with_capacity(holders.len());
@@ -171,7 +174,7 @@ pub fn read_chunks<E: fmt::Display>(
     first: &mut dyn FnMut(usize) -> Option<Result<Vec<u8>, E>>,
     mut fetch: impl FnMut(&[u8], usize) -> Result<Vec<u8>, E>,
     wants_split: impl Fn(&E) -> bool,
-    isolate: Option<&dyn Fn(&ChunkError<E>) -> bool>,
+    isolate: Option<Isolatable<'_, E>>,
     stats: &mut ReadStats,
     emit: &mut dyn FnMut(usize, Vec<HolderBalance>),
 ) -> Result<(), ChunkError<E>> {

@@ -109,6 +109,9 @@ impl StopFlag {
     }
 }
 
+/// Job `i` of a pipeline, run on a helper thread; its waits should watch the flag.
+pub type Job<T> = Arc<dyn Fn(usize, &StopFlag) -> T + Send + Sync>;
+
 struct Shared<T> {
     answers: Mutex<Vec<Option<T>>>,
     arrived: Condvar,
@@ -125,12 +128,7 @@ pub struct Pipeline<T> {
 impl<T: Send + 'static> Pipeline<T> {
     /// Starts the helpers. `job(i, stop)` runs job `i` on a helper thread; its waits should
     /// watch `stop`.
-    pub fn start(
-        jobs: usize,
-        workers: usize,
-        limiter: Arc<Limiter>,
-        job: Arc<dyn Fn(usize, &StopFlag) -> T + Send + Sync>,
-    ) -> Pipeline<T> {
+    pub fn start(jobs: usize, workers: usize, limiter: Arc<Limiter>, job: Job<T>) -> Pipeline<T> {
         let shared = Arc::new(Shared {
             answers: Mutex::new((0..jobs).map(|_| None).collect()),
             arrived: Condvar::new(),

@@ -521,11 +521,6 @@ impl Agents {
         }
     }
 
-    /// Closes every pooled connection.
-    pub fn close_all(&self) {
-        self.lock().by_url.clear();
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, AgentsInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
