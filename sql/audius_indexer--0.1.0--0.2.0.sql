@@ -6,10 +6,12 @@
 --   * install_triggers() / uninstall_triggers(): no search_path warning (they run with a pinned
 --     search_path and cannot see the writers' one); shared helpers _point_trigger(),
 --     _set_trigger_enabled(), _require_trigger_tables() replace _trigger_enable_clause();
---   * upsert_wallet_balances(): search_path pg_catalog, public, pg_temp with every call qualified; rows the
---     block guard leaves alone are marked checked (updated_at = now()), with no second pass over the
---     wallets when every row was written; _clear_failures() looks at wallet_failures once before
---     probing it per wallet;
+--   * upsert_wallet_balances(): checks the keys, then calls the new _upsert_balances() (the statement,
+--     for the extension's own writers, whose keys are already in the stored form), which runs with
+--     search_path pg_catalog, public, pg_temp and every call qualified; rows the block guard leaves
+--     alone are marked checked (updated_at = now()), with no second pass over the wallets when every
+--     row was written; _clear_failures() looks at wallet_failures once before probing it per wallet;
+--     _stale_batch() reads the stalest rows without an anti-join when no wallet is in back-off;
 --   * sweep_status: the worker pid of this database only; sweep_enabled NULL-safe;
 --   * new: CALL sweep(batch) (commits around its RPC); the event path (follow_transfers(), follow_status,
 --     follow_pending, follow_blocks, follow_state); the challenge processors
@@ -234,35 +236,15 @@ $$;
 
 DROP FUNCTION audius_indexer._trigger_enable_clause("char");
 
-CREATE OR REPLACE FUNCTION audius_indexer.upsert_wallet_balances(
-  wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean DEFAULT false)
+CREATE FUNCTION audius_indexer._upsert_balances(
+  wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean)
 RETURNS SETOF text
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
-  bad record;
   written bigint;
 BEGIN
-  IF pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(balances)
-     OR pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(blocks) THEN
-    RAISE EXCEPTION 'wallets, balances and blocks must have the same length (got %, %, %)',
-      pg_catalog.cardinality(wallets), pg_catalog.cardinality(balances), pg_catalog.cardinality(blocks)
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  -- Keys are stored lowercase 0x + 40 hex (what every reader of eth_wallet_balances expects).
-  -- (Checked without a regular expression: '^0x[0-9a-f]{40}$' cost a fifth of a sweep's CPU.)
-  SELECT u.w, u.i INTO bad FROM pg_catalog.unnest(wallets) WITH ORDINALITY AS u(w, i)
-   WHERE u.w IS NULL
-      OR pg_catalog.octet_length(u.w) OPERATOR(pg_catalog.<>) 42
-      OR pg_catalog.substr(u.w, 1, 2) OPERATOR(pg_catalog.<>) '0x'
-      OR pg_catalog.ltrim(pg_catalog.substr(u.w, 3), '0123456789abcdef') OPERATOR(pg_catalog.<>) ''
-   ORDER BY u.i LIMIT 1;
-  IF FOUND THEN
-    RAISE EXCEPTION 'wallet at position % (%) is not a lowercase 0x-prefixed 40-hex-digit address',
-      bad.i, coalesce(pg_catalog.quote_literal(bad.w), 'NULL')
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
   RETURN QUERY
   WITH written AS (
     INSERT INTO public.eth_wallet_balances AS e (wallet, balance, blocknumber, updated_at)
@@ -287,6 +269,58 @@ BEGIN
     UPDATE public.eth_wallet_balances AS e SET updated_at = pg_catalog.now()
       FROM ROWS FROM (pg_catalog.unnest(wallets), pg_catalog.unnest(blocks)) AS u(w, bl)
      WHERE e.wallet = u.w AND u.bl > 0 AND e.blocknumber > u.bl;
+  END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION audius_indexer.upsert_wallet_balances(
+  wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean DEFAULT false)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  bad record;
+BEGIN
+  IF pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(balances)
+     OR pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(blocks) THEN
+    RAISE EXCEPTION 'wallets, balances and blocks must have the same length (got %, %, %)',
+      pg_catalog.cardinality(wallets), pg_catalog.cardinality(balances), pg_catalog.cardinality(blocks)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- Keys are stored lowercase 0x + 40 hex (what every reader of eth_wallet_balances expects).
+  -- (Checked without a regular expression: '^0x[0-9a-f]{40}$' cost a fifth of a sweep's CPU.)
+  SELECT u.w, u.i INTO bad FROM pg_catalog.unnest(wallets) WITH ORDINALITY AS u(w, i)
+   WHERE u.w IS NULL
+      OR pg_catalog.octet_length(u.w) OPERATOR(pg_catalog.<>) 42
+      OR pg_catalog.substr(u.w, 1, 2) OPERATOR(pg_catalog.<>) '0x'
+      OR pg_catalog.ltrim(pg_catalog.substr(u.w, 3), '0123456789abcdef') OPERATOR(pg_catalog.<>) ''
+   ORDER BY u.i LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'wallet at position % (%) is not a lowercase 0x-prefixed 40-hex-digit address',
+      bad.i, coalesce(pg_catalog.quote_literal(bad.w), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN QUERY SELECT w FROM audius_indexer._upsert_balances(wallets, balances, blocks, only_if_not_older) AS w;
+END
+$$;
+CREATE OR REPLACE FUNCTION audius_indexer._stale_batch(batch integer)
+RETURNS SETOF text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f WHERE f.next_attempt > now()) THEN
+    RETURN QUERY
+    SELECT w.wallet
+    FROM public.eth_wallet_balances w
+    WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f
+                      WHERE f.wallet = w.wallet AND f.next_attempt > now())
+    ORDER BY w.updated_at
+    LIMIT batch;
+  ELSE
+    RETURN QUERY
+    SELECT w.wallet FROM public.eth_wallet_balances w ORDER BY w.updated_at LIMIT batch;
   END IF;
 END
 $$;
@@ -680,7 +714,7 @@ BEGIN
   FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
            WHERE p.pronamespace = 'audius_indexer'::regnamespace
              AND (p.proname LIKE '\_follow\_%'
-                  OR p.proname IN ('_challenge_checkpoints', '_point_trigger', '_set_trigger_enabled',
+                  OR p.proname IN ('_challenge_checkpoints', '_point_trigger', '_set_trigger_enabled', '_upsert_balances',
                                    '_require_trigger_tables'))
   LOOP
     EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);

@@ -47,42 +47,26 @@ INSERT INTO audius_indexer.sweep_state DEFAULT VALUES;
 -- Rows are written in wallet order so concurrent upserts lock in the same order (no deadlocks).
 -- Returns the wallets written.
 --
+-- _upsert_balances is the statement itself, for callers whose keys are already in the stored form
+-- (the extension's own writers: they build them from parsed addresses); upsert_wallet_balances
+-- checks the keys first (the SQL entry point).
+--
 -- search_path: the Audius triggers on eth_wallet_balances (on_eth_wallet_balance_changes →
 -- update_eth_user_balance) name users, associated_wallets, eth_user_balances without a schema and
 -- run with the search_path in force here. It is pinned to pg_catalog, public (the schema holding
 -- eth_wallet_balances), pg_temp: names resolve as for the table owner's ordinary INSERT, builtins
 -- first, temporary objects last (never functions), and nothing a caller puts on its own
--- search_path is consulted. Everything this body calls is qualified. doctor() flags roles other
+-- search_path is consulted. Everything these bodies call is qualified. doctor() flags roles other
 -- than superusers that may CREATE in public (they could place objects the triggers would find).
-CREATE FUNCTION audius_indexer.upsert_wallet_balances(
-  wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean DEFAULT false)
+CREATE FUNCTION audius_indexer._upsert_balances(
+  wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean)
 RETURNS SETOF text
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, public, pg_temp
 AS $$
 DECLARE
-  bad record;
   written bigint;
 BEGIN
-  IF pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(balances)
-     OR pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(blocks) THEN
-    RAISE EXCEPTION 'wallets, balances and blocks must have the same length (got %, %, %)',
-      pg_catalog.cardinality(wallets), pg_catalog.cardinality(balances), pg_catalog.cardinality(blocks)
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
-  -- Keys are stored lowercase 0x + 40 hex (what every reader of eth_wallet_balances expects).
-  -- (Checked without a regular expression: '^0x[0-9a-f]{40}$' cost a fifth of a sweep's CPU.)
-  SELECT u.w, u.i INTO bad FROM pg_catalog.unnest(wallets) WITH ORDINALITY AS u(w, i)
-   WHERE u.w IS NULL
-      OR pg_catalog.octet_length(u.w) OPERATOR(pg_catalog.<>) 42
-      OR pg_catalog.substr(u.w, 1, 2) OPERATOR(pg_catalog.<>) '0x'
-      OR pg_catalog.ltrim(pg_catalog.substr(u.w, 3), '0123456789abcdef') OPERATOR(pg_catalog.<>) ''
-   ORDER BY u.i LIMIT 1;
-  IF FOUND THEN
-    RAISE EXCEPTION 'wallet at position % (%) is not a lowercase 0x-prefixed 40-hex-digit address',
-      bad.i, coalesce(pg_catalog.quote_literal(bad.w), 'NULL')
-      USING ERRCODE = 'invalid_parameter_value';
-  END IF;
   RETURN QUERY
   WITH written AS (
     INSERT INTO public.eth_wallet_balances AS e (wallet, balance, blocknumber, updated_at)
@@ -110,22 +94,64 @@ BEGIN
   END IF;
 END
 $$;
+
+CREATE FUNCTION audius_indexer.upsert_wallet_balances(
+  wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean DEFAULT false)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+  bad record;
+BEGIN
+  IF pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(balances)
+     OR pg_catalog.cardinality(wallets) IS DISTINCT FROM pg_catalog.cardinality(blocks) THEN
+    RAISE EXCEPTION 'wallets, balances and blocks must have the same length (got %, %, %)',
+      pg_catalog.cardinality(wallets), pg_catalog.cardinality(balances), pg_catalog.cardinality(blocks)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  -- Keys are stored lowercase 0x + 40 hex (what every reader of eth_wallet_balances expects).
+  -- (Checked without a regular expression: '^0x[0-9a-f]{40}$' cost a fifth of a sweep's CPU.)
+  SELECT u.w, u.i INTO bad FROM pg_catalog.unnest(wallets) WITH ORDINALITY AS u(w, i)
+   WHERE u.w IS NULL
+      OR pg_catalog.octet_length(u.w) OPERATOR(pg_catalog.<>) 42
+      OR pg_catalog.substr(u.w, 1, 2) OPERATOR(pg_catalog.<>) '0x'
+      OR pg_catalog.ltrim(pg_catalog.substr(u.w, 3), '0123456789abcdef') OPERATOR(pg_catalog.<>) ''
+   ORDER BY u.i LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'wallet at position % (%) is not a lowercase 0x-prefixed 40-hex-digit address',
+      bad.i, coalesce(pg_catalog.quote_literal(bad.w), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN QUERY SELECT w FROM audius_indexer._upsert_balances(wallets, balances, blocks, only_if_not_older) AS w;
+END
+$$;
 COMMENT ON FUNCTION audius_indexer.upsert_wallet_balances(text[], numeric[], bigint[], boolean) IS
   'The Audius eth_wallet_balances upsert (NULLIF/GREATEST block rules); only_if_not_older skips rows stamped with a newer block.';
 
 -- The stalest wallets, oldest updated_at first (eth_wallet_balances_updated_at_idx), skipping
--- wallets that are backed off after failures.
+-- wallets that are backed off after failures. With no wallet in back-off (the usual case: one
+-- probe of wallet_failures_next_attempt_idx) the stalest rows are read straight off the index,
+-- without an anti-join probe per row.
 CREATE FUNCTION audius_indexer._stale_batch(batch integer)
 RETURNS SETOF text
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT w.wallet
-  FROM public.eth_wallet_balances w
-  WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f
-                    WHERE f.wallet = w.wallet AND f.next_attempt > now())
-  ORDER BY w.updated_at
-  LIMIT batch
+BEGIN
+  IF EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f WHERE f.next_attempt > now()) THEN
+    RETURN QUERY
+    SELECT w.wallet
+    FROM public.eth_wallet_balances w
+    WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f
+                      WHERE f.wallet = w.wallet AND f.next_attempt > now())
+    ORDER BY w.updated_at
+    LIMIT batch;
+  ELSE
+    RETURN QUERY
+    SELECT w.wallet FROM public.eth_wallet_balances w ORDER BY w.updated_at LIMIT batch;
+  END IF;
+END
 $$;
 
 -- Records failed reads: attempts + 1, back-off base·2^(attempts-1) seconds, capped.

@@ -17,7 +17,7 @@
 
 use crate::config::Config;
 use crate::errors::spi_error;
-use crate::eth::address::{normalize, parse_address};
+use crate::eth::address::{is_normal_form, normalize, parse_address};
 use crate::gucs;
 use crate::reader::{self, Purpose};
 use alloy_primitives::Address;
@@ -60,7 +60,6 @@ pub struct Read {
     keys: Vec<String>,
     balances: Vec<String>,
     blocks: Vec<i64>,
-    succeeded: Vec<String>,
     failures: Vec<(String, String)>,
     /// Reads older than the block that asked for them (a lagging node): key and that block.
     lagging: Vec<(String, i64)>,
@@ -97,7 +96,6 @@ impl Read {
             keys: Vec::new(),
             balances: Vec::new(),
             blocks: Vec::new(),
-            succeeded: Vec::new(),
             failures: Vec::new(),
             lagging: Vec::new(),
         }
@@ -108,7 +106,6 @@ impl Read {
         self.keys.append(&mut other.keys);
         self.balances.append(&mut other.balances);
         self.blocks.append(&mut other.blocks);
-        self.succeeded.append(&mut other.succeeded);
         self.failures.append(&mut other.failures);
         self.lagging.append(&mut other.lagging);
     }
@@ -125,19 +122,24 @@ pub fn read(entries: Vec<Entry>) -> Read {
 /// Phase 2 in parts: `on_part(part, next_is_ready)` gets the entries of each chunk as soon as
 /// the chunk is read, in entry order, while later chunks are still on the wire (see
 /// `reader::read_balances_streaming`). Entries that are not addresses come with the first part.
-pub fn read_streaming(entries: Vec<Entry>, on_part: &mut dyn FnMut(Read, bool)) {
-    let mut holders: Vec<Address> = Vec::new();
-    let mut by_address: HashMap<Address, Vec<usize>> = HashMap::new();
+pub fn read_streaming(mut entries: Vec<Entry>, on_part: &mut dyn FnMut(Read, bool)) {
+    // One holder per distinct address; `owner` is the entry of each holder's first key, `more`
+    // the further entries of an address (none in practice: callers pass distinct addresses).
+    let mut holders: Vec<Address> = Vec::with_capacity(entries.len());
+    let mut holder_of: HashMap<Address, usize> = HashMap::with_capacity(entries.len());
+    let mut owner: Vec<usize> = Vec::with_capacity(entries.len());
+    let mut more: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut invalid = Read::empty();
     for (i, e) in entries.iter().enumerate() {
         match &e.address {
-            Ok(a) => {
-                let slot = by_address.entry(*a).or_default();
-                if slot.is_empty() {
+            Ok(a) => match holder_of.get(a) {
+                Some(&h) => more.entry(h).or_default().push(i),
+                None => {
+                    holder_of.insert(*a, holders.len());
                     holders.push(*a);
+                    owner.push(i);
                 }
-                slot.push(i);
-            }
+            },
             Err(reason) => {
                 invalid.requested += 1;
                 invalid.failures.push((e.key.clone(), reason.clone()));
@@ -152,30 +154,49 @@ pub fn read_streaming(entries: Vec<Entry>, on_part: &mut dyn FnMut(Read, bool)) 
     let cfg = Config::from_settings();
     reader::read_balances_streaming(&cfg, &holders, Purpose::Write, &mut |values, next_ready| {
         let mut out = first.take().unwrap_or_else(Read::empty);
+        out.keys.reserve(values.len());
+        out.balances.reserve(values.len());
+        out.blocks.reserve(values.len());
         for h in &values {
-            for &i in &by_address[&h.wallet] {
-                let e = &entries[i];
-                out.requested += 1;
-                match (h.total(), h.error()) {
-                    (Some(total), _) => {
-                        out.succeeded.push(e.key.clone());
-                        if let Some(m) = e.min_block.filter(|m| h.block < *m) {
-                            // lagging node: older than the event that asked
-                            out.lagging.push((e.key.clone(), m));
-                        } else {
-                            out.keys.push(e.key.clone());
-                            out.balances.push(total.to_string());
-                            out.blocks.push(h.block);
-                        }
-                    }
-                    (None, err) => out
-                        .failures
-                        .push((e.key.clone(), err.unwrap_or_else(|| "read failed".into()))),
-                }
+            let hi = holder_of[&h.wallet];
+            let extra = more.get(&hi).map(Vec::as_slice).unwrap_or_default();
+            let outcome = match h.total() {
+                Some(total) => Ok(decimal(total)),
+                None => Err(h.error().unwrap_or_else(|| "read failed".into())),
+            };
+            for &i in extra {
+                answer(&mut out, &mut entries[i], h.block, outcome.clone());
             }
+            answer(&mut out, &mut entries[owner[hi]], h.block, outcome);
         }
         on_part(out, next_ready);
     });
+}
+
+/// Files one entry's answer (its key moves into the part: each entry is answered once).
+fn answer(out: &mut Read, e: &mut Entry, block: i64, outcome: Result<String, String>) {
+    let key = std::mem::take(&mut e.key);
+    out.requested += 1;
+    match outcome {
+        // lagging node: older than the event that asked
+        Ok(_) if e.min_block.is_some_and(|m| block < m) => {
+            out.lagging.push((key, e.min_block.unwrap_or_default()))
+        }
+        Ok(total) => {
+            out.keys.push(key);
+            out.balances.push(total);
+            out.blocks.push(block);
+        }
+        Err(why) => out.failures.push((key, why)),
+    }
+}
+
+/// A total in decimal (the common case, below 2^128, without 512-bit division).
+fn decimal(total: alloy_primitives::ruint::aliases::U512) -> String {
+    match u128::try_from(total) {
+        Ok(v) => v.to_string(),
+        Err(_) => total.to_string(),
+    }
 }
 
 /// Reads `entries` in wallet order and writes each chunk (`write`, run through `sql`) while the
@@ -228,9 +249,14 @@ pub fn write(r: Read) -> Counts {
             let n = r.keys.len() as i32;
             let written = c
                 .update(
-                    "SELECT count(*)::int4 FROM audius_indexer.upsert_wallet_balances($1, $2::text[]::numeric[], $3, true)",
+                    // keys built by normalize(): already in the stored form, no check needed
+                    "SELECT count(*)::int4 FROM audius_indexer._upsert_balances($1, $2::text[]::numeric[], $3, true)",
                     None,
-                    &[r.keys.into(), r.balances.into(), r.blocks.into()],
+                    &[
+                        r.keys.iter().map(String::as_str).collect::<Vec<_>>().into(),
+                        r.balances.into(),
+                        r.blocks.into(),
+                    ],
                 )
                 .and_then(|t| t.first().get_one::<i32>())
                 .unwrap_or_else(|e| spi_error(e))
@@ -238,11 +264,27 @@ pub fn write(r: Read) -> Counts {
             counts.updated = written;
             counts.skipped += n - written;
         }
-        if !r.succeeded.is_empty() {
+        // Successful reads clear their failure records: probed once, since the table is nearly
+        // always empty (then no array of every key is built for it).
+        let succeeded = r.keys.len() + r.lagging.len();
+        let clear = succeeded > 0
+            && c.select(
+                "SELECT EXISTS (SELECT FROM audius_indexer.wallet_failures)",
+                None,
+                &[],
+            )
+            .and_then(|t| t.first().get_one::<bool>())
+            .unwrap_or_else(|e| spi_error(e))
+            .unwrap_or(true);
+        if clear {
+            let keys: Vec<&str> = (r.keys.iter())
+                .chain(r.lagging.iter().map(|(k, _)| k))
+                .map(String::as_str)
+                .collect();
             c.update(
                 "SELECT audius_indexer._clear_failures($1)",
                 None,
-                &[r.succeeded.into()],
+                &[keys.into()],
             )
             .unwrap_or_else(|e| spi_error(e));
         }
@@ -365,7 +407,7 @@ fn claim_batch(batch: i32) -> Vec<Entry> {
                 .map_err(|e| format!("stored wallet {key:?} is not a valid address: it {e}"))
                 .and_then(|a| {
                     // Keys are lowercase; a mixed-case key is a row no writer will ever update.
-                    if normalize(&a) == key {
+                    if is_normal_form(&key) {
                         Ok(a)
                     } else {
                         Err(format!(

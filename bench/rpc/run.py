@@ -24,14 +24,17 @@ P3  viem (bench/rpc/node_modules, pinned in bench/rpc/package.json) against the 
 P4  The sweep: eth_wallet_balances with --rows (100,000) rows, `SELECT * FROM
     audius_indexer.refresh_stale(batch)` in autocommit (one transaction per tick) until every row
     was refreshed (then checked: no row older than the pass's start), for batch 200 / 2,000 / 10,000
-    x chunk 200 / 1,000 (multicall_max_request_bytes = 0 so that chunk 1,000 really is 1,000);
-    enough passes for >= --reps ticks. Per pass: wallets/s; per tick: min/median/max; the sweeping
+    / 100,000 (the largest batch: one tick per pass) x chunk 200 / 1,000
+    (multicall_max_request_bytes = 0 so that chunk 1,000 really is 1,000);
+    5 to 8 passes (enough for >= --reps ticks). Per pass: wallets/s; per tick: min/median/max; the sweeping
     backend's RssAnon (sampled every 20 ms, peak) and VmHWM from /proc/<pid>/status; TCP connects in
     this network namespace during the pass (/proc/net/snmp Tcp ActiveOpens delta: it counts every
     connect() in the namespace, the bench's own few included); CPU seconds of the
     backend and of anvil. One extra tick per config through the proxy: its bodies, the connections
-    the proxy accepted; those bodies replayed sequentially on one kept-alive connection (--reps
-    times) = the bare rate. Then the table grows to --big-rows (1,000,000) rows and the memory is
+    the proxy accepted. Before each pass, a pass's worth of those bodies (rows / batch repetitions)
+    is replayed sequentially on one kept-alive connection = the bare rate of that pair; the ratio
+    is taken per pair (replay and pass back to back see the same machine: a VM's speed drifts
+    over minutes) and its median reported. Then the table grows to --big-rows (1,000,000) rows and the memory is
     measured again over 10 ticks of batch 10,000 (chunk 200 and 1,000) and one tick of 100,000.
 
 `--sweep-scale` (`make bench-sweep-scale`): --scale-rows (3,150,000) rows swept end to end by the
@@ -424,6 +427,9 @@ def age_all(conn) -> None:
     conn.execute("VACUUM ANALYZE public.eth_wallet_balances")
 
 
+# P4 pairs per configuration: enough for >= --reps ticks, at least P4_MIN_PAIRS, at most P4_MAX_PAIRS
+P4_MIN_PAIRS, P4_MAX_PAIRS = 5, 8
+
 TICK_SQL = "SELECT requested, updated, failed, skipped FROM audius_indexer.refresh_stale(%s)"
 
 
@@ -494,8 +500,19 @@ def capture_tick(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, batch: i
             "other": len(others), "other_methods": sorted(set(others))}
 
 
+def replay_pass(anvil: Anvil, bodies: list[bytes], repeat: int) -> dict:
+    """The tick's bodies `repeat` times in a row on one kept-alive connection (a pass's worth of
+    requests), with anvil's CPU seconds."""
+    a0 = cpu_seconds(anvil.proc.pid)
+    wall = replay_keepalive(anvil.port, bodies * repeat)
+    return {"wall": wall, "cpu_anvil": cpu_seconds(anvil.proc.pid) - a0}
+
+
 def p4(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, rows: int, batches: list[int], chunks: list[int],
        reps: int, concurrency: list[int]) -> list[dict]:
+    """Per configuration: one tick through the proxy (its bodies), then pairs of (bare replay of a
+    pass's worth of those bodies, one sweep pass) back to back, so both halves of a ratio see the
+    same machine (a VM's speed drifts over minutes)."""
     res = []
     for conc, chunk, batch in [(c, k, b) for c in concurrency for k in chunks for b in batches]:
             set_concurrency(cluster, conc)
@@ -504,20 +521,28 @@ def p4(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, rows: int, batches
             # replay of the tick's eth_call bodies (the eth_blockNumber head check of a backend's
             # first tick is left out: a steady-state tick sends only the aggregate3 calls)
             bodies = [b for b in cap["bodies"] if b'"eth_call"' in b]
-            ka = [replay_keepalive(anvil.port, bodies) for _ in range(reps + 1)][1:]
             per_pass = math.ceil(rows / batch)
-            passes = max(1, math.ceil(reps / per_pass))
-            runs = [sweep_pass(cluster, anvil, batch, chunk, rows) for _ in range(passes)]
+            repeat = math.ceil(rows / cap["requested"])
+            pairs = min(P4_MAX_PAIRS, max(P4_MIN_PAIRS, math.ceil(reps / per_pass)))
+            replay_keepalive(anvil.port, bodies)  # warm-up
+            replays, runs = [], []
+            for _ in range(pairs):
+                replays.append(replay_pass(anvil, bodies, repeat))
+                runs.append(sweep_pass(cluster, anvil, batch, chunk, rows))
+            replay_wallets = cap["requested"] * repeat
             r = {"conc": conc, "batch": batch, "chunk": chunk, "cap": {k: v for k, v in cap.items() if k != "bodies"},
-                 "replay": ka, "replay_wallets": cap["requested"], "passes": runs}
+                 "replay": [x["wall"] for x in replays], "replay_cpu_anvil": [x["cpu_anvil"] for x in replays],
+                 "replay_wallets": replay_wallets, "passes": runs,
+                 "ratios": [(p["done"] / p["wall"]) / (replay_wallets / x["wall"]) for p, x in zip(runs, replays)]}
             rates = [p["done"] / p["wall"] for p in runs]
             tick_rates = [req / s for p in runs for s, req in p["ticks"]]
-            log(f"  {len(runs)} pass(es): {statistics.median(rates):,.0f} wallets/s (ticks "
+            log(f"  {pairs} pairs: sweep {statistics.median(rates):,.0f} wallets/s (ticks "
                 f"{min(tick_rates):,.0f}..{max(tick_rates):,.0f}); bare keep-alive replay of a tick's "
-                f"{len(bodies)} bodies: {cap['requested'] / statistics.median(ka):,.0f} wallets/s; "
-                f"TCP connects per pass {runs[0]['opens']:,}; proxy saw {cap['conns']} connections for "
-                f"{len(cap['bodies'])} requests in one tick; RssAnon peak {mib(max(p['peak_anon'] for p in runs))}, "
-                f"VmHWM {mib(max(p['hwm'] for p in runs))}")
+                f"{len(bodies)} bodies x {repeat}: {replay_wallets / statistics.median(r['replay']):,.0f} wallets/s; "
+                f"sweep/replay per pair {min(r['ratios']):.2f} / {statistics.median(r['ratios']):.2f} / "
+                f"{max(r['ratios']):.2f}; TCP connects per pass {runs[0]['opens']:,}; proxy saw {cap['conns']} "
+                f"connections for {len(cap['bodies'])} requests in one tick; RssAnon peak "
+                f"{mib(max(p['peak_anon'] for p in runs))}, VmHWM {mib(max(p['hwm'] for p in runs))}")
             res.append(r)
     return res
 
@@ -610,8 +635,7 @@ def bench_rpc(a) -> int:
             age_all(conn)
             claim_plan = [r[0] for r in conn.execute(
                 "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) SELECT w.wallet FROM public.eth_wallet_balances w "
-                "WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f WHERE f.wallet = w.wallet "
-                "AND f.next_attempt > now()) ORDER BY w.updated_at LIMIT 10000").fetchall()]
+                "ORDER BY w.updated_at LIMIT 10000").fetchall()]
         log(f"memory at {a.big_rows:,} rows: 1 tick of batch 100,000, chunk {max(a.chunks):,}")
         mem.append(memory_ticks(cluster, anvil, a.big_rows, 100_000, max(a.chunks), 1))
         loads.append(("end", loadavg()))
@@ -689,25 +713,31 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
         out()
     out(f"P4  sweep: SELECT * FROM audius_indexer.refresh_stale(batch) in autocommit until all {a.rows:,} rows are "
         "refreshed (multicall_max_request_bytes = 0)")
-    out("| rpc_concurrency | batch | chunk | passes x ticks | pass wallets/s (min/med/max) | tick wallets/s (min/med/max) | "
-        "bare keep-alive replay wallets/s | sweep/replay | TCP connects per pass | one tick via proxy: requests / conns | "
-        "RssAnon peak | VmHWM | s per pass: wall / in RPC requests / rest | CPU s per pass: backend / anvil |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out("| rpc_concurrency | batch | chunk | pairs x ticks | sweep pass wallets/s (min/med/max) | tick wallets/s (min/med/max) | "
+        "bare keep-alive replay wallets/s (min/med/max) | sweep/replay per pair (min/med/max) | TCP connects per pass | "
+        "one tick via proxy: requests / conns | RssAnon peak | VmHWM | s per pass: wall / in RPC requests / rest | "
+        "CPU s per pass: backend / anvil | anvil CPU s per replay |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in p4r:
         runs = r["passes"]
         rates = [p["done"] / p["wall"] for p in runs]
         tr = [req / s for p in runs for s, req in p["ticks"]]
-        rep = r["replay_wallets"] / statistics.median(r["replay"])
+        reps_ = [r["replay_wallets"] / x for x in r["replay"]]
         cap = r["cap"]
         out(f"| {r['conc']} | {r['batch']:,} | {r['chunk']:,} | {len(runs)} x {len(runs[0]['ticks'])} | "
             f"{min(rates):,.0f} / {statistics.median(rates):,.0f} / {max(rates):,.0f} | "
-            f"{min(tr):,.0f} / {statistics.median(tr):,.0f} / {max(tr):,.0f} | {rep:,.0f} | "
-            f"{statistics.median(rates) / rep:.2f} | {statistics.median(p['opens'] for p in runs):,.0f} | "
+            f"{min(tr):,.0f} / {statistics.median(tr):,.0f} / {max(tr):,.0f} | "
+            f"{min(reps_):,.0f} / {statistics.median(reps_):,.0f} / {max(reps_):,.0f} | "
+            f"{min(r['ratios']):.2f} / **{statistics.median(r['ratios']):.2f}** / {max(r['ratios']):.2f} | "
+            f"{statistics.median(p['opens'] for p in runs):,.0f} | "
             f"{cap['n_calls']}+{cap['other']}{' (' + ','.join(cap['other_methods']) + ')' if cap['other'] else ''} / {cap['conns']} | {mib(max(p['peak_anon'] for p in runs))} | "
             f"{mib(max(p['hwm'] for p in runs))} | "
             f"{statistics.median(p['wall'] for p in runs):,.2f} / {statistics.median(p['rpc_s'] for p in runs):,.2f} / "
             f"{statistics.median(p['wall'] - p['rpc_s'] for p in runs):,.2f} | "
-            f"{statistics.median(p['cpu_backend'] for p in runs):,.1f} / {statistics.median(p['cpu_anvil'] for p in runs):,.1f} |")
+            f"{statistics.median(p['cpu_backend'] for p in runs):,.1f} / {statistics.median(p['cpu_anvil'] for p in runs):,.1f} | "
+            f"{statistics.median(r['replay_cpu_anvil']):,.1f} |")
+    out("    each pair = a bare replay of a pass's worth of the tick's bodies, then one sweep pass, back to back; "
+        "sweep/replay = the two rates of one pair (median in bold)")
     out("    'TCP connects per pass' = /proc/net/snmp ActiveOpens delta over the pass (this network namespace); "
         "'N+M' requests = N aggregate3 eth_calls + M others (named)")
     out("    'in RPC requests' = the extension's own per-request timing (rpc_endpoint_stats_server delta); 'rest' = "
@@ -725,7 +755,7 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
         out(f"| {m['rows']:,} | {m['batch']:,} | {m['chunk']:,} | {len(m['ticks'])} | {wps:,.0f} | "
             f"{mib(m['peak_anon'])} | {mib(m['hwm'])} | {mib(m['shmem'])} | {m['opens']:,} |")
     out()
-    out(f"The claim of a tick (the body of audius_indexer._stale_batch(10000)) at {a.big_rows:,} rows, all stale:")
+    out(f"The claim of a tick (audius_indexer._stale_batch(10000) with no wallet in back-off) at {a.big_rows:,} rows, all stale:")
     for ln in claim_plan:
         out("    " + ln)
     out("=" * 110)
@@ -875,7 +905,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=200, help="wallets given non-zero balances")
     ap.add_argument("--rows", type=int, default=100_000, help="P4 table size")
     ap.add_argument("--big-rows", type=int, default=1_000_000, help="memory measurement table size")
-    ap.add_argument("--batches", type=ints, default=[200, 2000, 10000])
+    ap.add_argument("--batches", type=ints, default=[200, 2000, 10000, 100000])
     ap.add_argument("--chunks", type=ints, default=[200, 1000])
     ap.add_argument("--concurrency", type=ints, default=[1, DEFAULT_CONCURRENCY],
                     help="rpc_concurrency values for P2 and P4 (memory and P3 use the default)")

@@ -39,18 +39,30 @@ pub fn parse_address(s: &str) -> Result<Address, AddressError> {
         .strip_prefix("0x")
         .or_else(|| s.strip_prefix("0X"))
         .ok_or(AddressError::MissingPrefix)?;
-    if let Some(c) = digits.chars().find(|c| !c.is_ascii_hexdigit()) {
+    // bytes, not chars: the common case (42 ASCII bytes) has no UTF-8 decoding to do
+    if let Some(at) = digits.bytes().position(|b| !b.is_ascii_hexdigit()) {
+        let c = digits[at..].chars().next().unwrap_or_default();
         return Err(AddressError::NotHex(c));
     }
     if digits.len() != 40 {
         return Err(AddressError::WrongLength(digits.len()));
     }
-    let lower = digits.to_ascii_lowercase();
     let mut bytes = [0u8; 20];
-    for (i, chunk) in lower.as_bytes().chunks(2).enumerate() {
-        bytes[i] = (hex_val(chunk[0]) << 4) | hex_val(chunk[1]);
+    for (i, pair) in digits.as_bytes().chunks_exact(2).enumerate() {
+        bytes[i] = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
     }
     Ok(Address::from(bytes))
+}
+
+/// True when `s` is already the stored form (`normalize`'s output: lowercase `0x` + 40 hex), checked
+/// without building that form.
+pub fn is_normal_form(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 42
+        && b.starts_with(b"0x")
+        && b[2..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 /// Lowercase `0x` + 40 hex: the form stored in `eth_wallet_balances.wallet`.
@@ -85,7 +97,8 @@ fn hex_val(b: u8) -> u8 {
     match b {
         b'0'..=b'9' => b - b'0',
         b'a'..=b'f' => b - b'a' + 10,
-        _ => unreachable!("validated as lowercase hex"),
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => unreachable!("validated as hex"),
     }
 }
 
@@ -169,6 +182,19 @@ mod tests {
             let a = Address::from(bytes);
             prop_assert_eq!(parse_address(&normalize(&a)).unwrap(), a);
             prop_assert_eq!(parse_address(&to_checksum(&a)).unwrap(), a);
+        }
+
+        #[test]
+        fn is_normal_form_agrees_with_normalize(s in "(0[xX])?[0-9a-fA-FgG ]{38,42}") {
+            let expected = parse_address(&s).map(|a| normalize(&a) == s).unwrap_or(false);
+            prop_assert_eq!(is_normal_form(&s), expected);
+        }
+
+        #[test]
+        fn the_normal_form_is_recognised(bytes in proptest::array::uniform20(any::<u8>())) {
+            let a = Address::from(bytes);
+            prop_assert!(is_normal_form(&normalize(&a)));
+            prop_assert_eq!(is_normal_form(&to_checksum(&a)), normalize(&a) == to_checksum(&a));
         }
     }
 }
