@@ -50,6 +50,15 @@ impl Read {
         }
     }
 
+    fn selector(self) -> [u8; 4] {
+        match self {
+            Read::BalanceOf => balanceOfCall::SELECTOR,
+            Read::TotalStakedFor => totalStakedForCall::SELECTOR,
+            Read::GetTotalDelegatorStake => getTotalDelegatorStakeCall::SELECTOR,
+        }
+    }
+
+    #[cfg(test)]
     fn calldata(self, holder: Address) -> Vec<u8> {
         match self {
             Read::BalanceOf => balanceOfCall { account: holder }.abi_encode(),
@@ -87,23 +96,70 @@ pub fn subcall_count(holders: usize) -> usize {
 
 /// Calldata of one `aggregate3` for a chunk of holders: `getBlockNumber()` first, then
 /// balanceOf/totalStakedFor/getTotalDelegatorStake per holder.
+///
+/// Every sub-call has a fixed shape, so the ABI layout is written directly into one buffer of the
+/// exact size (`chunk_calldata_len`): no per-call allocations, no size pass. The tests hold it
+/// byte for byte against alloy's encoder of the same `aggregate3Call`.
 pub fn encode_chunk(contracts: &Contracts, holders: &[Address]) -> Vec<u8> {
-    let mut calls = Vec::with_capacity(subcall_count(holders.len()));
-    calls.push(Call3 {
-        target: contracts.multicall,
-        allowFailure: true,
-        callData: Bytes::from(getBlockNumberCall {}.abi_encode()),
-    });
+    let n = subcall_count(holders.len());
+    let mut out = Vec::with_capacity(chunk_calldata_len(holders.len()));
+    out.extend_from_slice(&aggregate3Call::SELECTOR);
+    push_word(&mut out, 0x20); // offset of the Call3[] argument
+    push_word(&mut out, n as u64); // its length
+                                   // offsets of the tuples, from the start of the offsets area: getBlockNumber's tuple is
+                                   // 160 bytes (4 bytes of calldata padded to 32), each holder call's 192 (36 padded to 64)
+    let first = 32 * n;
+    push_word(&mut out, first as u64);
+    for i in 1..n {
+        push_word(
+            &mut out,
+            (first + BLOCK_CALL_LEN + (i - 1) * HOLDER_CALL_LEN) as u64,
+        );
+    }
+    push_call(
+        &mut out,
+        contracts.multicall,
+        &getBlockNumberCall::SELECTOR,
+        None,
+    );
     for &h in holders {
         for read in Read::ALL {
-            calls.push(Call3 {
-                target: contracts.target(read),
-                allowFailure: true,
-                callData: Bytes::from(read.calldata(h)),
-            });
+            push_call(&mut out, contracts.target(read), &read.selector(), Some(h));
         }
     }
-    aggregate3Call { calls }.abi_encode()
+    debug_assert_eq!(out.len(), chunk_calldata_len(holders.len()));
+    out
+}
+
+/// Encoded size of getBlockNumber's Call3 tuple and of a holder's.
+const BLOCK_CALL_LEN: usize = 32 * 4 + 32;
+const HOLDER_CALL_LEN: usize = 32 * 4 + 64;
+
+/// A big-endian uint256 word.
+fn push_word(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&[0u8; 24]);
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn push_address(out: &mut Vec<u8>, a: Address) {
+    out.extend_from_slice(&[0u8; 12]);
+    out.extend_from_slice(a.as_slice());
+}
+
+/// One `Call3 { target, allowFailure: true, callData: selector [+ arg] }` tuple.
+fn push_call(out: &mut Vec<u8>, target: Address, selector: &[u8; 4], arg: Option<Address>) {
+    push_address(out, target);
+    push_word(out, 1); // allowFailure
+    push_word(out, 0x60); // offset of callData within the tuple
+    push_word(out, if arg.is_some() { 36 } else { 4 });
+    out.extend_from_slice(selector);
+    match arg {
+        Some(a) => {
+            push_address(out, a);
+            out.extend_from_slice(&[0u8; 28]); // 36 bytes padded to 64
+        }
+        None => out.extend_from_slice(&[0u8; 28]), // 4 bytes padded to 32
+    }
 }
 
 /// Size in bytes of the aggregate3 calldata for `holders` holders (exact: every sub-call has a fixed
@@ -270,6 +326,39 @@ mod tests {
         assert_eq!(&c[16..36], addr(0xbb).as_slice());
     }
 
+    /// The same calldata through alloy's generic encoder (what encode_chunk used to be).
+    fn encode_chunk_alloy(contracts: &Contracts, holders: &[Address]) -> Vec<u8> {
+        let mut calls = vec![Call3 {
+            target: contracts.multicall,
+            allowFailure: true,
+            callData: Bytes::from(getBlockNumberCall {}.abi_encode()),
+        }];
+        for &h in holders {
+            for read in Read::ALL {
+                calls.push(Call3 {
+                    target: contracts.target(read),
+                    allowFailure: true,
+                    callData: Bytes::from(read.calldata(h)),
+                });
+            }
+        }
+        aggregate3Call { calls }.abi_encode()
+    }
+
+    #[test]
+    fn encoder_matches_alloy_byte_for_byte() {
+        for n in [0usize, 1, 2, 7, 200, 1000] {
+            let holders: Vec<_> = (0..n)
+                .map(|i| Address::from_slice(&alloy_primitives::keccak256(i.to_be_bytes())[..20]))
+                .collect();
+            assert_eq!(
+                encode_chunk(&contracts(), &holders),
+                encode_chunk_alloy(&contracts(), &holders),
+                "n={n}"
+            );
+        }
+    }
+
     #[test]
     fn calldata_len_formula_matches_encoder() {
         for n in [0usize, 1, 3, 50, 200] {
@@ -354,6 +443,21 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn encoder_matches_alloy_for_any_addresses(
+            holders in proptest::collection::vec(any::<[u8; 20]>(), 0..40),
+            targets in any::<[[u8; 20]; 4]>(),
+        ) {
+            let c = Contracts {
+                multicall: Address::from(targets[0]),
+                token: Address::from(targets[1]),
+                staking: Address::from(targets[2]),
+                delegate_manager: Address::from(targets[3]),
+            };
+            let holders: Vec<Address> = holders.into_iter().map(Address::from).collect();
+            prop_assert_eq!(encode_chunk(&c, &holders), encode_chunk_alloy(&c, &holders));
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(data in proptest::collection::vec(any::<u8>(), 0..2048), n in 0usize..700) {
             let _ = decode_aggregate3(&data, n);

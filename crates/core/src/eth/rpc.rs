@@ -380,7 +380,7 @@ pub fn parse_http_answer(
             })
         }
     }
-    let v: Value = match serde_json::from_slice(body) {
+    let mut v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
             return err(RpcErrorKind::BadResponse(format!(
@@ -406,8 +406,9 @@ pub fn parse_http_answer(
         }
         return err(classify_jsonrpc(code, truncate(&message, 500)));
     }
-    match v.get("result") {
-        Some(r) => Ok(r.clone()),
+    // taken, not cloned: an aggregate3 answer is a string of up to a few MB
+    match v.get_mut("result") {
+        Some(r) => Ok(r.take()),
         None => err(RpcErrorKind::BadResponse(
             "JSON without result or error".into(),
         )),
@@ -643,7 +644,14 @@ fn post_once(
     };
     let retry_after = header("retry-after");
     let location = header("location");
-    let mut buf = Vec::new();
+    // sized once from Content-Length (within the limit, and at most 16 MiB up front whatever a
+    // server claims): no regrowth copies of a large answer
+    let expected = header("content-length")
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(max_response_bytes)
+        .min(16 << 20);
+    let mut buf = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
     let read = resp
         .into_body()
         .into_with_config()
