@@ -164,10 +164,14 @@ pub fn read_streaming(mut entries: Vec<Entry>, on_part: &mut dyn FnMut(Read, boo
                 Some(total) => Ok(decimal(total)),
                 None => Err(h.error().unwrap_or_else(|| "read failed".into())),
             };
-            for &i in extra {
-                answer(&mut out, &mut entries[i], h.block, outcome.clone());
+            // in entry order: the holder's first key, then any further keys of its address
+            if extra.is_empty() {
+                answer(&mut out, &mut entries[owner[hi]], h.block, outcome);
+            } else {
+                for &i in std::iter::once(&owner[hi]).chain(extra) {
+                    answer(&mut out, &mut entries[i], h.block, outcome.clone());
+                }
             }
-            answer(&mut out, &mut entries[owner[hi]], h.block, outcome);
         }
         on_part(out, next_ready);
     });
