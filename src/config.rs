@@ -25,6 +25,8 @@ pub struct Config {
     pub concurrency: usize,
     /// Keep-alive connections idle longer than this are not reused (`rpc_idle_timeout_ms`).
     pub idle_timeout: Duration,
+    /// HTTP/2 with prior knowledge to `http://` endpoints (`rpc_http2`).
+    pub http2: bool,
 }
 
 fn address_setting(name: &str, setting: &pgrx::GucSetting<Option<std::ffi::CString>>) -> Address {
@@ -140,6 +142,7 @@ impl Config {
             max_response_bytes: gucs::RPC_MAX_RESPONSE_BYTES.get().max(1024) as u64,
             concurrency: gucs::RPC_CONCURRENCY.get().clamp(1, 32) as usize,
             idle_timeout: ms(gucs::RPC_IDLE_TIMEOUT_MS.get()),
+            http2: gucs::RPC_HTTP2.get(),
         }
     }
 }

@@ -65,6 +65,11 @@ pub static RPC_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(4);
 /// `audius_indexer.rpc_idle_timeout_ms`: a keep-alive connection idle this long is closed at
 /// its next use instead of being reused (0 = no keep-alive: a new connection per request).
 pub static RPC_IDLE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// `audius_indexer.rpc_http2`: speak HTTP/2 (cleartext, prior knowledge) to `http://` endpoints,
+/// so every chunk in flight shares one TCP connection per endpoint. A server that does not speak
+/// it is remembered for 10 minutes and spoken to over HTTP/1.1; `https://` endpoints always use
+/// HTTP/1.1.
+pub static RPC_HTTP2: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// `audius_indexer.database`: database the sweep worker connects to (postmaster setting).
 pub static DATABASE: GucSetting<Option<CString>> =
@@ -255,6 +260,14 @@ pub fn init() {
         3_600_000,
         GucContext::Userset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"audius_indexer.rpc_http2",
+        c"Speak HTTP/2 (cleartext, prior knowledge) to http:// RPC endpoints.",
+        c"Every chunk in flight then shares one TCP connection per endpoint. A server that does not speak HTTP/2 is remembered for 10 minutes and spoken to over HTTP/1.1 (one connection per chunk in flight); https:// endpoints always use HTTP/1.1. Has no effect while rpc_idle_timeout_ms = 0.",
+        &RPC_HTTP2,
+        GucContext::Userset,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"audius_indexer.rpc_max_retries",

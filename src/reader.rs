@@ -48,7 +48,8 @@ fn net(cfg: &Config) -> Net {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .reconfigure(cfg.endpoints.clone(), cfg.cooldown);
-        n.agents.configure(cfg.idle_timeout, cfg.concurrency);
+        n.agents
+            .configure(cfg.idle_timeout, cfg.concurrency, cfg.http2);
         n.limiter.set_max(cfg.concurrency);
         n.clone()
     })

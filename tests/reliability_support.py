@@ -181,3 +181,111 @@ class Listener:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class TcpRelay:
+    """A byte relay on 127.0.0.1 in front of a node, below HTTP: it sees any protocol (HTTP/1.1 or
+    HTTP/2) and counts the TCP connections the client opens, and those that began with the HTTP/2
+    preface. Faults a real node cannot produce on demand, at the TCP level:
+      drop_all()    closes every live connection at once (RST), as a node restarting;
+      stall = True  stops forwarding in both directions (connections stay open), as a node hung."""
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    def __init__(self, upstream: str):
+        import socket
+        import threading
+        import urllib.parse
+        u = urllib.parse.urlsplit(upstream)
+        self.up = (u.hostname, u.port or 80)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.connections = 0
+        self.h2_connections = 0
+        self.stall = False
+        self._lock = threading.Lock()
+        self._live: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"relay:{self.port}")
+        self._thread.start()
+
+    def reset(self):
+        with self._lock:
+            self.connections = self.h2_connections = 0
+
+    def _run(self):
+        import socket
+        import threading
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            up = socket.create_connection(self.up)
+            for s in (c, up):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self.connections += 1
+                self._live += [c, up]
+            first = {"seen": False}
+            threading.Thread(target=self._pump, args=(c, up, first), daemon=True).start()
+            threading.Thread(target=self._pump, args=(up, c, None), daemon=True).start()
+
+    def _pump(self, src, dst, first):
+        import time
+        try:
+            while not self._stop.is_set():
+                if self.stall:
+                    time.sleep(0.01)
+                    continue
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if first is not None and not first["seen"]:
+                    first["seen"] = True
+                    if data.startswith(self.PREFACE[:len(data)]):
+                        with self._lock:
+                            self.h2_connections += 1
+                while self.stall and not self._stop.is_set():
+                    time.sleep(0.01)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def drop_all(self):
+        import socket
+        import struct
+        with self._lock:
+            live, self._live = self._live, []
+        for s in live:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self._stop.set()
+        self.drop_all()
+        self._thread.join(2)
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -22,7 +22,7 @@ from conftest import SECRET_PATH, wait_until
 from harness.chain import Contracts, wallet_address
 from harness.pg import free_port
 from harness.rpcproxy import RpcProxy
-from reliability_support import set_random_values, Listener, Report, assert_no_secret, error_text, expect_error, log_guard, short
+from reliability_support import set_random_values, Listener, Report, TcpRelay, assert_no_secret, error_text, expect_error, log_guard, short
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -534,16 +534,18 @@ def test_one_connection_per_slot_for_a_whole_sweep(conn, contracts, proxy, repor
         proxy.reset()
         for _ in range(3):
             assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
-        n_req, n_conn = proxy.http_requests, proxy.accepted
+        n_req, n_conn, probes = proxy.http_requests, proxy.accepted, proxy.h2_probes
         assert n_req >= 6, n_req
-        assert 1 <= n_conn <= concurrency, f"{n_conn} connections for {n_req} requests"
+        # this proxy speaks HTTP/1.1 only: the session's first request tried HTTP/2 once (505)
+        assert probes <= 1, f"{probes} HTTP/2 attempts: the refusal was not remembered"
+        assert 1 <= n_conn - probes <= concurrency, f"{n_conn} connections ({probes} HTTP/2) for {n_req} requests"
         assert values(conn, ws) == want
         conn.execute("SET audius_indexer.rpc_idle_timeout_ms = 0")
         conn.execute("UPDATE eth_wallet_balances SET updated_at = '1900-01-01' WHERE wallet = ANY(%s)", (ws,))
         proxy.reset()
         assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
         assert proxy.accepted == proxy.http_requests, (proxy.accepted, proxy.http_requests)
-        rec.observed = (f"{n_conn} connection(s) for {n_req} requests over 3 ticks; idle timeout 0: "
+        rec.observed = (f"{n_conn - probes} connection(s) (+{probes} refused HTTP/2) for {n_req} requests over 3 ticks; idle timeout 0: "
                         f"{proxy.accepted} for {proxy.http_requests}")
 
 
@@ -570,6 +572,91 @@ def test_stale_keepalive_connection_resent_once_uncounted(conn, proxy, report):
         e, _, _ = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "08006", (hostport(proxy), "lost"), max_s=2)
         assert proxy.http_requests == 1
         rec.observed = f"2 requests, failures {failures0} -> {failures1}; idle timeout 0: {short(e, 60)}"
+
+
+@pytest.fixture
+def relay(anvil, cluster):
+    """rpc_url pointing at a TCP relay in front of anvil itself (no HTTP proxy in between, so the
+    extension speaks HTTP/2 to the node); the `db` fixture puts rpc_url back afterwards."""
+    with TcpRelay(anvil.url) as r:
+        cluster.set_system(rpc_url=r.url)
+        yield r
+
+
+def test_http2_one_connection_for_a_whole_sweep_on_the_node(conn, contracts, relay, report, concurrency):
+    """Against the node itself (anvil speaks HTTP/2 with prior knowledge): three sweep ticks of 6
+    chunks each, rpc_concurrency chunks in flight, travel on ONE TCP connection; with rpc_http2 =
+    off the same ticks use one HTTP/1.1 connection per chunk in flight."""
+    ws = wallets(24, "h2")
+    want = set_random_values(contracts, ws, "h2")
+    seed(conn, ws)
+    with report.case("HTTP/2: one connection per sweep", "node via TCP relay, 3 x refresh_stale(8), chunk 4",
+                     "1 TCP connection (HTTP/2) in all; rpc_http2 = off: <= concurrency, none HTTP/2") as rec:
+        conn.execute("SET audius_indexer.multicall_chunk_size = 4")
+        relay.reset()
+        for _ in range(3):
+            assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
+        assert values(conn, ws) == want
+        assert (relay.connections, relay.h2_connections) == (1, 1), (relay.connections, relay.h2_connections)
+        conn.execute("SET audius_indexer.rpc_http2 = off")
+        conn.execute("UPDATE eth_wallet_balances SET updated_at = '1900-01-01' WHERE wallet = ANY(%s)", (ws,))
+        relay.reset()
+        for _ in range(3):
+            assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
+        assert values(conn, ws) == want
+        assert 1 <= relay.connections <= concurrency and relay.h2_connections == 0, \
+            (relay.connections, relay.h2_connections)
+        rec.observed = f"HTTP/2: 1 connection for 6 requests; rpc_http2 = off: {relay.connections} HTTP/1.1"
+
+
+def test_http2_connection_dropped_between_calls_is_not_a_failure(conn, contracts, relay, report):
+    """The node drops its HTTP/2 connection between two calls (RST, as on a restart): the next
+    call opens a fresh one, with rpc_max_retries = 0 and no failed attempt counted."""
+    ws = wallets(3, "h2drop")
+    want = set_random_values(contracts, ws, "h2drop")
+    with report.case("HTTP/2: connection dropped while idle", "RST of the kept connection, rpc_max_retries=0",
+                     "success on a fresh connection, 0 failures counted") as rec:
+        conn.execute("SET audius_indexer.rpc_max_retries = 0")
+        relay.reset()
+        assert {w: int(b) for w, b in conn.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()} == want
+        failures0 = conn.execute("SELECT sum(failures) FROM audius_indexer.rpc_endpoint_stats()").fetchone()[0]
+        for _ in range(3):
+            relay.drop_all()
+            time.sleep(0.05)
+            rows = conn.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
+            assert {w: int(b) for w, b in rows} == want
+        failures1 = conn.execute("SELECT sum(failures) FROM audius_indexer.rpc_endpoint_stats()").fetchone()[0]
+        assert failures1 == failures0, (failures0, failures1)
+        assert relay.connections == 4 and relay.h2_connections == 4, (relay.connections, relay.h2_connections)
+        rec.observed = f"4 calls, 4 HTTP/2 connections, failures {failures0} -> {failures1}"
+
+
+def test_http2_hung_node_honours_statement_timeout_and_cancel(db, other_conn, relay, report, concurrency):
+    """The node stops answering on its HTTP/2 connection (streams in flight, nothing comes back):
+    statement_timeout and pg_cancel_backend end the call promptly; the next call is fine."""
+    ws = wallets(12, "h2hang")
+    with report.case("HTTP/2: hung node", "relay stalls; 3 chunks of 4; statement_timeout 1s, then a cancel",
+                     "ERROR 57014 within 0.15 s of the timeout / the cancel; next call fine") as rec:
+        db.execute("SET audius_indexer.multicall_chunk_size = 4")
+        assert len(db.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall()) == 12  # connection up
+        relay.stall = True
+        db.execute("SET statement_timeout = '1s'")
+        e, _, dt = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "57014", min_s=0.95, max_s=1.15)
+        db.execute("RESET statement_timeout")
+        pid = db.info.backend_pid
+        th, out = run_in_thread(lambda: db.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall())
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        assert other_conn.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone() == (True,)
+        th.join(5)
+        assert isinstance(out.get("error"), psycopg.Error) and out["error"].sqlstate == "57014", out
+        dt_cancel = out["end"] - t0
+        assert dt_cancel < 0.15, f"cancel took {dt_cancel:.3f}s"
+        relay.stall = False
+        relay.drop_all()
+        rows = db.execute(f"SELECT wallet, error FROM {F}(%s)", (ws,)).fetchall()
+        assert [r[0] for r in rows] == ws and all(r[1] is None for r in rows)
+        rec.observed = f"timeout: {short(e, 40)} after {dt:.3f}s; cancel: 57014 {dt_cancel * 1000:.0f} ms after it"
 
 
 def test_rate_limits_halve_the_requests_in_flight(conn, proxy, report, concurrency):

@@ -344,6 +344,8 @@ def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str]
         point_rpc(cluster, proxy.url)
         proxy.reset()
         with cluster.connect("bench") as conn:
+            # the proxy speaks HTTP/1.1 only: capture over HTTP/1.1 (the bodies are the same either way)
+            conn.execute("SET audius_indexer.rpc_http2 = off")
             cnt, ok, total, _ = conn.execute(P2_SQL, (ws,)).fetchone()
         bodies, conns = list(proxy.bodies), proxy.connections
         assert cnt == n and ok == n, (cnt, ok)
@@ -489,6 +491,7 @@ def capture_tick(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, batch: i
     proxy.reset()
     conn = session_for(cluster, chunk)
     try:
+        conn.execute("SET audius_indexer.rpc_http2 = off")  # the proxy speaks HTTP/1.1 only
         req = conn.execute(TICK_SQL, (batch,)).fetchone()[0]
     finally:
         conn.close()

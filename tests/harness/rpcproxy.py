@@ -126,6 +126,7 @@ class RpcProxy:
         self._faults: list[Fault] = []
         self._http_count = 0
         self._accepted = 0  # TCP connections accepted since the last reset()
+        self._h2_probes = 0  # of those, connections that opened with the HTTP/2 preface (refused: 505)
         self._in_flight = 0
         self._peak_in_flight = 0  # most requests being answered at once since the last reset()
         self._stop = threading.Event()
@@ -234,6 +235,13 @@ class RpcProxy:
             return self._accepted
 
     @property
+    def h2_probes(self) -> int:
+        """Connections since the last reset() that opened with the HTTP/2 preface. This proxy speaks
+        HTTP/1.1 only: it answers 505 and closes, and the client goes on over HTTP/1.1."""
+        with self._lock:
+            return self._h2_probes
+
+    @property
     def peak_in_flight(self) -> int:
         """Most HTTP requests the proxy was answering at the same time since the last reset()."""
         with self._lock:
@@ -244,6 +252,7 @@ class RpcProxy:
             self._records.clear()
             self._http_count = 0
             self._accepted = 0
+            self._h2_probes = 0
             self._peak_in_flight = self._in_flight
 
     def count(self, method: str | None = None, aggregate3: bool | None = None, to: str | None = None) -> int:
@@ -339,6 +348,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
+
+    def parse_request(self):
+        if self.raw_requestline.startswith(b"PRI * HTTP/2.0"):
+            with self.proxy._lock:
+                self.proxy._h2_probes += 1
+        return super().parse_request()
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

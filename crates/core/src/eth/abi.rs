@@ -4,7 +4,7 @@
 //! value carries the block it was read at, in the same round trip) followed by three sub-calls per
 //! holder, all with `allowFailure = true` so one bad sub-call cannot fail the batch.
 
-use alloy_primitives::{Address, Bytes, U256};
+use alloy_primitives::{Address, U256};
 use alloy_sol_types::{sol, SolCall};
 use std::fmt;
 
@@ -270,6 +270,7 @@ pub fn hex(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloy_primitives::Bytes;
     use alloy_sol_types::SolValue;
     use proptest::prelude::*;
 

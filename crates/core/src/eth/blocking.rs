@@ -54,20 +54,29 @@ pub fn sleep_interruptible(
     }
 }
 
-pub(crate) fn spawn_with_signals_blocked(f: impl FnOnce() + Send + 'static) {
+/// Runs `f` with every signal blocked on the current thread, then restores the mask: threads `f`
+/// starts inherit the all-blocked mask, so PostgreSQL's signal handlers never run on them.
+pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: plain libc signal-mask calls on the current thread; the old mask is restored before
-    // returning, so only the spawned thread inherits the all-blocked mask.
+    // returning.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        let spawned = std::thread::Builder::new()
-            .name("audius_indexer rpc".into())
-            .spawn(f);
+        let r = f();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        spawned.expect("cannot start the RPC helper thread");
+        r
     }
+}
+
+pub(crate) fn spawn_with_signals_blocked(f: impl FnOnce() + Send + 'static) {
+    with_signals_blocked(|| {
+        std::thread::Builder::new()
+            .name("audius_indexer rpc".into())
+            .spawn(f)
+    })
+    .expect("cannot start the RPC helper thread");
 }
 
 #[cfg(test)]

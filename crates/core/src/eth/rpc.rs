@@ -7,9 +7,11 @@
 //! Egress rules: only `http`/`https`; redirects are never followed; no proxy from the environment;
 //! error messages name `host[:port]` only — URLs carry API keys in their path or query.
 
+use crate::eth::h2c;
 use serde_json::{json, Value};
 use std::fmt;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One RPC endpoint. `Display` shows only the host, never the path, query or userinfo.
@@ -470,22 +472,41 @@ pub fn request_body(id: u64, method: &str, params: Value) -> String {
     json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
 }
 
-/// The HTTP agents of one backend: one per endpoint URL, shared by every request of the backend
-/// (and its helper threads), so consecutive chunks, calls and worker ticks reuse one keep-alive
-/// connection per endpoint (a few when requests are pipelined).
+/// How long a backend remembers that an endpoint does not speak HTTP/2 before trying again.
+const H1_MEMORY: Duration = Duration::from_secs(600);
+
+const USER_AGENT: &str = concat!("audius_indexer/", env!("CARGO_PKG_VERSION"));
+
+/// The HTTP clients of one backend, shared by every request of the backend (and its helper
+/// threads), so consecutive chunks, calls and worker ticks reuse their connections.
 ///
-/// A pooled connection idle for `idle` or longer is closed at its next use instead of being
-/// reused (`idle` = 0: no keep-alive, a new connection per request). A request that fails on a
+/// With `http2` on, an `http://` endpoint is spoken to over HTTP/2 with prior knowledge: one TCP
+/// connection per endpoint carries every request in flight as its own stream. A server that does
+/// not speak HTTP/2 (its first connection fails before any answer, e.g. an HTTP/1.1 server
+/// answering the preface with 400/505 and closing) is remembered for `H1_MEMORY` and the request
+/// is sent at once over HTTP/1.1; that switch is not a failed attempt. `https://` endpoints (and
+/// every endpoint with `http2` off) use HTTP/1.1 with keep-alive: one HTTP agent per endpoint URL,
+/// one pooled connection per request in flight.
+///
+/// A connection idle for `idle` or longer is closed at its next use instead of being reused
+/// (`idle` = 0: no keep-alive, a new HTTP/1.1 connection per request). A request that fails on a
 /// connection that may have been reused, before any answer arrived (the server closed it while it
 /// was idle), is sent once more on a fresh connection; that resend is not a failed attempt.
 pub struct Agents {
     inner: std::sync::Mutex<AgentsInner>,
+    runtime: std::sync::OnceLock<Option<h2c::Runtime>>,
 }
 
 struct AgentsInner {
     idle: Duration,
     per_host: usize,
+    http2: bool,
     by_url: std::collections::HashMap<String, AgentSlot>,
+    /// HTTP/2 state by endpoint URL; `None`: the URL cannot be spoken to over HTTP/2 (https, or
+    /// user info in it).
+    h2: std::collections::HashMap<String, Option<Arc<H2Endpoint>>>,
+    /// Endpoints that did not speak HTTP/2, and since when.
+    h1_only: std::collections::HashMap<String, Instant>,
 }
 
 struct AgentSlot {
@@ -494,10 +515,34 @@ struct AgentSlot {
     last_answer: Option<Instant>,
 }
 
+/// One endpoint's HTTP/2 connection. The mutex is held while connecting, so helpers that need
+/// the connection at the same time wait for it instead of opening their own.
+struct H2Endpoint {
+    uri: http::Uri,
+    url: url::Url,
+    slot: std::sync::Mutex<H2Slot>,
+}
+
+#[derive(Default)]
+struct H2Slot {
+    conn: Option<h2c::Conn>,
+    last_answer: Option<Instant>,
+}
+
 /// How one HTTP exchange went wrong, and whether the failure came before any answer arrived.
-struct PostError {
-    kind: RpcErrorKind,
-    before_answer: bool,
+pub(crate) struct PostError {
+    pub(crate) kind: RpcErrorKind,
+    pub(crate) before_answer: bool,
+}
+
+/// An HTTP/2 exchange either ends, or shows that the server does not speak HTTP/2.
+enum H2Outcome {
+    Done(Result<Answer, PostError>),
+    NotH2,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Agents {
@@ -506,29 +551,32 @@ impl Agents {
             inner: std::sync::Mutex::new(AgentsInner {
                 idle,
                 per_host,
+                http2: false,
                 by_url: std::collections::HashMap::new(),
+                h2: std::collections::HashMap::new(),
+                h1_only: std::collections::HashMap::new(),
             }),
+            runtime: std::sync::OnceLock::new(),
         }
     }
 
-    /// Applies changed settings; agents built with the old ones (and their pooled connections)
-    /// are dropped.
-    pub fn configure(&self, idle: Duration, per_host: usize) {
-        let mut g = self.lock();
-        if g.idle != idle || g.per_host != per_host {
+    /// Applies changed settings; clients built with the old ones (and their connections) are
+    /// dropped, and what was learnt about endpoints' HTTP/2 support is forgotten.
+    pub fn configure(&self, idle: Duration, per_host: usize, http2: bool) {
+        let mut g = lock(&self.inner);
+        if g.idle != idle || g.per_host != per_host || g.http2 != http2 {
             g.idle = idle;
             g.per_host = per_host;
+            g.http2 = http2;
             g.by_url.clear();
+            g.h2.clear();
+            g.h1_only.clear();
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, AgentsInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The agent for `ep` and whether a pooled connection may be reused by the next request.
     fn checkout(&self, ep: &Endpoint) -> (ureq::Agent, bool) {
-        let mut g = self.lock();
+        let mut g = lock(&self.inner);
         let (idle, per_host) = (g.idle, g.per_host);
         let slot = g
             .by_url
@@ -542,14 +590,49 @@ impl Agents {
     }
 
     fn answered(&self, ep: &Endpoint) {
-        if let Some(s) = self.lock().by_url.get_mut(ep.url()) {
+        if let Some(s) = lock(&self.inner).by_url.get_mut(ep.url()) {
             s.last_answer = Some(Instant::now());
         }
     }
 
     /// Drops the agent of `ep` (and its pooled connections): the next request connects anew.
     fn discard(&self, ep: &Endpoint) {
-        self.lock().by_url.remove(ep.url());
+        lock(&self.inner).by_url.remove(ep.url());
+    }
+
+    /// The HTTP/2 state of `ep`, when this request should go over HTTP/2, and the idle limit.
+    fn h2_endpoint(&self, ep: &Endpoint) -> Option<(Arc<H2Endpoint>, Duration)> {
+        let mut g = lock(&self.inner);
+        if !g.http2 || g.idle.is_zero() {
+            return None;
+        }
+        match g.h1_only.get(ep.url()) {
+            Some(t) if t.elapsed() < H1_MEMORY => return None,
+            Some(_) => {
+                g.h1_only.remove(ep.url());
+            }
+            None => {}
+        }
+        let idle = g.idle;
+        let e =
+            g.h2.entry(ep.url().to_string())
+                .or_insert_with(|| {
+                    h2c::target(ep.url()).map(|(uri, url)| {
+                        Arc::new(H2Endpoint {
+                            uri,
+                            url,
+                            slot: std::sync::Mutex::new(H2Slot::default()),
+                        })
+                    })
+                })
+                .clone()?;
+        Some((e, idle))
+    }
+
+    fn runtime(&self) -> Option<&h2c::Runtime> {
+        self.runtime
+            .get_or_init(|| h2c::Runtime::start().ok())
+            .as_ref()
     }
 
     /// One HTTP POST of a JSON-RPC body. Blocking: call it off the backend's thread (see
@@ -561,6 +644,132 @@ impl Agents {
         timeout: Duration,
         max_response_bytes: u64,
     ) -> Result<Value, RpcError> {
+        let start = Instant::now();
+        let h2 = self
+            .h2_endpoint(ep)
+            .and_then(|(e, idle)| self.runtime().map(|rt| (e, idle, rt)));
+        let r = match h2 {
+            Some((e, idle, rt)) => {
+                match self.post_h2(rt, &e, idle, body, timeout, max_response_bytes) {
+                    H2Outcome::Done(r) => r,
+                    H2Outcome::NotH2 => {
+                        lock(&self.inner)
+                            .h1_only
+                            .insert(ep.url().to_string(), Instant::now());
+                        let left = timeout.saturating_sub(start.elapsed());
+                        if left.is_zero() {
+                            Err(PostError {
+                                kind: RpcErrorKind::Timeout(timeout),
+                                before_answer: true,
+                            })
+                        } else {
+                            self.post_h1(ep, body, left, max_response_bytes)
+                        }
+                    }
+                }
+            }
+            None => self.post_h1(ep, body, timeout, max_response_bytes),
+        };
+        match r {
+            Ok((status, retry_after, location, buf)) => parse_http_answer(
+                ep,
+                status,
+                retry_after.as_deref(),
+                location.as_deref(),
+                &buf,
+            ),
+            Err(e) => Err(RpcError::new(ep, e.kind)),
+        }
+    }
+
+    /// One exchange over the endpoint's HTTP/2 connection (connected first if there is none, it
+    /// closed, or it idled `idle` or longer).
+    fn post_h2(
+        &self,
+        rt: &h2c::Runtime,
+        e: &H2Endpoint,
+        idle: Duration,
+        body: &str,
+        timeout: Duration,
+        max_response_bytes: u64,
+    ) -> H2Outcome {
+        let start = Instant::now();
+        let checkout = |fresh: bool| -> Result<(h2c::Conn, bool), PostError> {
+            let mut s = lock(&e.slot);
+            let usable = !fresh
+                && s.conn.as_ref().is_some_and(|c| !c.is_closed())
+                && s.last_answer.is_none_or(|t| t.elapsed() < idle);
+            if !usable {
+                s.conn = None;
+                s.last_answer = None;
+                let left = timeout.saturating_sub(start.elapsed());
+                s.conn = Some(h2c::Conn::connect(rt, e.uri.clone(), &e.url, left)?);
+            }
+            let conn = s.conn.clone().expect("just checked or connected");
+            Ok((conn, usable && s.last_answer.is_some()))
+        };
+        let forget = |conn: &h2c::Conn| {
+            let mut s = lock(&e.slot);
+            if s.conn.as_ref().is_some_and(|c| c.same(conn)) {
+                s.conn = None;
+            }
+        };
+        let exchange = |conn: &h2c::Conn| {
+            let left = timeout.saturating_sub(start.elapsed());
+            let r = conn.exchange(rt, body, USER_AGENT, left, max_response_bytes);
+            match &r {
+                Ok(_) => lock(&e.slot).last_answer = Some(Instant::now()),
+                // a broken or stuck connection is not handed to the next request
+                Err(err) => {
+                    if matches!(
+                        err.kind,
+                        RpcErrorKind::ConnectionLost(_) | RpcErrorKind::Timeout(_)
+                    ) {
+                        forget(conn)
+                    }
+                }
+            }
+            r
+        };
+        let (conn, maybe_reused) = match checkout(false) {
+            Ok(c) => c,
+            Err(err) => return H2Outcome::Done(Err(err)),
+        };
+        match exchange(&conn) {
+            Err(err)
+                if err.before_answer
+                    && !conn.has_answered()
+                    && matches!(err.kind, RpcErrorKind::ConnectionLost(_)) =>
+            {
+                // the server broke off before answering anything on this connection
+                H2Outcome::NotH2
+            }
+            Err(err)
+                if maybe_reused
+                    && err.before_answer
+                    && matches!(err.kind, RpcErrorKind::ConnectionLost(_)) =>
+            {
+                // a stale connection: once more on a fresh one, within the same timeout
+                if start.elapsed() >= timeout {
+                    return H2Outcome::Done(Err(PostError {
+                        kind: RpcErrorKind::Timeout(timeout),
+                        before_answer: true,
+                    }));
+                }
+                H2Outcome::Done(checkout(true).and_then(|(conn, _)| exchange(&conn)))
+            }
+            r => H2Outcome::Done(r),
+        }
+    }
+
+    /// One exchange over HTTP/1.1 (keep-alive through the endpoint's agent).
+    fn post_h1(
+        &self,
+        ep: &Endpoint,
+        body: &str,
+        timeout: Duration,
+        max_response_bytes: u64,
+    ) -> Result<Answer, PostError> {
         let start = Instant::now();
         let (agent, maybe_reused) = self.checkout(ep);
         let r = match post_once(&agent, ep, body, timeout, max_response_bytes) {
@@ -584,19 +793,10 @@ impl Agents {
             }
             r => r,
         };
-        match r {
-            Ok((status, retry_after, location, buf)) => {
-                self.answered(ep);
-                parse_http_answer(
-                    ep,
-                    status,
-                    retry_after.as_deref(),
-                    location.as_deref(),
-                    &buf,
-                )
-            }
-            Err(e) => Err(RpcError::new(ep, e.kind)),
+        if r.is_ok() {
+            self.answered(ep);
         }
+        r
     }
 }
 
@@ -610,12 +810,13 @@ fn new_agent(idle: Duration, per_host: usize) -> ureq::Agent {
         .max_idle_connections(pooled)
         .max_idle_connections_per_host(pooled)
         .max_idle_age(idle.max(Duration::from_millis(1)))
-        .user_agent(concat!("audius_indexer/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .build()
         .into()
 }
 
-type Answer = (u16, Option<String>, Option<String>, Vec<u8>);
+/// Status, `Retry-After`, `Location` and body of one HTTP answer.
+pub(crate) type Answer = (u16, Option<String>, Option<String>, Vec<u8>);
 
 fn post_once(
     agent: &ureq::Agent,
