@@ -4,9 +4,10 @@
 `make bench-rpc` (after `make install`; not part of `make test`; 4-5 min on 2 cores). One anvil
 (Multicall3 + the three mock contracts, eth_call gas cap 2^32, no request size limit), one
 throwaway PostgreSQL 15 cluster with audius_indexer preloaded, the same wallets for every part.
-The extension always talks to anvil directly; a recording proxy (bench/rpc/recproxy.py: raw request
-bodies + accepted TCP connections) sits in between only for separate capture calls, whose bodies
-are then replayed.
+The extension always talks to anvil directly (over HTTP/2 by default: rpc_http2 = on, anvil speaks it
+with prior knowledge); a recording proxy (bench/rpc/recproxy.py: raw request bodies + accepted TCP
+connections; HTTP/1.1 only, so capture sessions SET rpc_http2 = off: the bodies are the same either
+way) sits in between only for separate capture calls, whose bodies are then replayed.
 
 P2  audius_indexer.multicall_total_audio_balances(wallets) for N = 200, 2,000, 20,000 (chunk 200),
     --reps repetitions after one warm-up, in one session. Server-side time = clock_timestamp() -
