@@ -26,6 +26,16 @@ fn h2_server(
     delay: Duration,
     close_after: Option<usize>,
 ) -> (String, Arc<Counts>) {
+    h2_server_with_status(result_hex_chars, delay, close_after, 200)
+}
+
+/// `h2_server` answering with `status` (429 comes with `Retry-After: 7`).
+fn h2_server_with_status(
+    result_hex_chars: usize,
+    delay: Duration,
+    close_after: Option<usize>,
+    status: u16,
+) -> (String, Arc<Counts>) {
     let counts = Arc::new(Counts::default());
     let c = counts.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -71,7 +81,8 @@ fn h2_server(
                                 "0".repeat(result_hex_chars)
                             );
                             let head = http::Response::builder()
-                                .status(200)
+                                .status(status)
+                                .header("retry-after", "7")
                                 .header("content-type", "application/json")
                                 .header("content-length", json.len())
                                 .body(())
@@ -266,4 +277,25 @@ fn http2_timeout_is_a_timeout() {
         .unwrap_err();
     assert!(matches!(e.kind, RpcErrorKind::Timeout(_)), "{e}");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[test]
+fn http2_status_and_retry_after_reach_the_classifier() {
+    let (url, _) = h2_server_with_status(4, Duration::ZERO, None, 429);
+    let ep = Endpoint::parse(&url).unwrap();
+    let e = agents(true).post(&ep, "{}", T, 1 << 20).unwrap_err();
+    match e.kind {
+        RpcErrorKind::RateLimited { retry_after, .. } => {
+            assert_eq!(retry_after, Some(Duration::from_secs(7)))
+        }
+        other => panic!("expected a rate limit, got {other:?}"),
+    }
+    let (url, _) = h2_server_with_status(4, Duration::ZERO, None, 503);
+    let e = agents(true)
+        .post(&Endpoint::parse(&url).unwrap(), "{}", T, 1 << 20)
+        .unwrap_err();
+    assert!(
+        matches!(e.kind, RpcErrorKind::HttpStatus { status: 503, .. }),
+        "{e}"
+    );
 }
