@@ -141,14 +141,17 @@ impl Conn {
                 Ok(Ok(s)) => s,
             };
             let _ = tcp.set_nodelay(true);
-            let (send, conn) = h2::client::Builder::new()
+            let handshake = h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .max_frame_size(MAX_FRAME)
                 .enable_push(false)
-                .handshake::<_, Bytes>(tcp)
-                .await
-                .map_err(|e| before(h2_kind(&e)))?;
+                .handshake::<_, Bytes>(tcp);
+            let left = timeout.saturating_sub(start.elapsed());
+            let (send, conn) = match tokio::time::timeout(left, handshake).await {
+                Err(_) => return Err(before(RpcErrorKind::Timeout(timeout))),
+                Ok(r) => r.map_err(|e| before(h2_kind(&e)))?,
+            };
             let flag = closed.clone();
             handle.spawn(async move {
                 let _ = conn.await;
