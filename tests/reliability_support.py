@@ -141,23 +141,23 @@ def log_guard(cluster):
     assert not bad, "server log shows crashes / secrets:\n" + "\n".join(bad[:20])
 
 
-class Listener:
-    """A TCP socket on 127.0.0.1 that only counts the connections it receives (and closes them):
-    the place a redirect or a refused URL scheme must never reach."""
+class _LocalServer:
+    """A TCP socket on 127.0.0.1 with an accept loop on its own thread: `_accepted(sock)` gets each
+    connection. Closed by close() or by leaving a `with` block."""
 
-    def __init__(self):
+    name = "server"
+
+    def __init__(self, backlog: int = 16):
         import socket
         import threading
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.listen(backlog)
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"listener:{self.port}")
-        self._thread.start()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"{self.name}:{self.port}")
 
     def _run(self):
         import socket
@@ -168,8 +168,10 @@ class Listener:
                 continue
             except OSError:
                 return
-            self.connections += 1
-            c.close()
+            self._accepted(c)
+
+    def _accepted(self, c) -> None:
+        raise NotImplementedError
 
     def close(self):
         self._stop.set()
@@ -183,7 +185,23 @@ class Listener:
         self.close()
 
 
-class TcpRelay:
+class Listener(_LocalServer):
+    """A TCP socket on 127.0.0.1 that only counts the connections it receives (and closes them):
+    the place a redirect or a refused URL scheme must never reach."""
+
+    name = "listener"
+
+    def __init__(self):
+        super().__init__()
+        self.connections = 0
+        self._thread.start()
+
+    def _accepted(self, c) -> None:
+        self.connections += 1
+        c.close()
+
+
+class TcpRelay(_LocalServer):
     """A byte relay on 127.0.0.1 in front of a node, below HTTP: it sees any protocol (HTTP/1.1 or
     HTTP/2) and counts the TCP connections the client opens, and those that began with the HTTP/2
     preface. Faults a real node cannot produce on demand, at the TCP level:
@@ -191,52 +209,38 @@ class TcpRelay:
       stall = True  stops forwarding in both directions (connections stay open), as a node hung."""
 
     PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    name = "relay"
 
     def __init__(self, upstream: str):
-        import socket
         import threading
         import urllib.parse
+        super().__init__(backlog=64)
         u = urllib.parse.urlsplit(upstream)
         self.up = (u.hostname, u.port or 80)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/"
         self.connections = 0
         self.h2_connections = 0
         self.stall = False
         self._lock = threading.Lock()
         self._live: list = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"relay:{self.port}")
         self._thread.start()
 
     def reset(self):
         with self._lock:
             self.connections = self.h2_connections = 0
 
-    def _run(self):
+    def _accepted(self, c) -> None:
         import socket
         import threading
-        while not self._stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            up = socket.create_connection(self.up)
-            for s in (c, up):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self.connections += 1
-                self._live += [c, up]
-            first = {"seen": False}
-            threading.Thread(target=self._pump, args=(c, up, first), daemon=True).start()
-            threading.Thread(target=self._pump, args=(up, c, None), daemon=True).start()
+        up = socket.create_connection(self.up)
+        for s in (c, up):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self.connections += 1
+            self._live += [c, up]
+        first = {"seen": False}
+        threading.Thread(target=self._pump, args=(c, up, first), daemon=True).start()
+        threading.Thread(target=self._pump, args=(up, c, None), daemon=True).start()
 
     def _pump(self, src, dst, first):
         import time
@@ -279,13 +283,5 @@ class TcpRelay:
                 pass
 
     def close(self):
-        self._stop.set()
+        super().close()
         self.drop_all()
-        self._thread.join(2)
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -113,6 +113,19 @@ def counts(conn, sql, args=()):
     return tuple(conn.execute(sql, args).fetchone())
 
 
+def cancel_mid_call(db, other_conn, sql: str, args, ready) -> float:
+    """Runs `sql` on `db` in a thread, waits for `ready()` (the call is on the wire), cancels it from
+    `other_conn`; the call must end in ERROR 57014. Returns the seconds from the cancel to that end."""
+    pid = db.info.backend_pid
+    th, out = run_in_thread(lambda: db.execute(sql, args).fetchall())
+    ready()
+    t0 = time.monotonic()
+    assert other_conn.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone() == (True,)
+    th.join(5)
+    assert isinstance(out.get("error"), psycopg.Error) and out["error"].sqlstate == "57014", out
+    return out["end"] - t0
+
+
 def run_in_thread(fn):
     out = {}
 
@@ -354,15 +367,10 @@ def test_pipelined_reads_honour_cancel_and_statement_timeout(db, other_conn, pro
         e, _, dt = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "57014", min_s=0.95, max_s=1.15)
         db.execute("RESET statement_timeout")
         assert proxy.count(aggregate3=True) == min(3, concurrency), proxy.count(aggregate3=True)
-        pid = db.info.backend_pid
-        th, out = run_in_thread(lambda: db.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall())
-        wait_until(lambda: proxy.count(aggregate3=True) >= min(3, concurrency) * 2, what="the requests")
-        time.sleep(0.3)
-        t0 = time.monotonic()
-        assert other_conn.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone() == (True,)
-        th.join(5)
-        assert isinstance(out.get("error"), psycopg.Error) and out["error"].sqlstate == "57014", out
-        dt_cancel = out["end"] - t0
+        def on_the_wire():
+            wait_until(lambda: proxy.count(aggregate3=True) >= min(3, concurrency) * 2, what="the requests")
+            time.sleep(0.3)
+        dt_cancel = cancel_mid_call(db, other_conn, f"SELECT * FROM {F}(%s)", (ws,), on_the_wire)
         assert dt_cancel < 0.15, f"cancel took {dt_cancel:.3f}s"
         proxy.clear_faults()
         rows = db.execute(f"SELECT wallet, error FROM {F}(%s)", (ws,)).fetchall()
@@ -643,14 +651,7 @@ def test_http2_hung_node_honours_statement_timeout_and_cancel(db, other_conn, re
         db.execute("SET statement_timeout = '1s'")
         e, _, dt = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "57014", min_s=0.95, max_s=1.15)
         db.execute("RESET statement_timeout")
-        pid = db.info.backend_pid
-        th, out = run_in_thread(lambda: db.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall())
-        time.sleep(0.5)
-        t0 = time.monotonic()
-        assert other_conn.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone() == (True,)
-        th.join(5)
-        assert isinstance(out.get("error"), psycopg.Error) and out["error"].sqlstate == "57014", out
-        dt_cancel = out["end"] - t0
+        dt_cancel = cancel_mid_call(db, other_conn, f"SELECT * FROM {F}(%s)", (ws,), lambda: time.sleep(0.5))
         assert dt_cancel < 0.15, f"cancel took {dt_cancel:.3f}s"
         relay.stall = False
         relay.drop_all()

@@ -13,7 +13,7 @@
 use crate::eth::blocking::with_signals_blocked;
 use crate::eth::rpc::{Answer, PostError, RpcErrorKind};
 use bytes::Bytes;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,13 +77,6 @@ pub(crate) struct Conn {
     answered: Arc<AtomicBool>,
 }
 
-fn before(kind: RpcErrorKind) -> PostError {
-    PostError {
-        kind,
-        before_answer: true,
-    }
-}
-
 fn h2_kind(e: &h2::Error) -> RpcErrorKind {
     match e.get_io() {
         Some(io) => RpcErrorKind::ConnectionLost(io.to_string()),
@@ -103,14 +96,11 @@ impl Conn {
         // resolved here, on the helper thread: the runtime never runs a blocking resolver
         let addrs: Vec<SocketAddr> = url
             .socket_addrs(|| Some(80))
-            .or_else(|_| {
-                (url.host_str().unwrap_or(""), url.port().unwrap_or(80))
-                    .to_socket_addrs()
-                    .map(|a| a.collect())
-            })
-            .map_err(|_| before(RpcErrorKind::Connect("host not found".into())))?;
+            .map_err(|_| PostError::before(RpcErrorKind::Connect("host not found".into())))?;
         if addrs.is_empty() {
-            return Err(before(RpcErrorKind::Connect("host not found".into())));
+            return Err(PostError::before(RpcErrorKind::Connect(
+                "host not found".into(),
+            )));
         }
         let left = timeout.saturating_sub(start.elapsed());
         let closed = Arc::new(AtomicBool::new(false));
@@ -127,7 +117,7 @@ impl Conn {
                 Err(last.expect("at least one address"))
             };
             let tcp = match tokio::time::timeout(left, connect).await {
-                Err(_) => return Err(before(RpcErrorKind::Timeout(timeout))),
+                Err(_) => return Err(PostError::before(RpcErrorKind::Timeout(timeout))),
                 Ok(Err(e)) => {
                     let kind = match e.kind() {
                         std::io::ErrorKind::TimedOut => RpcErrorKind::Timeout(timeout),
@@ -136,7 +126,7 @@ impl Conn {
                         }
                         _ => RpcErrorKind::Connect(e.to_string()),
                     };
-                    return Err(before(kind));
+                    return Err(PostError::before(kind));
                 }
                 Ok(Ok(s)) => s,
             };
@@ -149,8 +139,8 @@ impl Conn {
                 .handshake::<_, Bytes>(tcp);
             let left = timeout.saturating_sub(start.elapsed());
             let (send, conn) = match tokio::time::timeout(left, handshake).await {
-                Err(_) => return Err(before(RpcErrorKind::Timeout(timeout))),
-                Ok(r) => r.map_err(|e| before(h2_kind(&e)))?,
+                Err(_) => return Err(PostError::before(RpcErrorKind::Timeout(timeout))),
+                Ok(r) => r.map_err(|e| PostError::before(h2_kind(&e)))?,
             };
             let flag = closed.clone();
             handle.spawn(async move {
@@ -203,8 +193,8 @@ impl Conn {
         });
         match rt.handle().block_on(task) {
             Ok(Ok(r)) => r,
-            Ok(Err(_elapsed)) => Err(before(RpcErrorKind::Timeout(timeout))),
-            Err(e) => Err(before(RpcErrorKind::ConnectionLost(format!(
+            Ok(Err(_elapsed)) => Err(PostError::before(RpcErrorKind::Timeout(timeout))),
+            Err(e) => Err(PostError::before(RpcErrorKind::ConnectionLost(format!(
                 "HTTP/2 exchange ended: {e}"
             )))),
         }
@@ -221,7 +211,7 @@ impl Conn {
             .clone()
             .ready()
             .await
-            .map_err(|e| before(h2_kind(&e)))?;
+            .map_err(|e| PostError::before(h2_kind(&e)))?;
         let req = http::Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::USER_AGENT, user_agent)
@@ -229,12 +219,12 @@ impl Conn {
             .expect("a valid request head");
         let (response, mut stream) = send
             .send_request(req, false)
-            .map_err(|e| before(h2_kind(&e)))?;
+            .map_err(|e| PostError::before(h2_kind(&e)))?;
         // h2 buffers what the server's window does not take yet and sends it as it opens
         stream
             .send_data(body, true)
-            .map_err(|e| before(h2_kind(&e)))?;
-        let response = response.await.map_err(|e| before(h2_kind(&e)))?;
+            .map_err(|e| PostError::before(h2_kind(&e)))?;
+        let response = response.await.map_err(|e| PostError::before(h2_kind(&e)))?;
         self.answered.store(true, Ordering::SeqCst);
         let (head, mut recv) = response.into_parts();
         let header = |name: http::header::HeaderName| {
@@ -252,17 +242,9 @@ impl Conn {
             .min(16 << 20);
         let mut buf = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
         while let Some(chunk) = recv.data().await {
-            let chunk = chunk.map_err(|e| PostError {
-                kind: h2_kind(&e),
-                before_answer: false,
-            })?;
+            let chunk = chunk.map_err(|e| PostError::after(h2_kind(&e)))?;
             if (buf.len() + chunk.len()) as u64 > max_response_bytes {
-                return Err(PostError {
-                    kind: RpcErrorKind::TooLarge(format!(
-                        "response larger than {max_response_bytes} bytes"
-                    )),
-                    before_answer: false,
-                });
+                return Err(PostError::too_large(max_response_bytes));
             }
             buf.extend_from_slice(&chunk);
             let _ = recv.flow_control().release_capacity(chunk.len());

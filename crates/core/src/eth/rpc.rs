@@ -535,6 +535,31 @@ pub(crate) struct PostError {
     pub(crate) before_answer: bool,
 }
 
+impl PostError {
+    /// Failed before any answer arrived (the request may be sent again on a fresh connection).
+    pub(crate) fn before(kind: RpcErrorKind) -> PostError {
+        PostError {
+            kind,
+            before_answer: true,
+        }
+    }
+
+    /// Failed while the answer was arriving.
+    pub(crate) fn after(kind: RpcErrorKind) -> PostError {
+        PostError {
+            kind,
+            before_answer: false,
+        }
+    }
+
+    /// The answer grew past `max_response_bytes`.
+    pub(crate) fn too_large(max_response_bytes: u64) -> PostError {
+        PostError::after(RpcErrorKind::TooLarge(format!(
+            "response larger than {max_response_bytes} bytes"
+        )))
+    }
+}
+
 /// An HTTP/2 exchange either ends, or shows that the server does not speak HTTP/2.
 enum H2Outcome {
     Done(Result<Answer, PostError>),
@@ -658,10 +683,7 @@ impl Agents {
                             .insert(ep.url().to_string(), Instant::now());
                         let left = timeout.saturating_sub(start.elapsed());
                         if left.is_zero() {
-                            Err(PostError {
-                                kind: RpcErrorKind::Timeout(timeout),
-                                before_answer: true,
-                            })
+                            Err(PostError::before(RpcErrorKind::Timeout(timeout)))
                         } else {
                             self.post_h1(ep, body, left, max_response_bytes)
                         }
@@ -751,10 +773,7 @@ impl Agents {
             {
                 // a stale connection: once more on a fresh one, within the same timeout
                 if start.elapsed() >= timeout {
-                    return H2Outcome::Done(Err(PostError {
-                        kind: RpcErrorKind::Timeout(timeout),
-                        before_answer: true,
-                    }));
+                    return H2Outcome::Done(Err(PostError::before(RpcErrorKind::Timeout(timeout))));
                 }
                 H2Outcome::Done(checkout(true).and_then(|(conn, _)| exchange(&conn)))
             }
@@ -783,10 +802,7 @@ impl Agents {
                 let (agent, _) = self.checkout(ep);
                 let left = timeout.saturating_sub(start.elapsed());
                 if left.is_zero() {
-                    Err(PostError {
-                        kind: RpcErrorKind::Timeout(timeout),
-                        before_answer: true,
-                    })
+                    Err(PostError::before(RpcErrorKind::Timeout(timeout)))
                 } else {
                     post_once(&agent, ep, body, left, max_response_bytes)
                 }
@@ -832,10 +848,7 @@ fn post_once(
         .build()
         .header("content-type", "application/json")
         .send(body)
-        .map_err(|e| PostError {
-            kind: classify_transport_error(e, timeout),
-            before_answer: true,
-        })?;
+        .map_err(|e| PostError::before(classify_transport_error(e, timeout)))?;
     let status = resp.status().as_u16();
     let header = |name: &str| {
         resp.headers()
@@ -875,10 +888,7 @@ fn post_once(
                 }
             }
         };
-        return Err(PostError {
-            kind,
-            before_answer: false,
-        });
+        return Err(PostError::after(kind));
     }
     Ok((status, retry_after, location, buf))
 }
