@@ -551,6 +551,14 @@ def p4(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, rows: int, batches
     return res
 
 
+def cpu_ceilings(r: dict) -> list[float]:
+    """Per pair: the sweep/replay ratio of a pass whose CPU seconds (backend + anvil) kept every CPU
+    busy from start to end (the best any overlap of database and node work can do here)."""
+    n = os.cpu_count() or 1
+    return [(p["done"] / ((p["cpu_backend"] + p["cpu_anvil"]) / n)) / (r["replay_wallets"] / x)
+            for p, x in zip(r["passes"], r["replay"])]
+
+
 def memory_ticks(cluster: Cluster, anvil: Anvil, rows: int, batch: int, chunk: int, ticks: int) -> dict:
     with cluster.connect("bench") as c:
         age_all(c)
@@ -720,8 +728,8 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
     out("| rpc_concurrency | batch | chunk | pairs x ticks | sweep pass wallets/s (min/med/max) | tick wallets/s (min/med/max) | "
         "bare keep-alive replay wallets/s (min/med/max) | sweep/replay per pair (min/med/max) | TCP connects per pass | "
         "one tick via proxy: requests / conns | RssAnon peak | VmHWM | s per pass: wall / in RPC requests / rest | "
-        "CPU s per pass: backend / anvil | anvil CPU s per replay |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "CPU s per pass: backend / anvil | anvil CPU s per replay | CPU ceiling of sweep/replay (median) |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in p4r:
         runs = r["passes"]
         rates = [p["done"] / p["wall"] for p in runs]
@@ -739,11 +747,13 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
             f"{statistics.median(p['wall'] for p in runs):,.2f} / {statistics.median(p['rpc_s'] for p in runs):,.2f} / "
             f"{statistics.median(p['wall'] - p['rpc_s'] for p in runs):,.2f} | "
             f"{statistics.median(p['cpu_backend'] for p in runs):,.1f} / {statistics.median(p['cpu_anvil'] for p in runs):,.1f} | "
-            f"{statistics.median(r['replay_cpu_anvil']):,.1f} |")
+            f"{statistics.median(r['replay_cpu_anvil']):,.1f} | {statistics.median(cpu_ceilings(r)):.2f} |")
     out("    each pair = a bare replay of a pass's worth of the tick's bodies, then one sweep pass, back to back; "
         "sweep/replay = the two rates of one pair (median in bold)")
     out("    'TCP connects per pass' = /proc/net/snmp ActiveOpens delta over the pass (this network namespace); "
         "'N+M' requests = N aggregate3 eth_calls + M others (named)")
+    out(f"    'CPU ceiling' = the ratio the pass would reach if its CPU seconds (backend with its helper threads + anvil) "
+        f"kept all {os.cpu_count()} CPUs busy for the whole pass, taken per pair: above it no overlap can go on this machine")
     out("    'in RPC requests' = the extension's own per-request timing (rpc_endpoint_stats_server delta); 'rest' = "
         "claim + encode/decode + upsert + commit + the client round trip")
     out("    updated / skipped / failed over all passes: " + "; ".join(
