@@ -96,12 +96,9 @@ impl Conn {
         // resolved here, on the helper thread: the runtime never runs a blocking resolver
         let addrs: Vec<SocketAddr> = url
             .socket_addrs(|| Some(80))
-            .map_err(|_| PostError::before(RpcErrorKind::Connect("host not found".into())))?;
-        if addrs.is_empty() {
-            return Err(PostError::before(RpcErrorKind::Connect(
-                "host not found".into(),
-            )));
-        }
+            .ok()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| PostError::before(RpcErrorKind::Connect("host not found".into())))?;
         let left = timeout.saturating_sub(start.elapsed());
         let closed = Arc::new(AtomicBool::new(false));
         let handle = rt.handle().clone();

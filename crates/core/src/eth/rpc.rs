@@ -560,6 +560,14 @@ impl PostError {
     }
 }
 
+/// What is left of `timeout` since `start`: a timeout (before any answer) when nothing is.
+fn time_left(start: Instant, timeout: Duration) -> Result<Duration, PostError> {
+    match timeout.saturating_sub(start.elapsed()) {
+        left if left.is_zero() => Err(PostError::before(RpcErrorKind::Timeout(timeout))),
+        left => Ok(left),
+    }
+}
+
 /// An HTTP/2 exchange either ends, or shows that the server does not speak HTTP/2.
 enum H2Outcome {
     Done(Result<Answer, PostError>),
@@ -681,12 +689,8 @@ impl Agents {
                         lock(&self.inner)
                             .h1_only
                             .insert(ep.url().to_string(), Instant::now());
-                        let left = timeout.saturating_sub(start.elapsed());
-                        if left.is_zero() {
-                            Err(PostError::before(RpcErrorKind::Timeout(timeout)))
-                        } else {
-                            self.post_h1(ep, body, left, max_response_bytes)
-                        }
+                        time_left(start, timeout)
+                            .and_then(|left| self.post_h1(ep, body, left, max_response_bytes))
                     }
                 }
             }
@@ -772,10 +776,11 @@ impl Agents {
                     && matches!(err.kind, RpcErrorKind::ConnectionLost(_)) =>
             {
                 // a stale connection: once more on a fresh one, within the same timeout
-                if start.elapsed() >= timeout {
-                    return H2Outcome::Done(Err(PostError::before(RpcErrorKind::Timeout(timeout))));
-                }
-                H2Outcome::Done(checkout(true).and_then(|(conn, _)| exchange(&conn)))
+                H2Outcome::Done(
+                    time_left(start, timeout)
+                        .and_then(|_| checkout(true))
+                        .and_then(|(conn, _)| exchange(&conn)),
+                )
             }
             r => H2Outcome::Done(r),
         }
@@ -800,12 +805,8 @@ impl Agents {
                 // A stale keep-alive connection: once more on a fresh one, within the same timeout.
                 self.discard(ep);
                 let (agent, _) = self.checkout(ep);
-                let left = timeout.saturating_sub(start.elapsed());
-                if left.is_zero() {
-                    Err(PostError::before(RpcErrorKind::Timeout(timeout)))
-                } else {
-                    post_once(&agent, ep, body, left, max_response_bytes)
-                }
+                time_left(start, timeout)
+                    .and_then(|left| post_once(&agent, ep, body, left, max_response_bytes))
             }
             r => r,
         };
