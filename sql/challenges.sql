@@ -33,61 +33,9 @@ COMMENT ON COLUMN audius_indexer.challenge_processor_state.ue_checkpoint IS
 COMMENT ON COLUMN audius_indexer.challenge_processor_state.users_block IS
   'r/rv only: users rows with (blocknumber, user_id, txhash) past this position have not been checked for a verification change.';
 
--- The seed's migration 0211 "start from now": the four checkpoints set to the current maximum
--- user_events.blocknumber where absent. Also pins the verification scan of r/rv to the current maximum
--- users.blocknumber where it has no position yet. The first run after it has nothing to do.
-CREATE FUNCTION audius_indexer.seed_challenge_checkpoints()
-RETURNS TABLE (tablename text, last_checkpoint bigint)
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, public, pg_temp
-AS $fn$
-DECLARE
-  v_head bigint;
-BEGIN
-  PERFORM pg_catalog.pg_advisory_xact_lock(1635083621, 3);  -- not while a run is in progress
-  SELECT COALESCE(max(ue.blocknumber), 0) INTO v_head FROM public.user_events ue;
-  INSERT INTO public.indexing_checkpoints AS ic (tablename, last_checkpoint)
-  SELECT 'challenges:' || p.id || ':last_blocknumber', v_head
-    FROM pg_catalog.unnest(ARRAY['m', 'r', 'rv', 'rd']) AS p(id)
-  ON CONFLICT ON CONSTRAINT indexing_checkpoints_pkey DO NOTHING;
-  UPDATE audius_indexer.challenge_processor_state s
-     SET users_block = (SELECT COALESCE(max(u.blocknumber), 0) FROM public.users u),
-         users_user_id = NULL, users_txhash = NULL
-   WHERE s.challenge_id IN ('r', 'rv') AND s.users_block IS NULL;
-  RETURN QUERY
-    SELECT ic.tablename::text, ic.last_checkpoint::bigint
-      FROM public.indexing_checkpoints ic
-      JOIN pg_catalog.unnest(ARRAY['m', 'r', 'rv', 'rd']) WITH ORDINALITY AS p(id, ord)
-        ON ic.tablename = 'challenges:' || p.id || ':last_blocknumber'
-     ORDER BY p.ord;
-END
-$fn$;
-COMMENT ON FUNCTION audius_indexer.seed_challenge_checkpoints() IS
-  'Cutover "start from now" (the seed''s migration 0211): sets the m/r/rv/rd checkpoints to max(user_events.blocknumber) where absent (ON CONFLICT DO NOTHING) and pins the r/rv verification scan to max(users.blocknumber); returns the four checkpoints.';
-
--- Checkpoint and head per processor, read at query time (the Audius tables may not exist).
-CREATE FUNCTION audius_indexer._challenge_checkpoints()
-RETURNS TABLE (challenge_id text, checkpoint bigint, head bigint)
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, public, pg_temp
-AS $fn$
-DECLARE
-  v_head bigint;
-BEGIN
-  IF pg_catalog.to_regclass('public.user_events') IS NULL
-     OR pg_catalog.to_regclass('public.indexing_checkpoints') IS NULL THEN
-    RETURN QUERY SELECT p.id, NULL::bigint, NULL::bigint
-                   FROM pg_catalog.unnest(ARRAY['m', 'r', 'rv', 'rd']) AS p(id);
-    RETURN;
-  END IF;
-  EXECUTE 'SELECT max(blocknumber)::bigint FROM public.user_events' INTO v_head;
-  RETURN QUERY EXECUTE
-    'SELECT p.id, ic.last_checkpoint::bigint, $1
-       FROM pg_catalog.unnest(ARRAY[''m'', ''r'', ''rv'', ''rd'']) AS p(id)
-       LEFT JOIN public.indexing_checkpoints ic ON ic.tablename = ''challenges:'' || p.id || '':last_blocknumber'''
-    USING v_head;
-END
-$fn$;
+-- seed_challenge_checkpoints() (Audius migration 0211 "start from now") and _challenge_checkpoints()
+-- (checkpoint and head per processor, read at query time: the Audius tables may not exist) are C
+-- functions (src/api/challenges.rs): they read and write the Audius tables as those tables' owners.
 
 CREATE VIEW audius_indexer.challenge_processor_status AS
 SELECT s.challenge_id,

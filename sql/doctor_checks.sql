@@ -1,12 +1,10 @@
 -- audius_indexer doctor(): the database checks, one row each (check_name, ok, detail).
--- Run by src/api/doctor.rs (included at compile time) with $1 = whether the library is preloaded,
--- $2 = the chain head the RPC checks saw (NULL when no endpoint answered). Everything here is
--- readable by audius_indexer_operator (doctor() is SECURITY DEFINER); no superuser-only setting is read.
-SELECT 'table eth_wallet_balances', to_regclass('public.eth_wallet_balances') IS NOT NULL,
-       coalesce((SELECT 'rows: ' || count(*) FROM public.eth_wallet_balances), 'missing')
- WHERE to_regclass('public.eth_wallet_balances') IS NOT NULL
-UNION ALL
-SELECT 'table eth_wallet_balances', false, 'missing' WHERE to_regclass('public.eth_wallet_balances') IS NULL
+-- Run by src/api/doctor.rs (included at compile time) as the extension owner with search_path =
+-- pg_catalog, pg_temp, with $1 = whether the library is preloaded, $2 = the chain head the RPC checks
+-- saw (NULL when no endpoint answered), and what doctor() read from public.eth_wallet_balances as
+-- that table's owner: $3 = its rows (NULL: the table is missing), $4 = rows stamped above $2, $5 =
+-- their highest stamp. No superuser-only setting is read.
+SELECT 'table eth_wallet_balances', $3 IS NOT NULL, coalesce('rows: ' || $3, 'missing')
 UNION ALL
 -- The dedupe GINs must have fastupdate off: with a pending list, every `@>` lookup of the triggers
 -- also scans the list, and a burst of completions (a challenge catch-up) slows down quadratically.
@@ -95,22 +93,47 @@ SELECT 'challenge processor ' || s.challenge_id,
   FROM audius_indexer.challenge_processor_status s
  WHERE to_regclass('public.user_events') IS NOT NULL
 UNION ALL
-SELECT 'rows stamped above the chain head', n = 0,
-       CASE WHEN n = 0 THEN 'none above head block ' || $2
-            ELSE n || ' row(s) with blocknumber > head block ' || $2 || ' (max ' || mx
+SELECT 'rows stamped above the chain head', $4 = 0,
+       CASE WHEN $4 = 0 THEN 'none above head block ' || $2
+            ELSE $4 || ' row(s) with blocknumber > head block ' || $2 || ' (max ' || $5
                  || '): the block guard keeps every read from updating them; check the node and RESET their blocknumber' END
-  FROM (SELECT count(*) AS n, max(blocknumber) AS mx FROM public.eth_wallet_balances
-         WHERE blocknumber > $2) AS a
- WHERE $2 IS NOT NULL AND to_regclass('public.eth_wallet_balances') IS NOT NULL
+ WHERE $2 IS NOT NULL AND $3 IS NOT NULL
 UNION ALL
 SELECT 'search_path safety', roles IS NULL,
-       coalesce('non-superuser roles that may CREATE in schema public, which the balance upsert and the Audius '
-                || 'triggers it fires search (functions run as the extension owner): ' || roles
-                || '. REVOKE CREATE ON SCHEMA public FROM them, or accept that they can run code as the owner.',
+       coalesce('non-superuser roles that may CREATE in schema public, where the Audius triggers fired by the '
+                || 'extension''s writes (as the tables'' owners) look up the names they do not qualify: ' || roles
+                || '. REVOKE CREATE ON SCHEMA public FROM them (a database upgraded from PostgreSQL 14 or older '
+                || 'still grants it to PUBLIC), or accept that they can run code as those owners.',
                 'no role but superusers may CREATE in schema public')
   FROM (SELECT string_agg(r.rolname, ', ' ORDER BY r.rolname) AS roles FROM pg_catalog.pg_roles r
          WHERE NOT r.rolsuper AND r.rolname !~ '^pg_'
            AND pg_catalog.has_schema_privilege(r.oid, 'public', 'CREATE')) AS s
+UNION ALL
+SELECT 'database CREATE privilege', roles IS NULL,
+       coalesce('non-superuser roles that may CREATE schemas in this database (a schema named after a role '
+                || 'is searched first by "$user" in the default search_path of sessions of that role): ' || roles
+                || '. The extension pins its own search_path and never uses "$user"; REVOKE CREATE ON DATABASE '
+                || 'from roles that do not need it.',
+                'no role but superusers may CREATE schemas in this database')
+  FROM (SELECT string_agg(r.rolname, ', ' ORDER BY r.rolname) AS roles FROM pg_catalog.pg_roles r
+         WHERE NOT r.rolsuper AND r.rolname !~ '^pg_'
+           AND pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'CREATE')) AS s
+UNION ALL
+-- Who owns the Audius tables the extension writes, and the triggers on them: their code runs as
+-- the table owner when the extension writes (never as the extension owner).
+SELECT 'owner of ' || t.tbl, true,
+       'owned by ' || pg_catalog.pg_get_userbyid(c.relowner)
+       || CASE WHEN r.rolsuper THEN ' (superuser)' ELSE '' END
+       || '; the extension writes it as that role'
+       || coalesce('; triggers: ' || (SELECT string_agg(tg.tgname || ' → ' || tg.tgfoid::pg_catalog.regprocedure::text
+                                                        || ' (function owner ' || pg_catalog.pg_get_userbyid(p.proowner) || ')',
+                                                        ', ' ORDER BY tg.tgname)
+                                        FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid
+                                       WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal), '; no triggers')
+  FROM (VALUES ('public.eth_wallet_balances'), ('public.eth_indexer_checkpoints'),
+               ('public.user_challenges'), ('public.indexing_checkpoints')) AS t(tbl)
+  JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(t.tbl)
+  JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
 UNION ALL
 SELECT 'sweep status', last_error IS NULL OR last_error_at < last_tick_finished,
        format('last tick %s, lag %s, %s wallets in back-off%s', coalesce(last_tick_finished::text, 'never'),

@@ -80,30 +80,24 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
   UPDATE audius_indexer.follow_state SET last_error = p_message, last_error_at = clock_timestamp();
 $$;
 
--- The seed's saveCheckpoint (last_block = GREATEST(existing, new), updated_at = now()), plus the
--- block's hash and time.
-CREATE FUNCTION audius_indexer._follow_save_checkpoint(p_name text, p_block bigint, p_hash text, p_time bigint)
+-- The hash and time of the block a step ended on (the checkpoint itself, public.eth_indexer_checkpoints,
+-- is written by src/audius_tables.rs as that table's owner, with the Go eth-indexer's GREATEST rule).
+CREATE FUNCTION audius_indexer._follow_save_block(p_block bigint, p_hash text, p_time bigint)
 RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-  INSERT INTO public.eth_indexer_checkpoints AS c (name, last_block, updated_at)
-  VALUES (p_name, p_block, now())
-  ON CONFLICT (name) DO UPDATE SET last_block = GREATEST(c.last_block, EXCLUDED.last_block), updated_at = now();
   INSERT INTO audius_indexer.follow_blocks (block, hash, block_time)
-  VALUES (p_block, p_hash, to_timestamp(p_time))
+  VALUES (p_block, p_hash, pg_catalog.to_timestamp(p_time))
   ON CONFLICT (block) DO UPDATE SET hash = EXCLUDED.hash, block_time = EXCLUDED.block_time;
   DELETE FROM audius_indexer.follow_blocks WHERE block < p_block - 10000;
 $$;
 
--- A reorg below p_checkpoint with common ancestor p_ancestor: the rows about to be re-read go back
--- to the ancestor's stamp (so the block guard lets the new chain's values in), the checkpoint goes
--- back (the only place it ever moves backwards), hashes above the ancestor are forgotten.
-CREATE FUNCTION audius_indexer._follow_reorg(p_name text, p_checkpoint bigint, p_ancestor bigint, p_wallets text[])
+-- A reorg below p_checkpoint with common ancestor p_ancestor: hashes above the ancestor are
+-- forgotten and the reorg is counted. (The rows about to be re-read go back to the ancestor's
+-- stamp and the checkpoint goes back to the ancestor in src/audius_tables.rs, as the owners of
+-- those tables.)
+CREATE FUNCTION audius_indexer._follow_reorg(p_checkpoint bigint, p_ancestor bigint)
 RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-  UPDATE public.eth_wallet_balances SET blocknumber = p_ancestor
-   WHERE wallet OPERATOR(pg_catalog.=) ANY (p_wallets) AND blocknumber > p_ancestor;
-  UPDATE public.eth_indexer_checkpoints SET last_block = p_ancestor, updated_at = now()
-   WHERE name = p_name AND last_block > p_ancestor;
   DELETE FROM audius_indexer.follow_blocks WHERE block > p_ancestor;
   UPDATE audius_indexer.follow_state
      SET reorgs = reorgs + 1, last_reorg_at = clock_timestamp(),

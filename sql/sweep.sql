@@ -37,64 +37,12 @@ CREATE TABLE audius_indexer.sweep_state (
 );
 INSERT INTO audius_indexer.sweep_state DEFAULT VALUES;
 
--- The seed's upsert, kept exactly (eth/indexer/eth_indexer.go upsertBalanceUpdates):
--- insert NULLIF(block, 0); on conflict balance = new, blocknumber = existing when the new one is
--- NULL, else GREATEST(COALESCE(existing, 0), new); updated_at = now().
--- Beyond the seed, with only_if_not_older => true a row already stamped with a newer block than
--- the read is left alone (an older read never overwrites a newer value) and marked checked:
--- updated_at = now(), balance and blocknumber untouched, so it leaves the head of the sweep queue
--- (a row stamped ahead of a lagging node would otherwise be the stalest row again on every tick).
--- Rows are written in wallet order so concurrent upserts lock in the same order (no deadlocks).
--- Returns the wallets written.
---
--- _upsert_balances is the statement itself, for callers whose keys are already in the stored form
--- (the extension's own writers: they build them from parsed addresses); upsert_wallet_balances
--- checks the keys first (the SQL entry point).
---
--- search_path: the Audius triggers on eth_wallet_balances (on_eth_wallet_balance_changes →
--- update_eth_user_balance) name users, associated_wallets, eth_user_balances without a schema and
--- run with the search_path in force here. It is pinned to pg_catalog, public (the schema holding
--- eth_wallet_balances), pg_temp: names resolve as for the table owner's ordinary INSERT, builtins
--- first, temporary objects last (never functions), and nothing a caller puts on its own
--- search_path is consulted. Everything these bodies call is qualified. doctor() flags roles other
--- than superusers that may CREATE in public (they could place objects the triggers would find).
-CREATE FUNCTION audius_indexer._upsert_balances(
-  wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean)
-RETURNS SETOF text
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, public, pg_temp
-AS $$
-DECLARE
-  written bigint;
-BEGIN
-  RETURN QUERY
-  WITH written AS (
-    INSERT INTO public.eth_wallet_balances AS e (wallet, balance, blocknumber, updated_at)
-    SELECT u.w, u.b, NULLIF(u.bl, 0), pg_catalog.now()
-    FROM ROWS FROM (pg_catalog.unnest(wallets), pg_catalog.unnest(balances), pg_catalog.unnest(blocks)) AS u(w, b, bl)
-    ORDER BY u.w
-    ON CONFLICT (wallet) DO UPDATE SET
-      balance     = EXCLUDED.balance,
-      blocknumber = CASE WHEN EXCLUDED.blocknumber IS NULL THEN e.blocknumber
-                         ELSE GREATEST(COALESCE(e.blocknumber, 0), EXCLUDED.blocknumber) END,
-      updated_at  = pg_catalog.now()
-    WHERE NOT only_if_not_older
-       OR e.blocknumber IS NULL
-       OR EXCLUDED.blocknumber IS NULL
-       OR e.blocknumber <= EXCLUDED.blocknumber
-    RETURNING e.wallet)
-  SELECT w.wallet FROM written AS w;
-  GET DIAGNOSTICS written = ROW_COUNT;
-  IF only_if_not_older AND written < pg_catalog.cardinality(wallets) THEN
-    -- The rows the guard left alone (already locked by the INSERT above, in wallet order); none
-    -- when every row was written, the usual case: then no second pass over the wallets.
-    UPDATE public.eth_wallet_balances AS e SET updated_at = pg_catalog.now()
-      FROM ROWS FROM (pg_catalog.unnest(wallets), pg_catalog.unnest(blocks)) AS u(w, bl)
-     WHERE e.wallet = u.w AND u.bl > 0 AND e.blocknumber > u.bl;
-  END IF;
-END
-$$;
-
+-- The balance upsert itself (the Go eth-indexer's NULLIF/GREATEST rules, the block guard) is
+-- audius_indexer._upsert_balances(text[], numeric[], bigint[], boolean), a C function
+-- (src/audius_tables.rs) that runs the statement as the owner of public.eth_wallet_balances in a
+-- security-restricted operation: the Audius triggers it fires (on_eth_wallet_balance_changes →
+-- update_eth_user_balance()) run with that owner's rights and search_path = pg_catalog, public,
+-- pg_temp, never with the extension owner's.
 CREATE FUNCTION audius_indexer.upsert_wallet_balances(
   wallets text[], balances numeric[], blocks bigint[], only_if_not_older boolean DEFAULT false)
 RETURNS SETOF text
@@ -129,30 +77,8 @@ $$;
 COMMENT ON FUNCTION audius_indexer.upsert_wallet_balances(text[], numeric[], bigint[], boolean) IS
   'The Audius eth_wallet_balances upsert (NULLIF/GREATEST block rules); only_if_not_older skips rows stamped with a newer block.';
 
--- The stalest wallets, oldest updated_at first (eth_wallet_balances_updated_at_idx), skipping
--- wallets that are backed off after failures. With no wallet in back-off (the usual case: one
--- probe of wallet_failures_next_attempt_idx) the stalest rows are read straight off the index,
--- without an anti-join probe per row.
-CREATE FUNCTION audius_indexer._stale_batch(batch integer)
-RETURNS SETOF text
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f WHERE f.next_attempt > now()) THEN
-    RETURN QUERY
-    SELECT w.wallet
-    FROM public.eth_wallet_balances w
-    WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f
-                      WHERE f.wallet = w.wallet AND f.next_attempt > now())
-    ORDER BY w.updated_at
-    LIMIT batch;
-  ELSE
-    RETURN QUERY
-    SELECT w.wallet FROM public.eth_wallet_balances w ORDER BY w.updated_at LIMIT batch;
-  END IF;
-END
-$$;
+-- The stalest wallets (claimed by src/sweep.rs): read from public.eth_wallet_balances as its owner
+-- (src/audius_tables.rs), leaving out the wallets backed off in wallet_failures.
 
 -- Records failed reads: attempts + 1, back-off base·2^(attempts-1) seconds, capped.
 CREATE FUNCTION audius_indexer._record_failures(

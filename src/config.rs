@@ -8,6 +8,7 @@ use crate::eth::address::parse_address;
 use crate::eth::rpc::{self, Endpoint, RetryPolicy};
 use crate::gucs;
 use alloy_primitives::Address;
+use audius_indexer_core::settings;
 use pgrx::{PgSqlErrorCode, PgSqlErrorCode::*};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub struct Config {
     pub attempt_timeout: Duration,
     pub policy: RetryPolicy,
     pub cooldown: Duration,
+    /// Largest answer: `min(rpc_max_response_bytes, 256 MB / concurrency)`.
     pub max_response_bytes: u64,
     /// Chunks in flight per read (`rpc_concurrency`).
     pub concurrency: usize,
@@ -64,17 +66,82 @@ fn endpoint_source() -> EndpointSource {
     EndpointSource::None
 }
 
-/// Reads and parses the endpoints file. Errors name the path (which is not a secret), never the
-/// file's content.
+/// How an `rpc_urls_file` must be, for the hint of every refusal.
+const ENDPOINT_FILE_HINT: &str = "The file must be a regular file (not a symbolic link) of at most 64 kB, owned by \
+     the server's OS user or root, not writable by group or others: chown postgres FILE; chmod 0600 FILE.";
+
+/// Reads and parses the endpoints file, with checks like PostgreSQL's on `ssl_key_file`: opened
+/// with `O_NOFOLLOW | O_NONBLOCK` (a symbolic link is refused, a FIFO or device cannot block the
+/// open), then `fstat` of the opened file must show a regular file of at most 64 kB owned by the
+/// server's OS user (`geteuid`) or root and not writable by group or others
+/// (`audius_indexer_core::settings::check_endpoint_file`); at most 64 kB + 1 bytes are read.
+/// Errors name the path (which is not a secret) and the rule that failed, never the file's
+/// content: 58P01 missing, 42501 not readable / a symbolic link / wrong owner / writable by
+/// others, 22023 not a regular file / too large / not UTF-8 / a bad line, 58030 other I/O errors.
 fn read_endpoint_file(path: &str) -> Result<Vec<Endpoint>, EndpointError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    use audius_indexer_core::settings::{self as rules, FileFacts, FileRefusal};
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    let hint = || Some(ENDPOINT_FILE_HINT.to_string());
+    let refused = |r: FileRefusal| {
+        let code = match r.sqlstate() {
+            "42501" => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            _ => ERRCODE_INVALID_PARAMETER_VALUE,
+        };
+        let msg = format!("audius_indexer.rpc_urls_file {path:?} is refused: {r}");
+        (code, msg, hint())
+    };
+    let io_failed = |what: &str, e: std::io::Error| {
         let code = match e.kind() {
             std::io::ErrorKind::NotFound => ERRCODE_UNDEFINED_FILE,
             std::io::ErrorKind::PermissionDenied => ERRCODE_INSUFFICIENT_PRIVILEGE,
             _ => ERRCODE_IO_ERROR,
         };
-        let msg = format!("cannot read audius_indexer.rpc_urls_file {path:?}: {e}");
+        let msg = format!("cannot {what} audius_indexer.rpc_urls_file {path:?}: {e}");
         (code, msg, None)
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // O_NOFOLLOW on a path whose last component is a symbolic link.
+            Some(libc::ELOOP) => refused(FileRefusal::Symlink),
+            _ => io_failed("open", e),
+        })?;
+    let meta = file.metadata().map_err(|e| io_failed("fstat", e))?;
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    let facts = FileFacts {
+        regular: ft.is_file(),
+        kind,
+        size: meta.size(),
+        uid: meta.uid(),
+        mode: meta.mode() & 0o7777,
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let server_uid = unsafe { libc::geteuid() };
+    rules::check_endpoint_file(&facts, server_uid).map_err(refused)?;
+    let mut bytes = Vec::with_capacity(facts.size as usize);
+    (&mut file)
+        .take(rules::MAX_ENDPOINT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_failed("read", e))?;
+    let text = rules::endpoint_file_text(bytes).map_err(|why| {
+        let msg = format!("audius_indexer.rpc_urls_file {path:?} is refused: {why}");
+        (ERRCODE_INVALID_PARAMETER_VALUE, msg, hint())
     })?;
     rpc::parse_endpoint_file(&text).map_err(|e| {
         let msg = format!("audius_indexer.rpc_urls_file {path:?} is invalid: {e}");
@@ -118,6 +185,12 @@ impl Config {
     pub fn from_settings() -> Config {
         let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
         let max_retries = gucs::RPC_MAX_RETRIES.get().max(0) as u32;
+        // The answers in flight are bounded (256 MB) whatever the two settings say.
+        let concurrency = settings::effective_concurrency(gucs::RPC_CONCURRENCY.get().into());
+        let max_response_bytes = settings::effective_max_response_bytes(
+            gucs::RPC_MAX_RESPONSE_BYTES.get().into(),
+            concurrency,
+        );
         Config {
             endpoints: configured_endpoints(),
             contracts: Contracts {
@@ -139,8 +212,8 @@ impl Config {
                 budget: ms(gucs::RPC_RETRY_BUDGET_MS.get()),
             },
             cooldown: ms(gucs::RPC_FAILOVER_COOLDOWN_MS.get()),
-            max_response_bytes: gucs::RPC_MAX_RESPONSE_BYTES.get().max(1024) as u64,
-            concurrency: gucs::RPC_CONCURRENCY.get().clamp(1, 32) as usize,
+            max_response_bytes,
+            concurrency,
             idle_timeout: ms(gucs::RPC_IDLE_TIMEOUT_MS.get()),
             http2: gucs::RPC_HTTP2.get(),
         }

@@ -62,23 +62,32 @@ fn spi<T>(r: Result<T, pgrx::spi::Error>) -> T {
     r.unwrap_or_else(|e| crate::errors::spi_error(e))
 }
 
+/// The node's header of block `number`: refused (08P01 naming the host and the field, the next
+/// endpoint asked) unless it is that block, with a well-formed hash and timestamp.
 fn header(cfg: &Config, number: u64) -> Header {
     reader::request(
         cfg,
         |id| logs::get_block_body(id, number),
-        logs::parse_header,
+        move |ep, v| logs::parse_header(ep, v, number),
     )
     .unwrap_or_else(|e| reader::raise_exec(e, "eth_getBlockByNumber failed"))
 }
 
-/// `eth_getLogs` over `[from, to]`: Ok(logs), or the refusal to bisect, or an ERROR.
+/// `eth_getLogs` over `[from, to]`: Ok(logs), or the refusal to bisect, or an ERROR. Every log
+/// must be of the asked range, address and topic (`logs::parse_logs`), else 08P01.
 fn get_logs(cfg: &Config, from: u64, to: u64) -> Result<Vec<logs::Log>, rpc::RpcError> {
     let token = normalize(&cfg.contracts.token);
     let topic = logs::transfer_topic();
+    let query = logs::LogQuery {
+        from,
+        to,
+        address: cfg.contracts.token,
+        topic0: topic,
+    };
     match reader::request(
         cfg,
         |id| logs::get_logs_body(id, &token, &topic, from, to),
-        logs::parse_logs,
+        move |ep, v| logs::parse_logs(ep, v, &query),
     ) {
         Ok(l) => Ok(l),
         Err(ExecError::Rpc(e)) if e.refuses_range() => Err(e),
@@ -86,28 +95,19 @@ fn get_logs(cfg: &Config, from: u64, to: u64) -> Result<Vec<logs::Log>, rpc::Rpc
     }
 }
 
-/// The checkpoint row (None on first boot).
+/// The checkpoint row (None on first boot), read as the owner of `eth_indexer_checkpoints`.
 fn load_checkpoint() -> Option<i64> {
-    spi(Spi::connect(|c| {
-        let t = c.select(
-            "SELECT last_block FROM public.eth_indexer_checkpoints WHERE name = $1",
-            Some(1),
-            &[CHECKPOINT_NAME.into()],
-        )?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        t.first().get_one::<i64>()
-    }))
+    crate::audius_tables::load_checkpoint(CHECKPOINT_NAME)
 }
 
-/// The seed's `saveCheckpoint`: `last_block = GREATEST(existing, new)`, `updated_at = now()`;
-/// plus the block's hash and time for the next step's reorg check.
+/// The Go eth-indexer's `saveCheckpoint` (`GREATEST(existing, new)`, as the owner of
+/// `eth_indexer_checkpoints`), plus the block's hash and time for the next step's reorg check.
+/// `h` is a header the node showed for exactly the block asked for (`logs::parse_header`).
 fn save_checkpoint(h: &Header) {
+    crate::audius_tables::save_checkpoint(CHECKPOINT_NAME, h.number as i64);
     spi(Spi::run_with_args(
-        "SELECT audius_indexer._follow_save_checkpoint($1, $2, $3, $4)",
+        "SELECT audius_indexer._follow_save_block($1, $2, $3)",
         &[
-            CHECKPOINT_NAME.into(),
             (h.number as i64).into(),
             format!("{:#x}", h.hash).into(),
             (h.timestamp as i64).into(),
@@ -138,45 +138,18 @@ fn stored_hashes(checkpoint: i64, depth: i64) -> Vec<(u64, B256)> {
     .unwrap_or_else(|e| crate::errors::spi_error(e))
 }
 
-/// The seed's `filterTracked` (lowercased `users.wallet` ∪ `associated_wallets` with
-/// `chain = 'eth'` and `is_delete = false`, no `is_current` filter) plus wallets already in
-/// `eth_wallet_balances`. Tables are resolved through the search_path; a missing `users` or
-/// `associated_wallets` is left out. Returns the tracked candidates in the given order.
+/// The Go eth-indexer's `filterTracked` (src/audius_tables.rs: each Audius table asked as its
+/// owner, a missing `users` or `associated_wallets` left out). Returns the tracked candidates in
+/// the given order.
 fn filter_tracked(candidates: &[(Address, u64)]) -> Vec<(String, i64)> {
     if candidates.is_empty() {
         return Vec::new();
     }
-    let (has_users, has_associated) = spi(Spi::get_two::<bool, bool>(
-        "SELECT pg_catalog.to_regclass('users') IS NOT NULL, \
-                pg_catalog.to_regclass('associated_wallets') IS NOT NULL",
-    ));
-    let mut sql = String::from(
-        "SELECT c.w, c.b FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bigint[])) WITH ORDINALITY AS c(w, b, o) \
-         WHERE EXISTS (SELECT 1 FROM public.eth_wallet_balances e WHERE e.wallet = c.w)",
-    );
-    if has_users == Some(true) {
-        sql.push_str(" OR EXISTS (SELECT 1 FROM users u WHERE pg_catalog.lower(u.wallet) = c.w)");
-    }
-    if has_associated == Some(true) {
-        sql.push_str(
-            " OR EXISTS (SELECT 1 FROM associated_wallets a WHERE a.chain = 'eth' \
-               AND a.is_delete = false AND pg_catalog.lower(a.wallet) = c.w)",
-        );
-    }
-    sql.push_str(" ORDER BY c.o");
     let keys: Vec<String> = candidates.iter().map(|(a, _)| normalize(a)).collect();
-    let blocks: Vec<i64> = candidates.iter().map(|(_, b)| *b as i64).collect();
-    Spi::connect(|c| {
-        c.select(&sql, None, &[keys.into(), blocks.into()])?
-            .map(|r| {
-                Ok((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<i64>(2)?.unwrap_or(0),
-                ))
-            })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-    })
-    .unwrap_or_else(|e| crate::errors::spi_error(e))
+    crate::audius_tables::tracked(&keys)
+        .into_iter()
+        .map(|i| (keys[i].clone(), candidates[i].1 as i64))
+        .collect()
 }
 
 fn entries(wallets: Vec<(String, Option<i64>)>) -> Vec<Entry> {
@@ -391,11 +364,15 @@ fn run_step<S: Steps>(
     if from > to {
         return out;
     }
+    // At most MAX_RANGES_PER_STEP ranges per step; the next step continues from the checkpoint.
+    let to = logs::step_end(from as u64, to as u64, range_size) as i64;
     out.from_block = Some(from);
     out.to_block = Some(to);
-    let mut work: Vec<(u64, u64)> = logs::plan_ranges(from as u64, to as u64, range_size);
-    work.reverse();
-    while let Some((a, b)) = work.pop() {
+    // Ranges planned lazily; the halves of a refused range (bisected) go on `work` and are done
+    // before the next planned range, in block order.
+    let mut planned = logs::plan_ranges(from as u64, to as u64, range_size);
+    let mut work: Vec<(u64, u64)> = Vec::new();
+    while let Some((a, b)) = work.pop().or_else(|| planned.next()) {
         let found = match get_logs(&cfg, a, b) {
             Ok(l) => l,
             Err(e) => match logs::bisect(a, b) {
@@ -434,18 +411,7 @@ fn run_step<S: Steps>(
 /// Returns the new checkpoint.
 fn reorg<S: Steps>(steps: &mut S, checkpoint: i64, ancestor: i64) -> i64 {
     log!("audius_indexer follow: reorg detected at block {checkpoint}; common ancestor {ancestor}");
-    let stamped: Vec<String> = steps.sql(|| {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT wallet FROM public.eth_wallet_balances WHERE blocknumber > $1 ORDER BY wallet",
-                None,
-                &[ancestor.into()],
-            )?
-            .map(|r| Ok(r.get::<String>(1)?.unwrap_or_default()))
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        })
-        .unwrap_or_else(|e| crate::errors::spi_error(e))
-    });
+    let stamped: Vec<String> = steps.sql(|| crate::audius_tables::stamped_above(ancestor));
     let wallets: Vec<(String, Option<i64>)> = stamped.iter().map(|w| (w.clone(), None)).collect();
     let keys = stamped.clone();
     // Stamps go back to the ancestor first, so the block guard lets the new chain's values in
@@ -456,14 +422,11 @@ fn reorg<S: Steps>(steps: &mut S, checkpoint: i64, ancestor: i64) -> i64 {
         Some(sweep::read(entries(wallets)))
     };
     steps.sql(move || {
+        crate::audius_tables::rewind_stamps(&keys, ancestor);
+        crate::audius_tables::rewind_checkpoint(CHECKPOINT_NAME, ancestor);
         spi(Spi::run_with_args(
-            "SELECT audius_indexer._follow_reorg($1, $2, $3, $4)",
-            &[
-                CHECKPOINT_NAME.into(),
-                checkpoint.into(),
-                ancestor.into(),
-                keys.clone().into(),
-            ],
+            "SELECT audius_indexer._follow_reorg($1, $2)",
+            &[checkpoint.into(), ancestor.into()],
         ));
         if let Some(r) = read {
             let (lagging, failed) = r.retries();

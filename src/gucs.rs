@@ -10,7 +10,10 @@
 //!   All three are validated when set (check hooks; 22023 without echoing the value).
 //! - Contract addresses are `SUSET`: only a superuser may redirect the reads (they decide what is
 //!   written into `eth_wallet_balances`), but a superuser may do so per session (tests, forks).
-//! - Tuning knobs (chunk size, timeouts, retries) are `USERSET`, within bounds.
+//! - Tuning knobs (chunk size, timeouts, retries) are `USERSET`, within bounds, except those that
+//!   size the server's memory: `rpc_max_response_bytes` and `rpc_concurrency` are `SUSET`, and
+//!   their product is capped at 256 MB whatever they say (a failed allocation aborts the backend,
+//!   which restarts the cluster).
 //! - The sweep worker's settings are `SIGHUP` (the worker reloads on SIGHUP); the database it
 //!   connects to is `POSTMASTER` (defined only when the library is preloaded).
 //!
@@ -56,11 +59,17 @@ pub static RPC_RETRY_BUDGET_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000)
 /// `audius_indexer.rpc_failover_cooldown_ms`: how long a failing endpoint is skipped (doubles
 /// per consecutive failure, up to 64×).
 pub static RPC_FAILOVER_COOLDOWN_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
-/// `audius_indexer.rpc_max_response_bytes`: largest answer accepted.
+/// `audius_indexer.rpc_max_response_bytes`: largest answer accepted (1 kB – 256 MB). `SUSET`: an
+/// answer buffer is memory of the server process, and a failed allocation aborts it (and so
+/// restarts the cluster). The limit applied is `min(setting, 256 MB / rpc_concurrency)`
+/// (`audius_indexer_core::settings::effective_max_response_bytes`), so the answers one backend
+/// may be receiving at once never total more than 256 MB.
 pub static RPC_MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024 * 1024);
 /// `audius_indexer.rpc_concurrency`: aggregate3 chunks of one read in flight at once (1 = one
 /// after the other). Halved for the rest of the session's reads while the provider rate-limits,
-/// grown back by one after a run of good answers.
+/// grown back by one after a run of good answers. `SUSET` (1 – 32): each chunk in flight may hold
+/// an answer of up to the effective `rpc_max_response_bytes`, whose cap it lowers (256 MB /
+/// concurrency).
 pub static RPC_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(4);
 /// `audius_indexer.rpc_idle_timeout_ms`: a keep-alive connection idle this long is closed at
 /// its next use instead of being reused (0 = no keep-alive: a new connection per request).
@@ -74,6 +83,13 @@ pub static RPC_HTTP2: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// `audius_indexer.database`: database the sweep worker connects to (postmaster setting).
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// `audius_indexer.worker_role`: the role the three background workers connect as (postmaster
+/// setting). Empty (the default): the bootstrap superuser. Set it to a non-superuser LOGIN role
+/// that is a member of `audius_indexer_operator`: the workers then have exactly an operator's
+/// rights (the same entry points and internal switches as `CALL audius_indexer.sweep()`,
+/// `follow_transfers()` and `process_user_event_challenges()`). Checked when a worker starts: a
+/// missing, superuser or non-operator role makes the worker idle with a WARNING.
+pub static WORKER_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// `audius_indexer.sweep_enabled`: whether the worker sweeps.
 pub static SWEEP_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// `audius_indexer.sweep_interval`: time between worker ticks.
@@ -244,11 +260,11 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"audius_indexer.rpc_concurrency",
         c"Aggregate3 chunks of one balance read in flight at once (1 = one after the other).",
-        c"Halved while the provider answers rate-limit errors, grown back by one after a run of good answers. Answers are applied in wallet order either way.",
+        c"Superuser-only. Halved while the provider answers rate-limit errors, grown back by one after a run of good answers. Answers are applied in wallet order either way. Lowers the per-answer limit to 256MB / rpc_concurrency.",
         &RPC_CONCURRENCY,
         1,
         32,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -302,11 +318,11 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"audius_indexer.rpc_max_response_bytes",
         c"Largest RPC answer accepted; a larger one is treated as too large and the chunk is split.",
-        c"",
+        c"Superuser-only. The limit applied is the smaller of this and 256MB / rpc_concurrency, so the answers in flight never total more than 256MB.",
         &RPC_MAX_RESPONSE_BYTES,
         1024,
-        i32::MAX,
-        GucContext::Userset,
+        256 * 1024 * 1024,
+        GucContext::Suset,
         GucFlags::UNIT_BYTE,
     );
 
@@ -318,6 +334,14 @@ pub fn init() {
             c"Database the sweep background worker connects to.",
             c"",
             &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_string_guc(
+            c"audius_indexer.worker_role",
+            c"Role the background workers connect as (empty: the bootstrap superuser).",
+            c"A non-superuser LOGIN role that is a member of audius_indexer_operator.",
+            &WORKER_ROLE,
             GucContext::Postmaster,
             GucFlags::default(),
         );

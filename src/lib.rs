@@ -16,8 +16,10 @@ mod errors;
 mod follow;
 /// The pure Ethereum logic lives in the workspace crate `audius_indexer_core` (no pgrx).
 pub use audius_indexer_core::eth;
+mod audius_tables;
 mod gucs;
 mod interrupts;
+mod privilege;
 mod reader;
 mod shmem_stats;
 mod sweep;
@@ -38,7 +40,7 @@ extension_sql_file!("../sql/sweep.sql", name = "sweep", requires = ["bootstrap"]
 extension_sql_file!(
     "../sql/challenges.sql",
     name = "challenges",
-    requires = ["bootstrap"]
+    requires = ["bootstrap", api::challenges::challenge_checkpoints]
 );
 extension_sql_file!(
     "../sql/follow.sql",

@@ -7,8 +7,9 @@ use crate::eth::abi::DecodeError;
 use crate::eth::address::{normalize, parse_address};
 use crate::eth::balances::{self, ChunkError, HolderBalance, ReadStats};
 use crate::eth::blocking::{run_interruptible, sleep_interruptible};
-use crate::eth::pipeline::{Limiter, Pipeline, StopFlag};
+use crate::eth::pipeline::{Limiter, Pipeline, StopFlag, TakeError};
 use crate::eth::rpc::{self, Agents, Endpoint, Endpoints, ExecError, RpcError};
+use crate::eth::untrusted::{self, SeenHead};
 use crate::gucs;
 use alloy_primitives::Address;
 use pgrx::PgSqlErrorCode::*;
@@ -32,9 +33,11 @@ thread_local! {
         agents: Arc::new(Agents::new(Duration::ZERO, 1)),
         limiter: Arc::new(Limiter::new(1)),
     };
-    /// Highest `eth_blockNumber` this backend has seen (0 = none yet): reads stamped within
-    /// `max_block_ahead` of it need no new head check.
-    static HEAD_SEEN: Cell<i64> = const { Cell::new(0) };
+    /// The latest validated `eth_blockNumber` of this backend and when it was seen, trusted for
+    /// `untrusted::HEAD_TRUST` only: reads stamped within `max_block_ahead` of a fresh head need no
+    /// new head check; after that the node is asked again (one absurd head cannot disable the
+    /// check for the rest of the session).
+    static HEAD_SEEN: Cell<SeenHead> = const { Cell::new(SeenHead::NONE) };
     /// Contract addresses this backend has seen code at (checked only when a read came back empty).
     static CODE_SEEN: RefCell<std::collections::HashSet<Address>> = RefCell::new(std::collections::HashSet::new());
 }
@@ -72,7 +75,7 @@ fn attempt<T>(
     body: &str,
     timeout: Duration,
     max_resp: u64,
-    parse: fn(&Endpoint, &serde_json::Value) -> Result<T, RpcError>,
+    parse: impl Fn(&Endpoint, &serde_json::Value) -> Result<T, RpcError>,
 ) -> (Result<T, RpcError>, Attempt) {
     let t = Instant::now();
     let r = net
@@ -96,13 +99,18 @@ fn record_attempts(attempts: &[Attempt]) {
     }
 }
 
-/// One JSON-RPC request with failover + retries; `parse` turns the `result` value into `T` on the
-/// helper thread (so a malformed answer names the endpoint that sent it).
-pub fn request<T: Send + 'static>(
+/// One JSON-RPC request with failover + retries; `parse` validates the `result` value and turns it
+/// into `T` on the helper thread (so a malformed answer names the endpoint that sent it, and counts
+/// as that endpoint's failure: the next endpoint is tried, see `rpc::execute`). `parse` may
+/// capture what was asked (a block number, a log query) to check the answer against it.
+pub fn request<T: Send + 'static, P>(
     cfg: &Config,
     body_for: impl Fn(u64) -> String,
-    parse: fn(&Endpoint, &serde_json::Value) -> Result<T, RpcError>,
-) -> Result<T, ExecError> {
+    parse: P,
+) -> Result<T, ExecError>
+where
+    P: Fn(&Endpoint, &serde_json::Value) -> Result<T, RpcError> + Clone + Send + 'static,
+{
     let net = net(cfg);
     let max_resp = cfg.max_response_bytes;
     rpc::execute(
@@ -111,7 +119,7 @@ pub fn request<T: Send + 'static>(
         cfg.attempt_timeout,
         |ep, timeout| {
             let body = body_for(REQUEST_ID.fetch_add(1, Ordering::Relaxed));
-            let (ep, n) = (ep.clone(), net.clone());
+            let (ep, n, parse) = (ep.clone(), net.clone(), parse.clone());
             let r = run_interruptible(
                 move || attempt(&n, &ep, &body, timeout, max_resp, parse),
                 &mut crate::interrupts::poll,
@@ -127,6 +135,18 @@ pub fn request<T: Send + 'static>(
     )
 }
 
+/// The `result` of a chunk's aggregate3 eth_call for `holders` holders: hex, then checked as it
+/// arrives (`balances::check_answer`), so an unusable answer is that endpoint's failure.
+fn aggregate3_result(
+    holders: usize,
+) -> impl Fn(&Endpoint, &serde_json::Value) -> Result<Vec<u8>, RpcError> + Clone + Send + 'static {
+    move |ep, v| {
+        let raw = rpc::decode_hex_result(ep, v)?;
+        balances::check_answer(ep, &raw, holders)?;
+        Ok(raw)
+    }
+}
+
 /// A chunk's aggregate3 eth_call on a helper thread (pipelined): failover, retries and back-off
 /// as `request`, waits abandoned when the pipeline stops. The attempts are recorded by the
 /// backend's thread when it takes the answer.
@@ -134,6 +154,7 @@ fn pipelined_eth_call(
     net: &Net,
     cfg: &PipelineCfg,
     calldata: &[u8],
+    holders: usize,
     stop: &StopFlag,
 ) -> (Result<Vec<u8>, ExecError>, Vec<Attempt>) {
     let mut attempts = Vec::new();
@@ -156,7 +177,7 @@ fn pipelined_eth_call(
                 &body,
                 timeout,
                 cfg.max_resp,
-                rpc::decode_hex_result,
+                aggregate3_result(holders),
             );
             attempts.push(a);
             Ok(r)
@@ -260,8 +281,11 @@ pub fn read_balances_streaming(
     // With more than one chunk the reads run on helper threads, ahead of the backend's thread:
     // even at rpc_concurrency = 1 the next chunk is on the wire while this one is written.
     let workers = cfg.concurrency.min(chunks.len());
-    if chunks.len() > 1 && purpose == Purpose::Write && HEAD_SEEN.with(Cell::get) == 0 {
-        // The block-ahead check needs the head once per session: ask before the helpers start,
+    if chunks.len() > 1
+        && purpose == Purpose::Write
+        && HEAD_SEEN.with(Cell::get).fresh(Instant::now()).is_none()
+    {
+        // The block-ahead check needs a fresh head (see HEAD_SEEN): ask before the helpers start,
         // so the backend's own request does not run beside them (one connection at concurrency 1).
         chain_head(cfg).unwrap_or_else(|e| raise_exec(e, "eth_blockNumber failed"));
     }
@@ -282,10 +306,11 @@ pub fn read_balances_streaming(
             limiter,
             Arc::new(move |i: usize, stop: &StopFlag| {
                 let calldata = crate::eth::abi::encode_chunk(&pc.contracts, &owned[i]);
-                pipelined_eth_call(&n, &pc, &calldata, stop)
+                pipelined_eth_call(&n, &pc, &calldata, owned[i].len(), stop)
             }),
         )
     });
+    let n_chunks = chunks.len();
     let mut first = |i: usize| {
         let p = pipeline.as_ref()?;
         Some(match p.take(i, &mut crate::interrupts::poll) {
@@ -293,18 +318,29 @@ pub fn read_balances_streaming(
                 record_attempts(&attempts);
                 r
             }
-            Err(rpc::Interrupted) => Err(ExecError::Interrupted),
+            Err(TakeError::Interrupted) => Err(ExecError::Interrupted),
+            // A bug on a helper thread: the whole read fails (the pipeline is stopped and
+            // dropped by the ERROR's unwinding), never a wait for an answer that cannot come.
+            Err(TakeError::Panicked { job, message }) => raise(
+                ERRCODE_INTERNAL_ERROR,
+                format!(
+                    "audius_indexer: RPC helper thread panicked reading aggregate3 chunk {} of {n_chunks}: {message}",
+                    job + 1
+                ),
+                None,
+                None,
+            ),
         })
     };
     let result = balances::read_chunks(
         &cfg.contracts,
         &chunks,
         &mut first,
-        |calldata, _n| {
+        |calldata, n| {
             request(
                 cfg,
                 |id| rpc::eth_call_body(id, &to, calldata),
-                rpc::decode_hex_result,
+                aggregate3_result(n),
             )
         },
         |e| matches!(e, ExecError::Rpc(r) if r.wants_smaller_chunk()),
@@ -345,33 +381,33 @@ pub fn read_balances_streaming(
     }
 }
 
-/// One JSON-RPC call with a hex quantity answer (eth_blockNumber, eth_chainId).
+/// The `result` of a call answering a hex quantity (eth_chainId): strict, see
+/// `untrusted::quantity`. For block numbers use `untrusted::parse_head`.
 pub fn quantity(ep: &Endpoint, v: &serde_json::Value) -> Result<u64, RpcError> {
-    let s = v.as_str().unwrap_or_default();
-    let digits = s.strip_prefix("0x").unwrap_or("zz");
-    u64::from_str_radix(digits, 16).map_err(|_| {
-        RpcError::new(
-            ep,
-            rpc::RpcErrorKind::BadResponse(format!("not a hex quantity: {s:.40}")),
-        )
-    })
+    untrusted::parse_quantity(ep, v)
 }
 
-/// The node's head (`eth_blockNumber`); remembered as the highest head this backend has seen.
+/// The node's head (`eth_blockNumber`), validated (a strict quantity, at most
+/// `untrusted::MAX_PLAUSIBLE_BLOCK`; otherwise 08P01 naming the host and the field, and the next
+/// endpoint is asked); remembered with the time it was seen (HEAD_SEEN).
 pub fn chain_head(cfg: &Config) -> Result<i64, ExecError> {
     let head = request(
         cfg,
         |id| rpc::request_body(id, "eth_blockNumber", serde_json::json!([])),
-        quantity,
+        untrusted::parse_head,
     )?;
-    let head = i64::try_from(head).unwrap_or(i64::MAX);
-    HEAD_SEEN.with(|h| h.set(h.get().max(head)));
-    Ok(head)
+    HEAD_SEEN.with(|h| {
+        let mut seen = h.get();
+        seen.record(head, Instant::now());
+        h.set(seen)
+    });
+    Ok(i64::try_from(head).expect("at most MAX_PLAUSIBLE_BLOCK"))
 }
 
 /// Refuses reads stamped further than `max_block_ahead` above the node's head: such a stamp would
 /// make the rows unwritable for every honest read after it. Costs an `eth_blockNumber` only when
-/// a block is beyond the highest head this backend has already seen (plus the distance).
+/// there is no head younger than `untrusted::HEAD_TRUST` or a block is beyond it (plus the
+/// distance).
 fn check_block_ahead(cfg: &Config, values: &[HolderBalance]) {
     let Some(max_block) = values
         .iter()
@@ -382,7 +418,8 @@ fn check_block_ahead(cfg: &Config, values: &[HolderBalance]) {
         return;
     };
     let ahead = i64::from(gucs::MAX_BLOCK_AHEAD.get().max(0));
-    if max_block <= HEAD_SEEN.with(Cell::get).saturating_add(ahead) {
+    let fresh = HEAD_SEEN.with(Cell::get).fresh(Instant::now());
+    if fresh.is_some_and(|head| max_block <= (head as i64).saturating_add(ahead)) {
         return;
     }
     let head = chain_head(cfg).unwrap_or_else(|e| raise_exec(e, "eth_blockNumber failed"));

@@ -248,26 +248,20 @@ pub fn write(r: Read) -> Counts {
         skipped: r.lagging.len() as i32,
         ..Counts::default()
     };
+    if !r.keys.is_empty() {
+        let n = r.keys.len() as i32;
+        // keys built by normalize(): already in the stored form, no check needed
+        let written = crate::audius_tables::upsert_balances(
+            r.keys.iter().map(String::as_str).collect(),
+            r.balances.iter().map(|b| Some(b.as_str())).collect(),
+            r.blocks.iter().map(|&b| Some(b)).collect(),
+            true,
+        )
+        .len() as i32;
+        counts.updated = written;
+        counts.skipped += n - written;
+    }
     Spi::connect_mut(|c| {
-        if !r.keys.is_empty() {
-            let n = r.keys.len() as i32;
-            let written = c
-                .update(
-                    // keys built by normalize(): already in the stored form, no check needed
-                    "SELECT count(*)::int4 FROM audius_indexer._upsert_balances($1, $2::text[]::numeric[], $3, true)",
-                    None,
-                    &[
-                        r.keys.iter().map(String::as_str).collect::<Vec<_>>().into(),
-                        r.balances.into(),
-                        r.blocks.into(),
-                    ],
-                )
-                .and_then(|t| t.first().get_one::<i32>())
-                .unwrap_or_else(|e| spi_error(e))
-                .unwrap_or(0);
-            counts.updated = written;
-            counts.skipped += n - written;
-        }
         // Successful reads clear their failure records: probed once, since the table is nearly
         // always empty (then no array of every key is built for it).
         let succeeded = r.keys.len() + r.lagging.len();
@@ -392,11 +386,14 @@ pub fn take_lock(key: (i32, i32), scope: LockScope) -> bool {
 
 /// The stalest `batch` wallets not in back-off (the lock must be held).
 fn claim_batch(batch: i32) -> Vec<Entry> {
-    let wallets: Vec<String> = Spi::connect(|c| {
+    // Backed-off wallets come from the extension's own table (nearly always none); the stalest
+    // rows from eth_wallet_balances, read as its owner.
+    let backed_off: Vec<String> = Spi::connect(|c| {
         c.select(
-            "SELECT w FROM audius_indexer._stale_batch($1) AS w",
+            "SELECT f.wallet FROM audius_indexer.wallet_failures f \
+             WHERE f.next_attempt OPERATOR(pg_catalog.>) pg_catalog.now()",
             None,
-            &[batch.into()],
+            &[],
         )
         .map(|t| {
             t.filter_map(|row| row.get::<String>(1).ok().flatten())
@@ -404,6 +401,7 @@ fn claim_batch(batch: i32) -> Vec<Entry> {
         })
         .unwrap_or_else(|e| spi_error(e))
     });
+    let wallets = crate::audius_tables::stale_batch(batch, &backed_off);
     wallets
         .into_iter()
         .map(|key| {

@@ -112,7 +112,10 @@ pub extern "C-unwind" fn audius_indexer_follow_main(_arg: pg_sys::Datum) {
 
 fn worker_main(job: Job) {
     let name = job.name();
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SIGTERM as PostgreSQL's worker_spi handles it (`die`), so that pg_terminate_backend()
+    // also ends a statement waiting on a lock, plus the flag the loops and network waits watch.
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(on_sigterm)) };
     let db = gucs::string(&gucs::DATABASE);
     // A failed connection is FATAL (the process exits and is restarted): count attempts in
     // shared memory and wait longer before each new one.
@@ -129,7 +132,11 @@ fn worker_main(job: Job) {
             unsafe { pg_sys::proc_exit(1) };
         }
     }
-    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // audius_indexer.worker_role, or (empty) the bootstrap superuser. A role that does not exist
+    // or may not log in makes the connection FATAL: retried with the back-off above.
+    let role = gucs::string(&gucs::WORKER_ROLE).trim().to_string();
+    let role = (!role.is_empty()).then_some(role);
+    BackgroundWorker::connect_worker_to_spi(Some(&db), role.as_deref());
     crate::shmem_stats::worker_connected(job.index());
     crate::interrupts::mark_worker();
     let app = std::ffi::CString::new(name).expect("no NUL in a worker name");
@@ -140,8 +147,20 @@ fn worker_main(job: Job) {
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
         );
+        // The session's search_path is pinned over whatever ALTER DATABASE / ALTER ROLE ... SET
+        // say (PGC_S_OVERRIDE): no "$user" schema, no public domain shadowing pg_catalog. Every
+        // step also pins it again (src/privilege.rs).
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            crate::privilege::OWN_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
     }
-    log!("{name} worker started (database {db:?})");
+    log!(
+        "{name} worker started (database {db:?}, role {})",
+        role.as_deref().unwrap_or("bootstrap superuser")
+    );
 
     let mut last_tick: Option<Instant> = None;
     let mut warned_missing = false;
@@ -186,6 +205,15 @@ fn worker_main(job: Job) {
     unsafe { pg_sys::proc_exit(1) };
 }
 
+/// SIGTERM: PostgreSQL's `die` (query cancel of whatever statement runs, the process exits at the
+/// next interrupt check, even inside a lock wait) plus `ShutdownRequestPending` for the loops.
+unsafe extern "C-unwind" fn on_sigterm(arg: i32) {
+    unsafe {
+        (&raw mut pg_sys::ShutdownRequestPending).write_volatile(1);
+        pg_sys::die(arg);
+    }
+}
+
 /// Waits `d` (interruptibly); false when SIGTERM arrived meanwhile.
 fn sleep_unless_stopped(d: Duration) -> bool {
     let until = Instant::now() + d;
@@ -218,7 +246,16 @@ fn wait_latch(d: Duration) {
 struct OwnTransactions;
 
 impl sweep::Steps for OwnTransactions {
+    /// As the extension owner, search_path pinned, security-restricted (src/privilege.rs): the
+    /// worker's role (an operator, `worker_role`) gets what `CALL audius_indexer.sweep()` gives.
     fn sql<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        raw_transaction(|| crate::privilege::as_extension_owner(f))
+    }
+}
+
+/// `f` in a transaction of its own with a snapshot, committed; as the worker's own role.
+fn raw_transaction<R>(f: impl FnOnce() -> R) -> R {
+    {
         unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
@@ -294,21 +331,36 @@ fn tick(db: &str, warned_missing: &mut bool) {
 /// Whether the extension is installed in the worker's database; while it is not, the worker idles
 /// and says so once (`warned_missing`).
 fn extension_installed(name: &str, db: &str, warned_missing: &mut bool) -> Result<bool, String> {
-    let installed = in_transaction(|| {
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'audius_indexer')",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    let (installed, operator) = catching(|| {
+        raw_transaction(|| {
+            Spi::get_two::<bool, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'audius_indexer'), \
+                        EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'audius_indexer_operator') \
+                    AND pg_catalog.pg_has_role('audius_indexer_operator', 'MEMBER')",
+            )
+            .map(|(a, b)| (a.unwrap_or(false), b.unwrap_or(false)))
+            .unwrap_or((false, false))
+        })
     })?;
-    if installed {
-        *warned_missing = false;
-    } else if !*warned_missing {
-        log!("{name}: extension not installed in database {db:?}; idle until it is");
-        *warned_missing = true;
+    if !installed {
+        if !*warned_missing {
+            log!("{name}: extension not installed in database {db:?}; idle until it is");
+            *warned_missing = true;
+        }
+        return Ok(false);
     }
-    Ok(installed)
+    if !operator {
+        if !*warned_missing {
+            warning!(
+                "{name}: audius_indexer.worker_role {:?} is not a member of audius_indexer_operator in database {db:?}; idle until it is (GRANT audius_indexer_operator TO ...)",
+                gucs::string(&gucs::WORKER_ROLE)
+            );
+            *warned_missing = true;
+        }
+        return Ok(false);
+    }
+    *warned_missing = false;
+    Ok(true)
 }
 
 /// Logs a failed tick, records it in `sweep_status` and releases the single-flight lock.
@@ -334,20 +386,24 @@ fn challenges_tick(db: &str, warned_missing: &mut bool) {
         return;
     }
     let batch = gucs::CHALLENGES_BATCH_SIZE.get();
-    let outcome = in_transaction(|| {
-        let ready = Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'audius_indexer') \
-               AND pg_catalog.to_regclass('public.user_events') IS NOT NULL \
+    if extension_installed(CHALLENGES_WORKER_TYPE, db, warned_missing) != Ok(true) {
+        return;
+    }
+    // As the worker's role, an operator: process_user_event_challenges() is SECURITY DEFINER.
+    let outcome = catching(|| {
+        raw_transaction(|| {
+            let ready = Spi::get_one::<bool>(
+                "SELECT pg_catalog.to_regclass('public.user_events') IS NOT NULL \
                AND pg_catalog.to_regclass('public.indexing_checkpoints') IS NOT NULL",
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(false);
-        if !ready {
-            return None;
-        }
-        let rows = Spi::connect_mut(|client| {
-            client
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+            if !ready {
+                return None;
+            }
+            let rows = Spi::connect_mut(|client| {
+                client
                 .update(
                     "SELECT challenge_id, upserts, error FROM audius_indexer.process_user_event_challenges($1)",
                     None,
@@ -361,15 +417,16 @@ fn challenges_tick(db: &str, warned_missing: &mut bool) {
                     ))
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        });
-        Some(rows.unwrap_or_else(|e| {
-            crate::errors::raise(
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("process_user_event_challenges: {e}"),
-                None,
-                None,
-            )
-        }))
+            });
+            Some(rows.unwrap_or_else(|e| {
+                crate::errors::raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("process_user_event_challenges: {e}"),
+                    None,
+                    None,
+                )
+            }))
+        })
     });
     match outcome {
         Ok(None) => {

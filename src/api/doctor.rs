@@ -67,7 +67,7 @@ fn doctor() -> TableIterator<
             let head = reader::request(
                 &cfg,
                 |id| rpc::request_body(id, "eth_blockNumber", json!([])),
-                quantity,
+                crate::eth::untrusted::parse_head,
             );
             match (chain, head) {
                 (Ok(c), Ok(h)) => {
@@ -130,20 +130,38 @@ fn doctor() -> TableIterator<
 
 fn database_checks(head: Option<i64>) -> Vec<Row> {
     // Everything here is readable by audius_indexer_operator: no superuser-only setting is read
-    // (whether the library is preloaded comes from the library itself).
+    // (whether the library is preloaded comes from the library itself). eth_wallet_balances is
+    // read as its owner (src/audius_tables.rs); the rest are catalogs and the extension's tables.
     const SQL: &str = include_str!("../../sql/doctor_checks.sql");
+    let overview = crate::triggers::subxact::in_subtransaction(|| {
+        Ok::<_, String>(crate::audius_tables::balances_overview(head))
+    });
+    let (rows, above, max_above) = match overview {
+        Ok(Some((r, a, m))) => (Some(r), Some(a), m),
+        _ => (None, None, None),
+    };
     Spi::connect(|c| {
-        c.select(SQL, None, &[crate::gucs::preloaded().into(), head.into()])
-            .map(|t| {
-                t.map(|r| {
-                    (
-                        r.get::<String>(1).ok().flatten().unwrap_or_default(),
-                        r.get::<bool>(2).ok().flatten().unwrap_or(false),
-                        r.get::<String>(3).ok().flatten().unwrap_or_default(),
-                    )
-                })
-                .collect()
+        c.select(
+            SQL,
+            None,
+            &[
+                crate::gucs::preloaded().into(),
+                head.into(),
+                rows.into(),
+                above.into(),
+                max_above.into(),
+            ],
+        )
+        .map(|t| {
+            t.map(|r| {
+                (
+                    r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    r.get::<bool>(2).ok().flatten().unwrap_or(false),
+                    r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                )
             })
-            .unwrap_or_else(|e| vec![("database".into(), false, e.to_string())])
+            .collect()
+        })
+        .unwrap_or_else(|e| vec![("database".into(), false, e.to_string())])
     })
 }

@@ -68,7 +68,9 @@ fn refresh_stale(
 // procedure called by CALL outside a transaction block may use. Claim (transaction 1, committed),
 // read with no snapshot, write (transaction 2); the outcome, counts or error, is recorded in
 // sweep_status like the worker's. The SQL phases run as the extension's owner, as the SECURITY
-// DEFINER refresh functions do (a procedure that commits cannot be SECURITY DEFINER).
+// DEFINER refresh functions do (a procedure that commits cannot be SECURITY DEFINER): each in a
+// security-restricted operation with search_path = pg_catalog, pg_temp (src/privilege.rs), and the
+// statements on Audius tables inside them as those tables' owners.
 
 extension_sql!(
     r#"
@@ -88,19 +90,13 @@ pub extern "C" fn pg_finfo_audius_indexer_sweep_procedure() -> &'static pg_sys::
     &V1
 }
 
-/// Runs `f` with a fresh active snapshot, as `owner` (SECURITY_LOCAL_USERID_CHANGE).
+/// Runs `f` with a fresh active snapshot, as `owner`, in a security-restricted operation with
+/// the search_path pinned (`privilege::run_as`): the procedure cannot be SECURITY DEFINER, so
+/// this is where it gets what a SECURITY DEFINER ... SET search_path function would have.
 fn as_owner_with_snapshot<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let (mut uid, mut ctx) = (pg_sys::Oid::INVALID, 0);
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
-        pg_sys::SetUserIdAndSecContext(owner, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-    }
-    let r = f();
-    unsafe {
-        pg_sys::PopActiveSnapshot();
-        pg_sys::SetUserIdAndSecContext(uid, ctx);
-    }
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let r = crate::privilege::run_as(owner, crate::privilege::OWN_SEARCH_PATH, f);
+    unsafe { pg_sys::PopActiveSnapshot() };
     r
 }
 
@@ -156,14 +152,11 @@ pub unsafe extern "C-unwind" fn audius_indexer_sweep_procedure(
             None,
         );
     }
-    let owner = as_owner_with_snapshot(unsafe { pg_sys::GetUserId() }, || {
-        Spi::get_one::<pg_sys::Oid>(
-            "SELECT e.extowner FROM pg_catalog.pg_extension e WHERE e.extname = 'audius_indexer'",
-        )
-        .ok()
-        .flatten()
-        .expect("audius_indexer is installed")
-    });
+    // Looked up as the caller, with the search_path pinned like every other step.
+    let owner = as_owner_with_snapshot(
+        unsafe { pg_sys::GetUserId() },
+        crate::privilege::extension_owner,
+    );
     let mut started = None;
     let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
         Ok(sweep::tick(
@@ -207,4 +200,26 @@ pub unsafe extern "C-unwind" fn audius_indexer_sweep_procedure(
         }
     }
     pg_sys::Datum::from(0)
+}
+
+/// The balance upsert for `upsert_wallet_balances()` (which checks the keys first): the Go
+/// eth-indexer's NULLIF/GREATEST block rules, `only_if_not_older` leaving rows stamped with a newer
+/// block alone (only marked checked). Runs as the owner of `eth_wallet_balances`
+/// (src/audius_tables.rs). Returns the wallets written.
+#[pg_extern(name = "_upsert_balances", volatile, parallel_unsafe)]
+fn upsert_balances_as_owner(
+    wallets: Array<'_, &str>,
+    balances: Array<'_, AnyNumeric>,
+    blocks: Array<'_, i64>,
+    only_if_not_older: bool,
+) -> SetOfIterator<'static, String> {
+    let keys: Vec<&str> = wallets.iter().map(|w| w.unwrap_or_default()).collect();
+    let values: Vec<Option<String>> = balances.iter().map(|b| b.map(|n| n.to_string())).collect();
+    let written = crate::audius_tables::upsert_balances(
+        keys,
+        values.iter().map(Option::as_deref).collect(),
+        blocks.iter().collect(),
+        only_if_not_older,
+    );
+    SetOfIterator::new(written)
 }

@@ -1,7 +1,10 @@
 //! SPI glue of the challenge processors: one run of the four, each in its own subtransaction.
 
 use super::statements as sql;
-use super::{Position, Processor};
+use super::{Position, Processor, Reference, ScannedRow, SnapshotXids};
+use crate::privilege::{
+    as_owner_of, run_as, INDEXING_CHECKPOINTS, OWN_SEARCH_PATH, USER_CHALLENGES,
+};
 use crate::triggers::subxact::{in_subtransaction, Failed};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiResult};
@@ -47,6 +50,7 @@ pub fn run_all(batch: i32) -> Vec<Outcome> {
             format!("batch must be at least 1, got {batch}")
         );
     }
+    let ext_owner = crate::privilege::extension_owner();
     Spi::connect_mut(|client| {
         client
             .update(sql::LOCK, None, &[])
@@ -55,7 +59,14 @@ pub fn run_all(batch: i32) -> Vec<Outcome> {
             .iter()
             .map(|&p| {
                 let mut counts = Outcome::empty(p);
-                let result = in_subtransaction(|| process(client, p, batch as usize));
+                // The Audius tables are read and user_challenges written as the owner of
+                // user_challenges (the on_user_challenge trigger then runs with that role's rights);
+                // the processor's own positions as the extension owner.
+                let result = in_subtransaction(|| {
+                    as_owner_of(USER_CHALLENGES, || {
+                        process(client, p, batch as usize, ext_owner)
+                    })
+                });
                 match result {
                     Ok(c) => counts = c,
                     Err(Failed { sqlstate, message }) => {
@@ -104,15 +115,51 @@ fn record(client: &mut SpiClient<'_>, o: &Outcome) {
 fn current_checkpoint(client: &mut SpiClient<'_>, p: Processor) -> Option<i64> {
     let key = p.checkpoint_key();
     in_subtransaction(|| -> SpiResult<Option<i64>> {
-        let t = client.update(sql::READ_CHECKPOINT, Some(1), &[key.as_str().into()])?;
-        Ok(if t.is_empty() {
-            Some(0)
-        } else {
-            t.first().get::<i64>(1)?.or(Some(0))
+        if !crate::privilege::exists(INDEXING_CHECKPOINTS) {
+            return Ok(None);
+        }
+        as_owner_of(INDEXING_CHECKPOINTS, || {
+            let t = client.update(sql::READ_CHECKPOINT, Some(1), &[key.as_str().into()])?;
+            Ok(if t.is_empty() {
+                Some(0)
+            } else {
+                t.first().get::<i64>(1)?.or(Some(0))
+            })
         })
     })
     .ok()
     .flatten()
+}
+
+thread_local! {
+    /// Reference points this backend's runs took (one per run, oldest first): the references of
+    /// the settled rule (`challenge_rules::settled_bound`). In the worker they reach back
+    /// `MAX_REFERENCES` runs, so only a transaction open that long holds a position back.
+    static REFERENCES: std::cell::RefCell<Vec<Reference>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// References kept (one per run).
+const MAX_REFERENCES: usize = 32;
+
+/// Takes this run's reference point, when its transaction has no transaction id yet (the
+/// statement gives it one, which marks the moment). Once per transaction: later calls find the
+/// id assigned and take none.
+fn take_reference(client: &mut SpiClient<'_>) -> SpiResult<()> {
+    let t = client.update(sql::REFERENCE, Some(1), &[])?;
+    let row = t.first();
+    if let (Some(marker), Some(settled_below)) = (row.get::<i64>(1)?, row.get::<i64>(2)?) {
+        REFERENCES.with(|r| {
+            let mut r = r.borrow_mut();
+            r.push(Reference {
+                marker,
+                settled_below,
+            });
+            let excess = r.len().saturating_sub(MAX_REFERENCES);
+            r.drain(..excess);
+        });
+    }
+    Ok(())
 }
 
 /// The stored positions of one processor.
@@ -149,9 +196,17 @@ fn load_state(client: &mut SpiClient<'_>, p: Processor) -> SpiResult<State> {
 
 /// One processor: load the catalog row, scan what is dirty, re-derive, upsert, move the
 /// checkpoint and the positions. Runs inside its subtransaction.
-fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<Outcome> {
+fn process(
+    client: &mut SpiClient<'_>,
+    p: Processor,
+    batch: usize,
+    ext_owner: pg_sys::Oid,
+) -> SpiResult<Outcome> {
     let mut out = Outcome::empty(p);
     let key = p.checkpoint_key();
+    // A point in time before any scan, for the settled rule of this run's scans and later ones:
+    // the first processor of the run takes it, before anything of the run writes.
+    take_reference(client)?;
     let prev: i64 = {
         let t = client.update(sql::READ_CHECKPOINT, Some(1), &[key.as_str().into()])?;
         if t.is_empty() {
@@ -179,7 +234,7 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
         return Ok(out);
     }
 
-    let state = load_state(client, p)?;
+    let state = run_as(ext_owner, OWN_SEARCH_PATH, || load_state(client, p))?;
     let mut pairs: Vec<(i32, i32)> = Vec::new();
     let mut touched: Vec<i32> = Vec::new();
 
@@ -189,7 +244,8 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
         Processor::MobileInstall => sql::DIRTY_MOBILE,
         _ => sql::DIRTY_REFERRAL,
     };
-    let rows: Vec<(i64, i32, i64)> = client
+    // (id, user_id, blocknumber, xmin, the scan's snapshot)
+    let rows: Vec<(i64, i32, i64, i64, SnapshotXids)> = client
         .update(
             dirty_sql,
             None,
@@ -204,6 +260,11 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
                 r.get::<i64>(1)?.unwrap_or(0),
                 r.get::<i32>(2)?.unwrap_or(0),
                 r.get::<i64>(3)?.unwrap_or(0),
+                r.get::<i64>(4)?.unwrap_or(0),
+                SnapshotXids {
+                    xmax: r.get::<i64>(5)?.unwrap_or(0),
+                    oldest_running: r.get::<i64>(6)?.unwrap_or(0),
+                },
             ))
         })
         .collect::<SpiResult<_>>()?;
@@ -213,22 +274,40 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
         touched.extend(&ids);
         pairs.extend(recompute(client, p, &ids)?);
     }
-    // Where the scan ends: its last row, or (nothing new) where it started.
-    let end = rows
-        .last()
-        .map(|&(id, _, block)| (block, id))
-        .or(start.after.map(|id| (start.block, id)));
-    let max_bn = rows.iter().map(|r| r.2).max();
+    // Where the position may go: past the settled rows only (a transaction still in progress
+    // may yet commit a row before the others; they are scanned again by the next run), and the
+    // checkpoint by the seed's high-water rule over them (`challenge_rules::scan_advance`).
+    let bound = rows.first().and_then(|&(.., now)| {
+        REFERENCES.with(|r| super::settled_bound(now.oldest_running, &r.borrow()))
+    });
+    let scanned: Vec<ScannedRow> = rows
+        .iter()
+        .map(|&(id, _, block, xmin, now)| ScannedRow {
+            block,
+            id,
+            settled: super::xmin_settled(xmin, now.xmax, bound),
+        })
+        .collect();
+    let advance = super::scan_advance(prev, &start, &scanned, batch);
+    let end = advance.end;
     if let Some((end_block, end_id)) = end {
-        // A scan that returned fewer rows than the batch saw every row up to its end: as the seed
-        // (which would re-scan that block and find it finished), the checkpoint may reach it.
-        let max_bn = max_bn.unwrap_or(end_block).max(end_block);
-        let checkpoint = match super::high_water(prev, max_bn, rows.len(), batch) {
+        let checkpoint = match advance.checkpoint {
             Some(cp) => {
+                // indexing_checkpoints.last_checkpoint is integer in Audius: never wrapped.
+                let stored = match super::checkpoint_int4(cp) {
+                    Ok(v) => v,
+                    Err(msg) => {
+                        ereport!(
+                            ERROR,
+                            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                            format!("challenge {:?}: {msg}", p.id())
+                        );
+                    }
+                };
                 client.update(
                     sql::WRITE_CHECKPOINT,
                     None,
-                    &[key.as_str().into(), (cp as i32).into()],
+                    &[key.as_str().into(), stored.into()],
                 )?;
                 cp
             }
@@ -236,16 +315,18 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
         };
         out.checkpoint_after = Some(checkpoint);
         if !rows.is_empty() || checkpoint != prev {
-            client.update(
-                sql::SAVE_UE_POSITION,
-                None,
-                &[
-                    p.id().into(),
-                    end_block.into(),
-                    end_id.into(),
-                    checkpoint.into(),
-                ],
-            )?;
+            run_as(ext_owner, OWN_SEARCH_PATH, || {
+                client.update(
+                    sql::SAVE_UE_POSITION,
+                    None,
+                    &[
+                        p.id().into(),
+                        end_block.into(),
+                        end_id.into(),
+                        checkpoint.into(),
+                    ],
+                )
+            })?;
         }
     }
 
@@ -314,11 +395,13 @@ fn process(client: &mut SpiClient<'_>, p: Processor, batch: usize) -> SpiResult<
                 Some((u, t)) => (Some(u), Some(t)),
                 None => (None, None),
             };
-            client.update(
-                sql::SAVE_USERS_POSITION,
-                None,
-                &[p.id().into(), pos.block.into(), u.into(), t.into()],
-            )?;
+            run_as(ext_owner, OWN_SEARCH_PATH, || {
+                client.update(
+                    sql::SAVE_USERS_POSITION,
+                    None,
+                    &[p.id().into(), pos.block.into(), u.into(), t.into()],
+                )
+            })?;
         }
     }
 

@@ -1,8 +1,9 @@
 //! The SQL the challenge processors run (reference §4), as the seed's Go job ran it, plus the
 //! position bookkeeping of the two improvements.
 //!
-//! Audius tables are named without a schema: like the Go job and the Audius triggers, they resolve
-//! through the `search_path` (Audius keeps them in `public`). Scans pass a position as
+//! Audius tables are named with their schema (`public`, where Audius keeps them) and run as the
+//! owner of `user_challenges` (`run.rs`, `privilege::as_owner_of`): a table missing from `public`
+//! is an error, never a name that falls through the search_path to a session's `pg_temp`. Scans pass a position as
 //! `($1 block, $2 tiebreak)`; a NULL tiebreak means "rows after block $1", so the row comparison
 //! yields NULL and only `blocknumber > $1` admits a row. `ix_user_events_blocknumber` (Audius
 //! 0209, `sql/indexes.sql`) serves the `user_events` scans in order (an incremental sort adds the
@@ -10,21 +11,49 @@
 //! by referrer.
 
 /// `LoadChallenge`: the catalog row (missing or inactive → the processor does nothing).
-pub const LOAD_CHALLENGE: &str = "SELECT active, amount::text FROM challenges WHERE id = $1";
+pub const LOAD_CHALLENGE: &str = "SELECT active, amount::text FROM public.challenges WHERE id = $1";
 
 pub const READ_CHECKPOINT: &str =
-    "SELECT last_checkpoint::bigint FROM indexing_checkpoints WHERE tablename = $1";
+    "SELECT last_checkpoint::bigint FROM public.indexing_checkpoints WHERE tablename = $1";
 
 /// The seed's checkpoint write (called only when the value moves forward).
-pub const WRITE_CHECKPOINT: &str = "INSERT INTO indexing_checkpoints (tablename, last_checkpoint) \
+pub const WRITE_CHECKPOINT: &str = "INSERT INTO public.indexing_checkpoints (tablename, last_checkpoint) \
      VALUES ($1, $2) ON CONFLICT (tablename) DO UPDATE SET last_checkpoint = EXCLUDED.last_checkpoint";
 
+/// The statement's own snapshot as the settled rule needs it (`SnapshotXids`): `pg_snapshot_xmax`
+/// and the oldest transaction in progress other than ours (`min(pg_snapshot_xip)`, which leaves
+/// the caller's transaction out; `xmax` when there is none), both bigint. Uncorrelated
+/// subqueries: computed once per statement, with the snapshot the statement reads with.
+macro_rules! snapshot_xids {
+    () => {
+        "(SELECT pg_catalog.pg_snapshot_xmax(s)::text::bigint FROM pg_catalog.pg_current_snapshot() AS s), \
+         (SELECT COALESCE((SELECT pg_catalog.min(x::text::bigint) FROM pg_catalog.pg_snapshot_xip(s) AS x), \
+                          pg_catalog.pg_snapshot_xmax(s)::text::bigint) \
+            FROM pg_catalog.pg_current_snapshot() AS s)"
+    };
+}
+
+/// A reference point for the settled rule (`challenge_rules::Reference`), taken once per run
+/// before the first scan and kept by the backend for later scans (`run.rs`): the transaction id
+/// this statement gives the run's transaction (NULL when it had one already: not fresh, no
+/// reference) and the oldest transaction in progress at its snapshot (taken before that id).
+pub const REFERENCE: &str = "SELECT CASE WHEN pg_catalog.pg_current_xact_id_if_assigned() IS NULL \
+            THEN pg_catalog.pg_current_xact_id()::text::bigint END, \
+       (SELECT COALESCE((SELECT pg_catalog.min(x::text::bigint) FROM pg_catalog.pg_snapshot_xip(s) AS x), \
+                        pg_catalog.pg_snapshot_xmax(s)::text::bigint) \
+          FROM pg_catalog.pg_current_snapshot() AS s)";
+
 /// The seed's dirty `user_events` scan with a processor's filter: current rows past the position
-/// `($1, $2)`, in `(blocknumber, id)` order, at most `$3`.
+/// `($1, $2)`, in `(blocknumber, id)` order, at most `$3`; with each row its raw `xmin` (bigint)
+/// and the scan's own snapshot (`snapshot_xids!`), from which `run.rs` decides which rows are
+/// settled (`challenge_rules::settled_bound`): the stored position never passes a row a
+/// transaction still in progress may commit a row before.
 macro_rules! dirty_user_events {
     ($filter:literal) => {
         concat!(
-            "SELECT ue.id::bigint, ue.user_id, ue.blocknumber::bigint FROM user_events ue \
+            "SELECT ue.id::bigint, ue.user_id, ue.blocknumber::bigint, ue.xmin::text::bigint, ",
+            snapshot_xids!(),
+            " FROM public.user_events ue \
              WHERE ue.blocknumber >= $1 AND (ue.blocknumber > $1 OR ue.id > $2) AND ue.is_current AND ",
             $filter,
             " ORDER BY ue.blocknumber, ue.id LIMIT $3"
@@ -40,14 +69,14 @@ pub const DIRTY_REFERRAL: &str = dirty_user_events!("ue.referrer IS NOT NULL");
 
 /// The second dirty scan of `r`/`rv` (the verification gap): `users` rows past the position.
 pub const DIRTY_USERS: &str =
-    "SELECT u.user_id, u.blocknumber::bigint, u.txhash::text FROM users u \
+    "SELECT u.user_id, u.blocknumber::bigint, u.txhash::text FROM public.users u \
      WHERE u.blocknumber >= $1 AND (u.blocknumber > $1 OR (u.user_id, u.txhash::text) > ($2, $3)) \
      ORDER BY u.blocknumber, u.user_id, u.txhash::text LIMIT $4";
 
 /// `m`'s recompute: the dirty users that still have a current mobile row (first-seen order).
 pub const RECOMPUTE_MOBILE: &str =
     "SELECT d.uid, 0 FROM unnest($1::integer[]) WITH ORDINALITY AS d(uid, ord) \
-     WHERE EXISTS (SELECT 1 FROM user_events ue \
+     WHERE EXISTS (SELECT 1 FROM public.user_events ue \
                     WHERE ue.user_id = d.uid AND ue.is_current AND ue.is_mobile_user = true) \
      ORDER BY d.ord";
 
@@ -62,13 +91,13 @@ macro_rules! referrals {
         referrals!($column, referrer_verified, "")
     };
     ($column:literal, referrer_verified, $and:literal) => {
-        referrals!(@ $column, concat!("WHERE EXISTS (SELECT 1 FROM users u WHERE u.user_id = ue.referrer \
+        referrals!(@ $column, concat!("WHERE EXISTS (SELECT 1 FROM public.users u WHERE u.user_id = ue.referrer \
                                 AND u.is_current AND COALESCE(u.is_verified, false) = $2) ", $and))
     };
     (@ $column:literal, $verified:expr) => {
         concat!(
             "SELECT ue.user_id, ue.referrer FROM unnest($1::integer[]) WITH ORDINALITY AS d(id, ord) \
-             JOIN user_events ue ON ue.",
+             JOIN public.user_events ue ON ue.",
             $column,
             " = d.id AND ue.is_current AND ue.referrer IS NOT NULL ",
             $verified,
@@ -96,7 +125,7 @@ pub const RECOMPUTE_REFERRED: &str = referrals!("user_id");
 /// `UpsertUserChallenge`, set-based, rows written in the given order: `is_complete` sticky,
 /// `amount` and `completed_at` kept once complete, `completed_blocknumber` never set.
 /// `$1` challenge, `$2` amount, `$3` recipients, `$4` specifiers, `$5` current step, `$6` complete.
-pub const UPSERT: &str = "INSERT INTO user_challenges AS uc \
+pub const UPSERT: &str = "INSERT INTO public.user_challenges AS uc \
        (challenge_id, user_id, specifier, is_complete, current_step_count, amount, created_at, completed_at) \
      SELECT $1, t.user_id, t.specifier, $6, $5, $2, now(), CASE WHEN $6 THEN now() END \
        FROM unnest($3::integer[], $4::text[]) WITH ORDINALITY AS t(user_id, specifier, ord) \

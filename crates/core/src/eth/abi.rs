@@ -198,12 +198,39 @@ impl fmt::Display for DecodeError {
 }
 
 /// Decodes an aggregate3 answer and checks it has exactly `expected` results.
+///
+/// The answer comes from the node, which is not trusted: no allocation is sized by a length word
+/// of it beyond the answer's own size. The result count is checked against `expected` before
+/// anything is decoded (when the head is canonical), and the decoding is strict (alloy's strict
+/// mode: canonical offsets, no overlapping or gapped data areas, zero padding, bools 0 or 1 —
+/// trailing bytes are allowed, as Solidity allows them), so N results pointing at one shared
+/// `returnData` cannot make N copies of it; alloy's memory budget is set to the answer's size.
+/// Every failure is an error for the chunk, never a panic.
 pub fn decode_aggregate3(data: &[u8], expected: usize) -> Result<Vec<Result3>, DecodeError> {
     if data.is_empty() {
         return Err(DecodeError::NoCode);
     }
-    let results =
-        aggregate3Call::abi_decode_returns(data).map_err(|e| DecodeError::Abi(e.to_string()))?;
+    // `abi.encode(Result3[])`: word 0 is the array's offset (0x20), word 1 its length.
+    if data.len() >= 64 && data[..31].iter().all(|&b| b == 0) && data[31] == 0x20 {
+        let len_word = &data[32..64];
+        let got = if len_word[..24].iter().all(|&b| b == 0) {
+            usize::try_from(u64::from_be_bytes(
+                len_word[24..].try_into().expect("8 bytes"),
+            ))
+            .unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
+        if got != expected {
+            return Err(DecodeError::CountMismatch { expected, got });
+        }
+    }
+    let config = alloy_sol_types::abi::AbiDecoderConfig::new()
+        .strict(true)
+        .validate_allow_trailing_bytes(true)
+        .memory_limit(data.len().saturating_add(4096));
+    let results = aggregate3Call::abi_decode_returns_with_config(data, config)
+        .map_err(|e| DecodeError::Abi(e.to_string()))?;
     if results.len() != expected {
         return Err(DecodeError::CountMismatch {
             expected,
@@ -421,6 +448,65 @@ mod tests {
         ));
     }
 
+    /// `Result3[]` with `n` elements whose offsets all point at one tuple with `len` bytes of data.
+    fn aliased(n: usize, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let word = |out: &mut Vec<u8>, v: usize| {
+            out.extend_from_slice(&[0u8; 24]);
+            out.extend_from_slice(&(v as u64).to_be_bytes());
+        };
+        word(&mut out, 0x20);
+        word(&mut out, n);
+        for _ in 0..n {
+            word(&mut out, 32 * n);
+        }
+        word(&mut out, 1); // success
+        word(&mut out, 0x40); // returnData offset
+        word(&mut out, len);
+        out.extend(std::iter::repeat_n(0x11u8, len.div_ceil(32) * 32));
+        out
+    }
+
+    #[test]
+    fn hostile_length_words_never_size_an_allocation() {
+        // a huge count or data length: refused before anything is allocated for it
+        for (count, len) in [
+            (u64::MAX, 32u64),
+            (1 << 40, 32),
+            (601, u64::MAX),
+            (601, 1 << 40),
+        ] {
+            let mut d = vec![0u8; 64 + 32 * 4];
+            d[31] = 0x20;
+            d[56..64].copy_from_slice(&count.to_be_bytes());
+            d[64 + 31] = 0x20; // first tuple's offset
+            d[64 + 32 + 31] = 1;
+            d[64 + 64 + 31] = 0x40;
+            d[64 + 96 + 24..64 + 128].copy_from_slice(&len.to_be_bytes());
+            assert!(decode_aggregate3(&d, 601).is_err(), "{count} {len}");
+            assert!(
+                decode_aggregate3(&d, count as usize).is_err(),
+                "{count} {len}"
+            );
+        }
+        // 600 results sharing one 64 KiB returnData: 37 MiB if decoded leniently; refused
+        let n = 600;
+        let d = aliased(n, 64 << 10);
+        assert!(
+            aggregate3Call::abi_decode_returns(&d).is_ok(),
+            "lenient alloy copies it {n} times"
+        );
+        assert!(matches!(decode_aggregate3(&d, n), Err(DecodeError::Abi(_))));
+        // a count above the expected one is refused from the head alone
+        assert_eq!(
+            decode_aggregate3(&aliased(5, 0)[..64], 3),
+            Err(DecodeError::CountMismatch {
+                expected: 3,
+                got: 5
+            })
+        );
+    }
+
     #[test]
     fn revert_reasons_are_readable() {
         let data = ErrorCall {
@@ -465,6 +551,27 @@ mod tests {
             let _ = revert_reason(&data);
             let _ = decode_uint(&Result3 { success: true, returnData: Bytes::from(data.clone()) });
             let _ = SubcallFailure::Reverted(data).to_string();
+        }
+
+        #[test]
+        fn valid_answers_decode_strictly(values in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..100)), 1..40)) {
+            let results: Vec<Result3> = values.iter().map(|(ok, d)| result(*ok, d.clone())).collect();
+            let encoded = results.abi_encode();
+            prop_assert_eq!(decode_aggregate3(&encoded, results.len()), Ok(results.clone()));
+            let mut trailing = encoded.clone();
+            trailing.extend_from_slice(&[0xab; 7]);
+            prop_assert_eq!(decode_aggregate3(&trailing, results.len()), Ok(results.clone()));
+            let wrong = results.len() + 1;
+            prop_assert_eq!(
+                decode_aggregate3(&encoded, wrong),
+                Err(DecodeError::CountMismatch { expected: wrong, got: results.len() })
+            );
+            // every truncation is an error, never a panic
+            for cut in [1usize, 31, 32, 33, encoded.len() / 2] {
+                if cut < encoded.len() {
+                    prop_assert!(decode_aggregate3(&encoded[..encoded.len() - cut], results.len()).is_err());
+                }
+            }
         }
 
         #[test]

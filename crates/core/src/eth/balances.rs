@@ -12,8 +12,9 @@
 //! `getBlockNumber()`) checks the node itself still answers: if it does not, the whole read fails
 //! with the original error, and no wallet is blamed for a node that is down (or went down mid-read).
 //!
-//! A chunk's block (`getBlockNumber()`) must fit a `bigint`: a larger answer is a chunk error, never
-//! a stamp (a row stamped near 2^63 could never be updated again).
+//! A chunk's block (`getBlockNumber()`) must be at most `untrusted::MAX_PLAUSIBLE_BLOCK` (2^40, far
+//! inside a `bigint`): a larger answer is a chunk error, never a stamp (a row stamped near 2^63
+//! could never be updated again).
 
 use crate::eth::abi::{self, Contracts, Read, Result3, SubcallFailure};
 use alloy_primitives::ruint::aliases::U512;
@@ -75,7 +76,7 @@ pub enum ChunkError<E> {
     Decode(abi::DecodeError),
     /// Multicall3's own getBlockNumber() failed.
     BlockNumber(SubcallFailure),
-    /// Multicall3's getBlockNumber() answered a block that does not fit a bigint.
+    /// Multicall3's getBlockNumber() answered a block above `untrusted::MAX_PLAUSIBLE_BLOCK`.
     BlockOutOfRange(U256),
 }
 
@@ -87,7 +88,8 @@ impl<E: fmt::Display> fmt::Display for ChunkError<E> {
             ChunkError::BlockNumber(e) => write!(f, "Multicall3 getBlockNumber() {e}"),
             ChunkError::BlockOutOfRange(b) => write!(
                 f,
-                "Multicall3 getBlockNumber() answered block {b}, which is outside bigint (refused: no row is stamped with it)"
+                "Multicall3 getBlockNumber() answered block {b}, which is above the plausible maximum {} (2^40) (refused: no row is stamped with it)",
+                crate::eth::untrusted::MAX_PLAUSIBLE_BLOCK
             ),
         }
     }
@@ -261,12 +263,43 @@ fn read_chunk<E>(
     decode_chunk(chunk, &raw)
 }
 
+/// The results of an aggregate3 answer for `holders` holders and the block they were read at.
+fn decode_results<E>(raw: &[u8], holders: usize) -> Result<(Vec<Result3>, i64), ChunkError<E>> {
+    let results =
+        abi::decode_aggregate3(raw, abi::subcall_count(holders)).map_err(ChunkError::Decode)?;
+    let raw_block = abi::decode_uint(&results[0]).map_err(ChunkError::BlockNumber)?;
+    let block = u64::try_from(raw_block)
+        .ok()
+        .filter(|b| crate::eth::untrusted::check_block(*b).is_ok())
+        .and_then(|b| i64::try_from(b).ok())
+        .ok_or(ChunkError::BlockOutOfRange(raw_block))?;
+    Ok((results, block))
+}
+
+/// Checks an aggregate3 answer for `holders` holders as it arrives (in the attempt, so an unusable
+/// answer is a failure of the endpoint that sent it and the next endpoint is tried, see
+/// `rpc::execute`): undecodable, a result count other than the calls sent, or a block above
+/// `untrusted::MAX_PLAUSIBLE_BLOCK` is a `BadResponse` of `ep`. `0x` (no code at Multicall3) and a
+/// failing `getBlockNumber()` pass: `decode_chunk` reports them (configuration, not the node).
+pub fn check_answer(
+    ep: &crate::eth::rpc::Endpoint,
+    raw: &[u8],
+    holders: usize,
+) -> Result<(), crate::eth::rpc::RpcError> {
+    match decode_results::<String>(raw, holders) {
+        Ok(_)
+        | Err(ChunkError::Decode(abi::DecodeError::NoCode))
+        | Err(ChunkError::BlockNumber(_)) => Ok(()),
+        Err(e) => Err(crate::eth::rpc::RpcError::new(
+            ep,
+            crate::eth::rpc::RpcErrorKind::BadResponse(format!("eth_call aggregate3 result: {e}")),
+        )),
+    }
+}
+
 /// Decodes one aggregate3 answer for `chunk` (public for tests and fuzzing).
 pub fn decode_chunk<E>(chunk: &[Address], raw: &[u8]) -> Result<Vec<HolderBalance>, ChunkError<E>> {
-    let results =
-        abi::decode_aggregate3(raw, abi::subcall_count(chunk.len())).map_err(ChunkError::Decode)?;
-    let raw_block = abi::decode_uint(&results[0]).map_err(ChunkError::BlockNumber)?;
-    let block = i64::try_from(raw_block).map_err(|_| ChunkError::BlockOutOfRange(raw_block))?;
+    let (results, block) = decode_results(raw, chunk.len())?;
     let per_holder: &[Result3] = &results[1..];
     Ok(chunk
         .iter()
@@ -509,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn block_outside_bigint_is_a_chunk_error_never_a_stamp() {
+    fn block_above_the_plausible_maximum_is_a_chunk_error_never_a_stamp() {
         let chunk = [addr(1)];
         let mut answer = vec![ok(U256::from(1u8)); 4];
         answer[0] = ok(U256::from(1u64 << 63));
@@ -521,9 +554,55 @@ mod tests {
             decode_chunk::<()>(&chunk, &answer.abi_encode()),
             Err(ChunkError::BlockOutOfRange(_))
         ));
-        answer[0] = ok(U256::from(i64::MAX as u64));
+        for refused in [i64::MAX as u64, (1 << 40) + 1] {
+            answer[0] = ok(U256::from(refused));
+            let e = decode_chunk::<String>(&chunk, &answer.abi_encode()).unwrap_err();
+            assert!(matches!(e, ChunkError::BlockOutOfRange(_)), "{refused}");
+            assert!(e.to_string().contains(&refused.to_string()), "{e}");
+        }
+        answer[0] = ok(U256::from(1u64 << 40));
         let v = decode_chunk::<()>(&chunk, &answer.abi_encode()).unwrap();
-        assert_eq!(v[0].block, i64::MAX);
+        assert_eq!(v[0].block, 1 << 40);
+    }
+
+    #[test]
+    fn answers_are_checked_as_they_arrive() {
+        let ep = crate::eth::rpc::Endpoint::parse("http://10.0.0.1:8545/KEY").unwrap();
+        let good = vec![ok(U256::from(9u8)); 7].abi_encode();
+        assert_eq!(check_answer(&ep, &good, 2), Ok(()));
+        assert_eq!(
+            check_answer(&ep, &[], 2),
+            Ok(()),
+            "no code: reported by decode_chunk"
+        );
+        let mut reverted = vec![ok(U256::from(9u8)); 7];
+        reverted[0] = Result3 {
+            success: false,
+            returnData: Bytes::new(),
+        };
+        assert_eq!(check_answer(&ep, &reverted.abi_encode(), 2), Ok(()));
+        let mut far = vec![ok(U256::from(9u8)); 7];
+        far[0] = ok(U256::from(i64::MAX as u64));
+        for (raw, want) in [
+            (good.clone(), "returned 7 results for 4 calls"),
+            (
+                good[..good.len() / 2].to_vec(),
+                "cannot decode aggregate3 result",
+            ),
+            (far.abi_encode(), "9223372036854775807"),
+        ] {
+            let holders = if want.contains("4 calls") { 1 } else { 2 };
+            let e = check_answer(&ep, &raw, holders).unwrap_err();
+            assert_eq!(e.sqlstate(), "08P01");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("RPC host 10.0.0.1:8545")
+                    && msg.contains("eth_call aggregate3 result")
+                    && msg.contains(want),
+                "{msg}"
+            );
+            assert!(!msg.contains("KEY"), "{msg}");
+        }
     }
 
     /// A node that fails (like an EVM execution timeout) every aggregate3 holding one of `bad`.
@@ -687,6 +766,22 @@ mod tests {
         fn arbitrary_answers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..4096), n in 1u32..5) {
             let chunk: Vec<_> = (0..n).map(addr).collect();
             let _ = decode_chunk::<()>(&chunk, &data);
+        }
+
+        #[test]
+        fn wrong_counts_and_truncated_answers_are_chunk_errors(n in 1u32..40, extra in -3i64..4, cut in 1usize..200) {
+            let chunk: Vec<_> = (0..n).map(addr).collect();
+            let count = (abi::subcall_count(chunk.len()) as i64 + extra).max(0) as usize;
+            let answer = vec![ok(U256::from(5u8)); count].abi_encode();
+            let r = decode_chunk::<()>(&chunk, &answer);
+            if extra == 0 {
+                prop_assert_eq!(r.unwrap().len(), chunk.len());
+                let truncated = &answer[..answer.len().saturating_sub(cut)];
+                prop_assert!(matches!(decode_chunk::<()>(&chunk, truncated), Err(ChunkError::Decode(_))));
+            } else {
+                let is_count_mismatch = matches!(r, Err(ChunkError::Decode(abi::DecodeError::CountMismatch { .. })));
+                prop_assert!(is_count_mismatch);
+            }
         }
 
         #[test]

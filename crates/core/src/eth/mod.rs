@@ -7,3 +7,4 @@ pub(crate) mod h2c;
 pub mod logs;
 pub mod pipeline;
 pub mod rpc;
+pub mod untrusted;

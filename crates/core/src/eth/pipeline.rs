@@ -10,6 +10,11 @@
 //! How many helpers may work at once is a shared [`Limiter`]: a rate-limited answer halves it
 //! (a provider that says "slow down" sees fewer requests, not more) and a run of good answers
 //! grows it back by one, up to the configured concurrency.
+//!
+//! A job that panics on its helper thread is caught there (`catch_unwind`): its answer is the
+//! panic's message, the pipeline stops, and the waiting thread gets [`TakeError::Panicked`] at
+//! once (also while it waits for an earlier job), so a bug in a job can never leave the backend
+//! waiting forever for an answer that will not come.
 
 use crate::eth::blocking::{spawn_with_signals_blocked, POLL_SLICE};
 use crate::eth::rpc::Interrupted;
@@ -112,8 +117,34 @@ impl StopFlag {
 /// Job `i` of a pipeline, run on a helper thread; its waits should watch the flag.
 pub type Job<T> = Arc<dyn Fn(usize, &StopFlag) -> T + Send + Sync>;
 
+/// Why `take` returned no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeError {
+    /// `poll` gave up (cancel, shutdown); the pipeline is stopped.
+    Interrupted,
+    /// Job `job` panicked on its helper thread with `message`; the pipeline is stopped.
+    Panicked { job: usize, message: String },
+}
+
+/// The answers, and the first job that panicked.
+struct Slots<T> {
+    answers: Vec<Option<Result<T, String>>>,
+    panicked: Option<(usize, String)>,
+}
+
+/// The message of a caught panic (the payload when it is a string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
 struct Shared<T> {
-    answers: Mutex<Vec<Option<T>>>,
+    answers: Mutex<Slots<T>>,
     arrived: Condvar,
     next: AtomicUsize,
     jobs: usize,
@@ -130,7 +161,10 @@ impl<T: Send + 'static> Pipeline<T> {
     /// watch `stop`.
     pub fn start(jobs: usize, workers: usize, limiter: Arc<Limiter>, job: Job<T>) -> Pipeline<T> {
         let shared = Arc::new(Shared {
-            answers: Mutex::new((0..jobs).map(|_| None).collect()),
+            answers: Mutex::new(Slots {
+                answers: (0..jobs).map(|_| None).collect(),
+                panicked: None,
+            }),
             arrived: Condvar::new(),
             next: AtomicUsize::new(0),
             jobs,
@@ -151,10 +185,24 @@ impl<T: Send + 'static> Pipeline<T> {
                 if i >= shared.jobs {
                     return;
                 }
-                let answer = job(i, &stop);
+                let answer =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(i, &stop)))
+                        .map_err(|p| panic_message(&*p));
+                let failed = answer.is_err();
                 let mut a = shared.answers.lock().unwrap_or_else(|p| p.into_inner());
-                a[i] = Some(answer);
+                if let Err(m) = &answer {
+                    if a.panicked.is_none() {
+                        a.panicked = Some((i, m.clone()));
+                    }
+                }
+                a.answers[i] = Some(answer);
                 shared.arrived.notify_all();
+                drop(a);
+                if failed {
+                    // The read fails as a whole: the other helpers take no new job.
+                    stop.stop();
+                    return;
+                }
             });
         }
         Pipeline { shared, stop }
@@ -167,24 +215,34 @@ impl<T: Send + 'static> Pipeline<T> {
             .answers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        a.get(i).is_some_and(Option::is_some)
+        a.answers.get(i).is_some_and(Option::is_some)
     }
 
     /// Takes job `i`'s answer, waiting for it; `poll` runs every `POLL_SLICE` while waiting
-    /// and may give up (the pipeline then stops).
+    /// and may give up (the pipeline then stops). `TakeError::Panicked` as soon as job `i` or any
+    /// other job has panicked (the pipeline then stops).
     pub fn take(
         &self,
         i: usize,
         poll: &mut dyn FnMut() -> Result<(), Interrupted>,
-    ) -> Result<T, Interrupted> {
+    ) -> Result<T, TakeError> {
         let mut a = self
             .shared
             .answers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(v) = a[i].take() {
-                return Ok(v);
+            match a.answers[i].take() {
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(message)) => {
+                    self.stop.stop();
+                    return Err(TakeError::Panicked { job: i, message });
+                }
+                None => {}
+            }
+            if let Some((job, message)) = a.panicked.clone() {
+                self.stop.stop();
+                return Err(TakeError::Panicked { job, message });
             }
             let (g, _) = self
                 .shared
@@ -192,11 +250,11 @@ impl<T: Send + 'static> Pipeline<T> {
                 .wait_timeout(a, POLL_SLICE)
                 .unwrap_or_else(|p| p.into_inner());
             a = g;
-            if a[i].is_none() {
+            if a.answers[i].is_none() && a.panicked.is_none() {
                 drop(a);
-                if let Err(e) = poll() {
+                if poll().is_err() {
                     self.stop.stop();
-                    return Err(e);
+                    return Err(TakeError::Interrupted);
                 }
                 a = self
                     .shared
@@ -288,13 +346,84 @@ mod tests {
                 Ok(())
             }
         });
-        assert_eq!(r, Err(Interrupted));
+        assert_eq!(r, Err(TakeError::Interrupted));
         assert!(t.elapsed() < Duration::from_millis(200));
         std::thread::sleep(Duration::from_millis(50));
         assert!(
             started.load(Ordering::SeqCst) <= 2,
             "no job taken after the stop"
         );
+    }
+
+    #[test]
+    fn a_panicking_job_answers_with_an_error_at_once() {
+        let pipe = Pipeline::start(
+            3,
+            2,
+            Arc::new(Limiter::new(2)),
+            Arc::new(|i, _: &StopFlag| {
+                if i == 1 {
+                    panic!("boom in chunk {i}");
+                }
+                i
+            }),
+        );
+        let t = Instant::now();
+        assert_eq!(pipe.take(0, &mut || Ok(())), Ok(0));
+        // no poll gives up: the panic alone ends the wait
+        let r = pipe.take(1, &mut || Ok(()));
+        assert_eq!(
+            r,
+            Err(TakeError::Panicked {
+                job: 1,
+                message: "boom in chunk 1".into()
+            })
+        );
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn a_panic_ends_the_wait_for_an_earlier_slow_job_and_stops_the_helpers() {
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = started.clone();
+        let pipe = Pipeline::start(
+            50,
+            2,
+            Arc::new(Limiter::new(2)),
+            Arc::new(move |i, stop: &StopFlag| {
+                s.fetch_add(1, Ordering::SeqCst);
+                if i == 1 {
+                    std::panic::panic_any(7u8); // a payload that is not a string
+                }
+                // job 0 would take 5 s; it watches the stop flag
+                let _ = stop.sleep(Duration::from_secs(if i == 0 { 5 } else { 0 }));
+                i
+            }),
+        );
+        let t = Instant::now();
+        let r = pipe.take(0, &mut || Ok(()));
+        assert_eq!(
+            r,
+            Err(TakeError::Panicked {
+                job: 1,
+                message: "a panic without a message".into()
+            })
+        );
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+        let n = started.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            started.load(Ordering::SeqCst),
+            n,
+            "no job taken after the panic"
+        );
+        assert!(n < 50, "{n} jobs started");
+        // later takes report the same panic instead of waiting
+        assert!(matches!(
+            pipe.take(5, &mut || Ok(())),
+            Err(TakeError::Panicked { job: 1, .. })
+        ));
     }
 
     #[test]

@@ -105,12 +105,28 @@ pub fn parse_endpoint_file(text: &str) -> Result<Vec<Endpoint>, String> {
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim()))
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
-        .map(|(n, u)| Endpoint::parse(u).map_err(|e| format!("line {n} {e}")))
+        .map(|(n, u)| Endpoint::parse(u).map_err(|e| format!("line {n}: {}", file_line_reason(&e))))
         .collect::<Result<Vec<_>, _>>()?;
     if eps.is_empty() {
         return Err("has no endpoint (one URL per line; # starts a comment)".to_string());
     }
     Ok(eps)
+}
+
+/// The reason a line of the endpoints file is refused, without any of its text: `Endpoint::parse`
+/// quotes the scheme (the text before the first `:`), which in a file may be part of a secret
+/// (a key pasted on its own line, `KEY:…`). Only reasons known to be fixed text pass through.
+fn file_line_reason(parse_error: &str) -> &'static str {
+    const FIXED: [&str; 3] = [
+        "contains whitespace",
+        "is not a URL (expected http://host[:port]/…)",
+        "has no host",
+    ];
+    match FIXED.iter().find(|f| **f == parse_error) {
+        Some(f) => f,
+        None if parse_error.starts_with("uses scheme") => "uses a scheme other than http or https",
+        None => "is not an http or https URL",
+    }
 }
 
 /// What went wrong with one RPC request.
@@ -1089,6 +1105,12 @@ impl From<Interrupted> for ExecError {
 /// healthy endpoint right away when there is one, and otherwise waits the backoff first.
 /// Deterministic failures return at once. The budget bounds attempts and waits together; each
 /// attempt's timeout is the smaller of `attempt_timeout` and what is left of the budget.
+///
+/// An unusable answer (`BadResponse`: not JSON-RPC, or a value that fails validation — the node is
+/// not trusted) is a failure of the endpoint that sent it: recorded against it (cool-down), and the
+/// next endpoint that has not sent this request an unusable answer is asked at once (no backoff:
+/// it answered; within the retry count and budget). That endpoint is not asked again by this
+/// request; when none is left, the error returns.
 pub fn execute<T>(
     endpoints: &std::sync::Mutex<Endpoints>,
     policy: &RetryPolicy,
@@ -1105,15 +1127,22 @@ pub fn execute<T>(
     let deadline = start + policy.budget;
     let mut retries = 0u32;
     let mut tried_since_wait: Vec<usize> = Vec::new();
+    // Endpoints that sent this request an unusable answer: not asked again by it.
+    let mut refused: Vec<usize> = Vec::new();
+    let skipping = |tried: &[usize], refused: &[usize]| -> Vec<usize> {
+        tried.iter().chain(refused).copied().collect()
+    };
     loop {
         let t = now();
         let (i, ep) = {
             let g = eps();
-            let i = match g.pick(t, &tried_since_wait) {
+            let i = match g.pick(t, &skipping(&tried_since_wait, &refused)) {
                 Some(i) => i,
                 None => {
                     tried_since_wait.clear();
-                    g.pick(t, &[]).expect("at least one endpoint")
+                    g.pick(t, &refused)
+                        .or_else(|| g.pick(t, &[]))
+                        .expect("at least one endpoint")
                 }
             };
             (i, g.list[i].clone())
@@ -1129,6 +1158,15 @@ pub fn execute<T>(
             }
             Err(e) => {
                 eps().record(i, now(), elapsed, Err(&e));
+                if matches!(e.kind, RpcErrorKind::BadResponse(_)) {
+                    refused.push(i);
+                    let another = eps().pick(now(), &refused).is_some();
+                    if !another || retries >= policy.max_retries || now() >= deadline {
+                        return Err(ExecError::Rpc(e));
+                    }
+                    retries += 1;
+                    continue;
+                }
                 if !e.is_transient() || retries >= policy.max_retries {
                     return Err(ExecError::Rpc(e));
                 }
@@ -1136,7 +1174,7 @@ pub fn execute<T>(
                 tried_since_wait.push(i);
                 let another_healthy = {
                     let g = eps();
-                    g.pick(now(), &tried_since_wait)
+                    g.pick(now(), &skipping(&tried_since_wait, &refused))
                         .is_some_and(|j| g.stats[j].cooldown_until.is_none_or(|c| c <= now()))
                 };
                 if !another_healthy {
@@ -1235,6 +1273,39 @@ mod tests {
         assert!(parse_endpoint_file("# nothing\n\n").is_err());
         let e = parse_endpoint_file("https://a/KEY\nftp://b/KEY2").unwrap_err();
         assert!(e.starts_with("line 2") && !e.contains("KEY"), "{e}");
+    }
+
+    #[test]
+    fn endpoint_file_errors_never_quote_the_file() {
+        // The text before the first ':' of a bad line (here a pasted key) is never quoted.
+        for (text, want) in [
+            (
+                "https://a/x\nsk-SECRETKEY123:abc",
+                "line 2: uses a scheme other than http or https",
+            ),
+            (
+                "SECRET-KEY-only",
+                "line 1: is not a URL (expected http://host[:port]/…)",
+            ),
+            (
+                "# c\n\nhttp://\n",
+                "line 3: is not a URL (expected http://host[:port]/…)",
+            ),
+            ("http:///SECRET", "line 1: has no host"),
+            ("https://a/SE\u{7}CRET", "line 1: contains whitespace"),
+        ] {
+            let e = parse_endpoint_file(text).unwrap_err();
+            assert_eq!(e, want, "{text:?}");
+            assert!(!e.to_lowercase().contains("secret"), "{e}");
+        }
+        assert_eq!(
+            file_line_reason("uses scheme \"KEY\"; only http and https are allowed"),
+            "uses a scheme other than http or https"
+        );
+        assert_eq!(
+            file_line_reason("some new message quoting \"KEY\""),
+            "is not an http or https URL"
+        );
     }
 
     #[test]
@@ -1487,6 +1558,88 @@ mod tests {
         assert_eq!(log2, ["b:1"]);
         assert_eq!(eps.stats[0].failures, 1);
         assert_eq!(eps.stats[1].requests, 2);
+    }
+
+    #[test]
+    fn a_bad_answer_is_that_endpoints_failure_and_the_next_is_asked() {
+        let bad =
+            || RpcErrorKind::BadResponse("eth_blockNumber result 0x7fffffffffffffff …".into());
+        let mut eps = Endpoints::new(
+            vec![ep("http://a:1"), ep("http://b:1"), ep("http://c:1")],
+            Duration::from_secs(5),
+        );
+        let (r, slept, log) = run(&mut eps, policy(3), &mut |e| {
+            if e.host() == "a:1" {
+                Err(bad())
+            } else {
+                Ok(9)
+            }
+        });
+        assert_eq!(r, Ok(9));
+        assert_eq!(
+            (slept, log),
+            (Duration::ZERO, vec!["a:1".to_string(), "b:1".into()])
+        );
+        assert_eq!(eps.stats[0].failures, 1);
+        assert!(eps.stats[0].cooldown_until.is_some(), "a cools down");
+        assert!(eps.stats[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("RPC host a:1"));
+        assert_eq!(eps.stats[1].failures, 0);
+        // a is cooling down: the next request goes to b first
+        let (_, _, log) = run(&mut eps, policy(3), &mut |_| Ok(1));
+        assert_eq!(log, ["b:1"]);
+
+        // every endpoint answers nonsense: each asked once, no waiting, the error returns
+        let mut eps = Endpoints::new(
+            vec![ep("http://a:1"), ep("http://b:1")],
+            Duration::from_secs(5),
+        );
+        let (r, slept, log) = run(&mut eps, policy(5), &mut |_| Err(bad()));
+        assert!(
+            matches!(r, Err(ExecError::Rpc(RpcError { ref host, kind: RpcErrorKind::BadResponse(_) })) if host == "b:1"),
+            "{r:?}"
+        );
+        assert_eq!((slept, log.len()), (Duration::ZERO, 2));
+        assert_eq!((eps.stats[0].failures, eps.stats[1].failures), (1, 1));
+
+        // one endpoint: asked once
+        let mut eps = Endpoints::new(vec![ep("http://a:1")], Duration::from_secs(5));
+        let (r, _, log) = run(&mut eps, policy(5), &mut |_| Err(bad()));
+        assert!(r.is_err());
+        assert_eq!(log, ["a:1"]);
+
+        // a bad answer, then a connection failure: the refusing endpoint is not asked again
+        let mut eps = Endpoints::new(
+            vec![ep("http://a:1"), ep("http://b:1")],
+            Duration::from_millis(1),
+        );
+        let (r, _, log) = run(&mut eps, policy(4), &mut |e| {
+            if e.host() == "a:1" {
+                Err(bad())
+            } else {
+                Err(RpcErrorKind::Connect("refused".into()))
+            }
+        });
+        assert!(matches!(
+            r,
+            Err(ExecError::Rpc(RpcError {
+                kind: RpcErrorKind::Connect(_),
+                ..
+            }))
+        ));
+        assert_eq!(log[0], "a:1");
+        assert!(log[1..].iter().all(|h| h == "b:1"), "{log:?}");
+
+        // retries = 0: no second endpoint either
+        let mut eps = Endpoints::new(
+            vec![ep("http://a:1"), ep("http://b:1")],
+            Duration::from_secs(5),
+        );
+        let (_, _, log) = run(&mut eps, policy(0), &mut |_| Err(bad()));
+        assert_eq!(log, ["a:1"]);
     }
 
     #[test]
