@@ -1,21 +1,27 @@
-//! The background workers: the stale sweep ("audius_indexer sweep") and the challenge processors
-//! ("audius_indexer challenges"), one process each, so a slow run of one never delays the other.
+//! The three background workers, one process each so a slow run of one never delays the others:
+//! the stale sweep ("audius_indexer sweep"), the Transfer-log follower ("audius_indexer follow") and
+//! the challenge processors ("audius_indexer challenges").
 //!
-//! The challenge worker runs `process_user_event_challenges(challenges_batch_size)` every
-//! `audius_indexer.challenges_interval` (0 = off) in a transaction of its own; it idles while the
-//! extension or `user_events` is missing. Everything below about start, signals and connecting
-//! applies to both; the tick steps describe the sweep.
+//! - The sweep runs one tick of `audius_indexer.sweep_batch_size` wallets every
+//!   `audius_indexer.sweep_interval`, in three steps: claim the batch (a transaction, committed),
+//!   read over RPC with **no transaction or snapshot open**, then write in a new transaction.
+//! - The follower runs one `follow::step` every `audius_indexer.follow_interval` (0 = off), its SQL
+//!   phases in transactions of their own, its network phases with none open.
+//! - The challenge worker runs `process_user_event_challenges(challenges_batch_size)` every
+//!   `audius_indexer.challenges_interval` (0 = off) in a transaction of its own; it idles while
+//!   `user_events` is missing.
 //!
-//! Registered from `_PG_init` when the library is in `shared_preload_libraries`; started by the
-//! postmaster once recovery is finished (so on a standby it does not run; after `pg_promote()` it
-//! starts at once). It connects to `audius_indexer.database`, and every
-//! `audius_indexer.sweep_interval` runs one sweep tick of `audius_indexer.sweep_batch_size`
-//! wallets in three steps: claim the batch (a transaction, committed), read over RPC with **no
-//! transaction or snapshot open**, then write in a new transaction. A failing tick is caught,
-//! rolled back, logged and recorded in `sweep_status.last_error`; the loop goes on.
-//! SIGHUP reloads settings (a new interval applies at once); SIGTERM ends the worker within a
-//! poll slice even mid-RPC, with exit code 1 so the postmaster restarts it after `RESTART_AFTER`.
-//! When the database cannot be connected to (it does not exist yet), each restart waits longer
+//! A failing tick or step is caught, rolled back, logged and recorded in its status view; the loop
+//! goes on. Registered from `_PG_init` when the library is in `shared_preload_libraries`; started
+//! by the postmaster once recovery is finished (so on a standby they do not run; after
+//! `pg_promote()` they start at once). They connect to `audius_indexer.database` as
+//! `audius_indexer.worker_role` (empty: the bootstrap superuser), pin the session's search_path,
+//! and idle while the extension is missing or the role is not an `audius_indexer_operator`; each
+//! SQL step switches as `CALL audius_indexer.sweep()` does (src/privilege.rs).
+//! SIGHUP reloads settings (a new interval applies at once). SIGTERM is PostgreSQL's `die` plus the
+//! shutdown flag: it ends the worker within a poll slice even mid-RPC or inside a lock wait, with
+//! exit code 1 so the postmaster restarts it after `RESTART_AFTER`. When the database cannot be
+//! connected to (it does not exist yet, or the role cannot log in), each restart waits longer
 //! before trying again (exponential, up to `MAX_CONNECT_BACKOFF`): a few log lines, not a flood.
 
 use crate::interrupts::should_stop;
@@ -392,19 +398,16 @@ fn challenges_tick(db: &str, warned_missing: &mut bool) {
     // As the worker's role, an operator: process_user_event_challenges() is SECURITY DEFINER.
     let outcome = catching(|| {
         raw_transaction(|| {
-            let ready = Spi::get_one::<bool>(
-                "SELECT pg_catalog.to_regclass('public.user_events') IS NOT NULL \
-               AND pg_catalog.to_regclass('public.indexing_checkpoints') IS NOT NULL",
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false);
+            // Read-only SPI throughout: pgrx's read-write path gives the transaction an id, and
+            // the processors take their reference point only in a transaction that has none.
+            let ready = crate::privilege::exists("public.user_events")
+                && crate::privilege::exists("public.indexing_checkpoints");
             if !ready {
                 return None;
             }
-            let rows = Spi::connect_mut(|client| {
+            let rows = Spi::connect(|client| {
                 client
-                .update(
+                .select(
                     "SELECT challenge_id, upserts, error FROM audius_indexer.process_user_event_challenges($1)",
                     None,
                     &[batch.into()],

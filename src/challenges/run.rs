@@ -50,6 +50,9 @@ pub fn run_all(batch: i32) -> Vec<Outcome> {
             format!("batch must be at least 1, got {batch}")
         );
     }
+    // The run's reference point for the settled rule, before anything gives the transaction an
+    // id: pgrx's Spi::connect_mut below assigns one, and then no reference can be taken.
+    take_reference();
     let ext_owner = crate::privilege::extension_owner();
     Spi::connect_mut(|client| {
         client
@@ -145,10 +148,16 @@ const MAX_REFERENCES: usize = 32;
 /// Takes this run's reference point, when its transaction has no transaction id yet (the
 /// statement gives it one, which marks the moment). Once per transaction: later calls find the
 /// id assigned and take none.
-fn take_reference(client: &mut SpiClient<'_>) -> SpiResult<()> {
-    let t = client.update(sql::REFERENCE, Some(1), &[])?;
-    let row = t.first();
-    if let (Some(marker), Some(settled_below)) = (row.get::<i64>(1)?, row.get::<i64>(2)?) {
+fn take_reference() {
+    // A read-only SPI statement: pgrx's read-write path (connect_mut) would give the transaction
+    // its id before pg_current_xact_id_if_assigned() could see that it had none.
+    let got = Spi::connect(|c| {
+        let t = c.select(sql::REFERENCE, Some(1), &[])?;
+        let row = t.first();
+        Ok::<_, pgrx::spi::Error>((row.get::<i64>(1)?, row.get::<i64>(2)?))
+    })
+    .unwrap_or_else(|e| spi_failed(e));
+    if let (Some(marker), Some(settled_below)) = got {
         REFERENCES.with(|r| {
             let mut r = r.borrow_mut();
             r.push(Reference {
@@ -159,7 +168,6 @@ fn take_reference(client: &mut SpiClient<'_>) -> SpiResult<()> {
             r.drain(..excess);
         });
     }
-    Ok(())
 }
 
 /// The stored positions of one processor.
@@ -204,9 +212,6 @@ fn process(
 ) -> SpiResult<Outcome> {
     let mut out = Outcome::empty(p);
     let key = p.checkpoint_key();
-    // A point in time before any scan, for the settled rule of this run's scans and later ones:
-    // the first processor of the run takes it, before anything of the run writes.
-    take_reference(client)?;
     let prev: i64 = {
         let t = client.update(sql::READ_CHECKPOINT, Some(1), &[key.as_str().into()])?;
         if t.is_empty() {
