@@ -1,7 +1,7 @@
 """Upgrade tier (issue 12): every release upgrades in place (DESIGN rule 3).
 
 In one cluster, on the Audius fixture:
-- database `up`: CREATE EXTENSION audius_indexer VERSION '0.1.0' (sql/released/), data in every
+- database `up_<v>`: CREATE EXTENSION audius_indexer VERSION '<v>' for every released <v> (sql/released/), data in every
   table of ours, the Rust triggers installed, then ALTER EXTENSION audius_indexer UPDATE;
 - database `fresh`: CREATE EXTENSION audius_indexer (the current version), triggers installed.
 The catalogs of the extension must be equal: functions and procedures with their signatures,
@@ -117,25 +117,36 @@ def cl():
         c.destroy()
 
 
+# Every released version (sql/released/): each must upgrade to the current one.
+RELEASED = sorted(p.name[len("audius_indexer--"):-len(".sql")]
+                  for p in (REPO / "sql" / "released").glob("audius_indexer--*.sql"))
+
+
 def test_released_scripts_are_installed():
     """Every released version's full script and the upgrade path to the current version are installed."""
     cur = current_version()
-    assert (EXT_DIR / "audius_indexer--0.1.0.sql").exists()
+    assert RELEASED and cur not in RELEASED, RELEASED
     assert (EXT_DIR / f"audius_indexer--{cur}.sql").exists()
-    assert cur == "0.1.0" or (EXT_DIR / f"audius_indexer--0.1.0--{cur}.sql").exists()
-    assert (REPO / "sql" / "released" / "audius_indexer--0.1.0.sql").read_bytes() == \
-        (EXT_DIR / "audius_indexer--0.1.0.sql").read_bytes()
+    for old in RELEASED:
+        assert (EXT_DIR / f"audius_indexer--{old}.sql").exists()
+        assert (REPO / "sql" / "released" / f"audius_indexer--{old}.sql").read_bytes() == \
+            (EXT_DIR / f"audius_indexer--{old}.sql").read_bytes()
+    # one step per release: 0.1.0 -> 0.2.0 -> ... -> current
+    for old, new in zip(RELEASED, RELEASED[1:] + [cur]):
+        assert (EXT_DIR / f"audius_indexer--{old}--{new}.sql").exists(), (old, new)
 
 
-def test_upgrade_equals_fresh_install_and_keeps_data(cl):
-    """0.1.0 with data and triggers → ALTER EXTENSION UPDATE → catalog == fresh install; rows survive."""
+@pytest.mark.parametrize("old", RELEASED)
+def test_upgrade_equals_fresh_install_and_keeps_data(cl, old):
+    """<old> with data and triggers → ALTER EXTENSION UPDATE → catalog == fresh install; rows survive."""
     cur = current_version()
-    cl.create_database("up")
-    cl.create_database("fresh")
-    with cl.connect("up") as up:
+    tag = old.replace(".", "_")
+    cl.create_database(f"up_{tag}")
+    cl.create_database(f"fresh_{tag}")
+    with cl.connect(f"up_{tag}") as up:
         load_audius(up)
-        up.execute("CREATE EXTENSION audius_indexer VERSION '0.1.0'")
-        assert up.execute("SELECT extversion FROM pg_extension WHERE extname = 'audius_indexer'").fetchone()[0] == "0.1.0"
+        up.execute(f"CREATE EXTENSION audius_indexer VERSION '{old}'")
+        assert up.execute("SELECT extversion FROM pg_extension WHERE extname = 'audius_indexer'").fetchone()[0] == old
         up.execute("SELECT audius_indexer.install_triggers()")
         # data in every table of ours (and the Audius ones the extension writes)
         up.execute("INSERT INTO eth_wallet_balances (wallet, balance, blocknumber) "
@@ -154,7 +165,7 @@ def test_upgrade_equals_fresh_install_and_keeps_data(cl):
         # the upgraded extension works: a Rust function added in this version, and the triggers
         up.execute("SELECT * FROM audius_indexer.challenge_processor_status").fetchall()
         assert up.execute("SELECT count(*) FROM audius_indexer.trigger_statements()").fetchone()[0] > 0
-    with cl.connect("fresh") as fresh:
+    with cl.connect(f"fresh_{tag}") as fresh:
         load_audius(fresh)
         fresh.execute("CREATE EXTENSION audius_indexer")
         fresh.execute("SELECT audius_indexer.install_triggers()")
@@ -166,7 +177,7 @@ def test_upgrade_equals_fresh_install_and_keeps_data(cl):
         only_up = [r for r in a if r not in b]
         only_fresh = [r for r in b if r not in a]
         assert not only_up and not only_fresh, (
-            f"{key}: upgraded 0.1.0 -> {cur} differs from a fresh {cur}\n"
+            f"{key}: upgraded {old} -> {cur} differs from a fresh {cur}\n"
             f"  only after upgrade: {only_up}\n  only in fresh install: {only_fresh}\n"
             f"Every change to the SQL surface needs sql/audius_indexer--<old>--<new>.sql.")
         assert a == b, f"{key}: same rows, different order"

@@ -36,6 +36,22 @@ Fault modes (params in brackets):
                   error (default -32005 "query exceeds max block range <blocks>"), or with `status`
                   that HTTP status (e.g. 413); narrower eth_getLogs and every other request pass
                   (persistent by default)
+  truncated_abi [keep]  forward an aggregate3 call, then cut its returned ABI payload to its first
+                  `keep` bytes (default: half of it, whole bytes): the hex stays hex, the Result3[]
+                  ends early; aggregate3 calls only
+  bad_header [number, number_delta, hash_bytes]  forward an eth_getBlockByNumber, then answer a
+                  header whose `number` is `number` (an int), or the asked number + `number_delta`,
+                  and/or whose `hash` is cut (or padded with 0x11 bytes) to `hash_bytes` bytes;
+                  eth_getBlockByNumber only (a null header: mode `result` with value=None)
+  bad_logs [count, block, address, removed, holder]  forward an eth_getLogs, then append `count`
+                  (default 1) made-up ERC-20 Transfer logs: emitted by `address` (default: the
+                  address asked for), at `block` ("in" = spread over the asked range (default),
+                  "above" = toBlock + 1, "below" = fromBlock - 1, or an int), `removed` (default
+                  False), from a made-up wallet to `holder` (default: a made-up wallet per log);
+                  eth_getLogs only. The made-up logs are built once per asked range (count=100000
+                  answers ~45 MB of JSON)
+  pad [bytes]     forward, then pad the answer with JSON white space (trailing spaces) to `bytes`
+                  bytes in all: the same answer, just that large (use methods= to pick one method)
   redirect [location]  302 with Location (default: the upstream URL)
   close           read the request, then close the socket without any response
   reset           read the request, then close the socket with a TCP RST
@@ -60,9 +76,11 @@ MODES = {
     "http429", "http500", "http502", "http503", "http_status", "hang", "delay", "slow_drip",
     "truncated", "garbage", "invalid_json", "bad_hex", "no_result", "result", "jsonrpc_error",
     "wrong_result_count", "out_of_gas_above", "redirect", "close", "reset", "fail_holder", "block_number",
-    "max_log_range",
+    "max_log_range", "truncated_abi", "bad_header", "bad_logs", "pad",
 }
-AGGREGATE3_ONLY = {"wrong_result_count", "out_of_gas_above", "fail_holder", "block_number"}
+AGGREGATE3_ONLY = {"wrong_result_count", "out_of_gas_above", "fail_holder", "block_number", "truncated_abi"}
+# modes that only ever apply to one JSON-RPC method
+METHOD_ONLY = {"bad_header": "eth_getBlockByNumber", "bad_logs": "eth_getLogs"}
 
 
 @dataclass
@@ -93,6 +111,8 @@ class Fault:
 
     def matches(self, recs: list[Record]) -> bool:
         if self.methods is not None and not any(r.method in self.methods for r in recs):
+            return False
+        if self.mode in METHOD_ONLY and not any(r.method == METHOD_ONLY[self.mode] for r in recs):
             return False
         if self.mode in AGGREGATE3_ONLY:
             agg = [r for r in recs if r.aggregate3]
@@ -475,6 +495,18 @@ class _Handler(BaseHTTPRequestHandler):
             data = _mangle_result_count(data, int(prm.get("delta", -1)))
         if mode == "block_number":
             data = _mangle_block_number(data, int(prm["value"]))
+        if mode == "truncated_abi":
+            data = _mangle_truncate_abi(data, prm.get("keep"))
+        if mode == "bad_header":
+            data = _mangle_header(data, doc, prm)
+        if mode == "bad_logs":
+            data = _mangle_logs(data, doc, f)
+        if mode == "pad":
+            data = data + b" " * max(0, int(prm["bytes"]) - len(data))
+            try:
+                return self._send(status, data)
+            except OSError:  # the client stopped reading a too-large answer
+                return self._drop()
         if mode == "truncated":
             missing = int(prm.get("missing", 100))
             self.send_response(status)
@@ -532,3 +564,104 @@ def _mangle_result_count(data: bytes, delta: int) -> bytes:
         return e
     doc = [fix(e) for e in doc] if isinstance(doc, list) else fix(doc)
     return json.dumps(doc).encode()
+
+
+def _by_id(doc) -> dict:
+    """Request entries of a JSON-RPC object or batch, by id."""
+    entries = doc if isinstance(doc, list) else [doc]
+    return {e.get("id"): e for e in entries if isinstance(e, dict)}
+
+
+def _mangle_each(data: bytes, doc, fix) -> bytes:
+    """Applies fix(answer_entry, request_entry) to every answer entry that has a result."""
+    answer = json.loads(data)
+    reqs = _by_id(doc)
+
+    def one(e):
+        if isinstance(e, dict) and "result" in e:
+            fix(e, reqs.get(e.get("id")) or {})
+        return e
+    answer = [one(e) for e in answer] if isinstance(answer, list) else one(answer)
+    return json.dumps(answer).encode()
+
+
+def _mangle_truncate_abi(data: bytes, keep) -> bytes:
+    def fix(e, _req):
+        if isinstance(e.get("result"), str):
+            raw = bytes.fromhex(strip0x(e["result"]))
+            n = len(raw) // 2 if keep is None else int(keep)
+            e["result"] = "0x" + raw[:n].hex()
+    return _mangle_each(data, None, fix)
+
+
+def _mangle_header(data: bytes, doc, prm: dict) -> bytes:
+    def fix(e, req):
+        h = e.get("result")
+        if not isinstance(h, dict):
+            return
+        if prm.get("number") is not None:
+            h["number"] = hex(int(prm["number"]))
+        elif prm.get("number_delta") is not None:
+            asked = int((req.get("params") or ["0x0"])[0], 16)
+            h["number"] = hex(asked + int(prm["number_delta"]))
+        if prm.get("hash_bytes") is not None:
+            raw = bytes.fromhex(strip0x(h["hash"]))
+            n = int(prm["hash_bytes"])
+            h["hash"] = "0x" + (raw[:n] + b"\x11" * max(0, n - len(raw))).hex()
+    return _mangle_each(data, doc, fix)
+
+
+TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+
+def _made_up_logs(req: dict, prm: dict) -> list:
+    q = (req.get("params") or [{}])[0]
+    lo, hi = int(q["fromBlock"], 16), int(q["toBlock"], 16)
+    count = int(prm.get("count", 1))
+    where = prm.get("block", "in")
+    emitter = (prm.get("address") or q.get("address") or "0x" + "00" * 20).lower()
+    holder = prm.get("holder")
+    removed = bool(prm.get("removed", False))
+    word = lambda a: "0x" + strip0x(a).lower().rjust(64, "0")  # noqa: E731
+    out = []
+    for i in range(count):
+        if where == "in":
+            blk = lo + (i * (hi - lo + 1)) // count
+        elif where == "above":
+            blk = hi + 1
+        elif where == "below":
+            blk = lo - 1
+        else:
+            blk = int(where)
+        frm = "%040x" % (0xf00d << 128 | i)
+        to = holder or "%040x" % (0xbeef << 128 | i)
+        out.append({
+            "address": emitter,
+            "topics": [TRANSFER_TOPIC, word(frm), word(to)],
+            "data": "0x" + (i + 1).to_bytes(32, "big").hex(),
+            "blockNumber": hex(blk),
+            "blockHash": "0x" + (blk & (1 << 256) - 1).to_bytes(32, "big").hex(),
+            "transactionHash": "0x" + (0xabc << 200 | i).to_bytes(32, "big").hex(),
+            "transactionIndex": "0x0",
+            "logIndex": hex(i),
+            "removed": removed,
+        })
+    return out
+
+
+def _mangle_logs(data: bytes, doc, f: Fault) -> bytes:
+    answer = json.loads(data)
+    reqs = _by_id(doc)
+    cache = f.params.setdefault("_cache", {})
+
+    def one(e):
+        if isinstance(e, dict) and isinstance(e.get("result"), list):
+            req = reqs.get(e.get("id")) or {}
+            q = (req.get("params") or [{}])[0]
+            key = (q.get("fromBlock"), q.get("toBlock"), q.get("address"))
+            if key not in cache:
+                cache[key] = _made_up_logs(req, f.params)
+            e["result"] = e["result"] + cache[key]
+        return e
+    answer = [one(e) for e in answer] if isinstance(answer, list) else one(answer)
+    return json.dumps(answer).encode()
