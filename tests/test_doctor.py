@@ -69,3 +69,32 @@ def test_address_settings_are_validated_when_set(db, cluster, contracts):
     db.execute("SET audius_indexer.token_address = '0X" + contracts.token[2:].upper() + "'")
     db.execute("SET audius_indexer.staking_address = '0x18aAA7115705e8be94bfFEbDE57Af9BFc265B998'")
     assert db.execute("SHOW audius_indexer.delegate_manager_address").fetchone()[0] == contracts.delegate
+
+
+def test_doctor_reports_owners_triggers_and_create_rights(db):
+    """The privilege risks doctor() can see: who owns each Audius table the extension writes (its
+    code runs as that role when the extension writes), the triggers on it with their functions'
+    owners, and non-superuser roles that may CREATE in public or in the database."""
+    db.execute("DROP ROLE IF EXISTS doc_app")
+    db.execute("CREATE ROLE doc_app")
+    try:
+        db.execute("ALTER TABLE public.eth_wallet_balances OWNER TO doc_app")
+        db.execute("CREATE FUNCTION public.doc_app_note() RETURNS trigger LANGUAGE plpgsql "
+                   "AS $$ BEGIN RETURN NEW; END $$")
+        db.execute("ALTER FUNCTION public.doc_app_note() OWNER TO doc_app")
+        db.execute("CREATE TRIGGER doc_app_note AFTER INSERT ON public.eth_wallet_balances "
+                   "FOR EACH ROW EXECUTE FUNCTION public.doc_app_note()")
+        db.execute("GRANT CREATE ON DATABASE audius TO doc_app")
+        c = checks(db)
+        ok, detail = c["owner of public.eth_wallet_balances"]
+        assert "owned by doc_app" in detail and "doc_app_note" in detail and "function owner doc_app" in detail, detail
+        ok, detail = c["database CREATE privilege"]
+        assert not ok and "doc_app" in detail, detail
+        ok, detail = c["owner of public.eth_indexer_checkpoints"]
+        assert "owned by postgres (superuser)" in detail and "no triggers" in detail, detail
+    finally:
+        db.execute("DROP TRIGGER IF EXISTS doc_app_note ON public.eth_wallet_balances")
+        db.execute("DROP FUNCTION IF EXISTS public.doc_app_note()")
+        db.execute("ALTER TABLE public.eth_wallet_balances OWNER TO postgres")
+        db.execute("REVOKE CREATE ON DATABASE audius FROM doc_app")
+        db.execute("DROP ROLE doc_app")
