@@ -7,7 +7,7 @@ PYTEST ?= .venv/bin/pytest
 PYTEST_ARGS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install package-tree package package-smoke unit integration test demo bench-triggers bench-challenges bench-rpc bench-sweep-scale fmt clean
+.PHONY: all deps build install package-tree package old-package package-smoke unit integration test demo bench-triggers bench-challenges bench-rpc bench-sweep-scale bench-status fmt clean
 
 all: build
 
@@ -33,6 +33,16 @@ package-tree: deps
 package: package-tree
 	bash scripts/build-deb.sh $(PKG_DIR) dist
 
+# The last release's package tree, built from its commit (scripts/build-old-package.sh: git archive
+# into target/old/<version>/src, its own CARGO_TARGET_DIR, the package in target/old/<version>/
+# pgrx-package; nothing when already built). Never installed into the system directories: the
+# upgrade tier (tests/test_upgrade_live.py) installs it into a private PostgreSQL tree. The commit
+# must be in the clone (CI: full history). A clean build takes about 3.5 min on 2 cores.
+OLD_VERSION := 0.2.0
+OLD_COMMIT := 2d27bcf
+old-package: deps
+	bash scripts/build-old-package.sh $(OLD_COMMIT) $(OLD_VERSION) target/old/$(OLD_VERSION) $(PG_CONFIG)
+
 # Tier 5: the .deb installed with dpkg in place of the `make install` files, smoke-tested, then
 # removed again and the `make install` files put back.
 package-smoke: package
@@ -49,7 +59,7 @@ unit: deps
 	$(CARGO) test -p audius_indexer --lib --no-default-features --features pg15
 
 # Tiers 2-4: real PostgreSQL 15 clusters (as the postgres OS user) + real anvil + Multicall3.
-integration: install
+integration: install old-package
 	$(PYTEST) tests $(PYTEST_ARGS)
 
 test: unit integration package-smoke
@@ -73,6 +83,12 @@ bench-rpc: install
 
 bench-sweep-scale: install
 	.venv/bin/python bench/rpc/run.py --sweep-scale $(BENCH_RPC_ARGS)
+
+# The monitoring queries (status views, health(), sql/prometheus-queries.yaml) on 3.15M wallets, next
+# to 0.2.0's count(*) (bench/status/run.py --help). BENCH_STATUS_ARGS passes options through.
+BENCH_STATUS_ARGS ?=
+bench-status: install
+	.venv/bin/python bench/status/run.py $(BENCH_STATUS_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

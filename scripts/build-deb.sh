@@ -3,7 +3,8 @@
 # Usage: scripts/build-deb.sh PKG_DIR OUT_DIR
 # Contents: the library and extension files exactly as `make install` places them (all released
 # versions and upgrade scripts included), plus /usr/share/doc/audius-indexer-postgresql-15/ with the
-# README, docs/, sql/indexes.sql (run it with psql after installing) and a copyright file.
+# README, docs/, sql/indexes.sql (run it with psql after installing), sql/prometheus-queries.yaml (for
+# prometheus-postgres-exporter --extend.query-path) and a copyright file.
 set -euo pipefail
 pkg_dir="$1"
 out_dir="$2"
@@ -20,6 +21,7 @@ mkdir -p "$doc/docs" "$stage/DEBIAN"
 install -m 0644 "$root/README.md" "$doc/README.md"
 install -m 0644 "$root"/docs/*.md "$doc/docs/"
 install -m 0644 "$root/sql/indexes.sql" "$doc/indexes.sql"
+install -m 0644 "$root/sql/prometheus-queries.yaml" "$doc/prometheus-queries.yaml"
 cat > "$doc/copyright" <<COPY
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: audius_indexer

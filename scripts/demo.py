@@ -69,6 +69,9 @@ def main() -> int:
         cluster.set_system(rpc_url=anvil.url, token_address=contracts.token, staking_address=contracts.staking,
                            delegate_manager_address=contracts.delegate)
         print(cluster.psql("-c", "CREATE EXTENSION audius_indexer", dbname="audius"), end="")
+        # nothing acts until the DBA says so: the demo turns on the two paths it shows
+        print(cluster.psql("-c", "SELECT audius_indexer.enable('sweep'), audius_indexer.enable('follow')",
+                           dbname="audius"), end="")
         print(f"psql: psql -h {cluster.sockdir} -p {cluster.port} -U postgres audius")
 
         banner("balances of a handful of wallets, one aggregate3 eth_call")

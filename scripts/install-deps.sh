@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.1
-APT_PKGS=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config postgresql-15-cron sudo)
+# prometheus-postgres-exporter: tests/test_monitoring.py scrapes the extension with the real exporter.
+APT_PKGS=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config postgresql-15-cron sudo
+          prometheus-postgres-exporter)
 
 log() { printf '[install-deps] %s\n' "$*"; }
 

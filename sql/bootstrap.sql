@@ -39,3 +39,13 @@ BEGIN
   END IF;
 END
 $role$;
+
+-- The read-only role for monitoring (a Prometheus exporter's login role is made a member): the
+-- status views, health() and the server-wide RPC counters; no write, no RPC (sql/finalize.sql).
+DO $monitor_role$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'audius_indexer_monitor') THEN
+    CREATE ROLE audius_indexer_monitor NOLOGIN;
+  END IF;
+END
+$monitor_role$;

@@ -3,8 +3,10 @@
 -- pg_catalog, pg_temp, with $1 = whether the library is preloaded, $2 = the chain head the RPC checks
 -- saw (NULL when no endpoint answered), and what doctor() read from public.eth_wallet_balances as
 -- that table's owner: $3 = its rows (NULL: the table is missing), $4 = rows stamped above $2, $5 =
--- their highest stamp. No superuser-only setting is read.
-SELECT 'table eth_wallet_balances', $3 IS NOT NULL, coalesce('rows: ' || $3, 'missing')
+-- their highest stamp. No superuser-only setting is read. health() runs the same checks with $2 NULL
+-- (no RPC) and $6 = true: $3 is then sweep_status.wallets, an estimate from pg_class.reltuples.
+SELECT 'table eth_wallet_balances', $3 IS NOT NULL,
+       coalesce('rows: ' || $3 || CASE WHEN $6 THEN ' (estimate: pg_class.reltuples)' ELSE '' END, 'missing')
 UNION ALL
 -- The dedupe GINs must have fastupdate off: with a pending list, every `@>` lookup of the triggers
 -- also scans the list, and a burst of completions (a challenge catch-up) slows down quadratically.
@@ -134,6 +136,18 @@ SELECT 'owner of ' || t.tbl, true,
                ('public.user_challenges'), ('public.indexing_checkpoints')) AS t(tbl)
   JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(t.tbl)
   JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+UNION ALL
+-- The paths of this database: off until the DBA turns them on; stopped when a second writer was
+-- detected (the Go eth-indexer or the Go challenge job still writing).
+SELECT 'path ' || p.path, p.state <> 'stopped',
+       CASE p.state
+         WHEN 'off' THEN 'off: its worker does nothing (SELECT audius_indexer.enable(''' || p.path || ''') to turn it on)'
+         WHEN 'on' THEN 'on since ' || coalesce(p.changed_at::text, '?') || coalesce(' (by ' || p.changed_by || ')', '')
+         ELSE 'STOPPED at ' || coalesce(p.stopped_at::text, '?') || ': ' || coalesce(p.stopped_reason, '?')
+              || '. Stop the other writer and SELECT audius_indexer.enable(''' || p.path
+              || '''), or SELECT audius_indexer.disable(''' || p.path || ''') to hand over'
+       END
+  FROM audius_indexer.paths p
 UNION ALL
 SELECT 'sweep status', last_error IS NULL OR last_error_at < last_tick_finished,
        format('last tick %s, lag %s, %s wallets in back-off%s', coalesce(last_tick_finished::text, 'never'),

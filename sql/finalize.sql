@@ -73,3 +73,29 @@ REVOKE EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats_server() FROM PUBLI
 GRANT EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats_server() TO audius_indexer_operator;
 COMMENT ON FUNCTION audius_indexer.seed_challenge_checkpoints() IS
   'Cutover "start from now" (Audius migration 0211): sets the m/r/rv/rd checkpoints to max(user_events.blocknumber) where absent (ON CONFLICT DO NOTHING) and pins the r/rv verification scan to max(users.blocknumber); returns the four checkpoints. Reads and writes the Audius tables as their owners.';
+-- The paths (sql/paths.sql): turned on and off by the DBA's operator role; SECURITY DEFINER (they
+-- write the extension's own state and, for follow, hand pending wallets back as the owner of
+-- eth_wallet_balances).
+ALTER FUNCTION audius_indexer.enable(text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION audius_indexer.disable(text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION audius_indexer.enable(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION audius_indexer.disable(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audius_indexer.enable(text) TO audius_indexer_operator;
+GRANT EXECUTE ON FUNCTION audius_indexer.disable(text) TO audius_indexer_operator;
+REVOKE EXECUTE ON FUNCTION audius_indexer._stop_path(text, text) FROM PUBLIC;
+GRANT SELECT ON audius_indexer.path_status TO audius_indexer_operator;
+-- Monitoring (docs/operations.md#monitoring, sql/prometheus-queries.yaml): audius_indexer_monitor reads
+-- the status views, health() (doctor()'s database checks: no RPC, no scan of eth_wallet_balances)
+-- and the server-wide RPC counters (shared memory). It can write nothing and reach no node: every
+-- function that does is EXECUTE for audius_indexer_operator only.
+ALTER FUNCTION audius_indexer.health() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION audius_indexer.health() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_errors_server() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION audius_indexer.health() TO audius_indexer_operator, audius_indexer_monitor;
+GRANT EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_errors_server() TO audius_indexer_operator, audius_indexer_monitor;
+GRANT EXECUTE ON FUNCTION audius_indexer.rpc_endpoint_stats_server() TO audius_indexer_monitor;
+GRANT USAGE ON SCHEMA audius_indexer TO audius_indexer_monitor;
+GRANT SELECT ON audius_indexer.sweep_status, audius_indexer.follow_status,
+                audius_indexer.challenge_processor_status, audius_indexer.path_status TO audius_indexer_monitor;
+-- challenge_processor_status calls it (function rights in a view are the reader's)
+GRANT EXECUTE ON FUNCTION audius_indexer._challenge_checkpoints() TO audius_indexer_monitor;

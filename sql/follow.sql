@@ -50,13 +50,32 @@ CREATE TABLE audius_indexer.follow_state (
   reorgs              bigint NOT NULL DEFAULT 0,
   last_reorg_at       timestamptz,
   last_reorg_block    bigint,
-  last_reorg_ancestor bigint
+  last_reorg_ancestor bigint,
+  -- the audio_transfers checkpoint value the follower last stored (or found when it was enabled):
+  -- another value at the next step means another writer moved it (the Go eth-indexer)
+  written_checkpoint  bigint,
+  -- the step in progress (or the last one): its range and the last block committed in it
+  step_from           bigint,
+  step_to             bigint,
+  step_done           bigint
 );
 INSERT INTO audius_indexer.follow_state DEFAULT VALUES;
 
 CREATE FUNCTION audius_indexer._follow_step_started() RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
   UPDATE audius_indexer.follow_state SET last_step_started = clock_timestamp();
+$$;
+
+-- The range of the step in progress (after its head check) and its progress (with each range's
+-- write, in the same transaction as the checkpoint).
+CREATE FUNCTION audius_indexer._follow_step_range(p_from bigint, p_to bigint) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  UPDATE audius_indexer.follow_state SET step_from = p_from, step_to = p_to, step_done = NULL;
+$$;
+
+CREATE FUNCTION audius_indexer._follow_step_done(p_block bigint) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+  UPDATE audius_indexer.follow_state SET step_done = p_block;
 $$;
 
 CREATE FUNCTION audius_indexer._follow_head(p_head bigint) RETURNS void
@@ -155,7 +174,23 @@ SELECT s.last_step_started,
        s.last_reorg_at,
        s.last_reorg_block,
        s.last_reorg_ancestor,
-       pg_catalog.current_setting('audius_indexer.follow_interval', true) AS follow_interval
+       pg_catalog.current_setting('audius_indexer.follow_interval', true) AS follow_interval,
+       -- progress of the step in progress (the worker commits per range; a long backfill shows here
+       -- while it runs): blocks done and still to do, blocks per second so far, and the ETA
+       s.step_from,
+       s.step_to,
+       GREATEST(coalesce(s.step_done, s.step_from - 1) - s.step_from + 1, 0) AS step_blocks_done,
+       GREATEST(s.step_to - coalesce(s.step_done, s.step_from - 1), 0) AS step_blocks_todo,
+       CASE WHEN s.step_done >= s.step_from AND s.last_step_started IS NOT NULL
+            THEN ((s.step_done - s.step_from + 1) / GREATEST(
+                   EXTRACT(epoch FROM (CASE WHEN s.last_step_finished >= s.last_step_started THEN s.last_step_finished
+                                            ELSE pg_catalog.clock_timestamp() END) - s.last_step_started), 0.001))::numeric(20, 1)
+       END AS step_blocks_per_second,
+       CASE WHEN s.step_done >= s.step_from AND s.step_to > s.step_done AND s.last_step_started IS NOT NULL
+                 AND (s.last_step_finished IS NULL OR s.last_step_finished < s.last_step_started)
+            THEN (pg_catalog.clock_timestamp() - s.last_step_started)
+                 * ((s.step_to - s.step_done)::float8 / (s.step_done - s.step_from + 1))
+       END AS step_eta
   FROM audius_indexer.follow_state s
   LEFT JOIN public.eth_indexer_checkpoints c ON c.name = 'audio_transfers'
   LEFT JOIN audius_indexer.follow_blocks b ON b.block = c.last_block;

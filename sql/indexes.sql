@@ -21,7 +21,8 @@
 -- Both GINs are built with fastupdate = off, and an existing one (Audius 0210 creates the first) is
 -- switched to it: with a pending list every lookup also scans the list, and a burst of completions
 -- (a challenge processor catch-up) slows down with the list's length — measured in
--- bench/challenges: 6 min with fastupdate off, ~64 min (extrapolated) with it on.
+-- bench/challenges (docs/performance.md has the numbers of the last run): minutes with fastupdate off,
+-- about ten times as long with it on.
 --
 -- Idempotent. A CREATE INDEX CONCURRENTLY that failed or was cancelled leaves an INVALID index behind,
 -- which IF NOT EXISTS would then silently accept: such leftovers are dropped (concurrently) and rebuilt.

@@ -33,7 +33,10 @@ CREATE TABLE audius_indexer.sweep_state (
   total_updated      bigint NOT NULL DEFAULT 0,
   total_failed       bigint NOT NULL DEFAULT 0,
   total_skipped      bigint NOT NULL DEFAULT 0,
-  totals_since       timestamptz NOT NULL DEFAULT now()
+  totals_since       timestamptz NOT NULL DEFAULT now(),
+  cycle_started      timestamptz,
+  cycle_checked      bigint NOT NULL DEFAULT 0,
+  cycle_rows         bigint
 );
 INSERT INTO audius_indexer.sweep_state DEFAULT VALUES;
 
@@ -127,7 +130,16 @@ AS $$
     total_requested = total_requested + requested,
     total_updated   = total_updated + updated,
     total_failed    = total_failed + failed,
-    total_skipped   = total_skipped + skipped
+    total_skipped   = total_skipped + skipped,
+    -- a cycle is one pass over eth_wallet_balances (its rows estimated by pg_class.reltuples when the
+    -- cycle starts): the ticks' wallets count towards it until they reach that many
+    cycle_started = CASE WHEN cycle_started IS NULL OR cycle_checked >= cycle_rows THEN started ELSE cycle_started END,
+    cycle_rows    = CASE WHEN cycle_started IS NULL OR cycle_checked >= cycle_rows
+                         THEN (SELECT GREATEST(c.reltuples, 0)::bigint FROM pg_catalog.pg_class c
+                                WHERE c.oid = pg_catalog.to_regclass('public.eth_wallet_balances'))
+                         ELSE cycle_rows END,
+    cycle_checked = CASE WHEN cycle_started IS NULL OR cycle_checked >= cycle_rows THEN requested
+                         ELSE cycle_checked + requested END
 $$;
 
 -- A failed tick (whole-call failure: node down, timeout…): recorded by the worker after rollback.
@@ -158,18 +170,36 @@ SELECT s.last_tick_started,
        s.last_requested, s.last_updated, s.last_failed, s.last_skipped,
        s.ticks, s.total_requested, s.total_updated, s.total_failed, s.total_skipped, s.totals_since,
        s.last_error, s.last_error_at,
+       -- Every column stays cheap on 3M+ wallets (bench/status): min(updated_at) is one probe of
+       -- eth_wallet_balances_updated_at_idx; lag_excluding_failing walks that index from its low end
+       -- past the failing wallets (an ORDER BY ... LIMIT 1: min() over an anti-join would scan the
+       -- table); wallets is an ESTIMATE, not a count(*): pg_class.reltuples, maintained by VACUUM,
+       -- ANALYZE and autovacuum (in the catalog, so also right on a standby and after a crash or
+       -- pg_stat_reset(), unlike pg_stat_user_tables.n_live_tup), and n_live_tup only while the table
+       -- has never been vacuumed or analyzed (reltuples = -1).
        (SELECT now() - min(updated_at) FROM public.eth_wallet_balances) AS lag,
-       (SELECT now() - min(w.updated_at) FROM public.eth_wallet_balances w
-         WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f WHERE f.wallet = w.wallet))
-         AS lag_excluding_failing,
-       (SELECT count(*) FROM public.eth_wallet_balances) AS wallets,
+       (SELECT now() - w.updated_at FROM public.eth_wallet_balances w
+         WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f WHERE f.wallet = w.wallet)
+         ORDER BY w.updated_at LIMIT 1) AS lag_excluding_failing,
+       (SELECT (CASE WHEN c.reltuples >= 0 THEN c.reltuples
+                     ELSE pg_catalog.pg_stat_get_live_tuples(c.oid) END)::bigint
+          FROM pg_catalog.pg_class c WHERE c.oid = 'public.eth_wallet_balances'::pg_catalog.regclass) AS wallets,
        (SELECT count(*) FROM audius_indexer.wallet_failures WHERE next_attempt > now()) AS wallets_in_backoff,
        (SELECT count(*) FROM audius_indexer.wallet_failures) AS wallets_failing,
        (SELECT a.pid FROM pg_catalog.pg_stat_activity a
          WHERE a.backend_type = 'audius_indexer sweep' AND a.datname = pg_catalog.current_database()
          LIMIT 1) AS worker_pid,
        -- NULL in a session where the library is not loaded and the setting is not in postgresql.conf
-       pg_catalog.current_setting('audius_indexer.sweep_enabled', true) :: boolean AS sweep_enabled
+       pg_catalog.current_setting('audius_indexer.sweep_enabled', true) :: boolean AS sweep_enabled,
+       -- the current cycle (one pass over every row): rows checked since it started, of how many
+       -- (an estimate taken when it started), and when it will be done at the rate so far
+       s.cycle_started,
+       s.cycle_checked AS cycle_rows_checked,
+       s.cycle_rows,
+       CASE WHEN s.cycle_checked > 0 AND s.cycle_rows > s.cycle_checked
+                 AND s.last_tick_finished > s.cycle_started
+            THEN (s.last_tick_finished - s.cycle_started) * ((s.cycle_rows - s.cycle_checked)::float8 / s.cycle_checked)
+       END AS cycle_eta
 FROM audius_indexer.sweep_state s;
 COMMENT ON VIEW audius_indexer.sweep_status IS
-  'Last sweep tick (worker, CALL sweep() or refresh_stale()), totals, last error, lag (now() - min(updated_at)), wallets in back-off, the worker pid of this database.';
+  'Last sweep tick (worker, CALL sweep() or refresh_stale()), totals, last error, lag (now() - min(updated_at)), wallets (an estimate: pg_class.reltuples), wallets in back-off, the worker pid of this database.';

@@ -221,3 +221,15 @@ pub fn balances_overview(head: Option<i64>) -> Option<(i64, i64, Option<i64>)> {
         Some((t.0.unwrap_or(0), t.1.unwrap_or(0), t.2))
     })
 }
+
+/// Hands wallets to the stale sweep (`disable('follow')`): `updated_at = '1970-01-01'` puts them at
+/// the head of every sweep's queue, ours or the Go eth-indexer's (`ORDER BY updated_at`).
+pub fn hand_back(wallets: &[String]) {
+    as_owner_of(ETH_WALLET_BALANCES, || {
+        spi(Spi::run_with_args(
+            "UPDATE public.eth_wallet_balances SET updated_at = '1970-01-01'::pg_catalog.timestamp \
+             WHERE wallet OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
+            &[wallets.to_vec().into()],
+        ))
+    })
+}

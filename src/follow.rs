@@ -24,6 +24,7 @@ use crate::eth::address::normalize;
 use crate::eth::logs::{self, Header};
 use crate::eth::rpc::{self, ExecError};
 use crate::gucs;
+use crate::paths::{self, Path};
 use crate::reader;
 use crate::sweep::{self, Entry, LockScope, Steps};
 use alloy_primitives::{Address, B256};
@@ -105,6 +106,7 @@ fn load_checkpoint() -> Option<i64> {
 /// `h` is a header the node showed for exactly the block asked for (`logs::parse_header`).
 fn save_checkpoint(h: &Header) {
     crate::audius_tables::save_checkpoint(CHECKPOINT_NAME, h.number as i64);
+    crate::paths::record_written_checkpoint(Some(h.number as i64));
     spi(Spi::run_with_args(
         "SELECT audius_indexer._follow_save_block($1, $2, $3)",
         &[
@@ -239,13 +241,40 @@ pub fn step<S: Steps>(
     }
     sweep::ensure_primary("follow_transfers");
     let state = steps.sql(|| {
+        paths::ensure_not_stopped(Path::Follow);
         if !sweep::take_lock(LOCK_KEY, scope) {
             return None;
         }
+        let checkpoint = load_checkpoint();
+        // On, the follower owns the audio_transfers row: another value than the one it stored
+        // means a second writer (the Go eth-indexer) moved it. It stops before doing anything.
+        if paths::state(Path::Follow).0 == paths::State::On {
+            let written = paths::written_checkpoint();
+            if written.is_some() && written != checkpoint {
+                let reason = format!(
+                    "the audio_transfers checkpoint moved from {} to {} without audius_indexer (is the Go eth-indexer still running?)",
+                    written.unwrap_or_default(),
+                    checkpoint.map_or("none".to_string(), |c| c.to_string())
+                );
+                paths::stop(Path::Follow, &reason);
+                if scope == LockScope::Session {
+                    sweep::release_lock(LOCK_KEY);
+                }
+                return Some(Err(checkpoint));
+            }
+        }
         spi(Spi::run("SELECT audius_indexer._follow_step_started()"));
-        Some(load_checkpoint())
+        Some(Ok(checkpoint))
     });
-    let checkpoint = state?;
+    let checkpoint = match state? {
+        Ok(c) => c,
+        Err(c) => {
+            return Some(StepCounts {
+                checkpoint: c,
+                ..StepCounts::default()
+            })
+        }
+    };
     let result = run_step(steps, checkpoint, max_blocks);
     steps.sql(|| {
         spi(Spi::run_with_args(
@@ -368,6 +397,13 @@ fn run_step<S: Steps>(
     let to = logs::step_end(from as u64, to as u64, range_size) as i64;
     out.from_block = Some(from);
     out.to_block = Some(to);
+    // Progress for follow_status while the step runs (the worker commits per range).
+    steps.sql(|| {
+        spi(Spi::run_with_args(
+            "SELECT audius_indexer._follow_step_range($1, $2)",
+            &[from.into(), to.into()],
+        ))
+    });
     // Ranges planned lazily; the halves of a refused range (bisected) go on `work` and are done
     // before the next planned range, in block order.
     let mut planned = logs::plan_ranges(from as u64, to as u64, range_size);
@@ -399,9 +435,22 @@ fn run_step<S: Steps>(
         let tracked = steps.sql(|| filter_tracked(&cands));
         out.tracked += tracked.len() as i32;
         let wallets = tracked.into_iter().map(|(w, blk)| (w, Some(blk))).collect();
-        let c = refresh(steps, wallets, || save_checkpoint(&end));
+        let c = refresh(steps, wallets, || {
+            save_checkpoint(&end);
+            spi(Spi::run_with_args(
+                "SELECT audius_indexer._follow_step_done($1)",
+                &[(b as i64).into()],
+            ));
+        });
         out.add(c);
         out.checkpoint = Some(b as i64);
+        // One line per range for a psql caller (client_min_messages = notice, the default).
+        notice!(
+            "audius_indexer follow: blocks {a}..{b} of {from}..{to}: {} log(s), {} tracked, {} updated; checkpoint {b}",
+            found.len(),
+            c.requested,
+            c.updated
+        );
     }
     out
 }
@@ -424,6 +473,7 @@ fn reorg<S: Steps>(steps: &mut S, checkpoint: i64, ancestor: i64) -> i64 {
     steps.sql(move || {
         crate::audius_tables::rewind_stamps(&keys, ancestor);
         crate::audius_tables::rewind_checkpoint(CHECKPOINT_NAME, ancestor);
+        crate::paths::record_written_checkpoint(Some(ancestor));
         spi(Spi::run_with_args(
             "SELECT audius_indexer._follow_reorg($1, $2)",
             &[checkpoint.into(), ancestor.into()],

@@ -79,6 +79,14 @@ pub static RPC_IDLE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000)
 /// it is remembered for 10 minutes and spoken to over HTTP/1.1; `https://` endpoints always use
 /// HTTP/1.1.
 pub static RPC_HTTP2: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// `audius_indexer.rpc_max_requests_per_second`: the request budget — HTTP attempts per second
+/// per endpoint host, server-wide (0 = no cap, the default). `SIGHUP`: every backend and the three
+/// workers share one value (and, when the library is preloaded, one token bucket per host in shared
+/// memory; without preload each backend has a bucket of its own). Burst: one second's worth. An
+/// attempt without a token waits for one (interruptibly), it never fails because of the budget.
+/// Its assign hook writes the value into the buckets' table (`request_budget::set_rate`): a
+/// reload applies at once everywhere, to a worker's step in progress too.
+pub static RPC_MAX_REQUESTS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// `audius_indexer.database`: database the sweep worker connects to (postmaster setting).
 pub static DATABASE: GucSetting<Option<CString>> =
@@ -157,7 +165,7 @@ fn define_checked_string(
     }
 }
 
-pub fn init() {
+pub fn init(hooks: Hooks) {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         PRELOADED.store(true, Ordering::Relaxed);
     }
@@ -285,6 +293,24 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    // The assign hook puts the value into the request budget's table (shared memory when
+    // preloaded): the postmaster applies a reload first, so every process, mid-step or mid-wait,
+    // follows at once.
+    unsafe {
+        GucRegistry::define_int_guc_with_hooks(
+            c"audius_indexer.rpc_max_requests_per_second",
+            c"Request budget: HTTP attempts per second to each RPC endpoint host, server-wide (0 = no cap).",
+            c"A token bucket per host (burst: one second's worth) shared by every backend and the workers when the library is preloaded, per backend otherwise. An attempt without a token waits for one; cancel and statement_timeout still apply.",
+            &RPC_MAX_REQUESTS_PER_SECOND,
+            0,
+            1_000_000,
+            GucContext::Sighup,
+            GucFlags::default(),
+            None,
+            hooks.max_requests_per_second,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
         c"audius_indexer.rpc_max_retries",
         c"Retries of transient RPC failures (connect errors, timeouts, 429, 502-504, rate-limit errors).",
@@ -475,6 +501,12 @@ pub fn init() {
         GucFlags::default(),
     );
     unsafe { pg_sys::MarkGUCPrefixReserved(c"audius_indexer".as_ptr()) };
+}
+
+/// What `init` needs from the modules above this one (this module imports none of them).
+pub struct Hooks {
+    /// Assign hook of `rpc_max_requests_per_second` (`request_budget::assign_rate`).
+    pub max_requests_per_second: pg_sys::GucIntAssignHook,
 }
 
 /// GUC check hook of the address settings: refuses anything `parse_address` refuses, with the

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod api;
+mod catalog_version;
 mod challenges;
 mod config;
 mod errors;
@@ -19,8 +20,10 @@ pub use audius_indexer_core::eth;
 mod audius_tables;
 mod gucs;
 mod interrupts;
+mod paths;
 mod privilege;
 mod reader;
+mod request_budget;
 mod shmem_stats;
 mod sweep;
 mod triggers;
@@ -47,13 +50,21 @@ extension_sql_file!(
     name = "follow",
     requires = ["bootstrap"]
 );
+extension_sql_file!(
+    "../sql/paths.sql",
+    name = "paths",
+    requires = ["bootstrap", "follow"]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    gucs::init();
+    gucs::init(gucs::Hooks {
+        max_requests_per_second: Some(request_budget::assign_rate),
+    });
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         shmem_stats::init();
+        request_budget::init();
         worker::register();
     }
 }

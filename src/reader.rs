@@ -11,6 +11,7 @@ use crate::eth::pipeline::{Limiter, Pipeline, StopFlag, TakeError};
 use crate::eth::rpc::{self, Agents, Endpoint, Endpoints, ExecError, RpcError};
 use crate::eth::untrusted::{self, SeenHead};
 use crate::gucs;
+use crate::request_budget::Budget;
 use alloy_primitives::Address;
 use pgrx::PgSqlErrorCode::*;
 use std::cell::{Cell, RefCell};
@@ -65,10 +66,12 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-/// One HTTP attempt as the statistics record it: host, latency, error.
-type Attempt = (String, Duration, Option<String>);
+/// One HTTP attempt as the statistics record it: host, latency, error (its kind's index in
+/// `shmem_stats::ERROR_KINDS` and its message).
+type Attempt = (String, Duration, Option<(usize, String)>);
 
 /// One attempt on a helper thread: the POST, `parse` of the result, the limiter told how it went.
+/// The caller has taken a token of the request budget for `ep` before (`request_budget`).
 fn attempt<T>(
     net: &Net,
     ep: &Endpoint,
@@ -89,13 +92,16 @@ fn attempt<T>(
         }
         Err(_) => {}
     }
-    let err = r.as_ref().err().map(ToString::to_string);
+    let err = r
+        .as_ref()
+        .err()
+        .map(|e| (crate::shmem_stats::kind_index(&e.kind), e.to_string()));
     (r, (ep.host().to_string(), t.elapsed(), err))
 }
 
 fn record_attempts(attempts: &[Attempt]) {
     for (host, latency, err) in attempts {
-        crate::shmem_stats::record(host, *latency, err.as_deref());
+        crate::shmem_stats::record(host, *latency, err.as_ref().map(|(k, e)| (*k, e.as_str())));
     }
 }
 
@@ -113,11 +119,17 @@ where
 {
     let net = net(cfg);
     let max_resp = cfg.max_response_bytes;
+    let budget = Budget::current();
     rpc::execute(
         &net.endpoints,
         &cfg.policy,
         cfg.attempt_timeout,
         |ep, timeout| {
+            // A token of the request budget before the attempt is sent: waited for on this
+            // thread, cancel / statement_timeout / SIGTERM honoured every POLL_SLICE.
+            budget.acquire(ep.host(), &mut |d| {
+                sleep_interruptible(d, &mut crate::interrupts::poll)
+            })?;
             let body = body_for(REQUEST_ID.fetch_add(1, Ordering::Relaxed));
             let (ep, n, parse) = (ep.clone(), net.clone(), parse.clone());
             let r = run_interruptible(
@@ -166,6 +178,9 @@ fn pipelined_eth_call(
             if stop.stopped() {
                 return Err(rpc::Interrupted);
             }
+            // A token of the request budget (atomics in shared memory, no PostgreSQL call): the
+            // wait ends as soon as the pipeline stops (cancel, statement_timeout, SIGTERM).
+            cfg.budget.acquire(ep.host(), &mut |d| stop.sleep(d))?;
             let body = rpc::eth_call_body(
                 REQUEST_ID.fetch_add(1, Ordering::Relaxed),
                 &cfg.to,
@@ -196,6 +211,7 @@ struct PipelineCfg {
     max_resp: u64,
     to: String,
     contracts: crate::eth::abi::Contracts,
+    budget: Budget,
 }
 
 /// Reports an RPC failure as an ERROR (or the worker's shutdown as a terminating ERROR).
@@ -297,6 +313,7 @@ pub fn read_balances_streaming(
             max_resp: cfg.max_response_bytes,
             to: to.clone(),
             contracts: cfg.contracts,
+            budget: Budget::current(),
         };
         let owned: Vec<Vec<Address>> = chunks.iter().map(|c| c.to_vec()).collect();
         let limiter = n.limiter.clone();

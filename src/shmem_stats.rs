@@ -3,7 +3,9 @@
 //! Every backend and the sweep worker add to the same counters, so `rpc_endpoint_stats_server()`
 //! shows the worker's traffic too. Fixed size: up to `MAX_ENDPOINTS` hosts (least recently used
 //! evicted), host and last error truncated. Updated on the backend's own thread after each attempt.
+//! Failures are also counted per kind (`ERROR_KINDS`, `rpc_endpoint_errors_server()`).
 
+use crate::eth::rpc::RpcErrorKind;
 use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
@@ -15,6 +17,39 @@ use std::time::Duration;
 const MAX_ENDPOINTS: usize = 16;
 const HOST_LEN: usize = 96;
 const ERR_LEN: usize = 240;
+
+/// The kinds failures are counted by, per endpoint (the label `kind` of the Prometheus counter
+/// `audius_indexer_rpc_errors_total`); one per `RpcErrorKind` variant, in its order.
+pub const ERROR_KINDS: [&str; 11] = [
+    "connect",
+    "timeout",
+    "connection_lost",
+    "rate_limited",
+    "http_status",
+    "redirect",
+    "bad_response",
+    "jsonrpc",
+    "out_of_gas",
+    "too_large",
+    "range_refused",
+];
+
+/// The index of `k` in `ERROR_KINDS`.
+pub fn kind_index(k: &RpcErrorKind) -> usize {
+    match k {
+        RpcErrorKind::Connect(_) => 0,
+        RpcErrorKind::Timeout(_) => 1,
+        RpcErrorKind::ConnectionLost(_) => 2,
+        RpcErrorKind::RateLimited { .. } => 3,
+        RpcErrorKind::HttpStatus { .. } => 4,
+        RpcErrorKind::Redirect { .. } => 5,
+        RpcErrorKind::BadResponse(_) => 6,
+        RpcErrorKind::JsonRpc { .. } => 7,
+        RpcErrorKind::OutOfGas(_) => 8,
+        RpcErrorKind::TooLarge(_) => 9,
+        RpcErrorKind::RangeRefused(_) => 10,
+    }
+}
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -29,6 +64,7 @@ pub struct Slot {
     last_used_at: pg_sys::TimestampTz,
     last_error_at: pg_sys::TimestampTz,
     last_error: [u8; ERR_LEN],
+    kind_failures: [u64; ERROR_KINDS.len()],
 }
 
 #[derive(Clone, Copy)]
@@ -98,8 +134,8 @@ fn copy_into(dst: &mut [u8], s: &str) -> u16 {
     n as u16
 }
 
-/// Adds one attempt's outcome for `host`.
-pub fn record(host: &str, latency: Duration, error: Option<&str>) {
+/// Adds one attempt's outcome for `host`: its error's kind (`kind_index`) and message.
+pub fn record(host: &str, latency: Duration, error: Option<(usize, &str)>) {
     if !available() {
         return;
     }
@@ -130,8 +166,9 @@ pub fn record(host: &str, latency: Duration, error: Option<&str>) {
     slot.last_latency_us = us;
     slot.total_latency_us = slot.total_latency_us.saturating_add(us);
     slot.last_used_at = now;
-    if let Some(e) = error {
+    if let Some((kind, e)) = error {
         slot.failures += 1;
+        slot.kind_failures[kind.min(ERROR_KINDS.len() - 1)] += 1;
         slot.last_error_at = now;
         slot.err_len = copy_into(&mut slot.last_error, e);
     }
@@ -147,6 +184,8 @@ pub struct Row {
     pub last_latency: Duration,
     pub total_latency: Duration,
     pub last_used_at: pg_sys::TimestampTz,
+    /// Failures per kind, in `ERROR_KINDS` order (they add up to `failures`).
+    pub kind_failures: [u64; ERROR_KINDS.len()],
 }
 
 pub fn snapshot() -> Vec<Row> {
@@ -165,8 +204,51 @@ pub fn snapshot() -> Vec<Row> {
             last_latency: Duration::from_micros(s.last_latency_us),
             total_latency: Duration::from_micros(s.total_latency_us),
             last_used_at: s.last_used_at,
+            kind_failures: s.kind_failures,
         })
         .collect();
     rows.sort_by(|a, b| a.host.cmp(&b.host));
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration as D;
+
+    #[test]
+    fn every_error_kind_has_its_own_counter() {
+        let kinds = [
+            RpcErrorKind::Connect(String::new()),
+            RpcErrorKind::Timeout(D::ZERO),
+            RpcErrorKind::ConnectionLost(String::new()),
+            RpcErrorKind::RateLimited {
+                detail: String::new(),
+                retry_after: None,
+            },
+            RpcErrorKind::HttpStatus {
+                status: 500,
+                retry_after: None,
+            },
+            RpcErrorKind::Redirect {
+                status: 302,
+                location_host: None,
+            },
+            RpcErrorKind::BadResponse(String::new()),
+            RpcErrorKind::JsonRpc {
+                code: -32000,
+                message: String::new(),
+            },
+            RpcErrorKind::OutOfGas(String::new()),
+            RpcErrorKind::TooLarge(String::new()),
+            RpcErrorKind::RangeRefused(String::new()),
+        ];
+        let idx: Vec<usize> = kinds.iter().map(kind_index).collect();
+        assert_eq!(idx, (0..ERROR_KINDS.len()).collect::<Vec<_>>());
+        assert_eq!(ERROR_KINDS[kind_index(&kinds[3])], "rate_limited");
+        let mut names = ERROR_KINDS.to_vec();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ERROR_KINDS.len());
+    }
 }

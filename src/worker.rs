@@ -25,6 +25,7 @@
 //! before trying again (exponential, up to `MAX_CONNECT_BACKOFF`): a few log lines, not a flood.
 
 use crate::interrupts::should_stop;
+use crate::paths::Path;
 use crate::{gucs, sweep};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -308,6 +309,9 @@ fn tick(db: &str, warned_missing: &mut bool) {
         Ok(false) => return,
         Err(msg) => return tick_failed(None, &msg),
     }
+    if !path_on(Path::Sweep) {
+        return;
+    }
     let mut started = None;
     let outcome = catching(|| {
         sweep::tick(
@@ -334,18 +338,26 @@ fn tick(db: &str, warned_missing: &mut bool) {
     }
 }
 
-/// Whether the extension is installed in the worker's database; while it is not, the worker idles
-/// and says so once (`warned_missing`).
+thread_local! {
+    /// Whether this worker said it waits for the catalog of its version (one LOG line when it
+    /// starts waiting, one when it acts again).
+    static WAITING_FOR_CATALOG: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the extension is installed in the worker's database, at this library's version
+/// (src/catalog_version.rs), and the worker's role may act; while not, the worker idles and says so
+/// once (`warned_missing`; the version wait has a LOG line of its own).
 fn extension_installed(name: &str, db: &str, warned_missing: &mut bool) -> Result<bool, String> {
-    let (installed, operator) = catching(|| {
+    let (installed, operator, version) = catching(|| {
         raw_transaction(|| {
-            Spi::get_two::<bool, bool>(
+            Spi::get_three::<bool, bool, String>(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'audius_indexer'), \
                         EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) 'audius_indexer_operator') \
-                    AND pg_catalog.pg_has_role('audius_indexer_operator', 'MEMBER')",
+                    AND pg_catalog.pg_has_role('audius_indexer_operator', 'MEMBER'), \
+                        (SELECT e.extversion::pg_catalog.text FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'audius_indexer')",
             )
-            .map(|(a, b)| (a.unwrap_or(false), b.unwrap_or(false)))
-            .unwrap_or((false, false))
+            .map(|(a, b, v)| (a.unwrap_or(false), b.unwrap_or(false), v))
+            .unwrap_or((false, false, None))
         })
     })?;
     if !installed {
@@ -354,6 +366,23 @@ fn extension_installed(name: &str, db: &str, warned_missing: &mut bool) -> Resul
             *warned_missing = true;
         }
         return Ok(false);
+    }
+    // The catalog of another version: between the restart onto a new library and ALTER EXTENSION
+    // UPDATE (README: upgrade in place). Nothing of this library may run against it.
+    let waiting = WAITING_FOR_CATALOG.with(std::cell::Cell::get);
+    if let Some((msg, todo)) = crate::catalog_version::describe(version.as_deref()) {
+        if !waiting {
+            log!("{name}: database {db:?}: {msg}; idle until the versions match ({todo})");
+            WAITING_FOR_CATALOG.with(|w| w.set(true));
+        }
+        return Ok(false);
+    }
+    if waiting {
+        log!(
+            "{name}: the extension in database {db:?} is at version {} now; acting",
+            crate::catalog_version::LIBRARY_VERSION
+        );
+        WAITING_FOR_CATALOG.with(|w| w.set(false));
     }
     if !operator {
         if !*warned_missing {
@@ -367,6 +396,12 @@ fn extension_installed(name: &str, db: &str, warned_missing: &mut bool) -> Resul
     }
     *warned_missing = false;
     Ok(true)
+}
+
+/// Whether the DBA turned `path` on in this database (`audius_indexer.enable()`): off or stopped,
+/// the worker does nothing (no RPC, no write).
+fn path_on(path: Path) -> bool {
+    in_transaction(|| crate::paths::state(path).0 == crate::paths::State::On).unwrap_or(false)
 }
 
 /// Logs a failed tick, records it in `sweep_status` and releases the single-flight lock.
@@ -392,7 +427,9 @@ fn challenges_tick(db: &str, warned_missing: &mut bool) {
         return;
     }
     let batch = gucs::CHALLENGES_BATCH_SIZE.get();
-    if extension_installed(CHALLENGES_WORKER_TYPE, db, warned_missing) != Ok(true) {
+    if extension_installed(CHALLENGES_WORKER_TYPE, db, warned_missing) != Ok(true)
+        || !path_on(Path::Challenges)
+    {
         return;
     }
     // As the worker's role, an operator: process_user_event_challenges() is SECURITY DEFINER.
@@ -463,7 +500,9 @@ fn follow_tick(db: &str, warned_missing: &mut bool, last_error: &mut Option<(Str
     if unsafe { pg_sys::RecoveryInProgress() } {
         return;
     }
-    if extension_installed(FOLLOW_WORKER_TYPE, db, warned_missing) != Ok(true) {
+    if extension_installed(FOLLOW_WORKER_TYPE, db, warned_missing) != Ok(true)
+        || !path_on(Path::Follow)
+    {
         return;
     }
     let outcome =

@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness.chain import ANVIL_BIN, Anvil, Contracts  # noqa: E402
-from harness.pg import PG_BIN, Cluster  # noqa: E402
+from harness.pg import PG_BIN, Cluster, enable_paths  # noqa: E402
 from harness.rpcproxy import RpcProxy  # noqa: E402
 
 EXT_CONTROL = Path("/usr/share/postgresql/15/extension/audius_indexer.control")
@@ -108,6 +108,10 @@ def cluster(proxy, contracts):
         c.create_database("audius")
         with c.connect("audius") as conn:
             conn.execute("CREATE EXTENSION audius_indexer")
+            # the sweep path on (its worker stays off until a test sets sweep_enabled); follow
+            # and challenges stay off: the tests drive them through SQL and move their
+            # checkpoints by hand, which an enabled path would take for a second writer
+            enable_paths(conn, "sweep")
         c.set_system(**c.baseline)
         yield c
         c.assert_log_clean()

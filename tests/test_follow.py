@@ -30,6 +30,7 @@ from follow_support import (AUDIUS_TRIGGER_WARNING, CheckpointRecorder, StepReco
                             planned_requests, point_at, reset_follow_state, set_checkpoint, status,
                             step, wait_follow_idle)
 from harness.chain import to_checksum, wallet_address
+from harness.pg import enable_paths
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -446,6 +447,7 @@ def test_worker_backfills_then_follows(own, own_db):
 
         conninfo = own.conninfo(OWN_DB)
         with StepRecorder(conninfo) as rec:
+            enable_paths(conn, "follow")   # nothing acts until the DBA turns the path on
             own.set_system(follow_interval="1s")
             wait_until(lambda: checkpoint(conn) == h1, timeout=90, interval=0.1, what="backfill to h1")
             t_backfill = time.time() - t_start - t_chain
@@ -461,6 +463,7 @@ def test_worker_backfills_then_follows(own, own_db):
             wait_until(lambda: status(conn)["pending_wallets"] == 0, timeout=30, what="no pending wallets")
             own.set_system(follow_interval=0)
             wait_follow_idle(conn)
+            conn.execute("SELECT audius_indexer.disable('follow')")
             time.sleep(0.1)
 
         assert rec.missed == 0 and rec.steps, (rec.missed, rec.steps, rec.errors)
@@ -606,6 +609,7 @@ def test_worker_kill9_and_node_outage_resume_without_gap(own, own_db):
         conninfo = own.conninfo(OWN_DB)
         with CheckpointRecorder(conninfo) as cps:
             t0 = time.time()
+            enable_paths(conn, "follow")
             own.set_system(follow_interval="1s")
             wait_until(lambda: (checkpoint(conn) or 0) >= 1 + 10 * size, timeout=60, interval=0.05,
                        what="10 ranges committed")
@@ -674,6 +678,7 @@ def test_worker_kill9_and_node_outage_resume_without_gap(own, own_db):
                        timeout=10, what="a finished step after the last error")
             own.set_system(follow_interval=0)
             wait_follow_idle(conn)
+            conn.execute("SELECT audius_indexer.disable('follow')")
             t_end = time.time()
 
         recs = proxy.select(method="eth_getLogs")

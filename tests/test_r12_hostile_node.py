@@ -569,6 +569,9 @@ def worker_runs(anvil, contracts, ctx):
         with tpl.connect(DB) as conn:
             prepare_db(conn)
             seed(conn, ctx)
+            # the DBA turns the two paths on (after the checkpoint is in place: the follower
+            # adopts it as its own)
+            conn.execute("SELECT audius_indexer.enable('sweep'), audius_indexer.enable('follow')")
             base = snapshot(conn)
         tpl.stop()
 

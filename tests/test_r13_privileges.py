@@ -318,6 +318,9 @@ ENTRY_POINTS = [
     EP("rpc_endpoint_stats()", "SELECT * FROM audius_indexer.rpc_endpoint_stats()", "", ("rpc_endpoint_stats",)),
     EP("rpc_endpoint_stats_server()", "SELECT * FROM audius_indexer.rpc_endpoint_stats_server()", "",
        ("rpc_endpoint_stats_server",)),
+    EP("rpc_endpoint_errors_server()", "SELECT * FROM audius_indexer.rpc_endpoint_errors_server()", "",
+       ("rpc_endpoint_errors_server",)),
+    EP("health()", "SELECT * FROM audius_indexer.health()", "", ("health",)),
     EP("_challenge_checkpoints()", "SELECT * FROM audius_indexer._challenge_checkpoints()", "",
        ("_challenge_checkpoints",)),
     EP("trigger_specs()", "SELECT * FROM audius_indexer.trigger_specs()", "", ("trigger_specs",)),
@@ -328,6 +331,9 @@ ENTRY_POINTS = [
     EP("SELECT challenge_processor_status", "SELECT * FROM audius_indexer.challenge_processor_status", "",
        ("challenge_processor_status",)),
     EP("SELECT follow_pending", "SELECT * FROM audius_indexer.follow_pending", "", ("follow_pending",)),
+    EP("enable() / disable()", "SELECT audius_indexer.enable('sweep'), audius_indexer.disable('sweep')", "",
+       ("enable", "disable")),
+    EP("SELECT path_status", "SELECT * FROM audius_indexer.path_status", "", ("path_status",)),
     EP("SELECT wallet_failures", "SELECT * FROM audius_indexer.wallet_failures", "", ("wallet_failures",)),
 ]
 COVERED = {n for ep in ENTRY_POINTS for n in ep.names}
@@ -561,6 +567,9 @@ def run_workers(c: Cluster, su, min_runs: int = 2, min_wait: float = 10.0, timeo
     `min_runs` times (at most `timeout` s), then off again; returns what was seen."""
     seen = [set(), set(), set()]
     start = worker_activity(su)
+    # the DBA turns the paths on (they adopt the checkpoints arm_workers set by hand) ...
+    su.execute("SELECT audius_indexer.enable('sweep'), audius_indexer.enable('follow'), "
+               "audius_indexer.enable('challenges')")
     c.set_system(sweep_enabled=True, follow_interval=FOLLOW_ON, challenges_interval=CHALLENGES_ON)
     t0 = time.monotonic()
     try:
@@ -573,6 +582,9 @@ def run_workers(c: Cluster, su, min_runs: int = 2, min_wait: float = 10.0, timeo
             time.sleep(0.25)
     finally:
         c.set_system(sweep_enabled=False, follow_interval=0, challenges_interval=0)
+        # ... and off again, as they were (without disable()'s hand-over: the next case moves the
+        # checkpoints by hand, as a test does, and drives the SQL entry points itself)
+        su.execute("UPDATE audius_indexer.paths SET state = 'off'")
     return (f"runs seen in {time.monotonic() - t0:.1f} s: sweep {len(seen[0])}, follow {len(seen[1])}, "
             f"challenges {len(seen[2])}")
 
@@ -663,6 +675,8 @@ def test_3c_worker_role(anvil, contracts, report):
                 contracts.set_values(ws, values, [0] * len(ws), [0] * len(ws))
                 arm_workers(c, su, anvil, contracts)
                 n = su.execute("SELECT max(user_id) FROM public.user_events").fetchone()[0]
+                su.execute("SELECT audius_indexer.enable('sweep'), audius_indexer.enable('follow'), "
+                           "audius_indexer.enable('challenges')")
                 c.set_system(sweep_enabled=True, follow_interval=FOLLOW_ON, challenges_interval=CHALLENGES_ON)
                 try:
                     def users():
@@ -862,6 +876,8 @@ def test_4_audius_app_owns_the_tables(w: Writer, app_cluster, contracts, report)
         mark = len(c.log_text())
         result = None
         if w.who == "worker":
+            path = {"balances": "sweep", "follow": "follow", "challenges": "challenges"}[w.kind]
+            su.execute("SELECT audius_indexer.enable(%s)", (path,))  # the DBA turns the path on
             c.set_system(**w.worker_setting)
             try:
                 if w.kind == "challenges":
@@ -872,6 +888,7 @@ def test_4_audius_app_owns_the_tables(w: Writer, app_cluster, contracts, report)
                                                   "FROM public.eth_wallet_balances").fetchone()[0], timeout=20, what=w.id)
             finally:
                 c.set_system(**OFF)
+                su.execute("UPDATE audius_indexer.paths SET state = 'off'")  # as it was, no hand-over
         else:
             role = {"superuser": {}, "operator": {"user": APP_OP}}[w.who]
             with c.connect(WDB, application_name=f"r13:{w.id}", **role) as conn:

@@ -78,6 +78,7 @@ def r6(anvil, contracts, proxy):
             conn.execute((SQL_DIR / "audius_fixture_schema.sql").read_text())
             conn.execute((SQL_DIR / "audius_eth_fixture.sql").read_text())
             conn.execute("CREATE EXTENSION audius_indexer")
+            conn.execute("SELECT audius_indexer.enable('sweep')")  # its worker still off: sweep_enabled
             seed_audius_rows(conn)
             conn.execute(f"DROP ROLE IF EXISTS {ROLE}")
             conn.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE audius_indexer_operator")

@@ -50,6 +50,7 @@ class Env:
         with c.connect() as conn:
             conn.execute("CREATE EXTENSION pg_cron")
             conn.execute("CREATE EXTENSION audius_indexer")
+            conn.execute("SELECT audius_indexer.enable('sweep')")  # its worker still off: sweep_enabled
         c.set_system(rpc_url=self.proxy.url, token_address=self.contracts.token,
                      staking_address=self.contracts.staking,
                      delegate_manager_address=self.contracts.delegate)

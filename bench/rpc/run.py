@@ -289,6 +289,7 @@ def start_env(extra: dict[str, str] | None = None) -> tuple[Anvil, Contracts, Cl
     c.create_database("bench")
     with c.connect("bench") as conn:
         conn.execute("CREATE EXTENSION audius_indexer")
+        conn.execute("SELECT audius_indexer.enable('sweep')")  # the worker runs when sweep_enabled says so
     c.restart()
     c.set_system(rpc_url=anvil.url, token_address=contracts.token, staking_address=contracts.staking,
                  delegate_manager_address=contracts.delegate)

@@ -33,6 +33,7 @@ fn multicall_total_audio_balances(
         name!(error, Option<String>),
     ),
 > {
+    crate::catalog_version::ensure_current("multicall_total_audio_balances");
     let Some(wallets) = wallets else {
         return TableIterator::new(Vec::new());
     };

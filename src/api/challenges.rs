@@ -23,6 +23,7 @@ fn process_user_event_challenges(
         name!(error, Option<String>),
     ),
 > {
+    crate::catalog_version::ensure_current("process_user_event_challenges");
     let rows: Vec<_> = run::run_all(batch)
         .into_iter()
         .map(|o| {
@@ -88,6 +89,7 @@ pub fn challenge_checkpoints() -> TableIterator<
         name!(head, Option<i64>),
     ),
 > {
+    crate::catalog_version::ensure_current("_challenge_checkpoints");
     let keys = checkpoint_keys();
     if !exists(USER_EVENTS) || !exists(INDEXING_CHECKPOINTS) {
         return TableIterator::new(
@@ -117,6 +119,7 @@ fn seed_challenge_checkpoints() -> TableIterator<
         name!(last_checkpoint, Option<i64>),
     ),
 > {
+    crate::catalog_version::ensure_current("seed_challenge_checkpoints");
     // not while a run is in progress
     Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(1635083621, 3)")
         .unwrap_or_else(|e| crate::errors::spi_error(e));

@@ -25,6 +25,7 @@ fn follow_transfers(
         name!(checkpoint, Option<i64>),
     ),
 > {
+    crate::catalog_version::ensure_current("follow_transfers");
     let Some(c) = follow::step(
         &mut InCallersTransaction,
         max_blocks,

@@ -3,5 +3,6 @@ pub mod balances;
 pub mod challenges;
 pub mod doctor;
 pub mod follow;
+pub mod paths;
 pub mod status;
 pub mod sweep;

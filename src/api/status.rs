@@ -21,6 +21,7 @@ fn rpc_endpoint_stats() -> TableIterator<
         name!(cooling_down_ms, f64),
     ),
 > {
+    crate::catalog_version::ensure_current("rpc_endpoint_stats");
     let now = Instant::now();
     let rows: Vec<_> = reader::endpoint_stats()
         .into_iter()
@@ -61,6 +62,7 @@ fn rpc_endpoint_stats_server() -> TableIterator<
         name!(last_used_at, TimestampWithTimeZone),
     ),
 > {
+    crate::catalog_version::ensure_current("rpc_endpoint_stats_server");
     if !crate::shmem_stats::available() {
         crate::errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -86,6 +88,43 @@ fn rpc_endpoint_stats_server() -> TableIterator<
                     .then(|| r.total_latency.as_secs_f64() * 1000.0 / r.requests as f64),
                 ts(r.last_used_at),
             )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// Server-wide RPC failures per host and kind (`shmem_stats::ERROR_KINDS`: connect, timeout,
+/// connection_lost, rate_limited, http_status, redirect, bad_response, jsonrpc, out_of_gas,
+/// too_large, range_refused), since server start. Every kind of every host is listed, zeros
+/// included, so a Prometheus counter exists before its first increment; per host they add up to
+/// `rpc_endpoint_stats_server().failures`. Needs `audius_indexer` in `shared_preload_libraries`.
+/// Reads shared memory only: no RPC, no table.
+#[pg_extern(volatile, parallel_unsafe)]
+fn rpc_endpoint_errors_server() -> TableIterator<
+    'static,
+    (
+        name!(host, String),
+        name!(kind, String),
+        name!(failures, i64),
+    ),
+> {
+    crate::catalog_version::ensure_current("rpc_endpoint_errors_server");
+    if !crate::shmem_stats::available() {
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "server-wide RPC counters need audius_indexer in shared_preload_libraries",
+            None,
+            Some("Use rpc_endpoint_stats() for this session's counters.".into()),
+        );
+    }
+    let rows: Vec<_> = crate::shmem_stats::snapshot()
+        .into_iter()
+        .flat_map(|r| {
+            crate::shmem_stats::ERROR_KINDS
+                .iter()
+                .zip(r.kind_failures)
+                .map(move |(k, n)| (r.host.clone(), (*k).to_string(), n as i64))
+                .collect::<Vec<_>>()
         })
         .collect();
     TableIterator::new(rows)

@@ -29,6 +29,7 @@ fn refresh_wallets(
         name!(skipped, i32),
     ),
 > {
+    crate::catalog_version::ensure_current("refresh_wallets");
     let Some(wallets) = wallets else {
         return TableIterator::once(row(Counts::default()));
     };
@@ -51,6 +52,7 @@ fn refresh_stale(
         name!(skipped, i32),
     ),
 > {
+    crate::catalog_version::ensure_current("refresh_stale");
     match sweep::refresh_stale(batch) {
         Some(c) => TableIterator::once(row(c)),
         None => {
@@ -139,6 +141,7 @@ pub unsafe extern "C-unwind" fn audius_indexer_sweep_procedure(
             Some("Run CALL audius_indexer.sweep() on its own (as pg_cron does), or use SELECT audius_indexer.refresh_stale(batch) inside a transaction.".into()),
         );
     }
+    crate::catalog_version::ensure_current("sweep");
     sweep::ensure_primary("sweep");
     let batch = batch.unwrap_or_else(|| crate::gucs::SWEEP_BATCH_SIZE.get());
     sweep::validate_batch(batch);
@@ -213,6 +216,7 @@ fn upsert_balances_as_owner(
     blocks: Array<'_, i64>,
     only_if_not_older: bool,
 ) -> SetOfIterator<'static, String> {
+    crate::catalog_version::ensure_current("_upsert_balances");
     let keys: Vec<&str> = wallets.iter().map(|w| w.unwrap_or_default()).collect();
     let values: Vec<Option<String>> = balances.iter().map(|b| b.map(|n| n.to_string())).collect();
     let written = crate::audius_tables::upsert_balances(

@@ -2,6 +2,7 @@
 
 use super::statements as sql;
 use super::{Position, Processor, Reference, ScannedRow, SnapshotXids};
+use crate::paths::{self, Path};
 use crate::privilege::{
     as_owner_of, run_as, INDEXING_CHECKPOINTS, OWN_SEARCH_PATH, USER_CHALLENGES,
 };
@@ -58,6 +59,21 @@ pub fn run_all(batch: i32) -> Vec<Outcome> {
         client
             .update(sql::LOCK, None, &[])
             .unwrap_or_else(|e| spi_failed(e));
+        // A stopped path runs nothing; an enabled one first checks that no other writer (the Go
+        // challenge job) moved its checkpoints since it last stored them.
+        paths::ensure_not_stopped(Path::Challenges);
+        if paths::state(Path::Challenges).0 == paths::State::On {
+            if let Some(reason) = second_writer() {
+                paths::stop(Path::Challenges, &reason);
+                return super::ALL
+                    .iter()
+                    .map(|&p| Outcome {
+                        error: Some(format!("55000: {reason}")),
+                        ..Outcome::empty(p)
+                    })
+                    .collect();
+            }
+        }
         super::ALL
             .iter()
             .map(|&p| {
@@ -84,6 +100,61 @@ pub fn run_all(batch: i32) -> Vec<Outcome> {
                 counts
             })
             .collect()
+    })
+}
+
+/// The m/r/rv/rd checkpoints as they stand in `indexing_checkpoints` (read as its owner), in the
+/// order m, r, rv, rd; None where the row (or the table) is missing.
+pub fn current_checkpoints() -> Vec<(&'static str, Option<i64>)> {
+    let found: std::collections::HashMap<String, i64> = if crate::privilege::exists(
+        INDEXING_CHECKPOINTS,
+    ) {
+        let keys: Vec<String> = super::ALL.iter().map(|p| p.checkpoint_key()).collect();
+        as_owner_of(INDEXING_CHECKPOINTS, || {
+            Spi::connect(|c| {
+                c.select(
+                    "SELECT ic.tablename::pg_catalog.text, ic.last_checkpoint::pg_catalog.int8 \
+                       FROM public.indexing_checkpoints ic \
+                      WHERE ic.tablename::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
+                    None,
+                    &[keys.into()],
+                )?
+                .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
+                .collect::<Result<_, pgrx::spi::Error>>()
+            })
+            .unwrap_or_else(|e| spi_failed(e))
+        })
+    } else {
+        Default::default()
+    };
+    super::ALL
+        .iter()
+        .map(|p| (p.id(), found.get(&p.checkpoint_key()).copied()))
+        .collect()
+}
+
+/// Whether another writer moved a checkpoint since a processor last stored it (the value stored
+/// with its position, `ue_checkpoint`): the reason, naming the processor and both values.
+fn second_writer() -> Option<String> {
+    let stored: std::collections::HashMap<String, i64> = Spi::connect(|c| {
+        c.select(
+            "SELECT s.challenge_id, s.ue_checkpoint FROM audius_indexer.challenge_processor_state s \
+              WHERE s.ue_checkpoint IS NOT NULL",
+            None,
+            &[],
+        )?
+        .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
+        .collect::<Result<_, pgrx::spi::Error>>()
+    })
+    .unwrap_or_else(|e| spi_failed(e));
+    current_checkpoints().into_iter().find_map(|(id, now)| {
+        let was = *stored.get(id)?;
+        let now = now.unwrap_or(0);
+        (now != was).then(|| {
+            format!(
+                "indexing_checkpoints challenges:{id}:last_blocknumber moved from {was} to {now} without audius_indexer (is the Go challenge job still running?)"
+            )
+        })
     })
 }
 

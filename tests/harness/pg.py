@@ -26,17 +26,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _as_postgres(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+def _as_postgres(*cmd: str, check: bool = True, bin_dir: Path = PG_BIN,
+                 **kw) -> subprocess.CompletedProcess:
     prefix = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
-    return subprocess.run(prefix + SERVER_ENV + list(cmd), check=check, text=True,
+    env = SERVER_ENV if bin_dir == PG_BIN else \
+        [f"PATH={bin_dir}:/usr/bin:/bin" if e.startswith("PATH=") else e for e in SERVER_ENV]
+    return subprocess.run(prefix + env + list(cmd), check=check, text=True,
                           capture_output=True, **kw)
 
 
 class Cluster:
-    """One initdb'd cluster. `settings` go into postgresql.conf (values are written verbatim)."""
+    """One initdb'd cluster. `settings` go into postgresql.conf (values are written verbatim).
+    `bin_dir` (default PG_BIN) is the PostgreSQL bin directory to run: a private copy of the tree
+    (tests/test_upgrade_live.py) makes the server load extensions from that copy, since PostgreSQL
+    finds its lib and share directories relative to its binary."""
 
     def __init__(self, settings: dict[str, str] | None = None, preload: list[str] | None = None,
-                 name: str = "pg"):
+                 name: str = "pg", bin_dir: Path | str | None = None):
+        self.bin = Path(bin_dir) if bin_dir else PG_BIN
         self.root = Path(tempfile.mkdtemp(prefix=f"audius_indexer_{name}_"))
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
@@ -50,8 +57,8 @@ class Cluster:
 
     # -- lifecycle -------------------------------------------------------------------------
     def init(self) -> "Cluster":
-        _as_postgres(str(PG_BIN / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U", "postgres",
-                     "--no-sync", "-E", "UTF8", "--locale=C.UTF-8")
+        _as_postgres(str(self.bin / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U", "postgres",
+                     "--no-sync", "-E", "UTF8", "--locale=C.UTF-8", bin_dir=self.bin)
         conf = {
             "port": str(self.port),
             "listen_addresses": "'127.0.0.1'",
@@ -73,15 +80,15 @@ class Cluster:
         return self
 
     def start(self) -> "Cluster":
-        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
-                     "-w", "-t", "30", "start")
+        _as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile),
+                     "-w", "-t", "30", "start", bin_dir=self.bin)
         self.running = True
         return self
 
     def stop(self, mode: str = "fast") -> None:
         if self.running:
-            _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop",
-                         check=False)
+            _as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop",
+                         check=False, bin_dir=self.bin)
             self.running = False
 
     def restart(self) -> None:
@@ -89,7 +96,7 @@ class Cluster:
         self.start()
 
     def reload(self) -> None:
-        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "reload")
+        _as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.datadir), "reload", bin_dir=self.bin)
 
     def destroy(self) -> None:
         self.stop("immediate")
@@ -105,7 +112,7 @@ class Cluster:
 
     def psql(self, *args: str, dbname: str = "postgres", check: bool = True) -> str:
         """Runs psql (as root is fine: it is only a client)."""
-        out = subprocess.run([str(PG_BIN / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-h", self.sockdir,
+        out = subprocess.run([str(self.bin / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-h", self.sockdir,
                               "-p", str(self.port), "-U", "postgres", "-d", dbname, *args],
                              text=True, capture_output=True, check=False)
         if check and out.returncode != 0:
@@ -180,6 +187,16 @@ def _same(cur: str | None, want) -> bool:
     return cur == str(want) or cur.rstrip("msk").rstrip() == str(want)
 
 
+PATHS = ("sweep", "follow", "challenges")
+
+
+def enable_paths(conn, *paths: str) -> None:
+    """Turns paths on in the connection's database (`audius_indexer.enable`): nothing acts until
+    the DBA says so, and a test is the DBA here."""
+    for p in paths:
+        conn.execute("SELECT audius_indexer.enable(%s)", (p,))
+
+
 def worker_cluster(name: str, db: str, rpc_url: str, contracts, settings: dict[str, str] | None = None,
                    preload: tuple[str, ...] = ("audius_indexer",)) -> Cluster:
     """A started cluster with audius_indexer preloaded, database `db` holding the extension, the
@@ -198,6 +215,9 @@ def worker_cluster(name: str, db: str, rpc_url: str, contracts, settings: dict[s
     c.create_database(db)
     with c.connect(db) as conn:
         conn.execute("CREATE EXTENSION audius_indexer")
+        # every path on in the database (what 0.2.0 did by default); the settings above decide
+        # which workers run (sweep off until a test turns it on, challenges off)
+        enable_paths(conn, *PATHS)
     c.restart()  # the worker connects to its database at once
     c.set_system(rpc_url=rpc_url, token_address=contracts.token, staking_address=contracts.staking,
                  delegate_manager_address=contracts.delegate)

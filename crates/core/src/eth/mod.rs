@@ -3,6 +3,7 @@ pub mod abi;
 pub mod address;
 pub mod balances;
 pub mod blocking;
+pub mod budget;
 pub(crate) mod h2c;
 pub mod logs;
 pub mod pipeline;
