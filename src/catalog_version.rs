@@ -128,3 +128,36 @@ pub fn check_row() -> Option<(String, bool, String)> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_version_is_no_mismatch() {
+        assert!(describe(Some(LIBRARY_VERSION)).is_none());
+        assert!(describe(None).is_none()); // not installed: nothing to gate
+    }
+
+    #[test]
+    fn older_catalog_asks_for_the_update_newer_one_for_a_restart() {
+        let (msg, todo) = describe(Some("0.0.1")).unwrap();
+        assert!(
+            msg.contains("version 0.0.1") && msg.contains(LIBRARY_VERSION),
+            "{msg}"
+        );
+        assert_eq!(
+            todo,
+            "run ALTER EXTENSION audius_indexer UPDATE in this database"
+        );
+        let (_, todo) = describe(Some("999.0.0")).unwrap();
+        assert!(todo.starts_with("restart the server"), "{todo}");
+    }
+
+    #[test]
+    fn versions_compare_as_numbers() {
+        assert!(numbers("0.10.0") > numbers("0.9.0"));
+        assert!(numbers("0.2.0") < numbers("0.3.0"));
+        assert!(numbers("1.0.0") > numbers("0.99.99"));
+    }
+}
