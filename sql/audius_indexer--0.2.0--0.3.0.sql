@@ -360,3 +360,9 @@ SELECT s.last_step_started,
   FROM audius_indexer.follow_state s
   LEFT JOIN public.eth_indexer_checkpoints c ON c.name = 'audio_transfers'
   LEFT JOIN audius_indexer.follow_blocks b ON b.block = c.last_block;
+
+-- ---------------------------------------------------------------------------------------------------
+-- docs that match the code
+-- ---------------------------------------------------------------------------------------------------
+COMMENT ON FUNCTION audius_indexer.upsert_wallet_balances(text[], numeric[], bigint[], boolean) IS
+  'The Audius eth_wallet_balances upsert (NULLIF/GREATEST block rules), as the table owner; only_if_not_older keeps the balance and block of rows stamped with a newer block and marks them checked (updated_at = now()). Returns the wallets written.';

@@ -78,7 +78,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION audius_indexer.upsert_wallet_balances(text[], numeric[], bigint[], boolean) IS
-  'The Audius eth_wallet_balances upsert (NULLIF/GREATEST block rules); only_if_not_older skips rows stamped with a newer block.';
+  'The Audius eth_wallet_balances upsert (NULLIF/GREATEST block rules), as the table owner; only_if_not_older keeps the balance and block of rows stamped with a newer block and marks them checked (updated_at = now()). Returns the wallets written.';
 
 -- The stalest wallets (claimed by src/sweep.rs): read from public.eth_wallet_balances as its owner
 -- (src/audius_tables.rs), leaving out the wallets backed off in wallet_failures.

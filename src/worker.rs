@@ -458,14 +458,22 @@ fn challenges_tick(db: &str, warned_missing: &mut bool) {
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
             });
-            Some(rows.unwrap_or_else(|e| {
+            let rows = rows.unwrap_or_else(|e| {
                 crate::errors::raise(
                     PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
                     format!("process_user_event_challenges: {e}"),
                     None,
                     None,
                 )
-            }))
+            });
+            // The run found a second writer and stopped the path: that said its one WARNING.
+            let stopped = crate::privilege::first_row::<String>(
+                "SELECT p.state FROM audius_indexer.path_status p WHERE p.path OPERATOR(pg_catalog.=) 'challenges'",
+                &[],
+            )
+            .as_deref()
+                == Some("stopped");
+            Some((rows, stopped))
         })
     });
     match outcome {
@@ -475,9 +483,12 @@ fn challenges_tick(db: &str, warned_missing: &mut bool) {
                 *warned_missing = true;
             }
         }
-        Ok(Some(rows)) => {
+        Ok(Some((rows, stopped))) => {
             *warned_missing = false;
             for (id, upserts, error) in rows {
+                if stopped {
+                    continue;
+                }
                 if let Some(e) = error {
                     warning!("{CHALLENGES_WORKER_TYPE}: processor {id} failed: {e}");
                 } else if upserts > 0 {
