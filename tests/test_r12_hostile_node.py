@@ -555,7 +555,7 @@ class WorkerRun:
 
 @pytest.fixture(scope="module")
 def worker_runs(anvil, contracts, ctx):
-    """Starts one cluster per mode (copies of one template database: extension, `users`, the seed
+    """Starts one cluster per mode (copies of one template database: extension, `users`, the rows
     of the SQL cases), each behind a proxy of its own already in its hostile mode, with the follow
     worker at follow_interval = 1s and the sweep worker at 1 s; lets them run >= 10 s; yields the
     runs (checked per mode by test_workers)."""

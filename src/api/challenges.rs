@@ -49,25 +49,6 @@ fn checkpoint_keys() -> Vec<(String, String)> {
         .collect()
 }
 
-/// `indexing_checkpoints` rows of `keys`, read as that table's owner: key → checkpoint.
-fn checkpoints_of(keys: &[(String, String)]) -> std::collections::HashMap<String, i64> {
-    let names: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
-    as_owner_of(INDEXING_CHECKPOINTS, || {
-        Spi::connect(|c| {
-            c.select(
-                "SELECT ic.tablename::pg_catalog.text, ic.last_checkpoint::pg_catalog.int8 \
-                   FROM public.indexing_checkpoints ic \
-                  WHERE ic.tablename::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])",
-                None,
-                &[names.into()],
-            )?
-            .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
-            .collect::<Result<_, pgrx::spi::Error>>()
-        })
-        .unwrap_or_else(|e| crate::errors::spi_error(e))
-    })
-}
-
 /// `max(blocknumber)` of an Audius table, read as its owner (None when the table is empty).
 fn max_blocknumber(table: &str) -> Option<i64> {
     as_owner_of(table, || {
@@ -99,10 +80,9 @@ pub fn challenge_checkpoints() -> TableIterator<
         );
     }
     let head = max_blocknumber(USER_EVENTS);
-    let found = checkpoints_of(&keys);
-    let rows: Vec<_> = keys
+    let rows: Vec<_> = run::current_checkpoints()
         .into_iter()
-        .map(|(id, key)| (id, found.get(&key).copied(), head))
+        .map(|(id, cp)| (id.to_string(), cp, head))
         .collect();
     TableIterator::new(rows)
 }
@@ -144,10 +124,10 @@ fn seed_challenge_checkpoints() -> TableIterator<
         &[users_head.into()],
     )
     .unwrap_or_else(|e| crate::errors::spi_error(e));
-    let found = checkpoints_of(&keys);
     let rows: Vec<_> = keys
         .into_iter()
-        .filter_map(|(_, key)| found.get(&key).map(|&cp| (key, Some(cp))))
+        .zip(run::current_checkpoints())
+        .filter_map(|((_, key), (_, cp))| cp.map(|cp| (key, Some(cp))))
         .collect();
     TableIterator::new(rows)
 }

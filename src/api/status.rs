@@ -63,14 +63,7 @@ fn rpc_endpoint_stats_server() -> TableIterator<
     ),
 > {
     crate::catalog_version::ensure_current("rpc_endpoint_stats_server");
-    if !crate::shmem_stats::available() {
-        crate::errors::raise(
-            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "server-wide RPC counters need audius_indexer in shared_preload_libraries",
-            None,
-            Some("Use rpc_endpoint_stats() for this session's counters.".into()),
-        );
-    }
+    require_server_counters();
     let ts = |t: pgrx::pg_sys::TimestampTz| unsafe {
         TimestampWithTimeZone::from_datum(pgrx::pg_sys::Datum::from(t), false).expect("timestamp")
     };
@@ -109,14 +102,7 @@ fn rpc_endpoint_errors_server() -> TableIterator<
     ),
 > {
     crate::catalog_version::ensure_current("rpc_endpoint_errors_server");
-    if !crate::shmem_stats::available() {
-        crate::errors::raise(
-            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "server-wide RPC counters need audius_indexer in shared_preload_libraries",
-            None,
-            Some("Use rpc_endpoint_stats() for this session's counters.".into()),
-        );
-    }
+    require_server_counters();
     let rows: Vec<_> = crate::shmem_stats::snapshot()
         .into_iter()
         .flat_map(|r| {
@@ -128,4 +114,16 @@ fn rpc_endpoint_errors_server() -> TableIterator<
         })
         .collect();
     TableIterator::new(rows)
+}
+
+/// ERROR 55000 when the server-wide counters are not there (the library is not preloaded).
+fn require_server_counters() {
+    if !crate::shmem_stats::available() {
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "server-wide RPC counters need audius_indexer in shared_preload_libraries",
+            None,
+            Some("Use rpc_endpoint_stats() for this session's counters.".into()),
+        );
+    }
 }
