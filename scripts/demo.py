@@ -137,14 +137,19 @@ def main() -> int:
   SELECT pg_reload_conf();
 
 The contract settings default to mainnet (AUDIO, Staking, DelegateManager, Multicall3), so on mainnet
-nothing else is needed. For the worker add to postgresql.conf and restart:
+nothing else is needed. For the workers add audius_indexer to the shared_preload_libraries you
+already have (the line replaces the list), name the database, and restart:
 
-  shared_preload_libraries = 'audius_indexer'
+  shared_preload_libraries = '<your list>,audius_indexer'
   audius_indexer.database  = 'audius_discovery'
 
-or drive the sweep from pg_cron:  SELECT cron.schedule('* * * * *', 'CALL audius_indexer.sweep()');
-The same workers follow AUDIO Transfer logs (follow_interval) and run the challenge processors
-(challenges_interval); see docs/operations.md.""")
+Nothing acts until you turn a path on, in that database (as this demo did for sweep and follow):
+
+  SELECT audius_indexer.enable('sweep');   -- 'follow', 'challenges': one at a time, as the Go services stop
+
+or drive the sweep from pg_cron, in the Audius database:
+  SELECT cron.schedule_in_database('audius-sweep', '* * * * *', 'CALL audius_indexer.sweep()', 'audius_discovery');
+The cutover runbook, step by step, is in docs/operations.md.""")
         if os.environ.get("DEMO_KEEP"):
             print(f"\nDEMO_KEEP set: cluster on {cluster.sockdir}:{cluster.port}, anvil {anvil.url}. Ctrl-C to stop.")
             try:
