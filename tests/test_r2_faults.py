@@ -20,7 +20,7 @@ import pytest
 
 from conftest import SECRET_PATH, wait_until
 from harness.chain import Contracts, wallet_address
-from harness.pg import free_port
+from harness.pg import exited, free_port
 from harness.rpcproxy import RpcProxy
 from reliability_support import set_random_values, Listener, Report, TcpRelay, assert_no_secret, error_text, expect_error, log_guard, short
 
@@ -967,8 +967,7 @@ def test_worker_sigterm_mid_hang(cluster, db, proxy, report):
             time.sleep(0.3)
             t0 = time.monotonic()
             os.kill(pid, signal.SIGTERM)
-            wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
-                       timeout=1.5, interval=0.01, what="the worker to exit after SIGTERM")
+            wait_until(lambda: exited(pid), timeout=1.5, interval=0.01, what="the worker to exit after SIGTERM")
             dt = time.monotonic() - t0
             new = wait_until(lambda: (p := worker_pid(db)) and p != pid and p, timeout=10, what="worker restart")
             log = cluster.log_text()

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import wait_until
 from harness.chain import Anvil, Contracts, wallet_address
-from harness.pg import Cluster
+from harness.pg import Cluster, exited
 from harness.rpcproxy import RpcProxy
 
 
@@ -393,7 +393,7 @@ def test_worker_sighup_sigterm_and_kill9(env, conn):
     # SIGTERM: gone within 1 s, restarted by the postmaster
     t = time.time()
     os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+    wait_until(lambda: exited(pid),
                timeout=1.0, interval=0.01, what="worker to exit after SIGTERM")
     print(f"worker exited {time.time() - t:.3f}s after SIGTERM")
     new = wait_until(lambda: (p := worker_pid(conn)) and p != pid and p, timeout=15, what="worker restart")

@@ -187,6 +187,15 @@ def _same(cur: str | None, want) -> bool:
     return cur == str(want) or cur.rstrip("msk").rstrip() == str(want)
 
 
+def exited(pid: int) -> bool:
+    """The process is gone or a zombie (it may be reaped between any two looks at /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 PATHS = ("sweep", "follow", "challenges")
 
 
