@@ -101,7 +101,7 @@ ALTER FUNCTION audius_indexer.reset_sweep_status() SECURITY DEFINER;
 ALTER TABLE audius_indexer.follow_state ADD COLUMN written_checkpoint bigint;
 
 CREATE TABLE audius_indexer.paths (
-  path           text PRIMARY KEY CHECK (path IN ('sweep', 'follow', 'challenges')),
+  path           text PRIMARY KEY CHECK (path IN ('sweep', 'follow', 'challenges', 'enroll')),
   state          text NOT NULL DEFAULT 'off' CHECK (state IN ('off', 'on', 'stopped')),
   changed_at     timestamptz,
   changed_by     text,
@@ -112,9 +112,11 @@ CREATE TABLE audius_indexer.paths (
 -- (the DBA turns off what should not run). A fresh installation starts with every path off.
 INSERT INTO audius_indexer.paths (path, state, changed_at, changed_by)
 SELECT p, 'on', pg_catalog.now(), 'ALTER EXTENSION UPDATE' FROM pg_catalog.unnest(ARRAY['sweep', 'follow', 'challenges']) AS p;
+-- enroll is new in 0.3.0 (its triggers are not installed yet): off.
+INSERT INTO audius_indexer.paths (path) VALUES ('enroll');
 SELECT pg_catalog.pg_extension_config_dump('audius_indexer.paths', '');
 COMMENT ON TABLE audius_indexer.paths IS
-  'Per-database state of the three paths (off, on, stopped by a detected second writer): set with audius_indexer.enable(path) / disable(path).';
+  'Per-database state of the four paths (off, on, stopped by a detected second writer): set with audius_indexer.enable(path) / disable(path).';
 
 CREATE FUNCTION audius_indexer._stop_path(p_path text, p_reason text) RETURNS void
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -130,9 +132,9 @@ SELECT p.path, p.state, p.changed_at, p.changed_by, p.stopped_reason, p.stopped_
          WHERE a.backend_type = 'audius_indexer ' || p.path AND a.datname = pg_catalog.current_database()
          LIMIT 1) AS worker_pid
   FROM audius_indexer.paths p
- ORDER BY pg_catalog.array_position(ARRAY['sweep', 'follow', 'challenges'], p.path);
+ ORDER BY pg_catalog.array_position(ARRAY['sweep', 'follow', 'challenges', 'enroll'], p.path);
 COMMENT ON VIEW audius_indexer.path_status IS
-  'The three paths of this database: state (off / on / stopped), who changed it and when, why a path stopped (a second writer), the worker pid.';
+  'The four paths of this database: state (off / on / stopped), who changed it and when, why a path stopped (a second writer), the worker pid (none for enroll: it is the enrollment triggers).';
 GRANT SELECT ON audius_indexer.path_status TO audius_indexer_operator;
 
 CREATE FUNCTION audius_indexer."enable"(
@@ -366,3 +368,107 @@ SELECT s.last_step_started,
 -- ---------------------------------------------------------------------------------------------------
 COMMENT ON FUNCTION audius_indexer.upsert_wallet_balances(text[], numeric[], bigint[], boolean) IS
   'The Audius eth_wallet_balances upsert (NULLIF/GREATEST block rules), as the table owner; only_if_not_older keeps the balance and block of rows stamped with a newer block and marks them checked (updated_at = now()). Returns the wallets written.';
+
+-- ---------------------------------------------------------------------------------------------------
+-- enrollment on link (sql/enrollment.sql, src/enrollment.rs): the enroll path (added to the paths
+-- table above, off) and its triggers, installed by the DBA with install_enrollment()
+-- ---------------------------------------------------------------------------------------------------
+CREATE FUNCTION audius_indexer."enroll_wallet"() RETURNS TRIGGER
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'enroll_wallet_wrapper';
+
+CREATE FUNCTION audius_indexer.enrollment_specs()
+RETURNS TABLE (table_name text, trigger_name text, events text, condition text)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    VALUES ('users', 'audius_indexer_enroll', 'INSERT OR UPDATE OF wallet, is_current',
+            'NEW.is_current AND NEW.wallet IS NOT NULL'),
+           ('associated_wallets', 'audius_indexer_enroll', 'INSERT OR UPDATE OF wallet, chain, is_delete',
+            'NEW.chain::text = ''eth'' AND NOT NEW.is_delete AND NEW.wallet IS NOT NULL')
+$$;
+COMMENT ON FUNCTION audius_indexer.enrollment_specs() IS
+    'The enrollment triggers install_enrollment() manages: table, trigger name, events (AFTER ... FOR EACH ROW), WHEN condition.';
+
+CREATE FUNCTION audius_indexer.install_enrollment(target_schema text DEFAULT 'public')
+RETURNS TABLE (table_name text, trigger_name text, action text)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    s      record;
+    v_rel  regclass;
+    v_fn   regprocedure := 'audius_indexer.enroll_wallet()'::regprocedure;
+    v_trig record;
+BEGIN
+    -- Check everything first, so a missing table or a foreign trigger fails before anything changed.
+    FOR s IN SELECT * FROM audius_indexer.enrollment_specs() LOOP
+        v_rel := to_regclass(format('%I.%I', target_schema, s.table_name));
+        IF v_rel IS NULL THEN
+            RAISE EXCEPTION 'audius_indexer.install_enrollment: table %.% does not exist', target_schema, s.table_name
+                USING ERRCODE = 'undefined_table',
+                      HINT = 'Run it in the Audius database and pass the schema holding the Audius tables '
+                             '(install_enrollment(''public'') by default).';
+        END IF;
+        IF EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = v_rel AND t.tgname = s.trigger_name
+                                              AND NOT t.tgisinternal AND t.tgfoid <> v_fn) THEN
+            RAISE EXCEPTION 'audius_indexer.install_enrollment: %.% has a trigger named % that calls another function; not replacing it',
+                            target_schema, s.table_name, s.trigger_name
+                USING ERRCODE = 'duplicate_object';
+        END IF;
+    END LOOP;
+
+    FOR s IN SELECT * FROM audius_indexer.enrollment_specs() LOOP
+        v_rel := to_regclass(format('%I.%I', target_schema, s.table_name));
+        SELECT t.oid INTO v_trig FROM pg_trigger t
+         WHERE t.tgrelid = v_rel AND t.tgname = s.trigger_name AND NOT t.tgisinternal;
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %I.%I FOR EACH ROW WHEN (%s) '
+                       'EXECUTE FUNCTION audius_indexer.enroll_wallet()',
+                       s.trigger_name, s.events, target_schema, s.table_name, s.condition);
+        table_name := format('%I.%I', target_schema, s.table_name);
+        trigger_name := s.trigger_name;
+        action := CASE WHEN v_trig.oid IS NULL THEN 'created' ELSE 'already installed' END;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION audius_indexer.install_enrollment(text) IS
+    'Attaches the enrollment trigger audius_indexer_enroll (audius_indexer.enroll_wallet()) to users and '
+    'associated_wallets in target_schema: a newly linked wallet gets its eth_wallet_balances row and is queued '
+    'for the next follow step while the enroll path is on. Idempotent, atomic; the caller must own the tables. '
+    'Undo with uninstall_enrollment().';
+
+CREATE FUNCTION audius_indexer.uninstall_enrollment(target_schema text DEFAULT 'public')
+RETURNS TABLE (table_name text, trigger_name text, action text)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    s      record;
+    v_rel  regclass;
+    v_fn   regprocedure := 'audius_indexer.enroll_wallet()'::regprocedure;
+BEGIN
+    FOR s IN SELECT * FROM audius_indexer.enrollment_specs() LOOP
+        v_rel := to_regclass(format('%I.%I', target_schema, s.table_name));
+        table_name := format('%I.%I', target_schema, s.table_name);
+        trigger_name := s.trigger_name;
+        IF v_rel IS NOT NULL AND EXISTS (SELECT FROM pg_trigger t
+                                          WHERE t.tgrelid = v_rel AND t.tgname = s.trigger_name
+                                            AND NOT t.tgisinternal AND t.tgfoid = v_fn) THEN
+            EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trigger_name, target_schema, s.table_name);
+            action := 'dropped';
+        ELSE
+            action := 'absent, nothing to do';
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION audius_indexer.uninstall_enrollment(text) IS
+    'Drops the enrollment triggers audius_indexer_enroll that install_enrollment(target_schema) attached; '
+    'touches no other trigger.';
+
+REVOKE ALL ON FUNCTION audius_indexer.install_enrollment(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION audius_indexer.uninstall_enrollment(text) FROM PUBLIC;

@@ -1,6 +1,7 @@
 -- audius_indexer: which paths act in this database (src/paths.rs). Nothing acts until the DBA says
 -- so: after CREATE EXTENSION every path is 'off'; audius_indexer.enable('sweep' | 'follow' |
--- 'challenges') turns one on. The state lives in the database: it survives restarts, follows a
+-- 'challenges' | 'enroll') turns one on ('enroll' is the enrollment triggers of sql/enrollment.sql,
+-- which need install_enrollment() first). The state lives in the database: it survives restarts, follows a
 -- failover to a standby and is dumped with the database (pg_extension_config_dump).
 --
 -- state:
@@ -10,17 +11,17 @@
 --            the path runs, SQL and pg_cron calls included (55000), until the DBA calls enable()
 --            (take over again) or disable() (hand over).
 CREATE TABLE audius_indexer.paths (
-  path           text PRIMARY KEY CHECK (path IN ('sweep', 'follow', 'challenges')),
+  path           text PRIMARY KEY CHECK (path IN ('sweep', 'follow', 'challenges', 'enroll')),
   state          text NOT NULL DEFAULT 'off' CHECK (state IN ('off', 'on', 'stopped')),
   changed_at     timestamptz,
   changed_by     text,
   stopped_reason text,
   stopped_at     timestamptz
 );
-INSERT INTO audius_indexer.paths (path) VALUES ('sweep'), ('follow'), ('challenges');
+INSERT INTO audius_indexer.paths (path) VALUES ('sweep'), ('follow'), ('challenges'), ('enroll');
 SELECT pg_catalog.pg_extension_config_dump('audius_indexer.paths', '');
 COMMENT ON TABLE audius_indexer.paths IS
-  'Per-database state of the three paths (off, on, stopped by a detected second writer): set with audius_indexer.enable(path) / disable(path).';
+  'Per-database state of the four paths (off, on, stopped by a detected second writer): set with audius_indexer.enable(path) / disable(path).';
 
 -- A path stopped by a detected second writer (called by the path itself, as the extension owner).
 CREATE FUNCTION audius_indexer._stop_path(p_path text, p_reason text) RETURNS void
@@ -36,6 +37,6 @@ SELECT p.path, p.state, p.changed_at, p.changed_by, p.stopped_reason, p.stopped_
          WHERE a.backend_type = 'audius_indexer ' || p.path AND a.datname = pg_catalog.current_database()
          LIMIT 1) AS worker_pid
   FROM audius_indexer.paths p
- ORDER BY pg_catalog.array_position(ARRAY['sweep', 'follow', 'challenges'], p.path);
+ ORDER BY pg_catalog.array_position(ARRAY['sweep', 'follow', 'challenges', 'enroll'], p.path);
 COMMENT ON VIEW audius_indexer.path_status IS
-  'The three paths of this database: state (off / on / stopped), who changed it and when, why a path stopped (a second writer), the worker pid.';
+  'The four paths of this database: state (off / on / stopped), who changed it and when, why a path stopped (a second writer), the worker pid (none for enroll: it is the enrollment triggers).';

@@ -204,6 +204,25 @@ pub fn tracked(keys: &[String]) -> Vec<usize> {
         .collect()
 }
 
+/// Enrollment (`src/enrollment.rs`): the row of a newly linked wallet, exactly as Audius's migration
+/// `0204_backfill_eth_wallet_balances_tracked.sql` seeds one (balance 0, no block,
+/// `updated_at = '1970-01-01'` so every stale sweep reads it first), as the owner of
+/// `eth_wallet_balances`. An existing row is left as it is. True when the row is new.
+pub fn ensure_row(wallet: &str) -> bool {
+    as_owner_of(ETH_WALLET_BALANCES, || {
+        spi(Spi::connect_mut(|c| {
+            let t = c.update(
+                "INSERT INTO public.eth_wallet_balances AS e (wallet, balance, blocknumber, updated_at) \
+                 VALUES ($1, 0, NULL, '1970-01-01'::pg_catalog.timestamp) \
+                 ON CONFLICT (wallet) DO NOTHING RETURNING true",
+                None,
+                &[wallet.into()],
+            )?;
+            Ok::<_, pgrx::spi::Error>(!t.is_empty())
+        }))
+    })
+}
+
 /// For doctor(): rows of `eth_wallet_balances`, and the rows stamped above `head` with their
 /// highest stamp. None when the table is missing.
 pub fn balances_overview(head: Option<i64>) -> Option<(i64, i64, Option<i64>)> {

@@ -1,5 +1,13 @@
-//! The event path: following AUDIO `Transfer` logs from the checkpoint (the seed's eth-indexer,
-//! `eth_indexer.go` backfill + `processLogs` + `filterTracked` + `refreshAddresses`).
+//! The event path: following, from the checkpoint, every on-chain change to a wallet's total:
+//! AUDIO `Transfer` (as the Go eth-indexer's `eth_indexer.go` does: backfill + `processLogs` +
+//! `filterTracked` + `refreshAddresses`) and the staking, delegation, claim and slash events of the
+//! Staking and DelegateManager contracts (`eth::events` has the table), all in one `eth_getLogs`
+//! per range. A claim or a slash also re-reads every delegator of the SP (`getDelegatorsList`).
+//!
+//! The staking events share the `audio_transfers` checkpoint: one request per range covers every
+//! contract, so one checkpoint says how far it got. The Go eth-indexer reads the same row and follows
+//! `Transfer` only; handed back to it, staking changes reach the table through the stale sweep again,
+//! as before audius_indexer (docs/operations.md, "What reaches the table within one follow step").
 //!
 //! One step, in phases like the sweep (SQL steps in transactions, network with none open when
 //! the runner commits between steps — the worker does):
@@ -10,19 +18,23 @@
 //!    (within `max_reorg_depth`) is the common ancestor: every row stamped above it is re-read
 //!    and the checkpoint goes back to it;
 //! 3. **pending** wallets of earlier steps (a lagging node's reads, failed reads) are read again;
-//! 4. **ranges** of `log_range_blocks` up to `head - confirmations`: `eth_getLogs` (a range the
-//!    node refuses is bisected down to one block), candidates with their highest block, the
-//!    tracked ones (SQL), their balances with those blocks as minimums (network), then one write
-//!    transaction: upsert, pending wallets, checkpoint (`GREATEST`) and the range end's hash.
+//! 4. **ranges** of `log_range_blocks` up to `head - confirmations`: one `eth_getLogs` for the three
+//!    contracts (a range the node refuses is bisected down to one block), the wallets the logs
+//!    change with their highest block, the delegators of claimed or slashed SPs (one aggregate3 of
+//!    `getDelegatorsList`, at the claim's block), the tracked ones (SQL), their balances with those
+//!    blocks as minimums (network), then one write transaction: upsert, pending wallets,
+//!    checkpoint (`GREATEST`) and the range end's hash.
 //!
 //! A checkpoint only passes ranges whose writes commit with it. A read older than its event is
 //! never dropped: the wallet is queued in `follow_pending` with the block it must reach, and read
 //! again at the next step (the checkpoint moves on; the queue carries the debt).
 
 use crate::config::Config;
+use crate::eth::abi;
 use crate::eth::address::normalize;
+use crate::eth::events::{self, Watched};
 use crate::eth::logs::{self, Header};
-use crate::eth::rpc::{self, ExecError};
+use crate::eth::rpc::{self, ExecError, RpcError, RpcErrorKind};
 use crate::gucs;
 use crate::paths::{self, Path};
 use crate::reader;
@@ -74,26 +86,88 @@ fn header(cfg: &Config, number: u64) -> Header {
     .unwrap_or_else(|e| reader::raise_exec(e, "eth_getBlockByNumber failed"))
 }
 
-/// `eth_getLogs` over `[from, to]`: Ok(logs), or the refusal to bisect, or an ERROR. Every log
-/// must be of the asked range, address and topic (`logs::parse_logs`), else 08P01.
-fn get_logs(cfg: &Config, from: u64, to: u64) -> Result<Vec<logs::Log>, rpc::RpcError> {
-    let token = normalize(&cfg.contracts.token);
-    let topic = logs::transfer_topic();
-    let query = logs::LogQuery {
-        from,
-        to,
-        address: cfg.contracts.token,
-        topic0: topic,
-    };
+/// The three contracts whose logs are followed (the configured addresses: proxies on mainnet).
+fn watched(cfg: &Config) -> Watched {
+    Watched {
+        token: cfg.contracts.token,
+        staking: cfg.contracts.staking,
+        delegate_manager: cfg.contracts.delegate_manager,
+    }
+}
+
+/// The one `eth_getLogs` of `[from, to]` (every watched contract and event): Ok(logs), or the
+/// refusal to bisect, or an ERROR. Every log must be of the asked range, one of the asked addresses
+/// and topics (`logs::parse_logs`), else 08P01.
+fn get_logs(cfg: &Config, from: u64, to: u64) -> Result<Vec<logs::Log>, RpcError> {
+    let query = watched(cfg).query(from, to);
+    let asked = query.clone();
     match reader::request(
         cfg,
-        |id| logs::get_logs_body(id, &token, &topic, from, to),
-        move |ep, v| logs::parse_logs(ep, v, &query),
+        |id| logs::get_logs_body(id, &query),
+        move |ep, v| logs::parse_logs(ep, v, &asked),
     ) {
         Ok(l) => Ok(l),
         Err(ExecError::Rpc(e)) if e.refuses_range() => Err(e),
         Err(e) => reader::raise_exec(e, "eth_getLogs failed"),
     }
+}
+
+/// SPs per `getDelegatorsList` aggregate3 (Audius caps an SP at 175 delegators: 100 lists stay far
+/// below any response limit).
+const LISTS_PER_CALL: usize = 100;
+
+/// The delegators of each SP in `sps` (claims and slashes), read with `getDelegatorsList` on the
+/// DelegateManager through Multicall3, one `eth_call` per `LISTS_PER_CALL` SPs, at the latest
+/// block: a delegator who left after the claim is named by its own event, one who joined had no
+/// share. A list the contract does not give (a reverted sub-call) is a WARNING: those delegators
+/// reach the table through the stale sweep. An answer that is not a well-formed list is the node's
+/// failure (08P01, the next endpoint is asked).
+fn delegator_lists(cfg: &Config, sps: &[(Address, u64)]) -> Vec<Vec<Address>> {
+    let to = normalize(&cfg.contracts.multicall);
+    let dm = cfg.contracts.delegate_manager;
+    let mut out = Vec::with_capacity(sps.len());
+    for chunk in sps.chunks(LISTS_PER_CALL) {
+        let addrs: Vec<Address> = chunk.iter().map(|(a, _)| *a).collect();
+        let calldata = abi::encode_delegator_lists(dm, &addrs);
+        let n = addrs.len();
+        let lists = reader::request(
+            cfg,
+            |id| rpc::eth_call_body(id, &to, &calldata),
+            move |ep, v| {
+                let raw = rpc::decode_hex_result(ep, v)?;
+                abi::decode_delegator_lists(&raw, n).map_err(|e| {
+                    RpcError::new(
+                        ep,
+                        RpcErrorKind::BadResponse(format!("getDelegatorsList aggregate3: {e}")),
+                    )
+                })
+            },
+        )
+        .unwrap_or_else(|e| reader::raise_exec(e, "getDelegatorsList eth_call failed"));
+        for (&(sp, block), list) in chunk.iter().zip(lists) {
+            out.push(list.unwrap_or_else(|f| {
+                warning!(
+                    "audius_indexer follow: getDelegatorsList({}) on the DelegateManager {} {f}: the delegators of that SP (claim or slash at block {block}) are left to the stale sweep",
+                    normalize(&sp),
+                    normalize(&dm)
+                );
+                Vec::new()
+            }));
+        }
+    }
+    out
+}
+
+/// The wallets the logs of a range change, delegators of claimed and slashed SPs included, each
+/// with the highest block it changed in.
+fn changed_wallets(cfg: &Config, found: &[logs::Log]) -> Vec<(Address, u64)> {
+    let affected = events::affected(found, &watched(cfg));
+    let lists = if affected.delegators_of.is_empty() {
+        Vec::new()
+    } else {
+        delegator_lists(cfg, &affected.delegators_of)
+    };
+    events::with_delegators(&affected, &lists)
 }
 
 /// The checkpoint row (None on first boot), read as the owner of `eth_indexer_checkpoints`.
@@ -428,7 +502,7 @@ fn run_step<S: Steps>(
                 ),
             },
         };
-        let cands = logs::candidates(&found);
+        let cands = changed_wallets(&cfg, &found);
         out.logs += found.len() as i32;
         out.candidates += cands.len() as i32;
         let end = header(&cfg, b);

@@ -13,6 +13,7 @@ mod api;
 mod catalog_version;
 mod challenges;
 mod config;
+mod enrollment;
 mod errors;
 mod follow;
 /// The pure Ethereum logic lives in the workspace crate `audius_indexer_core` (no pgrx).
@@ -54,6 +55,11 @@ extension_sql_file!(
     "../sql/paths.sql",
     name = "paths",
     requires = ["bootstrap", "follow"]
+);
+extension_sql_file!(
+    "../sql/enrollment.sql",
+    name = "enrollment",
+    requires = ["bootstrap", enrollment::enroll_wallet]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

@@ -1,6 +1,8 @@
-//! The three paths (sweep, follow, challenges) and their per-database state (`audius_indexer.paths`):
-//! nothing acts until the DBA turns a path on, and a path that finds the rows it owns moved by
-//! another writer stops itself and waits for the DBA (`sql/paths.sql` has the states).
+//! The four paths (sweep, follow, challenges, enroll) and their per-database state
+//! (`audius_indexer.paths`): nothing acts until the DBA turns a path on, and a path that finds the
+//! rows it owns moved by another writer stops itself and waits for the DBA (`sql/paths.sql` has the
+//! states). `enroll` has no worker: it is the enrollment triggers (`src/enrollment.rs`), which do
+//! nothing while it is off.
 //!
 //! Rows a path owns, and so what it can detect:
 //! - follow: the `audio_transfers` row of `eth_indexer_checkpoints` (`follow_state.written_checkpoint`
@@ -20,6 +22,7 @@ pub enum Path {
     Sweep,
     Follow,
     Challenges,
+    Enroll,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -35,6 +38,7 @@ impl Path {
             Path::Sweep => "sweep",
             Path::Follow => "follow",
             Path::Challenges => "challenges",
+            Path::Enroll => "enroll",
         }
     }
 
@@ -43,9 +47,12 @@ impl Path {
             "sweep" => Path::Sweep,
             "follow" => Path::Follow,
             "challenges" => Path::Challenges,
+            "enroll" => Path::Enroll,
             other => raise(
                 ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("unknown path {other:?}: expected 'sweep', 'follow' or 'challenges'"),
+                format!(
+                    "unknown path {other:?}: expected 'sweep', 'follow', 'challenges' or 'enroll'"
+                ),
                 None,
                 None,
             ),

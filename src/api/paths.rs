@@ -1,11 +1,12 @@
-//! Turning the three paths on and off for this database (`src/paths.rs`).
+//! Turning the four paths on and off for this database (`src/paths.rs`).
 
 use crate::paths::{self, Path};
 use pgrx::prelude::*;
 
-/// Turns a path on in this database ('sweep', 'follow' or 'challenges'): its worker starts acting
-/// on its next interval, and it owns its rows from now on (a second writer stops it). Also the way
-/// back after a path stopped itself. Waits for a step or run in progress.
+/// Turns a path on in this database ('sweep', 'follow', 'challenges' or 'enroll'): its worker starts
+/// acting on its next interval, and it owns its rows from now on (a second writer stops it). Also
+/// the way back after a path stopped itself. Waits for a step or run in progress. 'enroll' needs
+/// the enrollment triggers installed (`install_enrollment()`), else 55000.
 #[pg_extern(volatile, parallel_unsafe)]
 fn enable(path: &str) -> String {
     crate::catalog_version::ensure_current("enable");
@@ -36,6 +37,7 @@ fn enable_path(path: Path) -> String {
             paths::lock_xact(crate::challenges::RUN_LOCK_KEY);
             crate::challenges::adopt_checkpoints();
         }
+        Path::Enroll => crate::enrollment::ensure_installed(),
     }
     paths::set_state(path, "on");
     format!("{} path on", path.name())

@@ -130,7 +130,7 @@ fn varchar(value: Option<&str>) -> DatumWithOid<'_> {
 }
 
 /// Name of the firing trigger (`TG_NAME`).
-fn tg_name(trigger: &PgTrigger<'_>) -> String {
+pub(crate) fn tg_name(trigger: &PgTrigger<'_>) -> String {
     // SAFETY: tgname is a NUL-terminated NameData owned by the relcache entry of the firing trigger.
     unsafe { CStr::from_ptr(trigger.trigger().tgname) }
         .to_string_lossy()

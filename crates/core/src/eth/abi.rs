@@ -23,6 +23,9 @@ sol! {
     function totalStakedFor(address account) external view returns (uint256);
     function getTotalDelegatorStake(address delegator) external view returns (uint256);
 
+    /// Audius DelegateManager (V2): the delegators of a service provider.
+    function getDelegatorsList(address sp) external view returns (address[] memory);
+
     /// Solidity's `revert("reason")` payload.
     function Error(string reason);
 }
@@ -251,6 +254,8 @@ pub enum SubcallFailure {
     Short(usize),
     /// Not read: the holder's whole chunk failed (see `HolderBalance::failure`).
     NotRead,
+    /// `success = true` with data that is not the ABI encoding of the declared return type.
+    Undecodable(String),
 }
 
 impl fmt::Display for SubcallFailure {
@@ -264,6 +269,7 @@ impl fmt::Display for SubcallFailure {
             SubcallFailure::Empty => write!(f, "returned no data (no code at the target?)"),
             SubcallFailure::Short(n) => write!(f, "returned {n} bytes, expected 32"),
             SubcallFailure::NotRead => write!(f, "was not read (the request failed)"),
+            SubcallFailure::Undecodable(e) => write!(f, "returned undecodable data: {e}"),
         }
     }
 }
@@ -279,6 +285,47 @@ pub fn decode_uint(r: &Result3) -> Result<U256, SubcallFailure> {
         n if n < 32 => Err(SubcallFailure::Short(n)),
         _ => Ok(U256::from_be_slice(&r.returnData[..32])),
     }
+}
+
+/// Calldata of one `aggregate3` asking the DelegateManager `getDelegatorsList(sp)` for each of
+/// `sps` (claims and slashes change every delegator's stake; no event names them).
+pub fn encode_delegator_lists(delegate_manager: Address, sps: &[Address]) -> Vec<u8> {
+    let calls = sps
+        .iter()
+        .map(|&sp| Call3 {
+            target: delegate_manager,
+            allowFailure: true,
+            callData: getDelegatorsListCall { sp }.abi_encode().into(),
+        })
+        .collect();
+    aggregate3Call { calls }.abi_encode()
+}
+
+/// The delegators of each SP from the answer to `encode_delegator_lists` (`sps` calls): the outer
+/// answer as `decode_aggregate3` checks it, each list decoded strictly, with a memory budget of
+/// the answer's size (the node is not trusted). A failed sub-call is that SP's `Err`.
+pub fn decode_delegator_lists(
+    data: &[u8],
+    sps: usize,
+) -> Result<Vec<Result<Vec<Address>, SubcallFailure>>, DecodeError> {
+    let results = decode_aggregate3(data, sps)?;
+    Ok(results
+        .iter()
+        .map(|r| {
+            if !r.success {
+                return Err(SubcallFailure::Reverted(r.returnData.to_vec()));
+            }
+            if r.returnData.is_empty() {
+                return Err(SubcallFailure::Empty);
+            }
+            let config = alloy_sol_types::abi::AbiDecoderConfig::new()
+                .strict(true)
+                .validate_allow_trailing_bytes(true)
+                .memory_limit(r.returnData.len().saturating_add(4096));
+            getDelegatorsListCall::abi_decode_returns_with_config(&r.returnData, config)
+                .map_err(|e| SubcallFailure::Undecodable(e.to_string()))
+        })
+        .collect())
 }
 
 /// The reason string of a Solidity `Error(string)` revert, if that is what `data` is.
@@ -527,6 +574,74 @@ mod tests {
             "reverted without data"
         );
         assert_eq!(revert_reason(&[0xde, 0xad]), None);
+    }
+
+    #[test]
+    fn delegator_lists_round_trip_through_aggregate3() {
+        let dm = Address::repeat_byte(0xdd);
+        let sps = [
+            Address::repeat_byte(1),
+            Address::repeat_byte(2),
+            Address::repeat_byte(3),
+        ];
+        let data = encode_delegator_lists(dm, &sps);
+        let calls = aggregate3Call::abi_decode(&data).unwrap().calls;
+        assert_eq!(calls.len(), 3);
+        for (c, sp) in calls.iter().zip(sps) {
+            assert_eq!(c.target, dm);
+            assert!(c.allowFailure);
+            assert_eq!(&c.callData[..4], &getDelegatorsListCall::SELECTOR);
+            assert_eq!(
+                getDelegatorsListCall::abi_decode(&c.callData).unwrap().sp,
+                sp
+            );
+        }
+        // answers: two delegators, a revert, an empty list
+        let two = vec![Address::repeat_byte(7), Address::repeat_byte(8)];
+        let answer = vec![
+            result(true, getDelegatorsListCall::abi_encode_returns(&two)),
+            result(false, vec![]),
+            result(
+                true,
+                getDelegatorsListCall::abi_encode_returns(&Vec::<Address>::new()),
+            ),
+        ]
+        .abi_encode();
+        let got = decode_delegator_lists(&answer, 3).unwrap();
+        assert_eq!(got[0], Ok(two));
+        assert_eq!(got[1], Err(SubcallFailure::Reverted(vec![])));
+        assert_eq!(got[2], Ok(vec![]));
+        assert_eq!(
+            decode_delegator_lists(&answer, 2),
+            Err(DecodeError::CountMismatch {
+                expected: 2,
+                got: 3
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_delegator_lists_are_failures_not_panics() {
+        // a length word far beyond the data, a non-address word, no data, a short word
+        let mut huge = vec![0u8; 64];
+        huge[31] = 0x20;
+        huge[32..64].copy_from_slice(&[0xff; 32]);
+        let mut dirty = getDelegatorsListCall::abi_encode_returns(&vec![Address::repeat_byte(7)]);
+        dirty[64] = 1; // high bytes of the address word must be zero
+        for (data, want_empty) in [
+            (huge, false),
+            (dirty, false),
+            (vec![], true),
+            (vec![0u8; 16], false),
+        ] {
+            let answer = vec![result(true, data)].abi_encode();
+            let got = decode_delegator_lists(&answer, 1).unwrap();
+            match &got[0] {
+                Err(SubcallFailure::Empty) => assert!(want_empty),
+                Err(SubcallFailure::Undecodable(_)) => assert!(!want_empty),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     proptest! {

@@ -1,25 +1,23 @@
-//! AUDIO `Transfer` logs: the `eth_getLogs` request, its answer, the candidates it yields (the
-//! seed's `processLogs`), block ranges and their bisection, and block headers for reorg checks.
+//! `eth_getLogs`: the request (one per range, every watched contract and event at once), its
+//! answer checked against what was asked, block ranges and their bisection, and block headers for
+//! reorg checks. Which logs change which wallets is `events`.
 
-use alloy_primitives::{keccak256, Address, B256};
+use alloy_primitives::{Address, B256};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 
 use super::rpc::{Endpoint, RpcError, RpcErrorKind};
 use super::untrusted::{self, bad_field, field_block, field_hash, field_quantity, show};
 
-/// keccak256("Transfer(address,address,uint256)").
-pub fn transfer_topic() -> B256 {
-    keccak256(b"Transfer(address,address,uint256)")
-}
-
-/// The JSON-RPC body of `eth_getLogs` for `address` and topic0 over `[from, to]`.
-pub fn get_logs_body(id: u64, address: &str, topic0: &B256, from: u64, to: u64) -> String {
+/// The JSON-RPC body of `eth_getLogs` for `q`: an address list and a list of topic0 alternatives,
+/// so one request covers every contract and event of a range.
+pub fn get_logs_body(id: u64, q: &LogQuery) -> String {
+    let addresses: Vec<String> = q.addresses.iter().map(|a| format!("{a:#x}")).collect();
+    let topics: Vec<String> = q.topics0.iter().map(|t| format!("{t:#x}")).collect();
     json!({"jsonrpc": "2.0", "id": id, "method": "eth_getLogs", "params": [{
-        "address": address,
-        "topics": [format!("{topic0:#x}")],
-        "fromBlock": format!("{from:#x}"),
-        "toBlock": format!("{to:#x}"),
+        "address": addresses,
+        "topics": [topics],
+        "fromBlock": format!("{:#x}", q.from),
+        "toBlock": format!("{:#x}", q.to),
     }]})
     .to_string()
 }
@@ -27,6 +25,8 @@ pub fn get_logs_body(id: u64, address: &str, topic0: &B256, from: u64, to: u64) 
 /// The part of a log the indexer uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Log {
+    /// The contract that emitted it (one of the query's addresses).
+    pub address: Address,
     pub block: u64,
     pub topics: Vec<B256>,
     /// `removed: true` (a log of a block that was reorganised away, as some nodes report it).
@@ -39,12 +39,14 @@ fn bad(ep: &Endpoint, d: String) -> RpcError {
 }
 
 /// What an `eth_getLogs` request asked for: every log of the answer must match it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogQuery {
     pub from: u64,
     pub to: u64,
-    pub address: Address,
-    pub topic0: B256,
+    /// The emitting contracts asked for (any of them).
+    pub addresses: Vec<Address>,
+    /// The topic0 values asked for (any of them).
+    pub topics0: Vec<B256>,
 }
 
 /// A log has at most four topics (LOG0..LOG4).
@@ -52,8 +54,8 @@ const MAX_TOPICS: usize = 4;
 
 /// Parses the `result` of `eth_getLogs` asked with `q`. Every log must be an object with
 /// - `blockNumber` a strict block number (`untrusted::block_number`) inside `[q.from, q.to]`;
-/// - `address` exactly `0x` + 40 hex digits, equal to `q.address` (any case);
-/// - `topics` an array of 1 to 4 hashes (`0x` + 64 hex digits each), `topics[0] == q.topic0`;
+/// - `address` exactly `0x` + 40 hex digits, one of `q.addresses` (any case);
+/// - `topics` an array of 1 to 4 hashes (`0x` + 64 hex digits each), `topics[0]` one of `q.topics0`;
 /// - `removed` absent, or `false`.
 ///
 /// `removed: true` is refused: `eth_getLogs` over a block range returns the logs of the canonical
@@ -114,11 +116,11 @@ fn parse_log(ep: &Endpoint, i: usize, item: &Value, q: &LogQuery) -> Result<Log,
     }
     let address = untrusted::address(item.get("address").unwrap_or(&Value::Null))
         .map_err(|e| bad_field(ep, &field("address"), e))?;
-    if address != q.address {
+    if !q.addresses.contains(&address) {
         return Err(bad_field(
             ep,
             &field("address"),
-            format!("{address:#x} is not the asked address {:#x}", q.address),
+            format!("{address:#x} is not an asked address"),
         ));
     }
     let raw_topics = item
@@ -140,38 +142,19 @@ fn parse_log(ep: &Endpoint, i: usize, item: &Value, q: &LogQuery) -> Result<Log,
         .enumerate()
         .map(|(j, t)| field_hash(ep, Some(t), &field(&format!("topics[{j}]"))))
         .collect::<Result<Vec<_>, _>>()?;
-    if topics[0] != q.topic0 {
+    if !q.topics0.contains(&topics[0]) {
         return Err(bad_field(
             ep,
             &field("topics[0]"),
-            format!("{:#x} is not the asked topic {:#x}", topics[0], q.topic0),
+            format!("{:#x} is not an asked topic", topics[0]),
         ));
     }
     Ok(Log {
+        address,
         block,
         topics,
         removed: false,
     })
-}
-
-/// The seed's `processLogs`: `from` (topic 1) and `to` (topic 2) of every log with at least three
-/// topics, each with the highest block it was seen in; first-seen order. Removed logs are ignored.
-pub fn candidates(logs: &[Log]) -> Vec<(Address, u64)> {
-    let mut order: Vec<Address> = Vec::new();
-    let mut best: HashMap<Address, u64> = HashMap::new();
-    for log in logs.iter().filter(|l| !l.removed && l.topics.len() >= 3) {
-        for topic in &log.topics[1..3] {
-            let a = Address::from_word(*topic);
-            match best.get_mut(&a) {
-                Some(b) => *b = (*b).max(log.block),
-                None => {
-                    best.insert(a, log.block);
-                    order.push(a);
-                }
-            }
-        }
-    }
-    order.into_iter().map(|a| (a, best[&a])).collect()
 }
 
 /// `eth_getLogs` ranges one follow step plans at most. A step covers at most this many ranges of
@@ -296,6 +279,7 @@ pub fn common_ancestor<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eth::events::transfer_topic;
     use proptest::prelude::*;
 
     fn ep() -> Endpoint {
@@ -307,13 +291,14 @@ mod tests {
     }
 
     const TOKEN: &str = "0x18aaa7115705e8be94bffebde57af9bfc265b998";
+    const STAKING: &str = "0xe6d97b2099f142513be7a2a068be040656ae4591";
 
     fn query(from: u64, to: u64) -> LogQuery {
         LogQuery {
             from,
             to,
-            address: TOKEN.parse().unwrap(),
-            topic0: transfer_topic(),
+            addresses: vec![TOKEN.parse().unwrap(), STAKING.parse().unwrap()],
+            topics0: vec![transfer_topic(), B256::repeat_byte(7)],
         }
     }
 
@@ -341,47 +326,34 @@ mod tests {
     }
 
     #[test]
-    fn request_body_names_range_address_and_topic() {
-        let b: Value =
-            serde_json::from_str(&get_logs_body(7, "0xabc", &transfer_topic(), 16, 255)).unwrap();
+    fn one_request_names_every_address_and_topic() {
+        let b: Value = serde_json::from_str(&get_logs_body(7, &query(16, 255))).unwrap();
         assert_eq!(b["method"], "eth_getLogs");
-        assert_eq!(b["params"][0]["fromBlock"], "0x10");
-        assert_eq!(b["params"][0]["toBlock"], "0xff");
-        assert_eq!(b["params"][0]["address"], "0xabc");
-        assert_eq!(b["params"][0]["topics"][0].as_str().unwrap().len(), 66);
+        let p = &b["params"][0];
+        assert_eq!(p["fromBlock"], "0x10");
+        assert_eq!(p["toBlock"], "0xff");
+        assert_eq!(p["address"], json!([TOKEN, STAKING]));
+        // one topic position (topic0) with its alternatives
+        assert_eq!(p["topics"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            p["topics"][0],
+            json!([
+                format!("{:#x}", transfer_topic()),
+                format!("{:#x}", B256::repeat_byte(7))
+            ])
+        );
     }
 
     #[test]
-    fn candidates_take_the_highest_block_and_skip_short_logs() {
-        let a = "1111111111111111111111111111111111111111";
-        let b = "2222222222222222222222222222222222222222";
-        let c = "3333333333333333333333333333333333333333";
-        let t = format!("{:#x}", transfer_topic());
-        let v = json!([
-            {"address": TOKEN, "blockNumber": "0x5", "topics": [t, word(a), word(b)]},
-            {"address": TOKEN.to_ascii_uppercase().replace("0X", "0x"), "blockNumber": "0x9", "topics": [t, word(b), word(c)]},
-            {"address": TOKEN, "blockNumber": "0x7", "topics": [t, word(c), word(a)], "removed": false},
-            {"address": TOKEN, "blockNumber": "0xa", "topics": [t, word(a)]},
-        ]);
-        let mut logs = parse_logs(&ep(), &v, &query(5, 10)).unwrap();
-        // removed logs (never from parse_logs) are still ignored by candidates
-        logs.push(Log {
-            block: 11,
-            topics: logs[0].topics.clone(),
-            removed: true,
-        });
-        let got: Vec<(String, u64)> = candidates(&logs)
-            .into_iter()
-            .map(|(x, n)| (format!("{x:#x}"), n))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                (format!("0x{a}"), 7),
-                (format!("0x{b}"), 9),
-                (format!("0x{c}"), 9)
-            ]
-        );
+    fn logs_of_any_asked_address_and_topic_parse_with_their_emitter() {
+        let mut other = log_at(20);
+        other["address"] = json!(STAKING.to_ascii_uppercase().replace("0X", "0x"));
+        other["topics"][0] = json!(format!("{:#x}", B256::repeat_byte(7)));
+        let logs = parse_logs(&ep(), &json!([log_at(16), other]), &query(16, 32)).unwrap();
+        assert_eq!(logs[0].address, TOKEN.parse::<Address>().unwrap());
+        assert_eq!(logs[1].address, STAKING.parse::<Address>().unwrap());
+        assert_eq!(logs[1].topics[0], B256::repeat_byte(7));
+        assert_eq!((logs[0].block, logs[1].block), (16, 20));
     }
 
     #[test]

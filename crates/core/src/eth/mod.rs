@@ -4,6 +4,7 @@ pub mod address;
 pub mod balances;
 pub mod blocking;
 pub mod budget;
+pub mod events;
 pub(crate) mod h2c;
 pub mod logs;
 pub mod pipeline;
