@@ -205,6 +205,15 @@ def get_logs(proxy: RpcProxy, answered: bool | None = None) -> list[tuple[int, i
             if answered is None or (r.fault is None) == answered]
 
 
+def log_addresses(record) -> list[str]:
+    """The lowercase addresses an eth_getLogs record filtered on: the filter's `address` may be one
+    string or a JSON array of strings (the follower asks for several contracts in one request)."""
+    a = record.log_address
+    if a is None:
+        return []
+    return [x.lower() for x in ([a] if isinstance(a, str) else a)]
+
+
 class StepRecorder:
     """Polls follow_state every 20 ms in a thread of its own and keeps one entry per finished step
     (steps counter, last_from_block, last_to_block). A worker step lasts far longer than 20 ms apart

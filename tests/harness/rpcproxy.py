@@ -45,9 +45,10 @@ Fault modes (params in brackets):
                   eth_getBlockByNumber only (a null header: mode `result` with value=None)
   bad_logs [count, block, address, removed, holder]  forward an eth_getLogs, then append `count`
                   (default 1) made-up ERC-20 Transfer logs: emitted by `address` (default: the
-                  address asked for), at `block` ("in" = spread over the asked range (default),
-                  "above" = toBlock + 1, "below" = fromBlock - 1, or an int), `removed` (default
-                  False), from a made-up wallet to `holder` (default: a made-up wallet per log);
+                  address asked for, the first of an asked list), at `block` ("in" = spread over
+                  the asked range (default), "above" = toBlock + 1, "below" = fromBlock - 1, or an
+                  int), `removed` (default False), from a made-up wallet to `holder` (default: a
+                  made-up wallet per log);
                   eth_getLogs only. The made-up logs are built once per asked range (count=100000
                   answers ~45 MB of JSON)
   pad [bytes]     forward, then pad the answer with JSON white space (trailing spaces) to `bytes`
@@ -96,6 +97,9 @@ class Record:
     fault: str | None = None  # fault applied to this request, if any
     time: float = 0.0
     log_range: tuple | None = None  # eth_getLogs: (fromBlock, toBlock) as ints (None if not numeric)
+    # eth_getLogs: the filter's address as sent (a string or a JSON array of strings) and its topics
+    log_address: object = None
+    log_topics: object = None
 
 
 class Fault:
@@ -305,6 +309,8 @@ class RpcProxy:
                         r.log_range = (int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16))
                     except (KeyError, TypeError, ValueError):
                         r.log_range = None
+                    r.log_address = params[0].get("address")
+                    r.log_topics = params[0].get("topics")
                 if r.method == "eth_call" and params and isinstance(params[0], dict):
                     tx = params[0]
                     r.to = (tx.get("to") or "").lower() or None
@@ -619,7 +625,10 @@ def _made_up_logs(req: dict, prm: dict) -> list:
     lo, hi = int(q["fromBlock"], 16), int(q["toBlock"], 16)
     count = int(prm.get("count", 1))
     where = prm.get("block", "in")
-    emitter = (prm.get("address") or q.get("address") or "0x" + "00" * 20).lower()
+    asked = q.get("address")
+    if isinstance(asked, list):  # an address list: the first one (the token) emits the made-up Transfers
+        asked = asked[0] if asked else None
+    emitter = (prm.get("address") or asked or "0x" + "00" * 20).lower()
     holder = prm.get("holder")
     removed = bool(prm.get("removed", False))
     word = lambda a: "0x" + strip0x(a).lower().rjust(64, "0")  # noqa: E731
@@ -658,7 +667,8 @@ def _mangle_logs(data: bytes, doc, f: Fault) -> bytes:
         if isinstance(e, dict) and isinstance(e.get("result"), list):
             req = reqs.get(e.get("id")) or {}
             q = (req.get("params") or [{}])[0]
-            key = (q.get("fromBlock"), q.get("toBlock"), q.get("address"))
+            asked = q.get("address")
+            key = (q.get("fromBlock"), q.get("toBlock"), tuple(asked) if isinstance(asked, list) else asked)
             if key not in cache:
                 cache[key] = _made_up_logs(req, f.params)
             e["result"] = e["result"] + cache[key]
