@@ -304,8 +304,11 @@ def challenge_checkpoints(conn) -> dict[str, int]:
 
 
 def path_states(conn) -> dict[str, tuple]:
+    """The worker paths (sweep, follow, challenges), whose states and worker pids the cutover
+    checks; 'enroll' (the link triggers: no worker, no worker_pid) is left out."""
     return {r[0]: r[1:] for r in conn.execute(
-        "SELECT path, state, stopped_reason, stopped_at, worker_pid FROM audius_indexer.path_status")}
+        "SELECT path, state, stopped_reason, stopped_at, worker_pid FROM audius_indexer.path_status "
+        "WHERE path <> 'enroll'")}
 
 
 def log_rows(conn, sql_where: str, args=()) -> list[tuple]:
@@ -943,7 +946,7 @@ def test_nothing_acts_until_enabled(chain, report):
             wait_until(lambda: conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE "
                                             "'audius_indexer %'").fetchone()[0] == 3, timeout=10, what="the 3 workers")
             assert {r[0]: r[1] for r in conn.execute("SELECT path, state FROM audius_indexer.path_status")} == \
-                {"sweep": "off", "follow": "off", "challenges": "off"}
+                {"sweep": "off", "follow": "off", "challenges": "off", "enroll": "off"}
 
             def snapshot():
                 rows = {t: conn.execute(f"SELECT count(*), md5(coalesce(string_agg(x::text, ',' ORDER BY x::text), '')) "

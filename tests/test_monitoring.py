@@ -281,7 +281,7 @@ def test_health_and_path_series(scraped):
     assert "sweep worker" in health and "challenge processor m" in health, sorted(health)
     assert not [k for k in health if k.startswith(("rpc ", "contract "))], sorted(health)
     paths = {dict(ls)["path"] for (n, ls), v in m.items() if n == "audius_indexer_path_stopped"}
-    assert paths == {"sweep", "follow", "challenges"}, paths
+    assert paths == {"sweep", "follow", "challenges", "enroll"}, paths
 
 
 def test_scrapes_reach_no_rpc(scraped):

@@ -1,5 +1,6 @@
-"""The three paths (sweep, follow, challenges): off after CREATE EXTENSION, turned on and off by the
-DBA, and stopped by a second writer (src/paths.rs, sql/paths.sql, docs/operations.md "Paths").
+"""The paths (sweep, follow, challenges; and enroll, the link triggers' path, tested in
+test_enrollment.py): off after CREATE EXTENSION, turned on and off by the DBA, and stopped by a second
+writer (src/paths.rs, sql/paths.sql, docs/operations.md "Paths").
 
 Driven through the SQL entry points in databases of the session cluster; the workers' side (nothing
 acts while a path is off; a worker stops with its path) is in test_cutover.py.
@@ -44,9 +45,11 @@ def fresh(cluster):
 
 
 def test_every_path_is_off_after_create_extension(fresh):
-    assert states(fresh) == {p: ("off", None) for p in ("sweep", "follow", "challenges")}
+    assert states(fresh) == {p: ("off", None) for p in ("sweep", "follow", "challenges", "enroll")}
+    assert [r[0] for r in fresh.execute("SELECT path FROM audius_indexer.path_status")] == \
+        ["sweep", "follow", "challenges", "enroll"]
     d = doctor_paths(fresh)
-    assert set(d) == {"path sweep", "path follow", "path challenges"}
+    assert set(d) == {"path sweep", "path follow", "path challenges", "path enroll"}
     assert all(ok and detail.startswith("off") for ok, detail in d.values()), d
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown path"):
         fresh.execute("SELECT audius_indexer.enable('everything')")

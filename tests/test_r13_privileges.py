@@ -326,6 +326,12 @@ ENTRY_POINTS = [
     EP("trigger_specs()", "SELECT * FROM audius_indexer.trigger_specs()", "", ("trigger_specs",)),
     EP("trigger_statements()", "SELECT * FROM audius_indexer.trigger_statements()", "", ("trigger_statements",)),
     EP("trigger_plans_cached()", "SELECT audius_indexer.trigger_plans_cached()", "", ("trigger_plans_cached",)),
+    EP("enrollment_specs()", "SELECT * FROM audius_indexer.enrollment_specs()", "", ("enrollment_specs",)),
+    # SECURITY INVOKER, for the owner of users / associated_wallets: the operator gets a clear 42501
+    # (42P01 where the tables are absent); the trigger function itself (enroll_wallet) is no entry point
+    EP("install_enrollment()", "SELECT * FROM audius_indexer.install_enrollment()", "", ("install_enrollment",)),
+    EP("uninstall_enrollment()", "SELECT * FROM audius_indexer.uninstall_enrollment()", "",
+       ("uninstall_enrollment",)),
     EP("SELECT sweep_status", "SELECT * FROM audius_indexer.sweep_status", "stale", ("sweep_status",)),
     EP("SELECT follow_status", "SELECT * FROM audius_indexer.follow_status", "", ("follow_status",)),
     EP("SELECT challenge_processor_status", "SELECT * FROM audius_indexer.challenge_processor_status", "",

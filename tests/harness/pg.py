@@ -196,6 +196,8 @@ def exited(pid: int) -> bool:
         return True
 
 
+# The paths a worker cluster turns on: those with a worker. The fourth path, 'enroll' (link triggers,
+# no worker), is left off: enable('enroll') needs install_enrollment() first (tests/test_enrollment.py).
 PATHS = ("sweep", "follow", "challenges")
 
 
