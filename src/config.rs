@@ -5,7 +5,9 @@
 use crate::errors::raise;
 use crate::eth::abi::Contracts;
 use crate::eth::address::parse_address;
-use crate::eth::rpc::{self, Endpoint, RetryPolicy};
+use crate::eth::endpoint;
+use crate::eth::endpoint::Endpoint;
+use crate::eth::retry::RetryPolicy;
 use crate::gucs;
 use alloy_primitives::Address;
 use audius_indexer_core::settings;
@@ -27,8 +29,9 @@ pub struct Config {
     pub concurrency: usize,
     /// Keep-alive connections idle longer than this are not reused (`rpc_idle_timeout_ms`).
     pub idle_timeout: Duration,
-    /// HTTP/2 with prior knowledge to `http://` endpoints (`rpc_http2`).
-    pub http2: bool,
+    /// The CA certificates `https://` endpoints are verified against (`rpc_tls_ca_file`); None:
+    /// the web PKI roots.
+    pub tls_ca_file: Option<String>,
 }
 
 fn address_setting(name: &str, setting: &pgrx::GucSetting<Option<std::ffi::CString>>) -> Address {
@@ -143,7 +146,7 @@ fn read_endpoint_file(path: &str) -> Result<Vec<Endpoint>, EndpointError> {
         let msg = format!("audius_indexer.rpc_urls_file {path:?} is refused: {why}");
         (ERRCODE_INVALID_PARAMETER_VALUE, msg, hint())
     })?;
-    rpc::parse_endpoint_file(&text).map_err(|e| {
+    endpoint::parse_endpoint_file(&text).map_err(|e| {
         let msg = format!("audius_indexer.rpc_urls_file {path:?} is invalid: {e}");
         (ERRCODE_INVALID_PARAMETER_VALUE, msg, None)
     })
@@ -166,7 +169,7 @@ pub(crate) fn resolve_endpoints() -> Result<Vec<Endpoint>, EndpointError> {
         )),
         EndpointSource::File(path) => read_endpoint_file(&path),
         // Never echo the value: it may carry an API key.
-        EndpointSource::Setting(name, list) => rpc::parse_endpoint_list(&list).map_err(|e| {
+        EndpointSource::Setting(name, list) => endpoint::parse_endpoint_list(&list).map_err(|e| {
             (
                 ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("setting audius_indexer.{name} is invalid: {e}"),
@@ -215,7 +218,7 @@ impl Config {
             max_response_bytes,
             concurrency,
             idle_timeout: ms(gucs::RPC_IDLE_TIMEOUT_MS.get()),
-            http2: gucs::RPC_HTTP2.get(),
+            tls_ca_file: Some(gucs::string(&gucs::RPC_TLS_CA_FILE)).filter(|s| !s.is_empty()),
         }
     }
 }

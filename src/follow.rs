@@ -32,9 +32,11 @@
 use crate::config::Config;
 use crate::eth::abi;
 use crate::eth::address::normalize;
+use crate::eth::error::{RpcError, RpcErrorKind};
 use crate::eth::events::{self, Watched};
+use crate::eth::jsonrpc;
 use crate::eth::logs::{self, Header};
-use crate::eth::rpc::{self, ExecError, RpcError, RpcErrorKind};
+use crate::eth::retry::ExecError;
 use crate::gucs;
 use crate::paths::{self, Path};
 use crate::reader;
@@ -132,9 +134,9 @@ fn delegator_lists(cfg: &Config, sps: &[(Address, u64)]) -> Vec<Vec<Address>> {
         let n = addrs.len();
         let lists = reader::request(
             cfg,
-            |id| rpc::eth_call_body(id, &to, &calldata),
+            |id| jsonrpc::eth_call_body(id, &to, &calldata),
             move |ep, v| {
-                let raw = rpc::decode_hex_result(ep, v)?;
+                let raw = jsonrpc::decode_hex_result(ep, v)?;
                 abi::decode_delegator_lists(&raw, n).map_err(|e| {
                     RpcError::new(
                         ep,

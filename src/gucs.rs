@@ -74,11 +74,12 @@ pub static RPC_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(4);
 /// `audius_indexer.rpc_idle_timeout_ms`: a keep-alive connection idle this long is closed at
 /// its next use instead of being reused (0 = no keep-alive: a new connection per request).
 pub static RPC_IDLE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
-/// `audius_indexer.rpc_http2`: speak HTTP/2 (cleartext, prior knowledge) to `http://` endpoints,
-/// so every chunk in flight shares one TCP connection per endpoint. A server that does not speak
-/// it is remembered for 10 minutes and spoken to over HTTP/1.1; `https://` endpoints always use
-/// HTTP/1.1.
-pub static RPC_HTTP2: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// `audius_indexer.rpc_tls_ca_file`: a PEM file of the CA certificates that `https://` endpoints are
+/// verified against **instead of** the built-in web PKI roots (as `curl --cacert`): a private CA, or
+/// the test CA of a local TLS terminator. Empty (the default): the web PKI roots. `SUSET`: which CAs
+/// the server trusts is the superuser's choice. An unreadable file, or one without a certificate, is
+/// an ERROR (22023) at the next request, naming the path.
+pub static RPC_TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// `audius_indexer.rpc_max_requests_per_second`: the request budget — HTTP attempts per second
 /// per endpoint host, server-wide (0 = no cap, the default). `SIGHUP`: every backend and the three
 /// workers share one value (and, when the library is preloaded, one token bucket per host in shared
@@ -285,12 +286,12 @@ pub fn init(hooks: Hooks) {
         GucContext::Userset,
         GucFlags::UNIT_MS,
     );
-    GucRegistry::define_bool_guc(
-        c"audius_indexer.rpc_http2",
-        c"Speak HTTP/2 (cleartext, prior knowledge) to http:// RPC endpoints.",
-        c"Every chunk in flight then shares one TCP connection per endpoint. A server that does not speak HTTP/2 is remembered for 10 minutes and spoken to over HTTP/1.1 (one connection per chunk in flight); https:// endpoints always use HTTP/1.1. Has no effect while rpc_idle_timeout_ms = 0.",
-        &RPC_HTTP2,
-        GucContext::Userset,
+    GucRegistry::define_string_guc(
+        c"audius_indexer.rpc_tls_ca_file",
+        c"PEM file of the CA certificates https:// RPC endpoints are verified against, instead of the web PKI roots.",
+        c"Empty: the built-in web PKI roots. For a private CA or a test CA (as curl --cacert). Superuser-only.",
+        &RPC_TLS_CA_FILE,
+        GucContext::Suset,
         GucFlags::default(),
     );
     // The assign hook puts the value into the request budget's table (shared memory when
@@ -585,7 +586,7 @@ unsafe extern "C-unwind" fn check_rpc_url(
 ) -> bool {
     unsafe {
         check_endpoint_setting("audius_indexer.rpc_url", newval, |v| {
-            crate::eth::rpc::Endpoint::parse(v.trim())
+            crate::eth::endpoint::Endpoint::parse(v.trim())
                 .map(drop)
                 .map_err(|e| format!("the URL {e}"))
         })
@@ -600,7 +601,7 @@ unsafe extern "C-unwind" fn check_rpc_urls(
 ) -> bool {
     unsafe {
         check_endpoint_setting("audius_indexer.rpc_urls", newval, |v| {
-            crate::eth::rpc::parse_endpoint_list(v).map(drop)
+            crate::eth::endpoint::parse_endpoint_list(v).map(drop)
         })
     }
 }

@@ -3,7 +3,7 @@
 //! A backend honours query cancel and `statement_timeout` (`CHECK_FOR_INTERRUPTS`); a background
 //! worker also stops on SIGTERM (PostgreSQL's `ShutdownRequestPending`).
 
-use crate::eth::rpc::Interrupted;
+use crate::eth::blocking::Interrupted;
 use pgrx::pg_sys;
 use std::cell::Cell;
 

@@ -1,4 +1,4 @@
-//! Glue between the pure read path (`eth::balances`, `eth::rpc`) and PostgreSQL: settings, the
+//! Glue between the pure read path (`eth::balances`, `eth::retry`, `eth::transport`) and PostgreSQL: settings, the
 //! per-backend endpoint state, interrupt polling, and turning failures into ERRORs with SQLSTATEs.
 
 use crate::config::Config;
@@ -7,9 +7,13 @@ use crate::eth::abi::DecodeError;
 use crate::eth::address::{normalize, parse_address};
 use crate::eth::balances::{self, ChunkError, HolderBalance, ReadStats};
 use crate::eth::blocking::{run_interruptible, sleep_interruptible};
+use crate::eth::endpoint::Endpoint;
+use crate::eth::error::RpcError;
 use crate::eth::pipeline::{Limiter, Pipeline, StopFlag, TakeError};
-use crate::eth::rpc::{self, Agents, Endpoint, Endpoints, ExecError, RpcError};
+use crate::eth::retry::{Endpoints, ExecError};
+use crate::eth::transport::Agents;
 use crate::eth::untrusted::{self, SeenHead};
+use crate::eth::{blocking, error, jsonrpc, retry};
 use crate::gucs;
 use crate::request_budget::Budget;
 use alloy_primitives::Address;
@@ -52,8 +56,17 @@ fn net(cfg: &Config) -> Net {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .reconfigure(cfg.endpoints.clone(), cfg.cooldown);
-        n.agents
-            .configure(cfg.idle_timeout, cfg.concurrency, cfg.http2);
+        if let Err(e) =
+            n.agents
+                .configure(cfg.idle_timeout, cfg.concurrency, cfg.tls_ca_file.as_deref())
+        {
+            raise(
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("audius_indexer.rpc_tls_ca_file: {e}"),
+                None,
+                Some("Give a PEM file of CA certificates readable by the server, or set it empty for the web PKI roots.".into()),
+            );
+        }
         n.limiter.set_max(cfg.concurrency);
         n.clone()
     })
@@ -87,7 +100,7 @@ fn attempt<T>(
         .and_then(|v| parse(ep, &v));
     match &r {
         Ok(_) => net.limiter.succeeded(),
-        Err(e) if matches!(e.kind, rpc::RpcErrorKind::RateLimited { .. }) => {
+        Err(e) if matches!(e.kind, error::RpcErrorKind::RateLimited { .. }) => {
             net.limiter.rate_limited()
         }
         Err(_) => {}
@@ -107,7 +120,7 @@ fn record_attempts(attempts: &[Attempt]) {
 
 /// One JSON-RPC request with failover + retries; `parse` validates the `result` value and turns it
 /// into `T` on the helper thread (so a malformed answer names the endpoint that sent it, and counts
-/// as that endpoint's failure: the next endpoint is tried, see `rpc::execute`). `parse` may
+/// as that endpoint's failure: the next endpoint is tried, see `retry::execute`). `parse` may
 /// capture what was asked (a block number, a log query) to check the answer against it.
 pub fn request<T: Send + 'static, P>(
     cfg: &Config,
@@ -120,7 +133,7 @@ where
     let net = net(cfg);
     let max_resp = cfg.max_response_bytes;
     let budget = Budget::current();
-    rpc::execute(
+    retry::execute(
         &net.endpoints,
         &cfg.policy,
         cfg.attempt_timeout,
@@ -153,7 +166,7 @@ fn aggregate3_result(
     holders: usize,
 ) -> impl Fn(&Endpoint, &serde_json::Value) -> Result<Vec<u8>, RpcError> + Clone + Send + 'static {
     move |ep, v| {
-        let raw = rpc::decode_hex_result(ep, v)?;
+        let raw = jsonrpc::decode_hex_result(ep, v)?;
         balances::check_answer(ep, &raw, holders)?;
         Ok(raw)
     }
@@ -170,18 +183,18 @@ fn pipelined_eth_call(
     stop: &StopFlag,
 ) -> (Result<Vec<u8>, ExecError>, Vec<Attempt>) {
     let mut attempts = Vec::new();
-    let r = rpc::execute(
+    let r = retry::execute(
         &net.endpoints,
         &cfg.policy,
         cfg.attempt_timeout,
         |ep, timeout| {
             if stop.stopped() {
-                return Err(rpc::Interrupted);
+                return Err(blocking::Interrupted);
             }
             // A token of the request budget (atomics in shared memory, no PostgreSQL call): the
             // wait ends as soon as the pipeline stops (cancel, statement_timeout, SIGTERM).
             cfg.budget.acquire(ep.host(), &mut |d| stop.sleep(d))?;
-            let body = rpc::eth_call_body(
+            let body = jsonrpc::eth_call_body(
                 REQUEST_ID.fetch_add(1, Ordering::Relaxed),
                 &cfg.to,
                 calldata,
@@ -206,7 +219,7 @@ fn pipelined_eth_call(
 
 /// What a helper thread needs of the configuration.
 struct PipelineCfg {
-    policy: rpc::RetryPolicy,
+    policy: retry::RetryPolicy,
     attempt_timeout: Duration,
     max_resp: u64,
     to: String,
@@ -250,7 +263,7 @@ pub enum Purpose {
 /// rate limits, redirects, a cancelled or shutting-down backend, and configuration errors
 /// (no code at Multicall3, its getBlockNumber() failing or out of range).
 fn isolatable(e: &ChunkError<ExecError>) -> bool {
-    use rpc::RpcErrorKind::*;
+    use error::RpcErrorKind::*;
     match e {
         ChunkError::Fetch(ExecError::Rpc(r)) => matches!(
             r.kind,
@@ -356,7 +369,7 @@ pub fn read_balances_streaming(
         |calldata, n| {
             request(
                 cfg,
-                |id| rpc::eth_call_body(id, &to, calldata),
+                |id| jsonrpc::eth_call_body(id, &to, calldata),
                 aggregate3_result(n),
             )
         },
@@ -410,7 +423,7 @@ pub fn quantity(ep: &Endpoint, v: &serde_json::Value) -> Result<u64, RpcError> {
 pub fn chain_head(cfg: &Config) -> Result<i64, ExecError> {
     let head = request(
         cfg,
-        |id| rpc::request_body(id, "eth_blockNumber", serde_json::json!([])),
+        |id| jsonrpc::request_body(id, "eth_blockNumber", serde_json::json!([])),
         untrusted::parse_head,
     )?;
     HEAD_SEEN.with(|h| {
@@ -480,8 +493,8 @@ fn check_contract_code(cfg: &Config, values: &[HolderBalance]) {
         let a = normalize(&address);
         let code = request(
             cfg,
-            |id| rpc::request_body(id, "eth_getCode", serde_json::json!([a, "latest"])),
-            rpc::decode_hex_result,
+            |id| jsonrpc::request_body(id, "eth_getCode", serde_json::json!([a, "latest"])),
+            jsonrpc::decode_hex_result,
         )
         .unwrap_or_else(|e| raise_exec(e, "eth_getCode failed"));
         if code.is_empty() {
@@ -554,7 +567,7 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Snapshot of this backend's per-endpoint counters (for `rpc_endpoint_stats()`).
-pub fn endpoint_stats() -> Vec<(String, rpc::EndpointStats)> {
+pub fn endpoint_stats() -> Vec<(String, retry::EndpointStats)> {
     // Show configured endpoints even before the first request.
     let configured = crate::config::resolve_endpoints().unwrap_or_default();
     NET.with(|n| {

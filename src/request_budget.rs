@@ -16,8 +16,8 @@
 //! in progress, too — not only when each process gets to its own reload.
 //! This module is below `gucs.rs` (which calls [`set_rate`]); it reads no setting itself.
 
+use crate::eth::blocking::Interrupted;
 use crate::eth::budget::Buckets;
-use crate::eth::rpc::Interrupted;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::PgAtomic;

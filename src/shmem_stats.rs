@@ -5,7 +5,7 @@
 //! evicted), host and last error truncated. Updated on the backend's own thread after each attempt.
 //! Failures are also counted per kind (`ERROR_KINDS`, `rpc_endpoint_errors_server()`).
 
-use crate::eth::rpc::RpcErrorKind;
+use crate::eth::error::RpcErrorKind;
 use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;

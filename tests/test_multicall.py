@@ -410,7 +410,7 @@ def test_http_error_status(db, proxy, mode):
     ("jsonrpc_error", {"code": -32000, "message": "rate limited"}),
 ])
 def test_rate_limited_single_attempt(db, proxy, mode, params):
-    """Rate limiting, out of retries, is its own class: SQLSTATE 53400 (src/eth/rpc.rs
+    """Rate limiting, out of retries, is its own class: SQLSTATE 53400 (crates/core/src/eth/error.rs
     RpcError::sqlstate). NB: the issue brief's table would give 08P01 (HTTP 429) / 38000 (JSON-RPC)."""
     single_attempt(db)
     proxy.fault(mode, **params)

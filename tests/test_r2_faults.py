@@ -543,17 +543,17 @@ def test_one_connection_per_slot_for_a_whole_sweep(conn, contracts, proxy, repor
         for _ in range(3):
             assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
         n_req, n_conn, probes = proxy.http_requests, proxy.accepted, proxy.h2_probes
-        assert n_req >= 6, n_req
-        # this proxy speaks HTTP/1.1 only: the session's first request tried HTTP/2 once (505)
-        assert probes <= 1, f"{probes} HTTP/2 attempts: the refusal was not remembered"
-        assert 1 <= n_conn - probes <= concurrency, f"{n_conn} connections ({probes} HTTP/2) for {n_req} requests"
+        assert n_req == 6, n_req
+        # one HTTP stack: HTTP/1.1 with keep-alive, never an HTTP/2 attempt
+        assert probes == 0, f"{probes} HTTP/2 attempts"
+        assert 1 <= n_conn <= concurrency, f"{n_conn} connections for {n_req} requests"
         assert values(conn, ws) == want
         conn.execute("SET audius_indexer.rpc_idle_timeout_ms = 0")
         conn.execute("UPDATE eth_wallet_balances SET updated_at = '1900-01-01' WHERE wallet = ANY(%s)", (ws,))
         proxy.reset()
         assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
         assert proxy.accepted == proxy.http_requests, (proxy.accepted, proxy.http_requests)
-        rec.observed = (f"{n_conn - probes} connection(s) (+{probes} refused HTTP/2) for {n_req} requests over 3 ticks; idle timeout 0: "
+        rec.observed = (f"{n_conn} connection(s) for {n_req} requests over 3 ticks; idle timeout 0: "
                         f"{proxy.accepted} for {proxy.http_requests}")
 
 
@@ -584,45 +584,39 @@ def test_stale_keepalive_connection_resent_once_uncounted(conn, proxy, report):
 
 @pytest.fixture
 def relay(anvil, cluster):
-    """rpc_url pointing at a TCP relay in front of anvil itself (no HTTP proxy in between, so the
-    extension speaks HTTP/2 to the node); the `db` fixture puts rpc_url back afterwards."""
+    """rpc_url pointing at a TCP relay in front of anvil itself (no HTTP proxy in between: the
+    extension talks to the node as it would in production); the `db` fixture puts rpc_url back
+    afterwards."""
     with TcpRelay(anvil.url) as r:
         cluster.set_system(rpc_url=r.url)
         yield r
 
 
-def test_http2_one_connection_for_a_whole_sweep_on_the_node(conn, contracts, relay, report, concurrency):
-    """Against the node itself (anvil speaks HTTP/2 with prior knowledge): three sweep ticks of 6
-    chunks each, rpc_concurrency chunks in flight, travel on ONE TCP connection; with rpc_http2 =
-    off the same ticks use one HTTP/1.1 connection per chunk in flight."""
-    ws = wallets(24, "h2")
-    want = set_random_values(contracts, ws, "h2")
+def test_keepalive_connections_for_a_whole_sweep_on_the_node(conn, contracts, relay, report, concurrency):
+    """Against the node itself (anvil, which also speaks HTTP/2): three sweep ticks of 6 chunks
+    each, rpc_concurrency chunks in flight, use at most rpc_concurrency kept-alive HTTP/1.1
+    connections in all, and never try HTTP/2 (one HTTP stack: docs/performance.md)."""
+    ws = wallets(24, "ka_node")
+    want = set_random_values(contracts, ws, "ka_node")
     seed(conn, ws)
-    with report.case("HTTP/2: one connection per sweep", "node via TCP relay, 3 x refresh_stale(8), chunk 4",
-                     "1 TCP connection (HTTP/2) in all; rpc_http2 = off: <= concurrency, none HTTP/2") as rec:
+    with report.case("keep-alive on the node", "node via TCP relay, 3 x refresh_stale(8), chunk 4",
+                     f"1..{concurrency} TCP connections in all, none HTTP/2") as rec:
         conn.execute("SET audius_indexer.multicall_chunk_size = 4")
-        relay.reset()
-        for _ in range(3):
-            assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
-        assert values(conn, ws) == want
-        assert (relay.connections, relay.h2_connections) == (1, 1), (relay.connections, relay.h2_connections)
-        conn.execute("SET audius_indexer.rpc_http2 = off")
-        conn.execute("UPDATE eth_wallet_balances SET updated_at = '1900-01-01' WHERE wallet = ANY(%s)", (ws,))
         relay.reset()
         for _ in range(3):
             assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
         assert values(conn, ws) == want
         assert 1 <= relay.connections <= concurrency and relay.h2_connections == 0, \
             (relay.connections, relay.h2_connections)
-        rec.observed = f"HTTP/2: 1 connection for 6 requests; rpc_http2 = off: {relay.connections} HTTP/1.1"
+        rec.observed = f"{relay.connections} HTTP/1.1 connection(s) for 6 requests, 0 HTTP/2"
 
 
-def test_http2_connection_dropped_between_calls_is_not_a_failure(conn, contracts, relay, report):
-    """The node drops its HTTP/2 connection between two calls (RST, as on a restart): the next
+def test_connection_dropped_between_calls_is_not_a_failure(conn, contracts, relay, report):
+    """The node drops its kept-alive connections between two calls (RST, as on a restart): the next
     call opens a fresh one, with rpc_max_retries = 0 and no failed attempt counted."""
-    ws = wallets(3, "h2drop")
-    want = set_random_values(contracts, ws, "h2drop")
-    with report.case("HTTP/2: connection dropped while idle", "RST of the kept connection, rpc_max_retries=0",
+    ws = wallets(3, "drop")
+    want = set_random_values(contracts, ws, "drop")
+    with report.case("connection dropped while idle", "RST of the kept connection, rpc_max_retries=0",
                      "success on a fresh connection, 0 failures counted") as rec:
         conn.execute("SET audius_indexer.rpc_max_retries = 0")
         relay.reset()
@@ -635,15 +629,15 @@ def test_http2_connection_dropped_between_calls_is_not_a_failure(conn, contracts
             assert {w: int(b) for w, b in rows} == want
         failures1 = conn.execute("SELECT sum(failures) FROM audius_indexer.rpc_endpoint_stats()").fetchone()[0]
         assert failures1 == failures0, (failures0, failures1)
-        assert relay.connections == 4 and relay.h2_connections == 4, (relay.connections, relay.h2_connections)
-        rec.observed = f"4 calls, 4 HTTP/2 connections, failures {failures0} -> {failures1}"
+        assert relay.connections == 4 and relay.h2_connections == 0, (relay.connections, relay.h2_connections)
+        rec.observed = f"4 calls, 4 connections, failures {failures0} -> {failures1}"
 
 
-def test_http2_hung_node_honours_statement_timeout_and_cancel(db, other_conn, relay, report, concurrency):
-    """The node stops answering on its HTTP/2 connection (streams in flight, nothing comes back):
+def test_hung_node_honours_statement_timeout_and_cancel(db, other_conn, relay, report, concurrency):
+    """The node stops answering on its connections (requests in flight, nothing comes back):
     statement_timeout and pg_cancel_backend end the call promptly; the next call is fine."""
     ws = wallets(12, "h2hang")
-    with report.case("HTTP/2: hung node", "relay stalls; 3 chunks of 4; statement_timeout 1s, then a cancel",
+    with report.case("hung node", "relay stalls; 3 chunks of 4; statement_timeout 1s, then a cancel",
                      "ERROR 57014 within 0.15 s of the timeout / the cancel; next call fine") as rec:
         db.execute("SET audius_indexer.multicall_chunk_size = 4")
         assert len(db.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall()) == 12  # connection up

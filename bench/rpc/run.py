@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
-"""RPC read path and stale sweep: what the extension costs over the bare RPC work (issue 11).
+"""RPC read path and stale sweep: what the extension costs over the bare RPC work.
 
 `make bench-rpc` (after `make install`; not part of `make test`; 4-5 min on 2 cores). One anvil
 (Multicall3 + the three mock contracts, eth_call gas cap 2^32, no request size limit), one
 throwaway PostgreSQL 15 cluster with audius_indexer preloaded, the same wallets for every part.
-The extension always talks to anvil directly (over HTTP/2 by default: rpc_http2 = on, anvil speaks it
-with prior knowledge); a recording proxy (bench/rpc/recproxy.py: raw request bodies + accepted TCP
-connections; HTTP/1.1 only, so capture sessions SET rpc_http2 = off: the bodies are the same either
-way) sits in between only for separate capture calls, whose bodies are then replayed.
+The extension always talks to anvil directly (HTTP/1.1 with keep-alive, its one HTTP stack); a
+recording proxy (bench/rpc/recproxy.py: raw request bodies + accepted TCP connections) sits in between
+only for separate capture calls, whose bodies are then replayed.
 
 P2  audius_indexer.multicall_total_audio_balances(wallets) for N = 200, 2,000, 20,000 (chunk 200),
     --reps repetitions after one warm-up, in one session. Server-side time = clock_timestamp() -
@@ -347,7 +346,6 @@ def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str]
         proxy.reset()
         with cluster.connect("bench") as conn:
             # the proxy speaks HTTP/1.1 only: capture over HTTP/1.1 (the bodies are the same either way)
-            conn.execute("SET audius_indexer.rpc_http2 = off")
             cnt, ok, total, _ = conn.execute(P2_SQL, (ws,)).fetchone()
         bodies, conns = list(proxy.bodies), proxy.connections
         assert cnt == n and ok == n, (cnt, ok)
@@ -493,7 +491,6 @@ def capture_tick(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, batch: i
     proxy.reset()
     conn = session_for(cluster, chunk)
     try:
-        conn.execute("SET audius_indexer.rpc_http2 = off")  # the proxy speaks HTTP/1.1 only
         req = conn.execute(TICK_SQL, (batch,)).fetchone()[0]
     finally:
         conn.close()

@@ -3,7 +3,8 @@
 use crate::config::Config;
 use crate::eth::abi::hex;
 use crate::eth::address::normalize;
-use crate::eth::rpc::{self, ExecError};
+use crate::eth::jsonrpc;
+use crate::eth::retry::ExecError;
 use crate::reader::{self, quantity};
 use alloy_primitives::keccak256;
 use pgrx::prelude::*;
@@ -66,12 +67,12 @@ fn doctor() -> TableIterator<
             cfg.endpoints = vec![ep.clone()];
             let chain = reader::request(
                 &cfg,
-                |id| rpc::request_body(id, "eth_chainId", json!([])),
+                |id| jsonrpc::request_body(id, "eth_chainId", json!([])),
                 quantity,
             );
             let head = reader::request(
                 &cfg,
-                |id| rpc::request_body(id, "eth_blockNumber", json!([])),
+                |id| jsonrpc::request_body(id, "eth_blockNumber", json!([])),
                 crate::eth::untrusted::parse_head,
             );
             match (chain, head) {
@@ -101,8 +102,8 @@ fn doctor() -> TableIterator<
                 let a = normalize(&addr);
                 let code = reader::request(
                     &cfg,
-                    |id| rpc::request_body(id, "eth_getCode", json!([a, "latest"])),
-                    rpc::decode_hex_result,
+                    |id| jsonrpc::request_body(id, "eth_getCode", json!([a, "latest"])),
+                    jsonrpc::decode_hex_result,
                 );
                 let row = match code {
                     Err(e) => (false, describe(&e)),

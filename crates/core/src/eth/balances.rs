@@ -278,21 +278,23 @@ fn decode_results<E>(raw: &[u8], holders: usize) -> Result<(Vec<Result3>, i64), 
 
 /// Checks an aggregate3 answer for `holders` holders as it arrives (in the attempt, so an unusable
 /// answer is a failure of the endpoint that sent it and the next endpoint is tried, see
-/// `rpc::execute`): undecodable, a result count other than the calls sent, or a block above
+/// `retry::execute`): undecodable, a result count other than the calls sent, or a block above
 /// `untrusted::MAX_PLAUSIBLE_BLOCK` is a `BadResponse` of `ep`. `0x` (no code at Multicall3) and a
 /// failing `getBlockNumber()` pass: `decode_chunk` reports them (configuration, not the node).
 pub fn check_answer(
-    ep: &crate::eth::rpc::Endpoint,
+    ep: &crate::eth::endpoint::Endpoint,
     raw: &[u8],
     holders: usize,
-) -> Result<(), crate::eth::rpc::RpcError> {
+) -> Result<(), crate::eth::error::RpcError> {
     match decode_results::<String>(raw, holders) {
         Ok(_)
         | Err(ChunkError::Decode(abi::DecodeError::NoCode))
         | Err(ChunkError::BlockNumber(_)) => Ok(()),
-        Err(e) => Err(crate::eth::rpc::RpcError::new(
+        Err(e) => Err(crate::eth::error::RpcError::new(
             ep,
-            crate::eth::rpc::RpcErrorKind::BadResponse(format!("eth_call aggregate3 result: {e}")),
+            crate::eth::error::RpcErrorKind::BadResponse(format!(
+                "eth_call aggregate3 result: {e}"
+            )),
         )),
     }
 }
@@ -502,7 +504,7 @@ mod tests {
         assert_eq!(effective_chunk_size(200, 10), 1);
         // the real encoder agrees with the estimate (hex doubles, plus JSON overhead)
         let holders: Vec<_> = (0..n as u32).map(addr).collect();
-        let body = crate::eth::rpc::eth_call_body(
+        let body = crate::eth::jsonrpc::eth_call_body(
             1,
             "0xca11bde05977b3631167028862be2a173976ca11",
             &abi::encode_chunk(&contracts(), &holders),
@@ -567,7 +569,7 @@ mod tests {
 
     #[test]
     fn answers_are_checked_as_they_arrive() {
-        let ep = crate::eth::rpc::Endpoint::parse("http://10.0.0.1:8545/KEY").unwrap();
+        let ep = crate::eth::endpoint::Endpoint::parse("http://10.0.0.1:8545/KEY").unwrap();
         let good = vec![ok(U256::from(9u8)); 7].abi_encode();
         assert_eq!(check_answer(&ep, &good, 2), Ok(()));
         assert_eq!(

@@ -10,9 +10,12 @@
 //! The helper thread is created with every signal blocked, so PostgreSQL's signal handlers keep
 //! running on the backend's own thread only.
 
-use crate::eth::rpc::Interrupted;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// The request was abandoned because the session was cancelled / is shutting down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted;
 
 /// How often the waiting thread checks for interrupts.
 pub const POLL_SLICE: Duration = Duration::from_millis(20);

@@ -29,7 +29,7 @@
 //! PostgreSQL shared memory as it is. The rate is read again at every step of a wait (which sleeps
 //! at most [`MAX_WAIT_SLICE`] at a time), so a new rate applies at once, to waits in progress too.
 
-use crate::eth::rpc::Interrupted;
+use crate::eth::blocking::Interrupted;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 

@@ -5,7 +5,8 @@
 use alloy_primitives::{Address, B256};
 use serde_json::{json, Value};
 
-use super::rpc::{Endpoint, RpcError, RpcErrorKind};
+use super::endpoint::Endpoint;
+use super::error::{RpcError, RpcErrorKind};
 use super::untrusted::{self, bad_field, field_block, field_hash, field_quantity, show};
 
 /// The JSON-RPC body of `eth_getLogs` for `q`: an address list and a list of topic0 alternatives,

@@ -16,8 +16,8 @@
 //! once (also while it waits for an earlier job), so a bug in a job can never leave the backend
 //! waiting forever for an answer that will not come.
 
+use crate::eth::blocking::Interrupted;
 use crate::eth::blocking::{spawn_with_signals_blocked, POLL_SLICE};
-use crate::eth::rpc::Interrupted;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

@@ -3,14 +3,15 @@
 //! Every number, hash and address the node sends goes through a strict parser here before anything
 //! uses it; no allocation is ever sized by a number from the node. A value that does not pass is a
 //! `BadResponse` naming the endpoint's host (never its URL) and the field, which the glue reports as
-//! SQLSTATE 08P01 (protocol violation), writes nothing for, and `rpc::execute` counts as a failure
+//! SQLSTATE 08P01 (protocol violation), writes nothing for, and `retry::execute` counts as a failure
 //! of that endpoint (the next endpoint is tried).
 
 use alloy_primitives::{Address, B256};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-use super::rpc::{Endpoint, RpcError, RpcErrorKind};
+use super::endpoint::Endpoint;
+use super::error::{RpcError, RpcErrorKind};
 
 /// The highest block number accepted from the node: 2^40 (1,099,511,627,776).
 ///
