@@ -1,8 +1,8 @@
--- audius_indexer: the Phase 3 challenge processors' bookkeeping, checkpoint seeding and status view.
--- The processors themselves are Rust (src/challenges/); their checkpoints live where the seed's Go job
+-- audius_indexer: the user_events challenge processors' (m, r, rv, rd) bookkeeping, checkpoint seeding and status view.
+-- The processors themselves are Rust (src/challenges/); their checkpoints live where the Go challenge job
 -- keeps them, in the Audius table indexing_checkpoints (`challenges:<id>:last_blocknumber`).
 
--- One row per processor. The resume positions make "no skipped rows" possible: the seed resumes from a
+-- One row per processor. The resume positions make "no skipped rows" possible: the Go job resumes from a
 -- block number only. ue_checkpoint is the indexing_checkpoints value the position was stored with; when
 -- the checkpoint there differs (seed_challenge_checkpoints(), the Go job, a DBA reset) it wins.
 CREATE TABLE audius_indexer.challenge_processor_state (

@@ -1,6 +1,6 @@
 -- audius_indexer: the event path's bookkeeping (src/follow.rs): block hashes for reorg checks,
 -- wallets still owed a read, the step record and its status view. The checkpoint itself lives where
--- the seed's Go eth-indexer keeps it: public.eth_indexer_checkpoints, name 'audio_transfers'.
+-- the Go eth-indexer keeps it: public.eth_indexer_checkpoints, name 'audio_transfers'.
 
 -- Hash and time of every block a step ended on (the checkpoint and its predecessors): the next
 -- step compares the checkpoint's hash with the node's; after a reorg the newest block the node still

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the challenge processors m, r, rv, rd: the seed's wedge, reproduced (issue 9).
+"""Benchmark of the challenge processors m, r, rv, rd: the Go challenge job's wedge, reproduced.
 
 `make bench-challenges` (after `make install`). Not a test: prints a table, writes it to
 bench/results/challenges-<date>.txt and exits 0 unless something breaks. One throwaway cluster:
@@ -19,7 +19,7 @@ bench/results/challenges-<date>.txt and exits 0 unless something breaks. One thr
 2. On that data, the first --any-completions (200) completions of the catch-up, timed per
    completion on the server (two timing triggers around on_user_challenge: `bench_t0` before it,
    `zz_bench_t1` after it, AFTER ROW triggers fire in name order), once with the Rust trigger and
-   once with the seed's PL/pgSQL `= ANY(user_ids)` trigger (tests/sql/reference_triggers.sql); both
+   once with Audius's PL/pgSQL `= ANY(user_ids)` trigger (tests/sql/reference_triggers.sql); both
    rolled back (then VACUUM). The `= ANY` catch-up itself would take days, so its total is
    EXTRAPOLATED: completions of the real catch-up x mean `= ANY` trigger time per completion (a
    lower bound: the trigger alone, no scan/upsert/commit).

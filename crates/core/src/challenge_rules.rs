@@ -1,13 +1,13 @@
-//! The seed's incremental Phase 3 challenge processors (m, r, rv, rd), in the database.
+//! The Go challenge job's incremental user_events processors (m, r, rv, rd), in the database.
 //!
 //! Each processor re-derives `user_challenges` rows from the `user_events` rows that moved past
 //! its checkpoint (`indexing_checkpoints`, key `challenges:<id>:last_blocknumber`), as the Go job
-//! `jobs/challenges/user_event_challenges.go` did (reference §4). Two deliberate improvements:
+//! `jobs/challenges/user_event_challenges.go` did. Two deliberate improvements:
 //!
-//! - **No skipped rows.** The seed resumes from a block number alone, so a block holding more
+//! - **No skipped rows.** The Go job resumes from a block number alone, so a block holding more
 //!   rows than one batch loses the rest (its high-water rule jumps past the block). We resume from
 //!   a `(blocknumber, id)` position stored next to the checkpoint; `indexing_checkpoints` gets the
-//!   same values as the seed's rule whenever it would not skip.
+//!   same values as the Go job's rule whenever it would not skip.
 //! - **The referrer-verification gap closed.** `r`/`rv` depend on the referrer's current
 //!   `users.is_verified`; a second dirty scan over `users` rows past their own position re-derives
 //!   every pair those referrers referred.
@@ -16,7 +16,7 @@
 //! the resume decision, and the settled rule that keeps the position behind rows a transaction
 //! still in progress may precede (`settled_bound`, `scan_advance`). The SPI glue is `src/challenges/run.rs` of the extension crate.
 
-/// The four Phase 3 processors, in the order they run.
+/// The four user_events processors, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Processor {
     /// Mobile install: one current `is_mobile_user` row completes `m` for that user.
@@ -36,7 +36,7 @@ pub const ALL: [Processor; 4] = [
     Processor::Referred,
 ];
 
-/// Steps of every Phase 3 challenge as the seed passes them (`current = step = 1`).
+/// Steps of every user_events challenge as the Go job passes them (`current = step = 1`).
 pub const STEP: i32 = 1;
 
 impl Processor {
@@ -87,7 +87,7 @@ impl Processor {
     }
 }
 
-/// The seed's `SpecifierFromUserID`: lowercase hex, no `0x`, no padding (Go `%x` of an int, so a
+/// The Go job's `SpecifierFromUserID`: lowercase hex, no `0x`, no padding (Go `%x` of an int, so a
 /// negative id keeps its sign: `-1f`).
 pub fn specifier_from_user_id(id: i32) -> String {
     if id < 0 {
@@ -97,7 +97,7 @@ pub fn specifier_from_user_id(id: i32) -> String {
     }
 }
 
-/// The seed's `AmountInt`: `fmt.Sscanf(amount, "%d", &n)`, 0 on error. Leading white space is
+/// The Go job's `AmountInt`: `fmt.Sscanf(amount, "%d", &n)`, 0 on error. Leading white space is
 /// skipped, an optional sign and decimal digits are read, anything after them is ignored; no
 /// digits or an overflow of a 64-bit int is an error.
 pub fn amount_int(amount: &str) -> i64 {
@@ -124,10 +124,10 @@ pub fn is_complete(current: i32, step: i32) -> bool {
 }
 
 /// The checkpoint value after a scan of `scanned` rows (batch `batch`) whose highest block is
-/// `max_bn`, starting from checkpoint `prev`: the seed's `highWaterMark` without its skip.
+/// `max_bn`, starting from checkpoint `prev`: the Go job's `highWaterMark` without its skip.
 ///
 /// A full batch may have stopped inside its last block, so only `max_bn - 1` is known complete;
-/// where that would not move the checkpoint (one block holds the whole batch) the seed wrote
+/// where that would not move the checkpoint (one block holds the whole batch) the Go job wrote
 /// `max_bn` and skipped the rest of the block. We keep the checkpoint (`None`) and rely on the
 /// stored position instead. `None` also when the value would not move forward.
 pub fn high_water(prev: i64, max_bn: i64, scanned: usize, batch: usize) -> Option<i64> {
@@ -135,7 +135,7 @@ pub fn high_water(prev: i64, max_bn: i64, scanned: usize, batch: usize) -> Optio
     (candidate > prev).then_some(candidate)
 }
 
-/// The seed's own rule, kept for documentation and the tests that show where it skips rows.
+/// The Go job's own rule, kept for documentation and the tests that show where it skips rows.
 #[cfg(test)]
 pub fn seed_high_water(prev: i64, max_bn: i64, scanned: usize, batch: usize) -> Option<i64> {
     let candidate = if scanned >= batch && max_bn - 1 > prev {
@@ -393,7 +393,7 @@ mod tests {
         // Full batch: the last block may continue.
         assert_eq!(high_water(10, 15, 5000, 5000), Some(14));
         assert_eq!(seed_high_water(10, 15, 5000, 5000), Some(14));
-        // Full batch inside one block: the seed jumps past it, we stay.
+        // Full batch inside one block: the Go job jumps past it, we stay.
         assert_eq!(high_water(10, 11, 5000, 5000), None);
         assert_eq!(seed_high_water(10, 11, 5000, 5000), Some(11));
         // Never backwards.
@@ -548,7 +548,7 @@ mod tests {
                 passed: 0
             }
         );
-        // a full batch, all settled: the seed's max_bn - 1
+        // a full batch, all settled: the Go job's max_bn - 1
         let a = scan_advance(90, &from_cp, &[row(95, 1, true), row(96, 2, true)], 2);
         assert_eq!(a.checkpoint, Some(95));
         assert_eq!(a.end, Some((96, 2)));

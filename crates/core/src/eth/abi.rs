@@ -274,7 +274,7 @@ impl fmt::Display for SubcallFailure {
     }
 }
 
-/// The seed's decode states plus short data: success + ≥32 bytes → the first word; success + empty
+/// The Go eth-indexer's `decodeUint` states (multicall.go) plus short data: success + ≥32 bytes → the first word; success + empty
 /// → failure; success + <32 bytes → failure; success = false → failure (with the revert data).
 pub fn decode_uint(r: &Result3) -> Result<U256, SubcallFailure> {
     if !r.success {

@@ -1,10 +1,10 @@
 //! Parsing and normalising wallet strings.
 //!
 //! Accepted: `0x`/`0X` followed by exactly 40 hex digits, in any case. Mixed case is *not* checked
-//! against EIP-55, on purpose: the seed (go-ethereum's `HexToAddress`) never checked it and real
+//! against EIP-55, on purpose: the Go eth-indexer (go-ethereum's `HexToAddress`) never checked it and real
 //! Audius data does not always pass it — Audius's own config spells the AUDIO token
 //! `0x18aAA7115705e8be94bfFEbDE57Af9BFc265B998`, whose checksum is wrong (`…FFEBDE…`). Refusing such
-//! values would break the sweep on data the seed handled. Whitespace is never trimmed:
+//! values would break the sweep on data the Go eth-indexer handled. Whitespace is never trimmed:
 //! `' 0xab…'` is refused, because a DBA passing it has a bug upstream worth seeing.
 //! The normal form is lowercase `0x` + 40 hex, which is what `eth_wallet_balances.wallet` stores.
 

@@ -164,7 +164,7 @@ fn parse_log(ep: &Endpoint, i: usize, item: &Value, q: &LogQuery) -> Result<Log,
 /// however far behind the checkpoint is.
 pub const MAX_RANGES_PER_STEP: u64 = 10_000;
 
-/// `[from, to]` cut into consecutive ranges of at most `size` blocks (the seed's backfill chunks),
+/// `[from, to]` cut into consecutive ranges of at most `size` blocks (the Go eth-indexer's backfill chunks),
 /// planned lazily: nothing is allocated, however wide `[from, to]` is.
 pub fn plan_ranges(from: u64, to: u64, size: u64) -> Ranges {
     Ranges {
