@@ -7,7 +7,7 @@ PYTEST ?= .venv/bin/pytest
 PYTEST_ARGS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install package-tree package old-package package-smoke unit integration test demo bench-triggers bench-challenges bench-rpc bench-sweep-scale bench-status fmt clean
+.PHONY: all deps build install package-tree package old-package package-smoke unit check integration test demo bench-triggers bench-challenges bench-rpc bench-sweep-scale bench-status fmt clean
 
 all: build
 
@@ -53,16 +53,27 @@ build: deps
 
 # Tier 1: the pure core (crates/core: ABI, RPC, chunking, logs, challenge rules, trigger payloads;
 # no pgrx dependency) and the extension crate's own unit tests: plain #[test] + property tests, no
-# PostgreSQL.
+# PostgreSQL (the #[pg_test]s compiled into the same binary are skipped: they are `make check`).
 unit: deps
 	$(CARGO) test -p audius_indexer_core
-	$(CARGO) test -p audius_indexer --lib --no-default-features --features pg15
+	$(CARGO) test -p audius_indexer --lib --no-default-features --features pg15 -- --skip pg_tests::
+
+# Tier 1b: a debug build and the #[pg_test]s (src/pg_tests.rs): the SPI glue (sweep write and claim,
+# challenge processors, Rust triggers, enrollment, follow queue) against real tables in a throwaway
+# PostgreSQL 15 cluster run as the postgres OS user; no chain, no RPC node. About 15 s after touching
+# one .rs file. scripts/check.sh runs `cargo pgrx test pg15 --runas postgres --pgdata
+# target/pgcheck/pgdata` with the test build installed into a private copy of the PostgreSQL tree
+# (target/pgcheck/tree), never into the system directories `make install` and pytest use.
+# CHECK_ARGS: a test-name filter, e.g. `make check CHECK_ARGS=follow`.
+CHECK_ARGS ?=
+check: deps
+	bash scripts/check.sh $(CHECK_ARGS)
 
 # Tiers 2-4: real PostgreSQL 15 clusters (as the postgres OS user) + real anvil + Multicall3.
 integration: install old-package
 	$(PYTEST) tests $(PYTEST_ARGS)
 
-test: unit integration package-smoke
+test: unit check integration package-smoke
 
 demo: install
 	.venv/bin/python scripts/demo.py

@@ -16,7 +16,7 @@
 
 use crate::errors::{raise, spi_error};
 use crate::privilege::{ASSOCIATED_WALLETS, USERS};
-use crate::triggers::subxact;
+use crate::subxact;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode::*;
 use std::convert::Infallible;

@@ -4,7 +4,9 @@
 use pgrx::prelude::*;
 use pgrx::{PgSqlErrorCode, PgSqlErrorCode::*};
 
-/// Raises an ERROR with `code`, a message, and optional detail/hint. Never returns.
+/// Raises an ERROR with `code`, a message, and optional detail/hint. Never returns. Every ERROR of
+/// the extension goes through here; its reported location is the caller's.
+#[track_caller]
 pub fn raise(
     code: PgSqlErrorCode,
     message: impl Into<String>,
@@ -47,6 +49,7 @@ pub fn errcode(sqlstate: &str) -> PgSqlErrorCode {
 }
 
 /// An SPI failure (never expected: our statements are fixed) as an ERROR.
+#[track_caller]
 pub fn spi_error(e: pgrx::spi::Error) -> ! {
     raise(
         ERRCODE_INTERNAL_ERROR,

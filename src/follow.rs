@@ -394,7 +394,8 @@ fn run_step<S: Steps>(
     });
     let mut out = StepCounts::default();
 
-    // First boot: start at the head, as the seed (no history replay), unless follow_from_block.
+    // First boot: start at the head, as the Go eth-indexer does (no history replay), unless
+    // follow_from_block says otherwise.
     let mut checkpoint = match checkpoint {
         Some(c) => c,
         None => {

@@ -10,17 +10,23 @@
 //!   All three are validated when set (check hooks; 22023 without echoing the value).
 //! - Contract addresses are `SUSET`: only a superuser may redirect the reads (they decide what is
 //!   written into `eth_wallet_balances`), but a superuser may do so per session (tests, forks).
-//! - Tuning knobs (chunk size, timeouts, retries) are `USERSET`, within bounds, except those that
-//!   size the server's memory: `rpc_max_response_bytes` and `rpc_concurrency` are `SUSET`, and
-//!   their product is capped at 256 MB whatever they say (a failed allocation aborts the backend,
-//!   which restarts the cluster).
-//! - The sweep worker's settings are `SIGHUP` (the worker reloads on SIGHUP); the database it
-//!   connects to is `POSTMASTER` (defined only when the library is preloaded).
+//! - Tuning knobs of a request (chunk size, request bytes, timeouts, retries, the idle timeout)
+//!   are `USERSET`, within bounds, except those that size the server's memory:
+//!   `rpc_max_response_bytes` and `rpc_concurrency` are `SUSET`, and their product is capped at
+//!   256 MB whatever they say (a failed allocation aborts the backend, which restarts the cluster).
+//! - `rpc_tls_ca_file` is `SUSET`: which CAs the server trusts is the superuser's choice.
+//! - The rest is `SIGHUP` (the workers reload on SIGHUP): the request budget
+//!   (`rpc_max_requests_per_second`), `rpc_failover_cooldown_ms`, the three workers' intervals and
+//!   batch sizes and `sweep_enabled`, the follower's `confirmations`, `log_range_blocks`,
+//!   `follow_from_block` and `max_reorg_depth`, the failing wallets' back-off and
+//!   `max_block_ahead`; the database the workers connect to and their role are `POSTMASTER`
+//!   (defined only when the library is preloaded).
 //!
-//! The README's "Settings" table lists every setting with its default; keep them in sync.
+//! docs/settings.md lists every setting with its default and context; keep them in sync.
 
+use pgrx::pg_sys::GucContext::{PGC_POSTMASTER, PGC_SIGHUP, PGC_SUSET, PGC_USERSET};
 use pgrx::prelude::*;
-use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucFlags, GucSetting};
 use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -89,7 +95,8 @@ pub static RPC_TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CS
 /// reload applies at once everywhere, to a worker's step in progress too.
 pub static RPC_MAX_REQUESTS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 
-/// `audius_indexer.database`: database the sweep worker connects to (postmaster setting).
+/// `audius_indexer.database`: database the three background workers connect to (postmaster
+/// setting).
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// `audius_indexer.worker_role`: the role the three background workers connect as (postmaster
@@ -115,9 +122,11 @@ pub static CHALLENGES_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(5000)
 pub static FOLLOW_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 /// `audius_indexer.confirmations`: blocks below the head the follower stays.
 pub static CONFIRMATIONS: GucSetting<i32> = GucSetting::<i32>::new(0);
-/// `audius_indexer.log_range_blocks`: blocks per `eth_getLogs` request (the seed's 9,000).
+/// `audius_indexer.log_range_blocks`: blocks per `eth_getLogs` request (the Go eth-indexer's
+/// 9,000).
 pub static LOG_RANGE_BLOCKS: GucSetting<i32> = GucSetting::<i32>::new(9000);
-/// `audius_indexer.follow_from_block`: first block on first boot (-1 = the head, as the seed).
+/// `audius_indexer.follow_from_block`: first block on first boot (-1 = the head, as the Go
+/// eth-indexer).
 pub static FOLLOW_FROM_BLOCK: GucSetting<i32> = GucSetting::<i32>::new(-1);
 /// `audius_indexer.max_reorg_depth`: how far back the follower looks for a common ancestor.
 pub static MAX_REORG_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(64);
@@ -134,380 +143,430 @@ pub fn preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
-type StringCheckHook = unsafe extern "C-unwind" fn(
-    *mut *mut std::ffi::c_char,
-    *mut *mut std::ffi::c_void,
-    pg_sys::GucSource::Type,
-) -> bool;
-
-/// A string setting with a check hook (pgrx's registry has no hook parameter).
-fn define_checked_string(
+/// One setting as `init` defines it: name, descriptions (`short_desc`, `extra_desc` in
+/// `pg_settings`), context, flags, and its type with its variable and hooks. The default is the
+/// variable's initial value.
+struct Decl {
     name: &'static CStr,
     short: &'static CStr,
     long: &'static CStr,
-    setting: &'static GucSetting<Option<CString>>,
     context: pg_sys::GucContext::Type,
     flags: GucFlags,
-    hook: StringCheckHook,
-) {
-    unsafe {
-        pg_sys::DefineCustomStringVariable(
-            name.as_ptr(),
-            short.as_ptr(),
-            long.as_ptr(),
-            setting.as_ptr(),
-            *setting.as_ptr(),
-            context,
-            flags.bits(),
-            Some(hook),
-            None,
-            None,
-        );
+    kind: Kind,
+}
+
+/// The type of a setting, with its variable, bounds and hooks.
+enum Kind {
+    Int {
+        setting: &'static GucSetting<i32>,
+        min: i32,
+        max: i32,
+        assign: Option<IntAssign>,
+    },
+    Bool {
+        setting: &'static GucSetting<bool>,
+    },
+    String {
+        setting: &'static GucSetting<Option<CString>>,
+        check: pg_sys::GucStringCheckHook,
+    },
+}
+
+/// An assign hook of an int setting, supplied by a module above this one through [`Hooks`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IntAssign {
+    /// [`Hooks::max_requests_per_second`].
+    MaxRequestsPerSecond,
+}
+
+/// An int setting without hooks.
+const fn int(setting: &'static GucSetting<i32>, min: i32, max: i32) -> Kind {
+    Kind::Int {
+        setting,
+        min,
+        max,
+        assign: None,
     }
 }
 
-pub fn init(hooks: Hooks) {
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        PRELOADED.store(true, Ordering::Relaxed);
-    }
-    let secret = GucFlags::SUPERUSER_ONLY;
-    define_checked_string(
-        c"audius_indexer.rpc_url",
-        c"Ethereum JSON-RPC endpoint (http/https) used for eth_call.",
-        c"Superuser-only; members of pg_read_all_settings can still read it. Prefer rpc_urls_file for URLs with API keys.",
-        &RPC_URL,
-        pg_sys::GucContext::PGC_SIGHUP,
-        secret,
-        check_rpc_url,
-    );
-    define_checked_string(
-        c"audius_indexer.rpc_urls",
-        c"Ordered, comma-separated failover list of JSON-RPC endpoints; overrides rpc_url when set.",
-        c"A failing endpoint is skipped for rpc_failover_cooldown_ms and the next one is used.",
-        &RPC_URLS,
-        pg_sys::GucContext::PGC_SIGHUP,
-        secret,
-        check_rpc_urls,
-    );
-    define_checked_string(
-        c"audius_indexer.rpc_urls_file",
-        c"File with the JSON-RPC endpoints, one URL per line (failover order); overrides rpc_urls and rpc_url.",
-        c"Absolute path; keep the file owned by the server's OS user, mode 0600. Only the path is a setting.",
-        &RPC_URLS_FILE,
-        pg_sys::GucContext::PGC_SIGHUP,
-        secret,
-        check_rpc_urls_file,
-    );
-    // Addresses are validated when set (SET, ALTER SYSTEM, postgresql.conf), not only when used.
-    let address = |name: &'static CStr,
-                   short: &'static CStr,
-                   setting: &'static GucSetting<Option<CString>>| unsafe {
-        pg_sys::DefineCustomStringVariable(
-            name.as_ptr(),
-            short.as_ptr(),
-            c"0x-prefixed 20-byte address (any case).".as_ptr(),
-            setting.as_ptr(),
-            *setting.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            0,
-            Some(check_address),
-            None,
-            None,
-        );
-    };
-    address(
-        c"audius_indexer.token_address",
-        c"AUDIO token contract (balanceOf).",
-        &TOKEN_ADDRESS,
-    );
-    address(
-        c"audius_indexer.staking_address",
-        c"Staking contract (totalStakedFor).",
-        &STAKING_ADDRESS,
-    );
-    address(
-        c"audius_indexer.delegate_manager_address",
-        c"DelegateManager contract (getTotalDelegatorStake).",
-        &DELEGATE_MANAGER_ADDRESS,
-    );
-    address(
-        c"audius_indexer.multicall_address",
-        c"Multicall3 contract (aggregate3, getBlockNumber).",
-        &MULTICALL_ADDRESS,
-    );
+/// A string setting, with its check hook if it has one.
+const fn text(
+    setting: &'static GucSetting<Option<CString>>,
+    check: pg_sys::GucStringCheckHook,
+) -> Kind {
+    Kind::String { setting, check }
+}
 
-    GucRegistry::define_int_guc(
-        c"audius_indexer.multicall_chunk_size",
-        c"Holders per aggregate3 eth_call (each holder is 3 sub-calls, plus 1 getBlockNumber).",
-        c"",
-        &MULTICALL_CHUNK_SIZE,
-        1,
-        10_000,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.multicall_max_request_bytes",
-        c"Request body budget per aggregate3 eth_call; chunks are made smaller to fit (0 = no budget).",
-        c"",
-        &MULTICALL_MAX_REQUEST_BYTES,
-        0,
-        i32::MAX,
-        GucContext::Userset,
-        GucFlags::UNIT_BYTE,
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.rpc_timeout_ms",
-        c"Timeout of one HTTP attempt to the RPC endpoint.",
-        c"statement_timeout and query cancel still apply at any time.",
-        &RPC_TIMEOUT_MS,
-        100,
-        3_600_000,
-        GucContext::Userset,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.rpc_concurrency",
-        c"Aggregate3 chunks of one balance read in flight at once (1 = one after the other).",
-        c"Superuser-only. Halved while the provider answers rate-limit errors, grown back by one after a run of good answers. Answers are applied in wallet order either way. Lowers the per-answer limit to 256MB / rpc_concurrency.",
-        &RPC_CONCURRENCY,
-        1,
-        32,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.rpc_idle_timeout_ms",
-        c"How long an idle keep-alive connection to an RPC endpoint may be reused.",
-        c"Older connections are closed at their next use and a new one is opened. 0 = no keep-alive: a new connection per request.",
-        &RPC_IDLE_TIMEOUT_MS,
-        0,
-        3_600_000,
-        GucContext::Userset,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_string_guc(
-        c"audius_indexer.rpc_tls_ca_file",
-        c"PEM file of the CA certificates https:// RPC endpoints are verified against, instead of the web PKI roots.",
-        c"Empty: the built-in web PKI roots. For a private CA or a test CA (as curl --cacert). Superuser-only.",
-        &RPC_TLS_CA_FILE,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
+/// The long description of the address settings.
+const ADDRESS_FORMAT: &CStr = c"0x-prefixed 20-byte address (any case).";
+
+/// Every setting, in the order `init` defines them.
+static SETTINGS: &[Decl] = &[
+    // Endpoints: validated when set (check hooks), never echoed.
+    Decl {
+        name: c"audius_indexer.rpc_url",
+        short: c"Ethereum JSON-RPC endpoint (http/https) used for eth_call.",
+        long: c"Superuser-only; members of pg_read_all_settings can still read it. Prefer rpc_urls_file for URLs with API keys.",
+        context: PGC_SIGHUP,
+        flags: GucFlags::SUPERUSER_ONLY,
+        kind: text(&RPC_URL, Some(check_rpc_url)),
+    },
+    Decl {
+        name: c"audius_indexer.rpc_urls",
+        short: c"Ordered, comma-separated failover list of JSON-RPC endpoints; overrides rpc_url when set.",
+        long: c"A failing endpoint is skipped for rpc_failover_cooldown_ms and the next one is used.",
+        context: PGC_SIGHUP,
+        flags: GucFlags::SUPERUSER_ONLY,
+        kind: text(&RPC_URLS, Some(check_rpc_urls)),
+    },
+    Decl {
+        name: c"audius_indexer.rpc_urls_file",
+        short: c"File with the JSON-RPC endpoints, one URL per line (failover order); overrides rpc_urls and rpc_url.",
+        long: c"Absolute path; keep the file owned by the server's OS user, mode 0600. Only the path is a setting.",
+        context: PGC_SIGHUP,
+        flags: GucFlags::SUPERUSER_ONLY,
+        kind: text(&RPC_URLS_FILE, Some(check_rpc_urls_file)),
+    },
+    // Addresses are validated when set (SET, ALTER SYSTEM, postgresql.conf), not only when used.
+    Decl {
+        name: c"audius_indexer.token_address",
+        short: c"AUDIO token contract (balanceOf).",
+        long: ADDRESS_FORMAT,
+        context: PGC_SUSET,
+        flags: GucFlags::empty(),
+        kind: text(&TOKEN_ADDRESS, Some(check_address)),
+    },
+    Decl {
+        name: c"audius_indexer.staking_address",
+        short: c"Staking contract (totalStakedFor).",
+        long: ADDRESS_FORMAT,
+        context: PGC_SUSET,
+        flags: GucFlags::empty(),
+        kind: text(&STAKING_ADDRESS, Some(check_address)),
+    },
+    Decl {
+        name: c"audius_indexer.delegate_manager_address",
+        short: c"DelegateManager contract (getTotalDelegatorStake).",
+        long: ADDRESS_FORMAT,
+        context: PGC_SUSET,
+        flags: GucFlags::empty(),
+        kind: text(&DELEGATE_MANAGER_ADDRESS, Some(check_address)),
+    },
+    Decl {
+        name: c"audius_indexer.multicall_address",
+        short: c"Multicall3 contract (aggregate3, getBlockNumber).",
+        long: ADDRESS_FORMAT,
+        context: PGC_SUSET,
+        flags: GucFlags::empty(),
+        kind: text(&MULTICALL_ADDRESS, Some(check_address)),
+    },
+    Decl {
+        name: c"audius_indexer.multicall_chunk_size",
+        short: c"Holders per aggregate3 eth_call (each holder is 3 sub-calls, plus 1 getBlockNumber).",
+        long: c"",
+        context: PGC_USERSET,
+        flags: GucFlags::empty(),
+        kind: int(&MULTICALL_CHUNK_SIZE, 1, 10_000),
+    },
+    Decl {
+        name: c"audius_indexer.multicall_max_request_bytes",
+        short: c"Request body budget per aggregate3 eth_call; chunks are made smaller to fit (0 = no budget).",
+        long: c"",
+        context: PGC_USERSET,
+        flags: GucFlags::UNIT_BYTE,
+        kind: int(&MULTICALL_MAX_REQUEST_BYTES, 0, i32::MAX),
+    },
+    Decl {
+        name: c"audius_indexer.rpc_timeout_ms",
+        short: c"Timeout of one HTTP attempt to the RPC endpoint.",
+        long: c"statement_timeout and query cancel still apply at any time.",
+        context: PGC_USERSET,
+        flags: GucFlags::UNIT_MS,
+        kind: int(&RPC_TIMEOUT_MS, 100, 3_600_000),
+    },
+    Decl {
+        name: c"audius_indexer.rpc_concurrency",
+        short: c"Aggregate3 chunks of one balance read in flight at once (1 = one after the other).",
+        long: c"Superuser-only. Halved while the provider answers rate-limit errors, grown back by one after a run of good answers. Answers are applied in wallet order either way. Lowers the per-answer limit to 256MB / rpc_concurrency.",
+        context: PGC_SUSET,
+        flags: GucFlags::empty(),
+        kind: int(&RPC_CONCURRENCY, 1, 32),
+    },
+    Decl {
+        name: c"audius_indexer.rpc_idle_timeout_ms",
+        short: c"How long an idle keep-alive connection to an RPC endpoint may be reused.",
+        long: c"Older connections are closed at their next use and a new one is opened. 0 = no keep-alive: a new connection per request.",
+        context: PGC_USERSET,
+        flags: GucFlags::UNIT_MS,
+        kind: int(&RPC_IDLE_TIMEOUT_MS, 0, 3_600_000),
+    },
+    Decl {
+        name: c"audius_indexer.rpc_tls_ca_file",
+        short: c"PEM file of the CA certificates https:// RPC endpoints are verified against, instead of the web PKI roots.",
+        long: c"Empty: the built-in web PKI roots. For a private CA or a test CA (as curl --cacert). Superuser-only.",
+        context: PGC_SUSET,
+        flags: GucFlags::empty(),
+        kind: text(&RPC_TLS_CA_FILE, None),
+    },
     // The assign hook puts the value into the request budget's table (shared memory when
     // preloaded): the postmaster applies a reload first, so every process, mid-step or mid-wait,
     // follows at once.
-    unsafe {
-        GucRegistry::define_int_guc_with_hooks(
-            c"audius_indexer.rpc_max_requests_per_second",
-            c"Request budget: HTTP attempts per second to each RPC endpoint host, server-wide (0 = no cap).",
-            c"A token bucket per host (burst: one second's worth) shared by every backend and the workers when the library is preloaded, per backend otherwise. An attempt without a token waits for one; cancel and statement_timeout still apply.",
-            &RPC_MAX_REQUESTS_PER_SECOND,
-            0,
-            1_000_000,
-            GucContext::Sighup,
-            GucFlags::default(),
-            None,
-            hooks.max_requests_per_second,
-            None,
-        );
-    }
-    GucRegistry::define_int_guc(
-        c"audius_indexer.rpc_max_retries",
-        c"Retries of transient RPC failures (connect errors, timeouts, 429, 502-504, rate-limit errors).",
-        c"",
-        &RPC_MAX_RETRIES,
-        0,
-        100,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.rpc_retry_budget_ms",
-        c"Total time for all attempts and backoff waits of one RPC request.",
-        c"",
-        &RPC_RETRY_BUDGET_MS,
-        100,
-        3_600_000,
-        GucContext::Userset,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.rpc_failover_cooldown_ms",
-        c"How long a failing endpoint is skipped before it is tried again (doubles per consecutive failure).",
-        c"",
-        &RPC_FAILOVER_COOLDOWN_MS,
-        0,
-        3_600_000,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.rpc_max_response_bytes",
-        c"Largest RPC answer accepted; a larger one is treated as too large and the chunk is split.",
-        c"Superuser-only. The limit applied is the smaller of this and 256MB / rpc_concurrency, so the answers in flight never total more than 256MB.",
-        &RPC_MAX_RESPONSE_BYTES,
-        1024,
-        256 * 1024 * 1024,
-        GucContext::Suset,
-        GucFlags::UNIT_BYTE,
-    );
+    Decl {
+        name: c"audius_indexer.rpc_max_requests_per_second",
+        short: c"Request budget: HTTP attempts per second to each RPC endpoint host, server-wide (0 = no cap).",
+        long: c"A token bucket per host (burst: one second's worth) shared by every backend and the workers when the library is preloaded, per backend otherwise. An attempt without a token waits for one; cancel and statement_timeout still apply.",
+        context: PGC_SIGHUP,
+        flags: GucFlags::empty(),
+        kind: Kind::Int {
+            setting: &RPC_MAX_REQUESTS_PER_SECOND,
+            min: 0,
+            max: 1_000_000,
+            assign: Some(IntAssign::MaxRequestsPerSecond),
+        },
+    },
+    Decl {
+        name: c"audius_indexer.rpc_max_retries",
+        short: c"Retries of transient RPC failures (connect errors, timeouts, 429, 502-504, rate-limit errors).",
+        long: c"",
+        context: PGC_USERSET,
+        flags: GucFlags::empty(),
+        kind: int(&RPC_MAX_RETRIES, 0, 100),
+    },
+    Decl {
+        name: c"audius_indexer.rpc_retry_budget_ms",
+        short: c"Total time for all attempts and backoff waits of one RPC request.",
+        long: c"",
+        context: PGC_USERSET,
+        flags: GucFlags::UNIT_MS,
+        kind: int(&RPC_RETRY_BUDGET_MS, 100, 3_600_000),
+    },
+    Decl {
+        name: c"audius_indexer.rpc_failover_cooldown_ms",
+        short: c"How long a failing endpoint is skipped before it is tried again (doubles per consecutive failure).",
+        long: c"",
+        context: PGC_SIGHUP,
+        flags: GucFlags::UNIT_MS,
+        kind: int(&RPC_FAILOVER_COOLDOWN_MS, 0, 3_600_000),
+    },
+    Decl {
+        name: c"audius_indexer.rpc_max_response_bytes",
+        short: c"Largest RPC answer accepted; a larger one is treated as too large and the chunk is split.",
+        long: c"Superuser-only. The limit applied is the smaller of this and 256MB / rpc_concurrency, so the answers in flight never total more than 256MB.",
+        context: PGC_SUSET,
+        flags: GucFlags::UNIT_BYTE,
+        kind: int(&RPC_MAX_RESPONSE_BYTES, 1024, 256 * 1024 * 1024),
+    },
+    // The workers' database and role are fixed at postmaster start (defined only when the library
+    // is preloaded: see `init`).
+    Decl {
+        name: c"audius_indexer.database",
+        short: c"Database the sweep background worker connects to.",
+        long: c"",
+        context: PGC_POSTMASTER,
+        flags: GucFlags::empty(),
+        kind: text(&DATABASE, None),
+    },
+    Decl {
+        name: c"audius_indexer.worker_role",
+        short: c"Role the background workers connect as (empty: the bootstrap superuser).",
+        long: c"A non-superuser LOGIN role that is a member of audius_indexer_operator.",
+        context: PGC_POSTMASTER,
+        flags: GucFlags::empty(),
+        kind: text(&WORKER_ROLE, None),
+    },
+    Decl {
+        name: c"audius_indexer.sweep_enabled",
+        short: c"Whether the background worker runs the stale sweep.",
+        long: c"Turn it off when pg_cron drives refresh_stale().",
+        context: PGC_SIGHUP,
+        flags: GucFlags::empty(),
+        kind: Kind::Bool {
+            setting: &SWEEP_ENABLED,
+        },
+    },
+    Decl {
+        name: c"audius_indexer.sweep_interval",
+        short: c"Time between background sweep ticks.",
+        long: c"",
+        context: PGC_SIGHUP,
+        flags: GucFlags::UNIT_MS,
+        kind: int(&SWEEP_INTERVAL_MS, 100, 86_400_000),
+    },
+    Decl {
+        name: c"audius_indexer.sweep_batch_size",
+        short: c"Wallets refreshed per background sweep tick.",
+        long: c"",
+        context: PGC_SIGHUP,
+        flags: GucFlags::empty(),
+        kind: int(&SWEEP_BATCH_SIZE, 1, 100_000),
+    },
+    Decl {
+        name: c"audius_indexer.challenges_interval",
+        short: c"Time between runs of the challenge processors (m, r, rv, rd) by the background worker.",
+        long: c"0 switches them off (pg_cron can call process_user_event_challenges() instead).",
+        context: PGC_SIGHUP,
+        flags: GucFlags::UNIT_MS,
+        kind: int(&CHALLENGES_INTERVAL_MS, 0, 86_400_000),
+    },
+    Decl {
+        name: c"audius_indexer.challenges_batch_size",
+        short: c"user_events rows each challenge processor scans per background run.",
+        long: c"",
+        context: PGC_SIGHUP,
+        flags: GucFlags::empty(),
+        kind: int(&CHALLENGES_BATCH_SIZE, 1, 1_000_000),
+    },
+    Decl {
+        name: c"audius_indexer.follow_interval",
+        short: c"Time between steps of the Transfer-log follower run by the background worker.",
+        long: c"0 switches it off (pg_cron can call follow_transfers() instead).",
+        context: PGC_SIGHUP,
+        flags: GucFlags::UNIT_MS,
+        kind: int(&FOLLOW_INTERVAL_MS, 0, 86_400_000),
+    },
+    Decl {
+        name: c"audius_indexer.confirmations",
+        short: c"Blocks below the chain head the Transfer-log follower stays (0 = follow the head; reorgs are detected by block hash).",
+        long: c"",
+        context: PGC_SIGHUP,
+        flags: GucFlags::empty(),
+        kind: int(&CONFIRMATIONS, 0, 10_000),
+    },
+    Decl {
+        name: c"audius_indexer.log_range_blocks",
+        short: c"Blocks per eth_getLogs request of the Transfer-log follower (a refused range is bisected).",
+        long: c"",
+        context: PGC_SIGHUP,
+        flags: GucFlags::empty(),
+        kind: int(&LOG_RANGE_BLOCKS, 1, 1_000_000),
+    },
+    Decl {
+        name: c"audius_indexer.follow_from_block",
+        short: c"First block the Transfer-log follower reads when there is no audio_transfers checkpoint yet.",
+        long: c"-1 (default): start at the head, as the Go eth-indexer (no history replay).",
+        context: PGC_SIGHUP,
+        flags: GucFlags::empty(),
+        kind: int(&FOLLOW_FROM_BLOCK, -1, i32::MAX),
+    },
+    Decl {
+        name: c"audius_indexer.max_reorg_depth",
+        short: c"How many blocks below its checkpoint the Transfer-log follower looks for the common ancestor after a reorg.",
+        long: c"",
+        context: PGC_SIGHUP,
+        flags: GucFlags::empty(),
+        kind: int(&MAX_REORG_DEPTH, 1, 100_000),
+    },
+    Decl {
+        name: c"audius_indexer.failure_backoff_base",
+        short: c"First back-off of a wallet whose reads fail (doubles per failure).",
+        long: c"",
+        context: PGC_SIGHUP,
+        flags: GucFlags::UNIT_S,
+        kind: int(&FAILURE_BACKOFF_BASE_S, 1, 86_400 * 30),
+    },
+    Decl {
+        name: c"audius_indexer.failure_backoff_max",
+        short: c"Longest back-off of a failing wallet.",
+        long: c"",
+        context: PGC_SIGHUP,
+        flags: GucFlags::UNIT_S,
+        kind: int(&FAILURE_BACKOFF_MAX_S, 1, 86_400 * 365),
+    },
+    Decl {
+        name: c"audius_indexer.max_block_ahead",
+        short: c"Largest distance a read's block (Multicall3 getBlockNumber) may be above the node's eth_blockNumber.",
+        long: c"A read stamped further ahead is refused (08P01) and nothing is written: a wrong stamp would block the row for good.",
+        context: PGC_SIGHUP,
+        flags: GucFlags::empty(),
+        kind: int(&MAX_BLOCK_AHEAD, 0, 1_000_000),
+    },
+];
 
-    // The worker's database must be fixed at postmaster start; POSTMASTER settings can only be
-    // defined while shared_preload_libraries is being processed.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        GucRegistry::define_string_guc(
-            c"audius_indexer.database",
-            c"Database the sweep background worker connects to.",
-            c"",
-            &DATABASE,
-            GucContext::Postmaster,
-            GucFlags::default(),
-        );
-        GucRegistry::define_string_guc(
-            c"audius_indexer.worker_role",
-            c"Role the background workers connect as (empty: the bootstrap superuser).",
-            c"A non-superuser LOGIN role that is a member of audius_indexer_operator.",
-            &WORKER_ROLE,
-            GucContext::Postmaster,
-            GucFlags::default(),
-        );
+/// Defines every setting of [`SETTINGS`], in order, then reserves the `audius_indexer.` prefix.
+pub fn init(hooks: Hooks) {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    if preloading {
+        PRELOADED.store(true, Ordering::Relaxed);
     }
-    GucRegistry::define_bool_guc(
-        c"audius_indexer.sweep_enabled",
-        c"Whether the background worker runs the stale sweep.",
-        c"Turn it off when pg_cron drives refresh_stale().",
-        &SWEEP_ENABLED,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.sweep_interval",
-        c"Time between background sweep ticks.",
-        c"",
-        &SWEEP_INTERVAL_MS,
-        100,
-        86_400_000,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.sweep_batch_size",
-        c"Wallets refreshed per background sweep tick.",
-        c"",
-        &SWEEP_BATCH_SIZE,
-        1,
-        100_000,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.challenges_interval",
-        c"Time between runs of the challenge processors (m, r, rv, rd) by the background worker.",
-        c"0 switches them off (pg_cron can call process_user_event_challenges() instead).",
-        &CHALLENGES_INTERVAL_MS,
-        0,
-        86_400_000,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.challenges_batch_size",
-        c"user_events rows each challenge processor scans per background run.",
-        c"",
-        &CHALLENGES_BATCH_SIZE,
-        1,
-        1_000_000,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.follow_interval",
-        c"Time between steps of the Transfer-log follower run by the background worker.",
-        c"0 switches it off (pg_cron can call follow_transfers() instead).",
-        &FOLLOW_INTERVAL_MS,
-        0,
-        86_400_000,
-        GucContext::Sighup,
-        GucFlags::UNIT_MS,
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.confirmations",
-        c"Blocks below the chain head the Transfer-log follower stays (0 = follow the head; reorgs are detected by block hash).",
-        c"",
-        &CONFIRMATIONS,
-        0,
-        10_000,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.log_range_blocks",
-        c"Blocks per eth_getLogs request of the Transfer-log follower (a refused range is bisected).",
-        c"",
-        &LOG_RANGE_BLOCKS,
-        1,
-        1_000_000,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.follow_from_block",
-        c"First block the Transfer-log follower reads when there is no audio_transfers checkpoint yet.",
-        c"-1 (default): start at the head, as the seed (no history replay).",
-        &FOLLOW_FROM_BLOCK,
-        -1,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.max_reorg_depth",
-        c"How many blocks below its checkpoint the Transfer-log follower looks for the common ancestor after a reorg.",
-        c"",
-        &MAX_REORG_DEPTH,
-        1,
-        100_000,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.failure_backoff_base",
-        c"First back-off of a wallet whose reads fail (doubles per failure).",
-        c"",
-        &FAILURE_BACKOFF_BASE_S,
-        1,
-        86_400 * 30,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.failure_backoff_max",
-        c"Longest back-off of a failing wallet.",
-        c"",
-        &FAILURE_BACKOFF_MAX_S,
-        1,
-        86_400 * 365,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
-    GucRegistry::define_int_guc(
-        c"audius_indexer.max_block_ahead",
-        c"Largest distance a read's block (Multicall3 getBlockNumber) may be above the node's eth_blockNumber.",
-        c"A read stamped further ahead is refused (08P01) and nothing is written: a wrong stamp would block the row for good.",
-        &MAX_BLOCK_AHEAD,
-        0,
-        1_000_000,
-        GucContext::Sighup,
-        GucFlags::default(),
-    );
+    for decl in SETTINGS {
+        // POSTMASTER settings can only be defined while shared_preload_libraries is being
+        // processed.
+        if decl.context == PGC_POSTMASTER && !preloading {
+            continue;
+        }
+        decl.define(&hooks);
+    }
     unsafe { pg_sys::MarkGUCPrefixReserved(c"audius_indexer".as_ptr()) };
+}
+
+impl Decl {
+    fn define(&self, hooks: &Hooks) {
+        let (name, short, long) = (self.name.as_ptr(), self.short.as_ptr(), self.long.as_ptr());
+        let (context, flags) = (self.context, self.flags.bits());
+        // SAFETY: the name and descriptions are 'static C strings and the variable a 'static
+        // GucSetting, as PostgreSQL requires; every hook is #[pg_guard]ed.
+        unsafe {
+            match self.kind {
+                Kind::Int {
+                    setting,
+                    min,
+                    max,
+                    assign,
+                } => pg_sys::DefineCustomIntVariable(
+                    name,
+                    short,
+                    long,
+                    setting.as_ptr(),
+                    *setting.as_ptr(),
+                    min,
+                    max,
+                    context,
+                    flags,
+                    None,
+                    assign.and_then(|a| hooks.int_assign(a)),
+                    None,
+                ),
+                Kind::Bool { setting } => pg_sys::DefineCustomBoolVariable(
+                    name,
+                    short,
+                    long,
+                    setting.as_ptr(),
+                    *setting.as_ptr(),
+                    context,
+                    flags,
+                    None,
+                    None,
+                    None,
+                ),
+                Kind::String { setting, check } => pg_sys::DefineCustomStringVariable(
+                    name,
+                    short,
+                    long,
+                    setting.as_ptr(),
+                    *setting.as_ptr(),
+                    context,
+                    flags,
+                    check,
+                    None,
+                    None,
+                ),
+            }
+        }
+    }
 }
 
 /// What `init` needs from the modules above this one (this module imports none of them).
 pub struct Hooks {
     /// Assign hook of `rpc_max_requests_per_second` (`request_budget::assign_rate`).
     pub max_requests_per_second: pg_sys::GucIntAssignHook,
+}
+
+impl Hooks {
+    fn int_assign(&self, hook: IntAssign) -> pg_sys::GucIntAssignHook {
+        match hook {
+            IntAssign::MaxRequestsPerSecond => self.max_requests_per_second,
+        }
+    }
 }
 
 /// GUC check hook of the address settings: refuses anything `parse_address` refuses, with the

@@ -4,7 +4,8 @@
 //!   JSON-RPC, retries, chunk planning, Transfer logs; also the challenge rules and trigger payloads.
 //! - `reader.rs`: settings → reads, interrupt-aware RPC, errors with SQLSTATEs.
 //! - `api/`: the SQL functions; `sql/`: the SQL that is naturally SQL.
-//! - `worker.rs`: the stale-sweep background worker; `triggers/`: the Rust dedupe triggers.
+//! - `worker.rs`: the three background workers (sweep, follow, challenges); `triggers/`: the Rust
+//!   dedupe triggers.
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -22,10 +23,13 @@ mod audius_tables;
 mod gucs;
 mod interrupts;
 mod paths;
+/// The #[pg_test] tier (`make check`): SPI glue against real tables, no chain.
+mod pg_tests;
 mod privilege;
 mod reader;
 mod request_budget;
 mod shmem_stats;
+mod subxact;
 mod sweep;
 mod triggers;
 mod worker;
@@ -72,5 +76,16 @@ pub extern "C-unwind" fn _PG_init() {
         shmem_stats::init();
         request_budget::init();
         worker::register();
+    }
+}
+
+/// What `cargo pgrx test` asks of an extension crate (the #[pg_test] tier, src/pg_tests.rs).
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    /// Settings of the test cluster (written to its postgresql.auto.conf).
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["timezone = 'UTC'", "lc_messages = 'C'"]
     }
 }

@@ -550,20 +550,12 @@ pub fn parse_wallet(pos: usize, item: Option<&str>) -> Address {
             ERRCODE_INVALID_PARAMETER_VALUE,
             format!(
                 "wallet at position {pos} ({:?}) is not a valid address: it {e}",
-                truncate(s, 80)
+                error::truncate(s, 80)
             ),
             None,
             Some("Expected 0x followed by 40 hex digits (any case).".into()),
         )
     })
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
-    }
 }
 
 /// Snapshot of this backend's per-endpoint counters (for `rpc_endpoint_stats()`).

@@ -8,12 +8,12 @@
 //! 3. **write** (SQL): per chunk as it arrives — one upsert, failure bookkeeping — while the next
 //!    chunks are still on the wire; then the tick record.
 //!
-//! Phases 2 and 3 overlap: the backend's thread writes chunk k while helper threads wait for
-//! chunks k+1…. Rows are written in wallet order across the whole tick, so a tick's upserts lock
-//! in the same order as every other writer's. In the worker and `CALL sweep()` each write commits
-//! on its own and no transaction or snapshot is open while the backend waits for an answer
-//! (DESIGN rule 2), so a slow node never holds back vacuum. The functions (`refresh_wallets`,
-//! `refresh_stale`) run all phases in the caller's transaction.
+//! The read and write phases overlap: the backend's thread writes chunk k while helper threads
+//! wait for chunks k+1…. Rows are written in wallet order across the whole tick, so a tick's
+//! upserts lock in the same order as every other writer's. In the worker and `CALL sweep()` each
+//! write commits on its own and no transaction or snapshot is open while the backend waits for an
+//! answer (docs/reliability.md, R8), so a slow node never holds back vacuum. The functions
+//! (`refresh_wallets`, `refresh_stale`) run all phases in the caller's transaction.
 
 use crate::config::Config;
 use crate::errors::spi_error;
@@ -54,7 +54,7 @@ pub struct Entry {
     pub min_block: Option<i64>,
 }
 
-/// Phase 2's outcome: what to write and whom to blame.
+/// The read phase's outcome: what to write and whom to blame.
 pub struct Read {
     requested: i32,
     keys: Vec<String>,
@@ -111,7 +111,7 @@ impl Read {
     }
 }
 
-/// Phase 2: reads every entry (network only: no SPI, no snapshot needed). ERRORs, without
+/// The read phase: reads every entry (network only: no SPI, no snapshot needed). ERRORs, without
 /// anything written, when the RPC call as a whole fails: that is not the wallets' fault.
 pub fn read(entries: Vec<Entry>) -> Read {
     let mut all = Read::empty();
@@ -119,8 +119,8 @@ pub fn read(entries: Vec<Entry>) -> Read {
     all
 }
 
-/// Phase 2 in parts: `on_part(part, next_is_ready)` gets the entries of each chunk as soon as
-/// the chunk is read, in entry order, while later chunks are still on the wire (see
+/// The read phase in parts: `on_part(part, next_is_ready)` gets the entries of each chunk as soon
+/// as the chunk is read, in entry order, while later chunks are still on the wire (see
 /// `reader::read_balances_streaming`). Entries that are not addresses come with the first part.
 pub fn read_streaming(mut entries: Vec<Entry>, on_part: &mut dyn FnMut(Read, bool)) {
     // One holder per distinct address; `owner` is the entry of each holder's first key, `more`
@@ -240,7 +240,7 @@ impl Counts {
     }
 }
 
-/// Phase 3: one upsert (block guard on), then the failure bookkeeping.
+/// The write phase: one upsert (block guard on), then the failure bookkeeping.
 pub fn write(r: Read) -> Counts {
     let mut counts = Counts {
         requested: r.requested,

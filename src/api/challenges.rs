@@ -4,7 +4,7 @@ use crate::challenges::run;
 use crate::privilege::{as_owner_of, exists, INDEXING_CHECKPOINTS, USERS, USER_EVENTS};
 use pgrx::prelude::*;
 
-/// One run of the Phase 3 processors m, r, rv, rd (one row each, in that order): each rescans the
+/// One run of the challenge processors m, r, rv, rd (one row each, in that order): each rescans the
 /// `user_events` rows past its checkpoint (at most `batch`), re-derives the affected users'
 /// `user_challenges` rows and moves its checkpoint. Each runs in its own subtransaction: a failure
 /// rolls back only that processor and is reported in `error`.

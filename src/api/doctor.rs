@@ -199,7 +199,7 @@ fn database_checks(head: Option<i64>, estimate: bool) -> Vec<Row> {
     // Everything here is readable by audius_indexer_operator: no superuser-only setting is read
     // (whether the library is preloaded comes from the library itself). eth_wallet_balances is
     // read as its owner (src/audius_tables.rs); the rest are catalogs and the extension's tables.
-    let overview = crate::triggers::subxact::in_subtransaction(|| {
+    let overview = crate::subxact::in_subtransaction(|| {
         Ok::<_, String>(if estimate {
             balances_estimate().map(|r| (r, 0, None))
         } else {

@@ -1,4 +1,5 @@
-//! The seed's incremental Phase 3 challenge processors (m, r, rv, rd), in the database: the rules
+//! The incremental challenge processors (m, r, rv, rd) of the Go challenge job
+//! (`jobs/index_challenges.go`), in the database: the rules
 //! live in the pure core (`audius_indexer_core::challenge_rules`), the SQL in `statements.rs`, the
 //! SPI glue in `run.rs`.
 

@@ -2,13 +2,15 @@
 
 use super::statements as sql;
 use super::{Position, Processor, Reference, ScannedRow, SnapshotXids};
+use crate::errors::{raise, spi_error};
 use crate::paths::{self, Path};
 use crate::privilege::{
     as_owner_of, run_as, INDEXING_CHECKPOINTS, OWN_SEARCH_PATH, USER_CHALLENGES,
 };
-use crate::triggers::subxact::{in_subtransaction, Failed};
+use crate::subxact::{in_subtransaction, Failed};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiResult};
+use pgrx::PgSqlErrorCode::*;
 
 /// The outcome of one processor in one run (one row of `process_user_event_challenges`).
 #[derive(Debug, Clone)]
@@ -45,10 +47,11 @@ impl Outcome {
 /// the others still run. Waits for a concurrent run to finish first (one run at a time).
 pub fn run_all(batch: i32) -> Vec<Outcome> {
     if batch < 1 {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("batch must be at least 1, got {batch}")
+        raise(
+            ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("batch must be at least 1, got {batch}"),
+            None,
+            None,
         );
     }
     // The run's reference point for the settled rule, before anything gives the transaction an
@@ -58,7 +61,7 @@ pub fn run_all(batch: i32) -> Vec<Outcome> {
     Spi::connect_mut(|client| {
         client
             .update(sql::LOCK, None, &[])
-            .unwrap_or_else(|e| spi_failed(e));
+            .unwrap_or_else(|e| spi_error(e));
         // A stopped path runs nothing; an enabled one first checks that no other writer (the Go
         // challenge job) moved its checkpoints since it last stored them.
         paths::ensure_not_stopped(Path::Challenges);
@@ -122,7 +125,7 @@ pub fn current_checkpoints() -> Vec<(&'static str, Option<i64>)> {
                 .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
                 .collect::<Result<_, pgrx::spi::Error>>()
             })
-            .unwrap_or_else(|e| spi_failed(e))
+            .unwrap_or_else(|e| spi_error(e))
         })
     } else {
         Default::default()
@@ -146,7 +149,7 @@ fn second_writer() -> Option<String> {
         .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
         .collect::<Result<_, pgrx::spi::Error>>()
     })
-    .unwrap_or_else(|e| spi_failed(e));
+    .unwrap_or_else(|e| spi_error(e));
     current_checkpoints().into_iter().find_map(|(id, now)| {
         let was = *stored.get(id)?;
         let now = now.unwrap_or(0);
@@ -156,14 +159,6 @@ fn second_writer() -> Option<String> {
             )
         })
     })
-}
-
-fn spi_failed(e: pgrx::spi::Error) -> ! {
-    ereport!(
-        ERROR,
-        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        format!("audius_indexer: {e}")
-    );
 }
 
 /// Records the outcome in `challenge_processor_state` (outside the processor's subtransaction).
@@ -182,7 +177,7 @@ fn record(client: &mut SpiClient<'_>, o: &Outcome) {
                 o.error.clone().into(),
             ],
         )
-        .unwrap_or_else(|e| spi_failed(e));
+        .unwrap_or_else(|e| spi_error(e));
 }
 
 /// The checkpoint of `p` as it stands (None when it cannot be read, e.g. no such table).
@@ -227,7 +222,7 @@ fn take_reference() {
         let row = t.first();
         Ok::<_, pgrx::spi::Error>((row.get::<i64>(1)?, row.get::<i64>(2)?))
     })
-    .unwrap_or_else(|e| spi_failed(e));
+    .unwrap_or_else(|e| spi_error(e));
     if let (Some(marker), Some(settled_below)) = got {
         REFERENCES.with(|r| {
             let mut r = r.borrow_mut();
@@ -273,6 +268,25 @@ fn load_state(client: &mut SpiClient<'_>, p: Processor) -> SpiResult<State> {
     })
 }
 
+/// One processor's run as its steps see it.
+struct Job {
+    p: Processor,
+    batch: usize,
+    /// Its positions are read and written as this role (the extension owner).
+    ext_owner: pg_sys::Oid,
+    /// Its `indexing_checkpoints` key.
+    key: String,
+    /// The checkpoint as the run found it.
+    prev: i64,
+}
+
+/// What the steps found: `(user, referrer)` pairs to upsert and the users they touched.
+#[derive(Default)]
+struct Found {
+    pairs: Vec<(i32, i32)>,
+    touched: Vec<i32>,
+}
+
 /// One processor: load the catalog row, scan what is dirty, re-derive, upsert, move the
 /// checkpoint and the positions. Runs inside its subtransaction.
 fn process(
@@ -283,19 +297,55 @@ fn process(
 ) -> SpiResult<Outcome> {
     let mut out = Outcome::empty(p);
     let key = p.checkpoint_key();
-    let prev: i64 = {
-        let t = client.update(sql::READ_CHECKPOINT, Some(1), &[key.as_str().into()])?;
-        if t.is_empty() {
-            0
-        } else {
-            t.first().get::<i64>(1)?.unwrap_or(0)
-        }
-    };
+    let prev = read_checkpoint(client, &key)?;
     out.checkpoint_before = Some(prev);
     out.checkpoint_after = Some(prev);
 
+    let (active, amount) = load_challenge(client, p)?;
+    if !active {
+        return Ok(out);
+    }
+
+    let state = run_as(ext_owner, OWN_SEARCH_PATH, || load_state(client, p))?;
+    let job = Job {
+        p,
+        batch,
+        ext_owner,
+        key,
+        prev,
+    };
+    let mut found = Found::default();
+
+    // 1. user_events past the position.
+    let end = scan_user_events(client, &job, &state, &mut out, &mut found)?;
+
+    // 2. r / rv: users rows past their own position.
+    if let Some(verified) = p.referrer_verified() {
+        scan_referrers(client, &job, verified, &state, end, &mut out, &mut found)?;
+    }
+
+    out.users = super::first_seen(found.touched).len() as i32;
+    if found.pairs.is_empty() {
+        return Ok(out);
+    }
+    upsert(client, &job, amount, found.pairs, &mut out)?;
+    Ok(out)
+}
+
+/// The processor's checkpoint in `indexing_checkpoints` (0 when the row is missing).
+fn read_checkpoint(client: &mut SpiClient<'_>, key: &str) -> SpiResult<i64> {
+    let t = client.update(sql::READ_CHECKPOINT, Some(1), &[key.into()])?;
+    Ok(if t.is_empty() {
+        0
+    } else {
+        t.first().get::<i64>(1)?.unwrap_or(0)
+    })
+}
+
+/// Whether the challenge is active, and its amount (inactive and 0 when the row is missing).
+fn load_challenge(client: &mut SpiClient<'_>, p: Processor) -> SpiResult<(bool, i64)> {
     let challenge = client.update(sql::LOAD_CHALLENGE, Some(1), &[p.id().into()])?;
-    let (active, amount) = if challenge.is_empty() {
+    Ok(if challenge.is_empty() {
         (false, 0)
     } else {
         let row = challenge.first();
@@ -305,16 +355,20 @@ fn process(
             active.unwrap_or(false),
             super::amount_int(amount.as_deref().unwrap_or("")),
         )
-    };
-    if !active {
-        return Ok(out);
-    }
+    })
+}
 
-    let state = run_as(ext_owner, OWN_SEARCH_PATH, || load_state(client, p))?;
-    let mut pairs: Vec<(i32, i32)> = Vec::new();
-    let mut touched: Vec<i32> = Vec::new();
-
-    // 1. user_events past the position (the seed's dirty set, without its skip).
+/// Step 1: `user_events` rows past the position (the Go challenge job's dirty set, without its
+/// skip) → the pairs their users qualify for; then moves the checkpoint and the position. Returns
+/// where the scan ended (`None` when the position does not move).
+fn scan_user_events(
+    client: &mut SpiClient<'_>,
+    job: &Job,
+    state: &State,
+    out: &mut Outcome,
+    found: &mut Found,
+) -> SpiResult<Option<(i64, i64)>> {
+    let (p, prev) = (job.p, job.prev);
     let start = super::resume_from(prev, state.ue, state.ue_checkpoint);
     let dirty_sql = match p {
         Processor::MobileInstall => sql::DIRTY_MOBILE,
@@ -328,7 +382,7 @@ fn process(
             &[
                 start.block.into(),
                 start.after.into(),
-                (batch as i64).into(),
+                (job.batch as i64).into(),
             ],
         )?
         .map(|r| {
@@ -347,12 +401,13 @@ fn process(
     if !rows.is_empty() {
         out.dirty_rows += rows.len() as i32;
         let ids = super::first_seen(rows.iter().map(|r| r.1));
-        touched.extend(&ids);
-        pairs.extend(recompute(client, p, &ids)?);
+        found.touched.extend(&ids);
+        found.pairs.extend(recompute(client, p, &ids)?);
     }
     // Where the position may go: past the settled rows only (a transaction still in progress
     // may yet commit a row before the others; they are scanned again by the next run), and the
-    // checkpoint by the seed's high-water rule over them (`challenge_rules::scan_advance`).
+    // checkpoint by the Go challenge job's high-water rule over them
+    // (`challenge_rules::scan_advance`).
     let bound = rows.first().and_then(|&(.., now)| {
         REFERENCES.with(|r| super::settled_bound(now.oldest_running, &r.borrow()))
     });
@@ -364,7 +419,7 @@ fn process(
             settled: super::xmin_settled(xmin, now.xmax, bound),
         })
         .collect();
-    let advance = super::scan_advance(prev, &start, &scanned, batch);
+    let advance = super::scan_advance(prev, &start, &scanned, job.batch);
     let end = advance.end;
     if let Some((end_block, end_id)) = end {
         let checkpoint = match advance.checkpoint {
@@ -372,18 +427,17 @@ fn process(
                 // indexing_checkpoints.last_checkpoint is integer in Audius: never wrapped.
                 let stored = match super::checkpoint_int4(cp) {
                     Ok(v) => v,
-                    Err(msg) => {
-                        ereport!(
-                            ERROR,
-                            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-                            format!("challenge {:?}: {msg}", p.id())
-                        );
-                    }
+                    Err(msg) => raise(
+                        ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                        format!("challenge {:?}: {msg}", p.id()),
+                        None,
+                        None,
+                    ),
                 };
                 client.update(
                     sql::WRITE_CHECKPOINT,
                     None,
-                    &[key.as_str().into(), stored.into()],
+                    &[job.key.as_str().into(), stored.into()],
                 )?;
                 cp
             }
@@ -391,7 +445,7 @@ fn process(
         };
         out.checkpoint_after = Some(checkpoint);
         if !rows.is_empty() || checkpoint != prev {
-            run_as(ext_owner, OWN_SEARCH_PATH, || {
+            run_as(job.ext_owner, OWN_SEARCH_PATH, || {
                 client.update(
                     sql::SAVE_UE_POSITION,
                     None,
@@ -405,87 +459,106 @@ fn process(
             })?;
         }
     }
+    Ok(end)
+}
 
-    // 2. r / rv: users rows past their own position (referrers whose verification may have
-    //    changed) → every pair they referred. Starts, the first time, at the user_events
-    //    checkpoint (the same block clock).
-    if let Some(verified) = p.referrer_verified() {
-        let start = state.users.clone().unwrap_or(Position {
-            block: prev,
-            after: None,
-        });
-        let (after_user, after_tx) = match &start.after {
-            Some((u, t)) => (Some(*u), Some(t.clone())),
-            None => (None, None),
-        };
-        let rows: Vec<(i32, i64, String)> = client
-            .update(
-                sql::DIRTY_USERS,
+/// Step 2 (r / rv): `users` rows past their own position (referrers whose verification may
+/// have changed) → every pair they referred that the `user_events` scan has passed (`end`: where
+/// step 1 ended); then moves the position. Starts, the first time, at the `user_events`
+/// checkpoint (the same block clock).
+fn scan_referrers(
+    client: &mut SpiClient<'_>,
+    job: &Job,
+    verified: bool,
+    state: &State,
+    end: Option<(i64, i64)>,
+    out: &mut Outcome,
+    found: &mut Found,
+) -> SpiResult<()> {
+    let (p, prev) = (job.p, job.prev);
+    let start = state.users.clone().unwrap_or(Position {
+        block: prev,
+        after: None,
+    });
+    let (after_user, after_tx) = match &start.after {
+        Some((u, t)) => (Some(*u), Some(t.clone())),
+        None => (None, None),
+    };
+    let rows: Vec<(i32, i64, String)> = client
+        .update(
+            sql::DIRTY_USERS,
+            None,
+            &[
+                start.block.into(),
+                after_user.into(),
+                after_tx.into(),
+                (job.batch as i64).into(),
+            ],
+        )?
+        .map(|r| {
+            Ok((
+                r.get::<i32>(1)?.unwrap_or(0),
+                r.get::<i64>(2)?.unwrap_or(0),
+                r.get::<String>(3)?.unwrap_or_default(),
+            ))
+        })
+        .collect::<SpiResult<_>>()?;
+    let saved = match rows.last() {
+        Some((user, block, tx)) => {
+            out.dirty_rows += rows.len() as i32;
+            let referrers = super::first_seen(rows.iter().map(|r| r.0));
+            found.touched.extend(&referrers);
+            // Only pairs the user_events scan has passed: the others it derives itself.
+            let (passed_block, passed_id) = end.unwrap_or((prev, i64::MAX));
+            let t = client.update(
+                sql::RECOMPUTE_BY_REFERRER,
                 None,
                 &[
-                    start.block.into(),
-                    after_user.into(),
-                    after_tx.into(),
-                    (batch as i64).into(),
+                    referrers.into(),
+                    verified.into(),
+                    passed_block.into(),
+                    passed_id.into(),
                 ],
-            )?
-            .map(|r| {
-                Ok((
-                    r.get::<i32>(1)?.unwrap_or(0),
-                    r.get::<i64>(2)?.unwrap_or(0),
-                    r.get::<String>(3)?.unwrap_or_default(),
-                ))
-            })
-            .collect::<SpiResult<_>>()?;
-        let saved = match rows.last() {
-            Some((user, block, tx)) => {
-                out.dirty_rows += rows.len() as i32;
-                let referrers = super::first_seen(rows.iter().map(|r| r.0));
-                touched.extend(&referrers);
-                // Only pairs the user_events scan has passed: the others it derives itself.
-                let (passed_block, passed_id) = end.unwrap_or((prev, i64::MAX));
-                let t = client.update(
-                    sql::RECOMPUTE_BY_REFERRER,
-                    None,
-                    &[
-                        referrers.into(),
-                        verified.into(),
-                        passed_block.into(),
-                        passed_id.into(),
-                    ],
-                )?;
-                for r in t {
-                    pairs.push((r.get::<i32>(1)?.unwrap_or(0), r.get::<i32>(2)?.unwrap_or(0)));
-                }
-                Some(Position {
-                    block: *block,
-                    after: Some((*user, tx.clone())),
-                })
+            )?;
+            for r in t {
+                found
+                    .pairs
+                    .push((r.get::<i32>(1)?.unwrap_or(0), r.get::<i32>(2)?.unwrap_or(0)));
             }
-            // Pin the starting point the first time, so later checkpoint moves cannot pass it.
-            None if state.users.is_none() => Some(start),
-            None => None,
-        };
-        if let Some(pos) = saved {
-            let (u, t) = match pos.after {
-                Some((u, t)) => (Some(u), Some(t)),
-                None => (None, None),
-            };
-            run_as(ext_owner, OWN_SEARCH_PATH, || {
-                client.update(
-                    sql::SAVE_USERS_POSITION,
-                    None,
-                    &[p.id().into(), pos.block.into(), u.into(), t.into()],
-                )
-            })?;
+            Some(Position {
+                block: *block,
+                after: Some((*user, tx.clone())),
+            })
         }
+        // Pin the starting point the first time, so later checkpoint moves cannot pass it.
+        None if state.users.is_none() => Some(start),
+        None => None,
+    };
+    if let Some(pos) = saved {
+        let (u, t) = match pos.after {
+            Some((u, t)) => (Some(u), Some(t)),
+            None => (None, None),
+        };
+        run_as(job.ext_owner, OWN_SEARCH_PATH, || {
+            client.update(
+                sql::SAVE_USERS_POSITION,
+                None,
+                &[p.id().into(), pos.block.into(), u.into(), t.into()],
+            )
+        })?;
     }
+    Ok(())
+}
 
-    out.users = super::first_seen(touched).len() as i32;
-    if pairs.is_empty() {
-        return Ok(out);
-    }
-    // One upsert per (challenge, specifier), in first-seen order.
+/// Step 3: one upsert per (challenge, specifier), in first-seen order.
+fn upsert(
+    client: &mut SpiClient<'_>,
+    job: &Job,
+    amount: i64,
+    pairs: Vec<(i32, i32)>,
+    out: &mut Outcome,
+) -> SpiResult<()> {
+    let p = job.p;
     let mut seen = std::collections::HashSet::new();
     let (recipients, specifiers): (Vec<i32>, Vec<String>) = pairs
         .into_iter()
@@ -494,13 +567,14 @@ fn process(
         .unzip();
     out.upserts = recipients.len() as i32;
     let Ok(amount) = i32::try_from(amount) else {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+        raise(
+            ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
             format!(
                 "challenge {:?}: amount {amount} is out of range for user_challenges.amount (integer)",
                 p.id()
-            )
+            ),
+            None,
+            None,
         );
     };
     client.update(
@@ -515,10 +589,11 @@ fn process(
             super::is_complete(super::STEP, super::STEP).into(),
         ],
     )?;
-    Ok(out)
+    Ok(())
 }
 
-/// The seed's recompute for dirty `user_events` users: `(user, referrer)` pairs to upsert.
+/// The Go challenge job's recompute for dirty `user_events` users: `(user, referrer)` pairs to
+/// upsert.
 fn recompute(client: &mut SpiClient<'_>, p: Processor, ids: &[i32]) -> SpiResult<Vec<(i32, i32)>> {
     let ids: Vec<i32> = ids.to_vec();
     let table = match p.referrer_verified() {

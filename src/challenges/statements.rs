@@ -1,5 +1,5 @@
-//! The SQL the challenge processors run (reference §4), as the seed's Go job ran it, plus the
-//! position bookkeeping of the two improvements.
+//! The SQL the challenge processors run, as the Go challenge job (`jobs/index_challenges.go`) ran
+//! it, plus the position bookkeeping of the two improvements.
 //!
 //! Audius tables are named with their schema (`public`, where Audius keeps them) and run as the
 //! owner of `user_challenges` (`run.rs`, `privilege::as_owner_of`): a table missing from `public`
@@ -16,7 +16,7 @@ pub const LOAD_CHALLENGE: &str = "SELECT active, amount::text FROM public.challe
 pub const READ_CHECKPOINT: &str =
     "SELECT last_checkpoint::bigint FROM public.indexing_checkpoints WHERE tablename = $1";
 
-/// The seed's checkpoint write (called only when the value moves forward).
+/// The Go challenge job's checkpoint write (called only when the value moves forward).
 pub const WRITE_CHECKPOINT: &str = "INSERT INTO public.indexing_checkpoints (tablename, last_checkpoint) \
      VALUES ($1, $2) ON CONFLICT (tablename) DO UPDATE SET last_checkpoint = EXCLUDED.last_checkpoint";
 
@@ -43,10 +43,10 @@ pub const REFERENCE: &str = "SELECT CASE WHEN pg_catalog.pg_current_xact_id_if_a
                         pg_catalog.pg_snapshot_xmax(s)::text::bigint) \
           FROM pg_catalog.pg_current_snapshot() AS s)";
 
-/// The seed's dirty `user_events` scan with a processor's filter: current rows past the position
-/// `($1, $2)`, in `(blocknumber, id)` order, at most `$3`; with each row its raw `xmin` (bigint)
-/// and the scan's own snapshot (`snapshot_xids!`), from which `run.rs` decides which rows are
-/// settled (`challenge_rules::settled_bound`): the stored position never passes a row a
+/// The Go challenge job's dirty `user_events` scan with a processor's filter: current rows past the
+/// position `($1, $2)`, in `(blocknumber, id)` order, at most `$3`; with each row its raw `xmin`
+/// (bigint) and the scan's own snapshot (`snapshot_xids!`), from which `run.rs` decides which rows
+/// are settled (`challenge_rules::settled_bound`): the stored position never passes a row a
 /// transaction still in progress may commit a row before.
 macro_rules! dirty_user_events {
     ($filter:literal) => {

@@ -1,4 +1,4 @@
-//! Rust trigger functions: drop-in replacements for the Audius PL/pgSQL dedupe triggers (issue 4).
+//! Rust trigger functions: drop-in replacements for the Audius PL/pgSQL dedupe triggers.
 //!
 //! * `audius_indexer.handle_on_user_challenge()` — `on_user_challenge AFTER INSERT OR UPDATE ON user_challenges`
 //! * `audius_indexer.handle_challenge_disbursement()` — `on_challenge_disbursement AFTER INSERT ON challenge_disbursements`
@@ -11,7 +11,8 @@
 //! partial GINs of `sql/indexes.sql` serve it) and runs from a plan prepared once per backend.
 //! One documented behaviour change: `handle_sol_reward_disbursement` resolves the recipient with
 //! `lower(users.wallet) = lower(recipient_eth_address)` (the indexer stores lowercase addresses,
-//! `users.wallet` is EIP-55 mixed case, so the case-sensitive match of the seed misses most users).
+//! `users.wallet` is EIP-55 mixed case, so the case-sensitive match of the Audius function misses
+//! most users).
 //!
 //! Error posture: `handle_on_user_challenge` lets errors abort the `user_challenges` write (the Audius
 //! function has no EXCEPTION block). The disbursement triggers run their body in a subtransaction
@@ -27,8 +28,9 @@
 
 use audius_indexer_core::trigger_payload as payload;
 mod statements;
-pub mod subxact;
 
+use crate::errors::raise;
+use crate::subxact;
 use std::convert::Infallible;
 use std::ffi::CStr;
 
@@ -204,7 +206,8 @@ fn insert_user_challenge_notification(
     Ok(())
 }
 
-/// Body of `handle_on_user_challenge` for a completed challenge (reference §2).
+/// Body of `handle_on_user_challenge` for a completed challenge (as Audius's
+/// `handle_user_challenges.sql` does it).
 fn on_user_challenge_completed(
     client: &mut SpiClient<'_>,
     uc: &UserChallenge,
@@ -299,13 +302,14 @@ pub fn handle_on_user_challenge<'a>(
         Ok(())
     })();
     if let Err(e) = outcome {
-        ereport!(
-            ERROR,
+        raise(
             e.sqlstate(),
             format!(
                 "audius_indexer.handle_on_user_challenge ({}): {e}",
                 tg_name(trigger)
-            )
+            ),
+            None,
+            None,
         );
     }
     Ok(Some(new))

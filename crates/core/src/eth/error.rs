@@ -96,7 +96,7 @@ impl RpcError {
         }
     }
 
-    /// SQLSTATE class the glue reports this with (see README "Errors").
+    /// SQLSTATE class the glue reports this with (docs/sql-reference.md, "Errors").
     pub fn sqlstate(&self) -> &'static str {
         match &self.kind {
             RpcErrorKind::Connect(_) => "08001",
@@ -242,7 +242,7 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 
 /// `s` cut to at most `max` bytes (on a character boundary), with `…` when cut: node text quoted
 /// in messages stays bounded.
-pub(crate) fn truncate(s: &str, max: usize) -> String {
+pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

@@ -1,4 +1,6 @@
-//! `BEGIN … EXCEPTION WHEN OTHERS THEN RAISE WARNING …` for Rust trigger bodies.
+//! `BEGIN … EXCEPTION WHEN OTHERS THEN RAISE WARNING …` for Rust trigger bodies, and the
+//! subtransaction under it ([`in_subtransaction`]) for any body: the trigger functions
+//! (src/triggers/), the enrollment trigger, each challenge processor's run and `doctor()`.
 //!
 //! The disbursement triggers must never make the disbursement insert fail: any error inside them
 //! becomes `WARNING:  An error occurred in <tg_name>: <message>` and none of their partial work may
