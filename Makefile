@@ -70,8 +70,13 @@ check: deps
 	bash scripts/check.sh $(CHECK_ARGS)
 
 # Tiers 2-4: real PostgreSQL 15 clusters (as the postgres OS user) + real anvil + Multicall3.
+# The reliability suites record what they observed (tests/.build/suites); docs/reliability.md is
+# rewritten from this run's tables after a full run (no PYTEST_ARGS), and the target fails when a
+# suite the document lists did not record one.
 integration: install old-package
+	rm -rf tests/.build/suites
 	$(PYTEST) tests $(PYTEST_ARGS)
+	if [ -z "$(PYTEST_ARGS)" ]; then .venv/bin/python scripts/suite-tables.py; fi
 
 test: unit check integration package-smoke
 

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.1
 # prometheus-postgres-exporter: tests/test_monitoring.py scrapes the extension with the real exporter.
-APT_PKGS=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config postgresql-15-cron sudo
+# stunnel4, openssl: tests/test_tls.py and make bench-rpc put TLS with a test CA in front of anvil.
+APT_PKGS=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config postgresql-15-cron sudo stunnel4 openssl
           prometheus-postgres-exporter)
 
 log() { printf '[install-deps] %s\n' "$*"; }

@@ -637,50 +637,40 @@ unsafe fn check_endpoint_setting(
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn check_rpc_url(
-    newval: *mut *mut std::ffi::c_char,
-    _extra: *mut *mut std::ffi::c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
-    unsafe {
-        check_endpoint_setting("audius_indexer.rpc_url", newval, |v| {
-            crate::eth::endpoint::Endpoint::parse(v.trim())
-                .map(drop)
-                .map_err(|e| format!("the URL {e}"))
-        })
-    }
+/// A check hook with the C signature PostgreSQL calls, running `check_endpoint_setting` for the
+/// setting `$name` with `$check`.
+macro_rules! endpoint_check_hook {
+    ($hook:ident, $name:literal, $check:expr) => {
+        #[pg_guard]
+        unsafe extern "C-unwind" fn $hook(
+            newval: *mut *mut std::ffi::c_char,
+            _extra: *mut *mut std::ffi::c_void,
+            _source: pg_sys::GucSource::Type,
+        ) -> bool {
+            unsafe { check_endpoint_setting($name, newval, $check) }
+        }
+    };
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn check_rpc_urls(
-    newval: *mut *mut std::ffi::c_char,
-    _extra: *mut *mut std::ffi::c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
-    unsafe {
-        check_endpoint_setting("audius_indexer.rpc_urls", newval, |v| {
-            crate::eth::endpoint::parse_endpoint_list(v).map(drop)
-        })
+endpoint_check_hook!(check_rpc_url, "audius_indexer.rpc_url", |v: &str| {
+    crate::eth::endpoint::Endpoint::parse(v.trim())
+        .map(drop)
+        .map_err(|e| format!("the URL {e}"))
+});
+endpoint_check_hook!(check_rpc_urls, "audius_indexer.rpc_urls", |v: &str| {
+    crate::eth::endpoint::parse_endpoint_list(v).map(drop)
+});
+endpoint_check_hook!(
+    check_rpc_urls_file,
+    "audius_indexer.rpc_urls_file",
+    |v: &str| {
+        if v.starts_with('/') && !v.contains('\n') {
+            Ok(())
+        } else {
+            Err("the path is not absolute (it names a file with one URL per line)".into())
+        }
     }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn check_rpc_urls_file(
-    newval: *mut *mut std::ffi::c_char,
-    _extra: *mut *mut std::ffi::c_void,
-    _source: pg_sys::GucSource::Type,
-) -> bool {
-    unsafe {
-        check_endpoint_setting("audius_indexer.rpc_urls_file", newval, |v| {
-            if v.starts_with('/') && !v.contains('\n') {
-                Ok(())
-            } else {
-                Err("the path is not absolute (it names a file with one URL per line)".into())
-            }
-        })
-    }
-}
+);
 
 /// A string setting's value, or "" when unset.
 pub fn string(setting: &GucSetting<Option<CString>>) -> String {

@@ -1,4 +1,4 @@
-"""Helpers of tests/test_follow.py (issue 10, the event path): a chain of our own (anvil + Multicall3
+"""Helpers of tests/test_follow.py (the event path): a chain of our own (anvil + Multicall3
 + the mock contracts + a recording proxy), a preloaded cluster whose database is built like an Audius
 discovery database (users, associated_wallets loaded BEFORE the extension), an independent model of
 the range plan and its bisection, and small readers of the follower's state.
@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from harness.chain import Anvil, Contracts
 from harness.pg import Cluster
@@ -61,6 +63,17 @@ def own_chain(anvil: Anvil | None = None) -> Chain:
         node.destroy()
         raise
     return Chain(node, contracts, proxy)
+
+
+@pytest.fixture(scope="module")
+def chain():
+    """A chain of the test module's own (`own_chain()`), closed after the module. Import it into a
+    test module to use it."""
+    ch = own_chain()
+    try:
+        yield ch
+    finally:
+        ch.close()
 
 
 def point_at(cluster: Cluster, chain: Chain, **extra) -> None:

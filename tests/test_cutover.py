@@ -1,4 +1,4 @@
-"""R14 — cutover day, rehearsed.
+"""Cutover day, rehearsed (suite table "R14 — cutover day, rehearsed" in docs/reliability.md).
 
 The runbook of docs/operations.md ("Cutover day: the runbook") is executed as written: every fenced
 block marked `runbook:<n>-<name>` is extracted from the file and run in order — SQL blocks with psql
@@ -47,7 +47,7 @@ import pytest
 
 from challenges_support import REFERENCE_OBJECTS_SQL, apply_full_scan_reference, compare
 from conftest import wait_until
-from follow_support import AUDIUS_TRIGGER_WARNING, SQL_DIR, expected_total, own_chain
+from follow_support import AUDIUS_TRIGGER_WARNING, SQL_DIR, chain, expected_total
 from go_writer import GoServices
 from harness.chain import to_checksum, wallet_address
 from harness.pg import PG_BIN, Cluster
@@ -368,15 +368,6 @@ def report():
     r = Report("r14_cutover", "R14 — cutover day, rehearsed")
     yield r
     r.write()
-
-
-@pytest.fixture(scope="module")
-def chain():
-    ch = own_chain()
-    try:
-        yield ch
-    finally:
-        ch.close()
 
 
 def test_runbook_blocks_are_extractable(report):

@@ -27,7 +27,7 @@ from datetime import datetime
 import psycopg
 import pytest
 
-from follow_support import AUDIUS_TRIGGER_WARNING, audius_cluster, expected_total, own_chain, point_at, step
+from follow_support import AUDIUS_TRIGGER_WARNING, audius_cluster, chain, expected_total, point_at, step
 from harness.chain import to_checksum, wallet_address
 from harness.pg import enable_paths
 from test_r13_privileges import SHADOWED, column_defs, domains_sql, evidence_sql, payload_sql, views_sql
@@ -47,15 +47,6 @@ _ids = itertools.count(1000)      # associated_wallets.id and users.txhash: uniq
 # --------------------------------------------------------------------------------------------
 # fixtures
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def chain():
-    ch = own_chain()
-    try:
-        yield ch
-    finally:
-        ch.close()
-
-
 @pytest.fixture(scope="module")
 def pgc(chain):
     """The cluster, pointed at the chain; the follow path on and its first step made (the checkpoint

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 
 from conftest import wait_until
-from follow_support import audius_cluster, own_chain, point_at
+from follow_support import audius_cluster, chain, point_at
 from harness.chain import to_checksum, wallet_address
 
 pytestmark = pytest.mark.timeout(420)
@@ -50,15 +50,6 @@ def enable_all(conn) -> bool:
         for p in ("sweep", "follow", "challenges"):
             conn.execute("SELECT audius_indexer.enable(%s)", (p,))
     return has
-
-
-@pytest.fixture(scope="module")
-def chain():
-    ch = own_chain()
-    try:
-        yield ch
-    finally:
-        ch.close()
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,9 @@ mod tests {
 
     #[test]
     fn http_answers_are_classified() {
+        // a JSON-RPC error in an HTTP 200 answer, classified
+        let answer_error =
+            |body: &[u8]| parse_http_answer(&ep("http://h"), 200, None, None, body).unwrap_err();
         let e = ep("http://h:1/key");
         let ok = parse_http_answer(
             &e,
@@ -173,52 +176,30 @@ mod tests {
         );
         let garbage = parse_http_answer(&e, 200, None, None, b"<html>").unwrap_err();
         assert_eq!(garbage.sqlstate(), "08P01");
-        let revert = parse_http_answer(&e, 200, None, None,
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":3,"message":"execution reverted","data":"0x08c3"}}"#).unwrap_err();
+        let revert = answer_error(br#"{"jsonrpc":"2.0","id":1,"error":{"code":3,"message":"execution reverted","data":"0x08c3"}}"#);
         assert!(!revert.is_transient());
         assert_eq!(revert.sqlstate(), "38000");
         assert!(revert.to_string().contains("execution reverted"));
-        let limited = parse_http_answer(
-            &e,
-            200,
-            None,
-            None,
+        let limited = answer_error(
             br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32005,"message":"limit exceeded"}}"#,
-        )
-        .unwrap_err();
+        );
         assert!(limited.is_transient());
-        let alchemy = parse_http_answer(&e, 200, None, None,
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":429,"message":"Your app has exceeded its compute units per second capacity"}}"#).unwrap_err();
+        let alchemy = answer_error(br#"{"jsonrpc":"2.0","id":1,"error":{"code":429,"message":"Your app has exceeded its compute units per second capacity"}}"#);
         assert!(alchemy.is_transient());
-        let oog = parse_http_answer(
-            &e,
-            200,
-            None,
-            None,
+        let oog = answer_error(
             br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"out of gas"}}"#,
-        )
-        .unwrap_err();
+        );
         assert!(oog.wants_smaller_chunk() && !oog.is_transient());
-        let anvil_oog = parse_http_answer(
-            &e,
-            200,
-            None,
-            None,
+        let anvil_oog = answer_error(
             br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"EVM error OutOfGas"}}"#,
-        )
-        .unwrap_err();
+        );
         assert!(anvil_oog.wants_smaller_chunk(), "{anvil_oog:?}");
         assert!(parse_http_answer(&e, 413, None, None, b"")
             .unwrap_err()
             .wants_smaller_chunk());
-        let invalid = parse_http_answer(
-            &e,
-            200,
-            None,
-            None,
+        let invalid = answer_error(
             br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"invalid params"}}"#,
-        )
-        .unwrap_err();
+        );
         assert!(!invalid.is_transient());
     }
 
