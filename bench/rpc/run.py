@@ -56,6 +56,7 @@ import json
 import math
 import os
 import platform
+import ssl
 import statistics
 import subprocess
 import sys
@@ -71,6 +72,7 @@ sys.path.insert(0, str(HERE))
 
 from harness.chain import ANVIL_BIN, MULTICALL3_ADDRESS, Anvil, Contracts, wallet_address  # noqa: E402
 from harness.pg import Cluster  # noqa: E402
+from harness.tls import TlsTerminator  # noqa: E402
 from recproxy import RecordingProxy  # noqa: E402
 from triggers_support import require_extension_installed  # noqa: E402
 
@@ -195,6 +197,24 @@ def mib(kb: int) -> str:
 HDRS = {"Content-Type": "application/json"}
 
 
+class Target:
+    """Where the extension and the replays reach the node: anvil itself (`http`), or anvil behind
+    the TLS terminator of tests/harness/tls.py (`https`, the CA trusted through rpc_tls_ca_file; the
+    replays use the same CA)."""
+
+    def __init__(self, scheme: str, url: str, port: int, cafile: str | None = None):
+        self.scheme, self.url, self.port, self.cafile = scheme, url, port, cafile
+        self.ctx = ssl.create_default_context(cafile=cafile) if cafile else None
+
+    def connection(self) -> http.client.HTTPConnection:
+        if self.ctx:
+            return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=300, context=self.ctx)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+
+
+NODE: Target  # set by bench_rpc for each scheme
+
+
 def _post(conn: http.client.HTTPConnection, body: bytes) -> bytes:
     conn.request("POST", "/", body=body, headers=HDRS)
     resp = conn.getresponse()
@@ -204,8 +224,8 @@ def _post(conn: http.client.HTTPConnection, body: bytes) -> bytes:
     return data
 
 
-def replay_keepalive(port: int, bodies: list[bytes]) -> float:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+def replay_keepalive(bodies: list[bytes]) -> float:
+    conn = NODE.connection()
     t0 = time.perf_counter()
     for b in bodies:
         _post(conn, b)
@@ -214,20 +234,21 @@ def replay_keepalive(port: int, bodies: list[bytes]) -> float:
     return dt_
 
 
-def replay_newconn(port: int, bodies: list[bytes]) -> float:
+def replay_newconn(bodies: list[bytes]) -> float:
     t0 = time.perf_counter()
     for b in bodies:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conn = NODE.connection()
         _post(conn, b)
         conn.close()
     return time.perf_counter() - t0
 
 
-def replay_curl(url: str, files: list[str]) -> float:
+def replay_curl(files: list[str]) -> float:
+    ca = ["--cacert", NODE.cafile] if NODE.cafile else []
     t0 = time.perf_counter()
     for f in files:
-        subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "-H", "Content-Type: application/json",
-                        "--data-binary", f"@{f}", url], check=True)
+        subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", *ca, "-H", "Content-Type: application/json",
+                        "--data-binary", f"@{f}", NODE.url], check=True)
     return time.perf_counter() - t0
 
 
@@ -319,7 +340,7 @@ def pin_cpus(anvil: Anvil, cluster: Cluster) -> str:
 
 
 def point_rpc(cluster: Cluster, url: str) -> None:
-    cluster.set_system(rpc_url=url)
+    cluster.set_system(rpc_url=url, rpc_tls_ca_file=NODE.cafile if url == NODE.url else None)
 
 
 def set_concurrency(cluster: Cluster, c: int) -> None:
@@ -341,7 +362,7 @@ def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str]
     for conc, n in [(c, n) for c in concurrency for n in sizes]:
         set_concurrency(cluster, conc)
         ws = wallets[:n]
-        log(f"P2 rpc_concurrency={conc} N={n:,}: capture through the proxy (load {loadavg()})")
+        log(f"P2 {NODE.scheme} rpc_concurrency={conc} N={n:,}: capture through the proxy (load {loadavg()})")
         point_rpc(cluster, proxy.url)
         proxy.reset()
         with cluster.connect("bench") as conn:
@@ -349,7 +370,7 @@ def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str]
             cnt, ok, total, _ = conn.execute(P2_SQL, (ws,)).fetchone()
         bodies, conns = list(proxy.bodies), proxy.connections
         assert cnt == n and ok == n, (cnt, ok)
-        point_rpc(cluster, anvil.url)
+        point_rpc(cluster, NODE.url)
         req_bytes = sum(len(b) for b in bodies)
         log(f"  {len(bodies)} requests ({req_bytes / 1e6:,.2f} MB), {conns} TCP connections accepted; "
             f"extension: {reps} repetitions")
@@ -370,11 +391,11 @@ def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str]
             rpc1 = rpc_time(cluster)
             cpu_b, cpu_a = cpu_seconds(pid) - cpu_b, cpu_seconds(anvil.proc.pid) - cpu_a
         log(f"  extension server-side median {statistics.median(srv):,.1f} ms; replays ({reps} each)")
-        ka = [replay_keepalive(anvil.port, bodies) * 1000 for _ in [None] + list(range(reps))][1:]
+        ka = [replay_keepalive(bodies) * 1000 for _ in [None] + list(range(reps))][1:]
         files = body_files(bodies, tmp, f"p2-{n}")
-        curl = [replay_curl(anvil.url, files) * 1000 for _ in range(reps)]
-        nc = [replay_newconn(anvil.port, bodies) * 1000 for _ in range(reps)]
-        r = {"conc": conc, "n": n, "bodies": len(bodies), "bytes": req_bytes, "conns": conns, "srv": srv, "rt": rt,
+        curl = [replay_curl(files) * 1000 for _ in range(reps)]
+        nc = [replay_newconn(bodies) * 1000 for _ in range(reps)]
+        r = {"scheme": NODE.scheme, "conc": conc, "n": n, "bodies": len(bodies), "bytes": req_bytes, "conns": conns, "srv": srv, "rt": rt,
              "ka": ka, "curl": curl, "newconn": nc, "opens_per_call": opens / reps, "total": total,
              "cpu_backend": cpu_b / reps, "cpu_anvil": cpu_a / reps,
              "rpc_ms": (rpc1[1] - rpc0[1]) / reps, "rpc_n": (rpc1[0] - rpc0[0]) / reps}
@@ -494,7 +515,7 @@ def capture_tick(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, batch: i
         req = conn.execute(TICK_SQL, (batch,)).fetchone()[0]
     finally:
         conn.close()
-        point_rpc(cluster, anvil.url)
+        point_rpc(cluster, NODE.url)
     bodies = list(proxy.bodies)
     calls = [b for b in bodies if b'"eth_call"' in b]
     others = [json.loads(b).get("method", "?") for b in bodies if b'"eth_call"' not in b]
@@ -506,7 +527,7 @@ def replay_pass(anvil: Anvil, bodies: list[bytes], repeat: int) -> dict:
     """The tick's bodies `repeat` times in a row on one kept-alive connection (a pass's worth of
     requests), with anvil's CPU seconds."""
     a0 = cpu_seconds(anvil.proc.pid)
-    wall = replay_keepalive(anvil.port, bodies * repeat)
+    wall = replay_keepalive(bodies * repeat)
     return {"wall": wall, "cpu_anvil": cpu_seconds(anvil.proc.pid) - a0}
 
 
@@ -518,7 +539,7 @@ def p4(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, rows: int, batches
     res = []
     for conc, chunk, batch in [(c, k, b) for c in concurrency for k in chunks for b in batches]:
             set_concurrency(cluster, conc)
-            log(f"P4 rpc_concurrency={conc} batch {batch:,} chunk {chunk:,} over {rows:,} rows (load {loadavg()})")
+            log(f"P4 {NODE.scheme} rpc_concurrency={conc} batch {batch:,} chunk {chunk:,} over {rows:,} rows (load {loadavg()})")
             cap = capture_tick(cluster, anvil, proxy, batch, chunk)
             # replay of the tick's eth_call bodies (the eth_blockNumber head check of a backend's
             # first tick is left out: a steady-state tick sends only the aggregate3 calls)
@@ -526,13 +547,13 @@ def p4(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, rows: int, batches
             per_pass = math.ceil(rows / batch)
             repeat = math.ceil(rows / cap["requested"])
             pairs = min(P4_MAX_PAIRS, max(P4_MIN_PAIRS, math.ceil(reps / per_pass)))
-            replay_keepalive(anvil.port, bodies)  # warm-up
+            replay_keepalive(bodies)  # warm-up
             replays, runs = [], []
             for _ in range(pairs):
                 replays.append(replay_pass(anvil, bodies, repeat))
                 runs.append(sweep_pass(cluster, anvil, batch, chunk, rows))
             replay_wallets = cap["requested"] * repeat
-            r = {"conc": conc, "batch": batch, "chunk": chunk, "cap": {k: v for k, v in cap.items() if k != "bodies"},
+            r = {"scheme": NODE.scheme, "conc": conc, "batch": batch, "chunk": chunk, "cap": {k: v for k, v in cap.items() if k != "bodies"},
                  "replay": [x["wall"] for x in replays], "replay_cpu_anvil": [x["cpu_anvil"] for x in replays],
                  "replay_wallets": replay_wallets, "passes": runs,
                  "ratios": [(p["done"] / p["wall"]) / (replay_wallets / x["wall"]) for p, x in zip(runs, replays)]}
@@ -586,7 +607,9 @@ def bench_rpc(a) -> int:
     started = time.time()
     log(f"bench/rpc started {dt.datetime.now():%Y-%m-%d %H:%M:%S}; load average {loadavg()}")
     loads = [("start", loadavg())]
+    global NODE
     anvil, contracts, cluster = start_env()
+    NODE = Target("http", anvil.url, anvil.port)
     pinning = pin_cpus(anvil, cluster) if a.pin else "none (all processes share all CPUs)"
     log(f"CPU pinning: {pinning}")
     proxy = RecordingProxy(anvil.url).start()
@@ -630,6 +653,18 @@ def bench_rpc(a) -> int:
         p4r = p4(cluster, anvil, proxy, a.rows, a.batches, a.chunks, a.reps, a.concurrency)
         set_concurrency(cluster, DEFAULT_CONCURRENCY)
         loads.append(("after P4", loadavg()))
+        if "https" in a.schemes:
+            # what users run: a provider over TLS (stunnel4 + a test CA in front of the same anvil)
+            with TlsTerminator(anvil.port) as tls:
+                NODE = Target("https", tls.url, tls.port, str(tls.ca_pem))
+                point_rpc(cluster, NODE.url)
+                log(f"https: {tls.url} (stunnel4, test CA {tls.ca_pem}) in front of anvil")
+                p2r += p2(cluster, anvil, proxy, wallets, a.sizes, a.reps, tmp, [DEFAULT_CONCURRENCY])
+                p4r += p4(cluster, anvil, proxy, a.rows, a.https_batches, [min(a.chunks)], a.reps,
+                          [DEFAULT_CONCURRENCY])
+                NODE = Target("http", anvil.url, anvil.port)
+                point_rpc(cluster, NODE.url)
+            loads.append(("after https", loadavg()))
 
         mem = []
         for chunk in a.chunks:
@@ -683,12 +718,12 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
     out()
     out("P2  multicall_total_audio_balances(N wallets), chunk 200 (default), vs replaying the exact request bodies it sent")
     out("    extension server-side = clock_timestamp() - statement_timestamp() at its last row; client = psycopg round trip")
-    out("| rpc_concurrency | N | requests (MB) | conns seen by proxy / TCP connects per call | extension server-side | extension client | "
+    out("| scheme | rpc_concurrency | N | requests (MB) | conns seen by proxy / TCP connects per call | extension server-side | extension client | "
         "replay keep-alive (1 conn) | replay curl per body | replay new conn per body | ext/keep-alive | ext/curl | ext/new-conn |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in p2r:
         m = statistics.median(r["srv"])
-        out(f"| {r['conc']} | {r['n']:,} | {r['bodies']} ({r['bytes'] / 1e6:.2f}) | {r['conns']} / {r['opens_per_call']:.1f} | "
+        out(f"| {r['scheme']} | {r['conc']} | {r['n']:,} | {r['bodies']} ({r['bytes'] / 1e6:.2f}) | {r['conns']} / {r['opens_per_call']:.1f} | "
             f"{mmm_ms(r['srv'])} | {mmm_ms(r['rt'])} | {mmm_ms(r['ka'])} | {mmm_ms(r['curl'])} | {mmm_ms(r['newconn'])} | "
             f"{m / statistics.median(r['ka']):.2f} | {m / statistics.median(r['curl']):.2f} | "
             f"{m / statistics.median(r['newconn']):.2f} |")
@@ -697,13 +732,14 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
         "rows) ; CPU (/proc utime+stime) of the backend and of anvil:")
     for r in p2r:
         mean_srv = statistics.fmean(r["srv"])
-        out(f"    c={r['conc']} N={r['n']:,}: server-side mean {mean_srv:,.1f} ms = RPC {r['rpc_ms']:,.1f} ms ({r['rpc_n']:.0f} requests, "
+        out(f"    {r['scheme']} c={r['conc']} N={r['n']:,}: server-side mean {mean_srv:,.1f} ms = RPC {r['rpc_ms']:,.1f} ms ({r['rpc_n']:.0f} requests, "
             f"{r['rpc_ms'] / max(r['rpc_n'], 1):,.2f} ms each; keep-alive replay {statistics.fmean(r['ka']) / r['bodies']:,.2f} ms "
             f"per body) + rest {mean_srv - r['rpc_ms']:,.1f} ms; CPU backend {r['cpu_backend'] * 1000:,.0f} ms, "
             f"anvil {r['cpu_anvil'] * 1000:,.0f} ms")
     out()
     if p3r:
-        ext = {r["n"]: statistics.median(r["srv"]) for r in p2r if r["conc"] == DEFAULT_CONCURRENCY}
+        ext = {r["n"]: statistics.median(r["srv"]) for r in p2r
+               if r["conc"] == DEFAULT_CONCURRENCY and r["scheme"] == "http"}
         out(f"P3  viem {p3r['viem']} (node.js, http transport, no retries) vs the extension, same anvil and wallets")
         out("| mode | N | HTTP requests per read | time | wallets/s (median) | extension server-side / this |")
         out("|---|---|---|---|---|---|")
@@ -716,25 +752,25 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
             out(f"| {labels[r['mode']]} | {r['n']:,} | {r['requests'][0]:,} | {mmm_ms(r['times_ms'])} | "
                 f"{r['n'] / med * 1000:,.0f} | {ratio} |")
         for r in p2r:
-            if r["n"] in {x["n"] for x in p3r["results"]} and r["conc"] == DEFAULT_CONCURRENCY:
+            if r["n"] in {x["n"] for x in p3r["results"]} and r["conc"] == DEFAULT_CONCURRENCY and r["scheme"] == "http":
                 out(f"| extension (server-side), chunk 200, rpc_concurrency {r['conc']} | {r['n']:,} | {r['bodies']} | {mmm_ms(r['srv'])} | "
                     f"{r['n'] / statistics.median(r['srv']) * 1000:,.0f} | 1.00 |")
         out("    every viem mode's sum of values equals the extension's (checked)")
         out()
     out(f"P4  sweep: SELECT * FROM audius_indexer.refresh_stale(batch) in autocommit until all {a.rows:,} rows are "
         "refreshed (multicall_max_request_bytes = 0)")
-    out("| rpc_concurrency | batch | chunk | pairs x ticks | sweep pass wallets/s (min/med/max) | tick wallets/s (min/med/max) | "
+    out("| scheme | rpc_concurrency | batch | chunk | pairs x ticks | sweep pass wallets/s (min/med/max) | tick wallets/s (min/med/max) | "
         "bare keep-alive replay wallets/s (min/med/max) | sweep/replay per pair (min/med/max) | TCP connects per pass | "
         "one tick via proxy: requests / conns | RssAnon peak | VmHWM | s per pass: wall / in RPC requests / rest | "
         "CPU s per pass: backend / anvil | anvil CPU s per replay | CPU ceiling of sweep/replay (median) |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in p4r:
         runs = r["passes"]
         rates = [p["done"] / p["wall"] for p in runs]
         tr = [req / s for p in runs for s, req in p["ticks"]]
         reps_ = [r["replay_wallets"] / x for x in r["replay"]]
         cap = r["cap"]
-        out(f"| {r['conc']} | {r['batch']:,} | {r['chunk']:,} | {len(runs)} x {len(runs[0]['ticks'])} | "
+        out(f"| {r['scheme']} | {r['conc']} | {r['batch']:,} | {r['chunk']:,} | {len(runs)} x {len(runs[0]['ticks'])} | "
             f"{min(rates):,.0f} / {statistics.median(rates):,.0f} / {max(rates):,.0f} | "
             f"{min(tr):,.0f} / {statistics.median(tr):,.0f} / {max(tr):,.0f} | "
             f"{min(reps_):,.0f} / {statistics.median(reps_):,.0f} / {max(reps_):,.0f} | "
@@ -755,7 +791,7 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
     out("    'in RPC requests' = the extension's own per-request timing (rpc_endpoint_stats_server delta); 'rest' = "
         "claim + encode/decode + upsert + commit + the client round trip")
     out("    updated / skipped / failed over all passes: " + "; ".join(
-        f"conc {r['conc']} b{r['batch']}/c{r['chunk']}: {sum(p['updated'] for p in r['passes']):,} / "
+        f"{r['scheme']} conc {r['conc']} b{r['batch']}/c{r['chunk']}: {sum(p['updated'] for p in r['passes']):,} / "
         f"{sum(p['skipped'] for p in r['passes']):,} / {sum(p['failed'] for p in r['passes']):,}" for r in p4r))
     out()
     out("Memory of the sweeping backend (fresh session per line; RssAnon sampled every 20 ms; VmHWM includes "
@@ -927,6 +963,9 @@ def main() -> int:
     ap.add_argument("--scale-interval", default="100ms")
     ap.add_argument("--scale-chunk", type=int, default=1000)
     ap.add_argument("--max-minutes", type=float, default=20)
+    ap.add_argument("--schemes", type=lambda v: v.split(","), default=["http", "https"],
+                    help="http (anvil itself) and/or https (anvil behind stunnel4 with a test CA): P2 and P4 rows each")
+    ap.add_argument("--https-batches", type=ints, default=[2000, 10000], help="P4 batches over https")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--pin", action="store_true",
                     help="anvil on its own CPU, the cluster and the bench client on the others")
