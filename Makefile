@@ -7,7 +7,7 @@ PYTEST ?= .venv/bin/pytest
 PYTEST_ARGS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build install package-tree package old-package package-smoke unit check integration test demo bench-triggers bench-challenges bench-rpc bench-sweep-scale bench-status fmt clean
+.PHONY: all deps build install package-tree package old-package package-smoke unit check integration test demo bench-triggers bench-challenges bench-rpc bench-sweep-scale bench-status bench-http fmt clean
 
 all: build
 
@@ -99,6 +99,12 @@ bench-rpc: install
 
 bench-sweep-scale: install
 	.venv/bin/python bench/rpc/run.py --sweep-scale $(BENCH_RPC_ARGS)
+
+# The HTTP client of the RPC transport, chosen by measurement: ureq (the project's Agents) vs
+# hyper-util + hyper-rustls, over http:// and https:// (stunnel4) against anvil (bench/http/README.md,
+# docs/performance.md#one-http-stack). No PostgreSQL. BENCH_HTTP_ARGS passes options through.
+bench-http: deps
+	.venv/bin/python bench/http/run.py $(BENCH_HTTP_ARGS)
 
 # The monitoring queries (status views, health(), sql/prometheus-queries.yaml) on 3.15M wallets, next
 # to 0.2.0's count(*) (bench/status/run.py --help). BENCH_STATUS_ARGS passes options through.
