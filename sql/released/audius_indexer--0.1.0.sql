@@ -96,10 +96,10 @@ CREATE TABLE audius_indexer.sweep_state (
 );
 INSERT INTO audius_indexer.sweep_state DEFAULT VALUES;
 
--- The Go eth-indexer's upsert, kept exactly (eth/indexer/eth_indexer.go upsertBalanceUpdates):
+-- The seed's upsert, kept exactly (eth/indexer/eth_indexer.go upsertBalanceUpdates):
 -- insert NULLIF(block, 0); on conflict balance = new, blocknumber = existing when the new one is
 -- NULL, else GREATEST(COALESCE(existing, 0), new); updated_at = now().
--- Beyond the Go eth-indexer, with only_if_not_older => true a row already stamped with a newer block than
+-- Beyond the seed, with only_if_not_older => true a row already stamped with a newer block than
 -- the read is left alone (an older read never overwrites a newer value). Rows are written in
 -- wallet order so concurrent upserts lock in the same order (no deadlocks).
 -- Returns the wallets written.
