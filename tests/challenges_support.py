@@ -1,12 +1,13 @@
-"""Helpers for tests/test_challenges.py (the Phase 3 challenge processors m, r, rv, rd).
+"""Helpers for tests/test_challenges.py (the challenge processors m, r, rv, rd that replace the Go
+challenge job, `jobs/index_challenges.go`).
 
 - Audius-like databases without anvil: fixture schema, the extension, the Rust triggers
   (install_triggers()), sql/indexes.sql, plus the test's own reference objects:
   `ref_spec()` (Go `%x` of an int), `ref_amount_int()` (Go `Sscanf("%d")`, 0 on error) and the
   reference table `ref_user_challenges`;
-- the reference: a plain SQL full scan over ALL user_events with the seed's derivation and upsert
-  rules (`apply_full_scan_reference`);
-- an emulation of the seed's Go job (`SeedEmulator`): checkpoint-only resume, the seed's high-water
+- the reference: a plain SQL full scan over ALL user_events with the Go job's derivation and
+  upsert rules (`apply_full_scan_reference`);
+- an emulation of the Go challenge job (`GoJobEmulator`): checkpoint-only resume, its `highWaterMark`
   rule, no users scan — used to show where the improvements matter;
 - a deterministic random stream of block-ordered operations (`ChallengeStream`);
 - comparison helpers.
@@ -54,7 +55,7 @@ CREATE TABLE public.ref_user_challenges (LIKE public.user_challenges INCLUDING D
 ALTER TABLE public.ref_user_challenges ADD COLUMN sync_no integer;
 """
 
-# (recipient, specifier) of every pair that qualifies now, per challenge: the seed's rules applied to
+# (recipient, specifier) of every pair that qualifies now, per challenge: the Go job's rules applied to
 # ALL current user_events rows (no checkpoint, no dirty set).
 REFERENCE_PAIRS = {
     "m": "SELECT DISTINCT ue.user_id AS recipient, ref_spec(ue.user_id) AS specifier "
@@ -199,9 +200,9 @@ def warnings_of(notices: Notices) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------------
-# the seed's Go job, emulated (reference §4 as the seed ran it)
+# the Go challenge job, emulated (jobs/challenges/incremental.go + user_event_challenges.go, as it runs)
 # ------------------------------------------------------------------------------------------------
-SEED_DIRTY = {
+GO_JOB_DIRTY = {
     "m": "SELECT ue.id, ue.user_id, ue.blocknumber FROM user_events ue WHERE ue.blocknumber > %s "
          "AND ue.is_current AND ue.is_mobile_user = true ORDER BY ue.blocknumber, ue.id LIMIT %s",
     "ref": "SELECT ue.id, ue.user_id, ue.blocknumber FROM user_events ue WHERE ue.blocknumber > %s "
@@ -209,15 +210,15 @@ SEED_DIRTY = {
 }
 
 
-def seed_high_water(prev: int, max_bn: int, scanned: int, batch: int) -> int | None:
-    """The seed's highWaterMark: maxBn-1 after a full batch if that moves forward, else maxBn;
+def go_high_water(prev: int, max_bn: int, scanned: int, batch: int) -> int | None:
+    """The Go job's highWaterMark: maxBn-1 after a full batch if that moves forward, else maxBn;
     written only when it is past `prev`."""
     cand = max_bn - 1 if (scanned >= batch and max_bn - 1 > prev) else max_bn
     return cand if cand > prev else None
 
 
 def recompute_pairs(conn: psycopg.Connection, p: str, user_ids: list[int]) -> list[tuple[int, int]]:
-    """The seed's recompute for dirty users, in first-seen order then user_events id: (user, referrer)."""
+    """The Go job's recompute for dirty users, in first-seen order then user_events id: (user, referrer)."""
     if not user_ids:
         return []
     if p == "m":
@@ -279,12 +280,12 @@ def dedupe_completions(p: str, pairs: list[tuple[int, int]]) -> list[tuple[int, 
     return out
 
 
-class SeedEmulator:
-    """The seed's job: per processor a checkpoint (kept here, not in the database), a dirty scan of
-    user_events rows with blocknumber > checkpoint (LIMIT batch), the recompute, the upsert into
-    `table`, the seed's high-water rule. No positions, no users scan."""
+class GoJobEmulator:
+    """The Go challenge job: per processor a checkpoint (kept here, not in the database), a dirty
+    scan of user_events rows with blocknumber > checkpoint (LIMIT batch), the recompute, the upsert
+    into `table`, its highWaterMark rule. No positions, no users scan."""
 
-    def __init__(self, conn: psycopg.Connection, table: str = "seed_user_challenges"):
+    def __init__(self, conn: psycopg.Connection, table: str = "go_job_user_challenges"):
         self.conn = conn
         self.table = table
         self.cp = {p: 0 for p in PROCESSORS}
@@ -302,14 +303,14 @@ class SeedEmulator:
                 if not active:
                     scanned[p] = 0
                     continue
-                rows = self.conn.execute(SEED_DIRTY["m" if p == "m" else "ref"], (self.cp[p], batch)).fetchall()
+                rows = self.conn.execute(GO_JOB_DIRTY["m" if p == "m" else "ref"], (self.cp[p], batch)).fetchall()
                 scanned[p] = len(rows)
                 if not rows:
                     continue
                 users = first_seen(r[1] for r in rows)
                 for rec, sp in dedupe_completions(p, recompute_pairs(self.conn, p, users)):
                     self.conn.execute(PLAIN_UPSERT.replace("user_challenges", self.table), (p, rec, sp, amount))
-                new = seed_high_water(self.cp[p], max(r[2] for r in rows), len(rows), batch)
+                new = go_high_water(self.cp[p], max(r[2] for r in rows), len(rows), batch)
                 if new is not None:
                     self.cp[p] = new
         return scanned
@@ -318,7 +319,7 @@ class SeedEmulator:
         for i in range(1, limit + 1):
             if not any(self.run(batch).values()):
                 return i
-        raise AssertionError("seed emulation did not converge")
+        raise AssertionError("the Go job emulation did not converge")
 
 
 # ------------------------------------------------------------------------------------------------

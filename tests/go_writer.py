@@ -1,4 +1,4 @@
-"""The Go services audius_indexer replaces, as they write (tests/test_cutover.py, R14).
+"""The Go services audius_indexer replaces, as they write (for tests/test_cutover.py).
 
 Written from the reference facts of the Audius api repository (what each statement does, not
 the Go code), so that a test can run them beside, before and after the extension:
@@ -260,7 +260,8 @@ class GoEthIndexer:
 
 
 class GoChallengeJob(_Loop):
-    """The Go challenge job's Phase 3 processors (m, r, rv, rd), one run every `interval` seconds."""
+    """The Go challenge job's processors (m, r, rv, rd; `jobs/index_challenges.go`), one run every
+    `interval` seconds."""
 
     def __init__(self, conninfo: str, interval: float = 0.3):
         super().__init__("go-challenge-job", interval)

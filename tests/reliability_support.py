@@ -1,4 +1,4 @@
-"""Shared helpers of the reliability/security suites R1, R2, R3, R5 (issue 5).
+"""Shared helpers of the reliability/security suites (test_r*.py; their tables are in docs/reliability.md).
 
 - `error_text` / `expect_error`: every error a suite provokes is checked for its SQLSTATE and for
   the RPC URL's secrets (path `secret-key-123`, query `zzz`), and the connection must still work.

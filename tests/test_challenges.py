@@ -1,4 +1,5 @@
-"""Integration tests of the Phase 3 challenge processors (m, r, rv, rd) in the database:
+"""Integration tests of the challenge processors (m, r, rv, rd: the Go challenge job,
+`jobs/index_challenges.go`, moved into the database):
 `audius_indexer.process_user_event_challenges(batch)`, `seed_challenge_checkpoints()` and the view
 `challenge_processor_status`.
 
@@ -7,12 +8,12 @@ schema (users with blocknumber, user_events, indexing_checkpoints, the challenge
 m/r/rv/rd active, amount '1', cooldown 7), the extension, the Rust on_user_challenge trigger
 (install_triggers()) and sql/indexes.sql. One module-scoped throwaway cluster.
 
-Acceptance points (see each test's docstring):
+What is checked (the numbers are the sections below):
   1. differential test against a plain SQL full scan over ALL user_events (randomised, >= 10,000 ops)
-  2. the two improvements are real: the seed's rules (emulated) miss rows that full scan and the
+  2. the two improvements are real: the Go job's rules (emulated) miss rows that full scan and the
      function find (crowded block; referrer verification flip)
   3. checkpoints: below-checkpoint rows untouched, seed_challenge_checkpoints(), forward only, the
-     seed's high-water values, inactive / missing challenge, a failing processor, batch < 1
+     Go job's high-water values, inactive / missing challenge, a failing processor, batch < 1
   4. the processors' completions produce the same notifications through the Rust trigger as the
      same upserts sent as plain SQL
   5. the status view
@@ -30,7 +31,7 @@ import time
 import psycopg
 import pytest
 
-from challenges_support import (PLAIN_UPSERT, PROCESSORS, Admin, Block, ChallengeStream, SeedEmulator, Sync,
+from challenges_support import (PLAIN_UPSERT, PROCESSORS, Admin, Block, ChallengeStream, GoJobEmulator, Sync,
                                 apply_admin, apply_block, apply_full_scan_reference, checkpoints, compare,
                                 convergence_bound, dedupe_completions, first_seen, keys, make_db,
                                 pairs_by_referrer, positions, recompute_pairs, run_once, set_checkpoint,
@@ -111,7 +112,7 @@ def by_id(out: list[dict]) -> dict[str, dict]:
 # ================================================================================================
 @pytest.mark.parametrize("batch,timezone", DIFF_PARAMS, ids=[f"batch{b}-{tz.split('/')[-1]}" for b, tz in DIFF_PARAMS])
 def test_differential_against_full_scan(pg, batch, timezone):
-    """Acceptance 1. A deterministic random stream (ordinary operations per run: OPS, 4 runs:
+    """A deterministic random stream (ordinary operations per run: OPS, 4 runs:
     batch 50 / 5000 x TimeZone UTC / America/New_York, 15,200 >= 10,000 in total) of user_events inserts
     (with / without referrer, mobile or not, several rows per block), supersessions, users inserts and
     verification flips (UPDATE in place with a higher blocknumber, or a new current row with the old
@@ -269,8 +270,8 @@ def test_differential_against_full_scan(pg, batch, timezone):
 # ================================================================================================
 # 2. the improvements are real
 # ================================================================================================
-def test_seed_rules_miss_crowded_block_and_verification_flip(fresh):
-    """Acceptance 2. The seed's rules (emulated in challenges_support.SeedEmulator: checkpoint-only
+def test_go_job_rules_miss_crowded_block_and_verification_flip(fresh):
+    """The Go challenge job's rules (emulated in challenges_support.GoJobEmulator: checkpoint-only
     resume, high-water `maxBn-1 if scanned >= batch and maxBn-1 > prev else maxBn`, no users scan)
     miss (a) the rest of a block holding more rows than the batch and (b) referrals whose referrer
     becomes verified later (UPDATE in place, or new users row) or gets its users row only after the
@@ -282,16 +283,16 @@ def test_seed_rules_miss_crowded_block_and_verification_flip(fresh):
     ue(conn, 10, 1, 100, mobile=True)
     for u in range(2, 7):
         ue(conn, 11, u, 100, mobile=True)
-    seed = SeedEmulator(conn)
-    seed.converge(3)
+    go_job = GoJobEmulator(conn)
+    go_job.converge(3)
     runs = converge(conn, 3)
     assert len(runs) >= 2
     apply_full_scan_reference(conn, 1)
     assert compare(conn) == []
     full = keys(conn, "ref_user_challenges")
-    missed_a = full - keys(conn, "seed_user_challenges")
+    missed_a = full - keys(conn, "go_job_user_challenges")
     assert missed_a == {("m", "5"), ("m", "6"), ("r", "64:5"), ("r", "64:6"), ("rd", "5:64"), ("rd", "6:64")}, missed_a
-    assert seed.cp == {"m": 11, "r": 11, "rv": 11, "rd": 11}
+    assert go_job.cp == {"m": 11, "r": 11, "rv": 11, "rd": 11}
 
     # (b) referrals by unverified 60, 61 and by 62 (no users row yet)
     user(conn, 60, 20)
@@ -299,24 +300,24 @@ def test_seed_rules_miss_crowded_block_and_verification_flip(fresh):
     ue(conn, 21, 50, 60)
     ue(conn, 21, 51, 61)
     ue(conn, 21, 52, 62)
-    seed.converge(3)
+    go_job.converge(3)
     converge(conn, 3)
     apply_full_scan_reference(conn, 2)
     assert compare(conn) == []
     assert full | {("r", "3c:32"), ("r", "3d:33"), ("rd", "32:3c"), ("rd", "33:3d"), ("rd", "34:3e")} == \
         keys(conn, "ref_user_challenges")
-    assert keys(conn, "ref_user_challenges") - keys(conn, "seed_user_challenges") == missed_a
+    assert keys(conn, "ref_user_challenges") - keys(conn, "go_job_user_challenges") == missed_a
     # ... then 60 is verified in place, 61 gets a new verified row, 62 gets its first users row (verified)
     conn.execute("UPDATE users SET is_verified = true, blocknumber = 30 WHERE user_id = 60 AND is_current")
     conn.execute("UPDATE users SET is_current = false WHERE user_id = 61 AND is_current")
     user(conn, 61, 31, verified=True, tx="tx-61-b")
     user(conn, 62, 32, verified=True)
-    assert seed.converge(3) == 1                   # nothing dirty for the seed
+    assert go_job.converge(3) == 1                 # nothing dirty for the Go job
     runs = converge(conn, 3)
     assert by_id(runs[0])["rv"]["upserts"] == 3
     apply_full_scan_reference(conn, 3)
     assert compare(conn) == []
-    missed_b = keys(conn, "ref_user_challenges") - keys(conn, "seed_user_challenges") - missed_a
+    missed_b = keys(conn, "ref_user_challenges") - keys(conn, "go_job_user_challenges") - missed_a
     assert missed_b == {("rv", "3c:32"), ("rv", "3d:33"), ("rv", "3e:34")}, missed_b
 
 
@@ -324,7 +325,7 @@ def test_seed_rules_miss_crowded_block_and_verification_flip(fresh):
 # 3. checkpoints
 # ================================================================================================
 def test_rows_at_or_below_checkpoint_are_never_touched(fresh):
-    """Acceptance 3 (mirror of the seed's TestMobileInstall_SkipsRowsBelowCheckpoint). With the four
+    """Mirror of the Go job's TestMobileInstall_SkipsRowsBelowCheckpoint. With the four
     checkpoints at 100, rows at blocks 90 and 100 produce nothing, rows at 101 and 150 do (m, r, rd);
     the checkpoints move to 150. A late row below the checkpoint is not seen and the checkpoint does
     not move back; a DBA moving the checkpoint back wins over the stored position (rescan)."""
@@ -356,7 +357,7 @@ def test_rows_at_or_below_checkpoint_are_never_touched(fresh):
 
 
 def test_seed_challenge_checkpoints_makes_first_run_a_no_op(fresh):
-    """Acceptance 3. seed_challenge_checkpoints() sets the absent checkpoints to max(user_events
+    """seed_challenge_checkpoints() sets the absent checkpoints to max(user_events
     .blocknumber) (an existing one is kept: ON CONFLICT DO NOTHING), pins the r/rv users scan to
     max(users.blocknumber) (users rows past the user_events head, with flips, are not re-derived), and
     the first run after it is a no-op: dirty_rows 0, upserts 0, no user_challenges. It is idempotent.
@@ -407,7 +408,7 @@ def test_seed_challenge_checkpoints_makes_first_run_a_no_op(fresh):
 
 
 def test_inactive_or_missing_challenge_keeps_checkpoint_and_does_nothing(fresh):
-    """Acceptance 3. `r` inactive and `rd` without a catalog row: both report dirty_rows 0, upserts 0,
+    """`r` inactive and `rd` without a catalog row: both report dirty_rows 0, upserts 0,
     error NULL, keep their checkpoint (and positions) and write nothing, while m and rv run. Once r is
     active again and rd's row is back, they catch up to the full-scan reference."""
     conn = fresh
@@ -440,7 +441,7 @@ def test_inactive_or_missing_challenge_keeps_checkpoint_and_does_nothing(fresh):
 
 
 def test_failing_processor_reports_error_and_rolls_back_only_itself(fresh):
-    """Acceptance 3. r hits a CHECK constraint (23514) and rv an amount out of range for
+    """r hits a CHECK constraint (23514) and rv an amount out of range for
     user_challenges.amount (22003): each reports "SQLSTATE: message", keeps its checkpoint and
     position and writes nothing, while m and rd succeed in the same run. After the causes are removed,
     r and rv catch up; the result equals the full-scan reference."""
@@ -458,7 +459,8 @@ def test_failing_processor_reports_error_and_rolls_back_only_itself(fresh):
     assert out["r"]["error"].startswith("23514: ") and "test_no_r" in out["r"]["error"], out["r"]
     assert out["rv"]["error"].startswith("22003: "), out["rv"]
     for p in ("r", "rv"):
-        assert out[p]["checkpoint_after"] in (None, 19), out[p]
+        # its own work rolled back: the row reports the checkpoint where it stays (set above)
+        assert (out[p]["checkpoint_before"], out[p]["checkpoint_after"], out[p]["upserts"]) == (19, 19, 0), out[p]
     for p in ("m", "rd"):
         assert out[p]["error"] is None and out[p]["checkpoint_after"] == (27 if p == "m" else 29) and out[p]["upserts"] > 0, out[p]
     assert checkpoints(conn) == {"m": 27, "r": 19, "rv": 19, "rd": 29}
@@ -475,7 +477,7 @@ def test_failing_processor_reports_error_and_rolls_back_only_itself(fresh):
 
 @pytest.mark.parametrize("batch", [0, -1, -2147483648])
 def test_batch_below_one_is_rejected(fresh, batch):
-    """Acceptance 3. batch < 1 -> ERROR with SQLSTATE 22023, nothing run or recorded."""
+    """batch < 1 -> ERROR with SQLSTATE 22023, nothing run or recorded."""
     with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
         fresh.execute("SELECT * FROM audius_indexer.process_user_event_challenges(%s)", (batch,))
     assert e.value.diag.sqlstate == "22023"
@@ -516,7 +518,7 @@ NOTIF_SQL = ("SELECT type, specifier, group_id, user_ids::text, data::text, \"ti
 
 
 def test_processor_completions_notify_like_plain_upserts(pg):
-    """Acceptance 4. Database A runs the processors; database B gets the same rows and the same
+    """Database A runs the processors; database B gets the same rows and the same
     upserts as plain INSERT ... ON CONFLICT statements (order: m, r, rv, rd; within a processor the
     dirty users in first-seen order by (blocknumber, id), then user_events id; r/rv then the
     referrers of changed users rows; one per specifier; each phase in one transaction). Both fire the
@@ -628,7 +630,7 @@ def test_processor_completions_notify_like_plain_upserts(pg):
 # 5. status view
 # ================================================================================================
 def test_status_view_reflects_runs(fresh):
-    """Acceptance 5. challenge_processor_status after runs: one row per processor in order m, r, rv,
+    """challenge_processor_status after runs: one row per processor in order m, r, rv,
     rd; last_run_at set; last_dirty_rows / last_users / last_upserts equal the function's output;
     checkpoint equals indexing_checkpoints; head_blocknumber = max(user_events.blocknumber);
     lag_blocks = head - checkpoint; runs / errors / total_upserts count; last_error ("SQLSTATE:
@@ -685,7 +687,7 @@ def test_status_view_reflects_runs(fresh):
 # 6. privileges
 # ================================================================================================
 def test_privileges_operator_and_plain_role(pg, fresh):
-    """Acceptance 6. A login role granted audius_indexer_operator can call
+    """A login role granted audius_indexer_operator can call
     process_user_event_challenges() (writing user_challenges as the owner), seed_challenge_checkpoints()
     and read challenge_processor_status; a plain role cannot (42501), also with USAGE on the schema."""
     conn = fresh
@@ -723,42 +725,42 @@ def test_privileges_operator_and_plain_role(pg, fresh):
 # 3 (continued). Last in the file: it fails against the current build (see its docstring), and
 # `pytest -x` should run everything else first.
 # ================================================================================================
-def test_checkpoint_equals_seed_high_water_when_no_block_exceeds_batch(fresh):
-    """Acceptance 3. When no block holds more rows than the batch the seed's rule never skips a row,
-    so the checkpoints the function writes must be the seed's: after convergence, each processor's
-    checkpoint equals the one the emulated seed job reaches on the same rows (and the rows agree).
+def test_checkpoint_equals_go_job_high_water_when_no_block_exceeds_batch(fresh):
+    """When no block holds more rows than the batch the Go job's rule never skips a row, so the
+    checkpoints the function writes must be the Go job's: after convergence, each processor's
+    checkpoint equals the one the emulated Go job reaches on the same rows (and the rows agree).
 
-    Minimal case first: 4 mobile rows in blocks 1..4, batch 4. The seed: run 1 scans 4 rows -> 3;
+    Minimal case first: 4 mobile rows in blocks 1..4, batch 4. The Go job: run 1 scans 4 rows -> 3;
     run 2 rescans block 4 (1 row, partial batch) -> 4. The function must also end at 4 (not stay
     at 3 with lag_blocks 1 although nothing is pending). Then random blocks of 1..3 rows, batch 4."""
     conn = fresh
-    seed = SeedEmulator(conn)
+    go_job = GoJobEmulator(conn)
     mismatches = []
     for b in range(1, 5):
         ue(conn, b, b, None, mobile=True)
-    seed.converge(4)
+    go_job.converge(4)
     converge(conn, 4)
-    if checkpoints(conn)["m"] != seed.cp["m"]:
+    if checkpoints(conn)["m"] != go_job.cp["m"]:
         lag = conn.execute("SELECT checkpoint, lag_blocks FROM audius_indexer.challenge_processor_status "
                            "WHERE challenge_id = 'm'").fetchone()
         mismatches.append(f"minimal case (4 rows in blocks 1..4, batch 4): m checkpoint {checkpoints(conn)['m']}, "
-                          f"seed {seed.cp['m']}; status (checkpoint, lag_blocks) = {lag} with nothing pending")
-    assert uc_rows(conn) == uc_rows(conn, "seed_user_challenges")
+                          f"Go job {go_job.cp['m']}; status (checkpoint, lag_blocks) = {lag} with nothing pending")
+    assert uc_rows(conn) == uc_rows(conn, "go_job_user_challenges")
 
     rng = random.Random(SEED + 3)
     block, uid = 10, 1000
     user(conn, 7, 1)
     user(conn, 8, 1, verified=True)
-    for phase in range(12):
+    for step in range(12):
         for _ in range(rng.randint(1, 9)):
             block += rng.randint(1, 2)
             for _ in range(rng.randint(1, 3)):
                 uid += 1
                 ue(conn, block, uid, rng.choice([None, 7, 8]), mobile=rng.random() < 0.6)
-        seed.converge(4)
+        go_job.converge(4)
         converge(conn, 4)
-        got, want = checkpoints(conn), {p: seed.cp[p] or None for p in PROCESSORS}
+        got, want = checkpoints(conn), {p: go_job.cp[p] or None for p in PROCESSORS}
         if got != want:
-            mismatches.append(f"phase {phase}: function {got} vs seed {want}")
-        assert uc_rows(conn) == uc_rows(conn, "seed_user_challenges"), f"phase {phase}: rows differ"
-    assert not mismatches, "checkpoints differ from the seed's high-water values:\n" + "\n".join(mismatches)
+            mismatches.append(f"step {step}: function {got} vs Go job {want}")
+        assert uc_rows(conn) == uc_rows(conn, "go_job_user_challenges"), f"step {step}: rows differ"
+    assert not mismatches, "checkpoints differ from the Go job's high-water values:\n" + "\n".join(mismatches)

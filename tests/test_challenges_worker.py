@@ -1,4 +1,5 @@
-"""Issue 9: the challenge processors in the background worker.
+"""The challenge processors (the Go challenge job's m, r, rv, rd, `jobs/index_challenges.go`) in
+the background worker.
 
 A cluster of its own (audius_indexer preloaded, both workers connected to `chw`, the Audius fixture
 with user_events/indexing_checkpoints, the Rust on_user_challenge trigger installed):
@@ -10,6 +11,10 @@ with user_events/indexing_checkpoints, the Rust on_user_challenge trigger instal
   session), the sweep worker keeps ticking; when the lock goes, the processors catch up;
 - a processor that fails is logged as a WARNING by the worker, recorded in the status view and
   doctor(); the others go on.
+
+Each test starts from a settled worker (two runs completed since it began, nothing pending) and
+writes its rows at blocks above everything already there (`base`), so the tests hold in any order
+and alone.
 """
 from __future__ import annotations
 
@@ -46,12 +51,33 @@ def processor_rows(conn):
         "SELECT challenge_id, runs, errors, last_error, checkpoint FROM audius_indexer.challenge_processor_status")}
 
 
-def test_worker_processes_new_user_events(chw):
+def total_runs(conn) -> int:
+    return sum(r[0] or 0 for r in processor_rows(conn).values())
+
+
+@pytest.fixture
+def base(chw) -> int:
+    """The worker on (500 ms) and settled: two more runs of the four processors completed since
+    now, so nothing an earlier test left is still in flight. Returns a block above every
+    user_events / users row and every checkpoint (a multiple of 100): the test's rows go at
+    base + k, after everything already processed, whatever ran before."""
+    chw.set_system(challenges_interval="500ms", sweep_enabled=False)
+    with chw.connect(DB) as conn:
+        runs = total_runs(conn)
+        wait_until(lambda: total_runs(conn) >= runs + 2 * 4, timeout=20, what="two runs of the worker")
+        top = conn.execute(
+            "SELECT greatest((SELECT max(blocknumber) FROM user_events), (SELECT max(blocknumber) FROM users), "
+            "(SELECT max(last_checkpoint) FROM indexing_checkpoints WHERE tablename LIKE 'challenges:%'), 0)"
+        ).fetchone()[0]
+    return (top // 100 + 1) * 100
+
+
+def test_worker_processes_new_user_events(chw, base):
     with chw.connect(DB) as conn:
         conn.execute("INSERT INTO users (user_id, wallet, is_current, is_verified, txhash, blocknumber) "
-                     "VALUES (900, '0xAbC', true, true, 'u900', 10)")
+                     "VALUES (900, '0xAbC', true, true, 'u900', %s)", (base + 10,))
         conn.execute("INSERT INTO user_events (blocknumber, is_current, user_id, referrer, is_mobile_user) "
-                     "VALUES (11, true, 901, 900, true)")
+                     "VALUES (%s, true, 901, 900, true)", (base + 11,))
         wait_until(lambda: conn.execute("SELECT count(*) FROM user_challenges WHERE user_id IN (900, 901)")
                    .fetchone()[0] == 3, timeout=20, what="m, rv, rd rows from the worker")
         got = sorted(conn.execute("SELECT challenge_id, user_id, specifier, is_complete FROM user_challenges "
@@ -59,10 +85,10 @@ def test_worker_processes_new_user_events(chw):
         assert got == [("m", 901, "385", True), ("rd", 901, "385:384", True), ("rv", 900, "384:385", True)]
         cps = dict(conn.execute("SELECT tablename, last_checkpoint FROM indexing_checkpoints").fetchall())
         for p in ("m", "rv", "rd"):
-            assert cps[f"challenges:{p}:last_blocknumber"] == 11
+            assert cps[f"challenges:{p}:last_blocknumber"] == base + 11
         # the Rust trigger fed by the worker's upserts: one reward_in_cooldown per user per hour
         n = dict(conn.execute("SELECT user_ids[1], count(*) FROM notification WHERE type = 'reward_in_cooldown' "
-                              "GROUP BY 1").fetchall())
+                              "AND user_ids[1] IN (900, 901) GROUP BY 1").fetchall())
         assert n == {900: 1, 901: 1}
         backends = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audius_indexer challenges' "
                                 "AND datname = current_database()").fetchone()[0]
@@ -72,15 +98,16 @@ def test_worker_processes_new_user_events(chw):
         for p in ("m", "r", "rv", "rd"):
             ok, detail = doc[f"challenge processor {p}"]
             assert ok, detail
-        assert doc["challenge processor rv"][1].startswith("checkpoint 11, lag 0 blocks")
+        assert doc["challenge processor rv"][1].startswith(f"checkpoint {base + 11}, lag 0 blocks"), doc
 
 
-def test_interval_zero_switches_it_off(chw):
+def test_interval_zero_switches_it_off(chw, base):
     with chw.connect(DB) as conn:
         chw.set_system(challenges_interval="0")
         time.sleep(1.5)  # a run that was already due may still finish
         before = processor_rows(conn)
-        conn.execute("INSERT INTO user_events (blocknumber, is_current, user_id, is_mobile_user) VALUES (20, true, 902, true)")
+        conn.execute("INSERT INTO user_events (blocknumber, is_current, user_id, is_mobile_user) "
+                     "VALUES (%s, true, 902, true)", (base + 20,))
         time.sleep(2.5)
         assert processor_rows(conn) == before
         assert conn.execute("SELECT count(*) FROM user_challenges WHERE user_id = 902").fetchone()[0] == 0
@@ -91,14 +118,15 @@ def test_interval_zero_switches_it_off(chw):
                    timeout=20, what="worker back on")
 
 
-def test_blocked_processor_does_not_delay_the_sweep(chw, contracts):
+def test_blocked_processor_does_not_delay_the_sweep(chw, base, contracts):
     ws = [wallet_address(i, "chw") for i in range(5)]
     contracts.set_values(ws, [7] * 5, [0] * 5, [0] * 5)
     with chw.connect(DB) as conn, chw.connect(DB, autocommit=False) as locker:
         conn.execute("INSERT INTO eth_wallet_balances (wallet, balance, blocknumber, updated_at) "
                      "SELECT w, 0, 1, '1950-01-01' FROM unnest(%s::text[]) w ON CONFLICT (wallet) DO NOTHING", (ws,))
         locker.execute("LOCK TABLE user_challenges IN ACCESS EXCLUSIVE MODE")
-        conn.execute("INSERT INTO user_events (blocknumber, is_current, user_id, is_mobile_user) VALUES (30, true, 903, true)")
+        conn.execute("INSERT INTO user_events (blocknumber, is_current, user_id, is_mobile_user) "
+                     "VALUES (%s, true, 903, true)", (base + 30,))
         wait_until(lambda: conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'audius_indexer challenges' "
             "AND wait_event_type = 'Lock'").fetchone()[0] == 1, timeout=20, what="processor run blocked on the lock")
@@ -119,23 +147,27 @@ def test_blocked_processor_does_not_delay_the_sweep(chw, contracts):
                    timeout=20, what="processors catch up after the lock")
 
 
-def test_failing_processor_is_logged_and_reported(chw):
+def test_failing_processor_is_logged_and_reported(chw, base):
     with chw.connect(DB) as conn:
+        rd_before = processor_rows(conn)["rd"][3]
+        log_mark = len(chw.log_text())
         conn.execute("ALTER TABLE user_challenges ADD CONSTRAINT chw_no_rd CHECK (challenge_id <> 'rd' OR user_id <> 904)")
         try:
-            conn.execute("INSERT INTO users (user_id, is_current, is_verified, txhash, blocknumber) VALUES (905, true, false, 'u905', 39)")
+            conn.execute("INSERT INTO users (user_id, is_current, is_verified, txhash, blocknumber) "
+                         "VALUES (905, true, false, 'u905', %s)", (base + 39,))
             conn.execute("INSERT INTO user_events (blocknumber, is_current, user_id, referrer, is_mobile_user) "
-                         "VALUES (40, true, 904, 905, true)")
+                         "VALUES (%s, true, 904, 905, true)", (base + 40,))
             wait_until(lambda: processor_rows(conn)["rd"][2] is not None, timeout=20, what="rd failure recorded")
             rows = processor_rows(conn)
             assert "23514" in rows["rd"][2] and "chw_no_rd" in rows["rd"][2]
             # the others went on: m and r rows exist, rd's checkpoint stayed behind
             got = sorted(conn.execute("SELECT challenge_id FROM user_challenges WHERE user_id IN (904, 905)").fetchall())
             assert got == [("m",), ("r",)]
-            assert rows["rd"][3] < 40 <= rows["m"][3]
+            assert (rows["rd"][3], rows["m"][3]) == (rd_before, base + 40), rows
             doc = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT * FROM audius_indexer.doctor()")}
             assert doc["challenge processor rd"][0] is False and "chw_no_rd" in doc["challenge processor rd"][1]
-            wait_until(lambda: "processor rd failed: 23514" in chw.log_text(), timeout=10, what="worker WARNING")
+            wait_until(lambda: "processor rd failed: 23514" in chw.log_text()[log_mark:], timeout=10,
+                       what="worker WARNING")
         finally:
             conn.execute("ALTER TABLE user_challenges DROP CONSTRAINT chw_no_rd")
         wait_until(lambda: conn.execute("SELECT count(*) FROM user_challenges WHERE challenge_id = 'rd' AND user_id = 904")

@@ -1,4 +1,4 @@
-"""Docs coverage (issue 12): the reference docs match the code.
+"""Docs coverage: the reference docs match the code.
 
 - every setting defined in src/gucs.rs is documented in docs/settings.md, every documented setting
   exists (in src/gucs.rs and in pg_settings of a server with the library loaded), and its documented

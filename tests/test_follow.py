@@ -1,4 +1,5 @@
-"""Issue 10: the event path — follow_transfers() follows AUDIO Transfer logs from the checkpoint.
+"""The event path — follow_transfers() follows AUDIO Transfer logs from the checkpoint (as the Go
+eth-indexer, AudiusProject/api `eth/indexer`, does).
 
 Two settings:
 - the session cluster (database `audius`, the session anvil with the mock token that emits

@@ -1,4 +1,4 @@
-"""R10 (issue 8): hot standby.
+"""Hot standby (suite table "R10 — hot standby" in docs/reliability.md).
 
 A primary (audius_indexer preloaded, worker database `r10`, sweep off there) and a
 `pg_basebackup -R` streaming replica of it with the sweep turned on (1 s interval). On the standby:

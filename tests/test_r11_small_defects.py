@@ -1,4 +1,4 @@
-"""R11: smaller defects.
+"""Smaller defects (suite table "R11 — smaller defects" in docs/reliability.md).
 
 - `doctor()` never raises for a member of `audius_indexer_operator`, with the library preloaded
   (session cluster) and without (throwaway cluster): it used to read the superuser-only

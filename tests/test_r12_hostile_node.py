@@ -1,5 +1,6 @@
-"""R12: a hostile node. The RPC proxy in front of anvil answers one JSON-RPC method with values no
-honest node sends (heads of 2^63-1 and beyond, headers for another block, logs outside the asked
+"""A hostile node (suite table "R12 — a hostile node" in docs/reliability.md).
+
+The RPC proxy in front of anvil answers one JSON-RPC method with values no honest node sends (heads of 2^63-1 and beyond, headers for another block, logs outside the asked
 range or from another contract, cut ABI payloads, ...); `eth_call` and everything else stays real
 (anvil). Every mode goes through every entry point — follow_transfers(), CALL sweep(),
 refresh_stale(10), refresh_wallets(...), multicall_total_audio_balances(...), doctor() — and through

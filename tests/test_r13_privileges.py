@@ -1,4 +1,4 @@
-"""R13: no path to superuser.
+"""No path to superuser (suite table "R13 — no path to superuser" in docs/reliability.md).
 
 Every case is an exploit that must FAIL to escalate. A case passes when, afterwards, the attacking
 role is still not a superuser (pg_roles.rolsuper) AND its payload never ran with superuser rights.
@@ -349,7 +349,8 @@ _events = itertools.count(1)
 @pytest.fixture(scope="module")
 def r13dbs(cluster, contracts):
     """Two databases in the session cluster: r13_plain (the extension only: no users,
-    associated_wallets, user_events …) and r13_audius (the R6 fixtures, then the extension); the
+    associated_wallets, user_events …) and r13_audius (the Audius-database fixtures of
+    test_r6_audius_database.py, then the extension); the
     operator r13_op (LOGIN, TEMP by default) and its schema r13_evil (evidence) in each."""
     with cluster.connect() as c:
         c.execute(f"DROP ROLE IF EXISTS {ATTACKER}")
@@ -489,7 +490,7 @@ def test_entry_point_inventory(cluster, r13dbs, report):
             "AND c.relkind IN ('r', 'v', 'm', 'p') AND has_table_privilege('audius_indexer_operator', c.oid, 'SELECT')")}
         rec.escalated, rec.crashed = 0, 0
         rec.outcome = f"{len(fns)} functions, {len(rels)} relations: " + ", ".join(sorted(fns | rels))
-        assert (fns | rels) <= COVERED, f"entry points not attacked by R13: {sorted((fns | rels) - COVERED)}"
+        assert (fns | rels) <= COVERED, f"entry points not attacked by this suite: {sorted((fns | rels) - COVERED)}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -503,7 +504,8 @@ FOLLOW_ON, CHALLENGES_ON = "500ms", "500ms"
 def worker_db_cluster(name: str, anvil, contracts, *, owner: str | None = None, extra_sql: tuple = (),
                       settings: dict | None = None) -> Cluster:
     """A started cluster, audius_indexer preloaded, its workers pointed at database r13w (owned by
-    `owner` when given) built from the R6 fixtures + the extension and seeded like R6; every worker
+    `owner` when given) built from the Audius-database fixtures of test_r6_audius_database.py + the
+    extension and seeded like it; every worker
     off. The caller destroys it."""
     c = Cluster(preload=["audius_indexer"], name=name)
     c.settings.update({
@@ -766,7 +768,8 @@ RESET ROLE;
 
 @pytest.fixture(scope="module")
 def app_cluster(anvil, contracts):
-    """R6's database (users, associated_wallets, eth_wallet_balances → eth_user_balances) plus the
+    """test_r6_audius_database.py's database (users, associated_wallets, eth_wallet_balances →
+    eth_user_balances) plus the
     reference PL/pgSQL on_user_challenge / disbursement triggers, every public table and function
     then given to audius_app (not a superuser), which adds its own recording trigger; an operator
     r13_app_op; the workers pointed at it, off."""
@@ -805,8 +808,8 @@ def setup_conn(c: Cluster):
 
 
 def balances_round(conn, contracts, tag: str, transfers: bool) -> dict[int, int]:
-    """New on-chain values for R6's wallets (and, for the follower, a Transfer of 1 to each past a
-    checkpoint at the head); every row stale; returns the expected eth_user_balances."""
+    """New on-chain values for the wallets of test_r6_audius_database.py (and, for the follower, a
+    Transfer of 1 to each past a checkpoint at the head); every row stale; returns the expected eth_user_balances."""
     rng = random.Random(tag)
     ws = list(R6_W.values())
     contracts.set_values(ws, [rng.randrange(1, 10**24) for _ in ws], [rng.randrange(0, 10**22) for _ in ws],

@@ -1,4 +1,5 @@
-"""R6 (issue 8): correct inside a real Audius database.
+"""Correct inside a real Audius database (suite table "R6 — inside a real Audius database" in
+docs/reliability.md).
 
 A cluster of its own (audius_indexer + pg_cron preloaded, the worker pointed at `audius6`) whose
 database is built like an Audius discovery database: the trigger fixture
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import random
 import re
-import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -138,8 +139,18 @@ def user_balances(conn) -> dict[int, int]:
     return {u: int(b) for u, b in conn.execute("SELECT user_id, balance FROM eth_user_balances").fetchall()}
 
 
-def warnings_since(cluster: Cluster, mark: int) -> list[str]:
-    return [ln for ln in cluster.log_text()[mark:].splitlines() if "WARNING:" in ln]
+def warnings_since(cluster: Cluster, mark: int, conn) -> list[str]:
+    """WARNING lines of the server log from `mark` up to now. "Now" is a marker line this session
+    writes (RAISE LOG) after the writes under test committed: anything they logged (in any
+    backend, the workers' included) is in the file before it. Polls for the marker, 10 s at most."""
+    marker = f"r6 log marker {uuid.uuid4().hex}"
+    conn.execute(f"DO $$ BEGIN RAISE LOG '{marker}'; END $$")
+
+    def through_marker():
+        t = cluster.log_text()[mark:]
+        return t if marker in t else None
+    text = wait_until(through_marker, timeout=10, interval=0.02, what="the marker line in the server log")
+    return [ln for ln in text[:text.index(marker)].splitlines() if "WARNING:" in ln]
 
 
 def all_fresh(conn) -> bool:
@@ -202,8 +213,7 @@ def test_write_path_keeps_eth_user_balances_exact(path, r6, contracts, report):
         assert all_fresh(conn), "every row was refreshed"
         got = user_balances(conn)
         assert got == want, f"eth_user_balances {got} != on-chain sums {want}"
-        time.sleep(0.3)  # let the log catch up
-        warns = warnings_since(r6, mark)
+        warns = warnings_since(r6, mark, conn)
         assert not warns, "WARNING lines:\n" + "\n".join(warns[:10])
         rec.observed = f"counts {tuple(counts)}; 6/6 users exact; 0 WARNING lines"
 
@@ -249,8 +259,7 @@ def test_operator_shadowing_objects_are_never_used(r6, contracts, report):
         counts = op.execute("SELECT * FROM audius_indexer.refresh_wallets(%s)", (list(W.values()),)).fetchone()
         assert user_balances(conn) == want
         assert conn.execute("SELECT count(*) FROM r6_evil.hits").fetchone() == (0,), "the shadow function ran"
-        time.sleep(0.3)
-        assert not warnings_since(r6, mark)
+        assert not warnings_since(r6, mark, conn)
         rec.observed = f"counts {tuple(counts)}; 6/6 users exact; r6_evil.hits empty; 0 WARNING lines"
 
 

@@ -1,4 +1,4 @@
-"""R7 (issue 8): a sweep queue that cannot stall.
+"""A sweep queue that cannot stall (suite table "R7 — a queue that cannot stall" in docs/reliability.md).
 
 In a database of its own (`r7`, session cluster and proxy):
 - rows stamped with a block newer than the node's answer (ahead of a lagging node) are left alone

@@ -1,4 +1,5 @@
-"""R8 (issue 8): no snapshot held across an RPC round trip (DESIGN rule 2).
+"""No snapshot held across an RPC round trip (docs/architecture.md, rule 1 "No snapshot across the
+network"; suite table "R8 — no snapshot across RPC" in docs/reliability.md).
 
 A cluster of its own (audius_indexer preloaded, the worker connected to `r8`) and a proxy of its
 own in front of the session anvil. While the proxy holds the node's answer for 5 s:

@@ -1,4 +1,5 @@
-"""Issue 3: the stale sweep inside the database — upsert rules, block stamping, poison rows, single
+"""The stale sweep inside the database (the Go eth-indexer's stale sweep, AudiusProject/api
+`eth/indexer`, moved in) — upsert rules, block stamping, poison rows, single
 flight, the background worker (SIGHUP/SIGTERM/kill -9/node down) and pg_cron.
 
 This module runs its own anvil, proxy and cluster (the worker connects to database `postgres`,
@@ -125,12 +126,12 @@ def counts(conn, sql: str, args=()) -> tuple[int, int, int, int]:
 
 
 # ------------------------------------------------------------------------------------------------
-# the seed's upsert, five cases (eth_indexer_test.go), against real PostgreSQL
+# the Go eth-indexer's upsert, five cases (eth/indexer/eth_indexer_test.go), against real PostgreSQL
 # ------------------------------------------------------------------------------------------------
 UPSERT = "SELECT count(*) FROM audius_indexer.upsert_wallet_balances(%s::text[], %s::numeric[], %s::bigint[])"
 
 
-def test_seed_upsert_block_semantics(conn):
+def test_go_indexer_upsert_block_semantics(conn):
     addr = "0x1234567890123456789012345678901234567890"
 
     def up(bal, block):
@@ -145,7 +146,7 @@ def test_seed_upsert_block_semantics(conn):
     assert up(400, 99999) == ("400", 99999)      # higher block → advances
 
 
-def test_seed_upsert_insert_with_null_block(conn):
+def test_go_indexer_upsert_insert_with_null_block(conn):
     addr = "0xabcdefabcdefabcdefabcdefabcdefabcdefabcd"
     conn.execute(UPSERT, ([addr], [500], [0]))
     assert conn.execute("SELECT balance::text, blocknumber FROM eth_wallet_balances WHERE wallet = %s",

@@ -1,4 +1,5 @@
-"""Differential test of the Rust dedupe triggers against the PL/pgSQL reference (DESIGN §5 tier 4).
+"""Differential test of the Rust dedupe triggers against the PL/pgSQL reference (tests/sql/reference_triggers.sql,
+written from Audius's `ddl/functions/handle_user_challenges.sql` and `handle_challenge_disbursements.sql`).
 
 The same deterministic, randomised workload (> 10,000 operations per run: inserts and re-upserts of
 user_challenges over every challenge id and cooldown setting, legacy and sol disbursements with and

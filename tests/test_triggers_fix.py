@@ -1,10 +1,12 @@
 """What the documented fix changes: `handle_sol_reward_disbursement` resolves the recipient with
-`lower(users.wallet) = lower(recipient_eth_address)` where the Audius (seed) function compared
+`lower(users.wallet) = lower(recipient_eth_address)` where Audius's PL/pgSQL function
+(`ddl/functions/handle_challenge_disbursements.sql` in AudiusProject/api) compares
 `users.wallet = recipient_eth_address` case-sensitively. The Go indexer stores recipients lowercase
-and users.wallet is EIP-55 mixed case, so the seed misses every user whose wallet has a capital letter.
+and users.wallet is EIP-55 mixed case, so the original misses every user whose wallet has a capital
+letter.
 
-Two databases, identical but for the sol trigger: `seed` (reference functions, sol = the original
-case-sensitive one) and `rust` (the Rust triggers). The targeted scenario spells out every effect:
+Two databases, identical but for the sol trigger: `original` (reference functions, sol = the
+original case-sensitive one) and `rust` (the Rust triggers). The targeted scenario spells out every effect:
 resolved users get their challenge_reward notification and pg_notify; and the knock-on effects the
 differential test cannot count row by row: the sol notification now takes the (group_id, specifier)
 key of a dual-fired legacy disbursement, and it opens the 1-hour dedupe window for a later one.
@@ -27,9 +29,9 @@ CURRENT3 = "0x3333333333333333333333333333333333333333"
 def pg():
     c = start_cluster("trigfix")
     try:
-        create_audius_db(c, "seed", triggers="contains", trace=False)
-        with c.connect("seed") as conn:
-            conn.execute("SELECT public.ref_attach_triggers('contains', 'contains', 'seed')")
+        create_audius_db(c, "original", triggers="contains", trace=False)
+        with c.connect("original") as conn:
+            conn.execute("SELECT public.ref_attach_triggers('contains', 'contains', 'case_sensitive')")
         create_audius_db(c, "rust", triggers="rust", trace=False)
         yield c
         c.assert_log_clean()
@@ -62,7 +64,7 @@ SCENARIO = [
     "INSERT INTO sol_reward_disbursements VALUES ('sE', 0, 9, 14, 'bank', 'p', '3', "
     f"'{OLD.lower()}', '2026-01-02 10:00')",
     # Knock-on 2: dual fire (sol first, then legacy, same reward): with the fix the sol trigger writes
-    # the row and the legacy insert is the no-op; in the seed the legacy trigger writes it.
+    # the row and the legacy insert is the no-op; in the original the legacy trigger writes it.
     "BEGIN",
     "INSERT INTO sol_reward_disbursements VALUES ('dual', 0, 42, 30, 'bank', 'c', 'dual-spec', "
     f"'{MIXED.lower()}', '2026-01-03 08:00')",
@@ -84,11 +86,11 @@ def run_scenario(pg, db):
 
 
 def test_case_insensitive_fix_targeted(pg):
-    seed_rows, seed_payloads = run_scenario(pg, "seed")
+    orig_rows, orig_payloads = run_scenario(pg, "original")
     rust_rows, rust_payloads = run_scenario(pg, "rust")
-    only_seed, only_rust = multiset_diff(seed_rows, rust_rows)
-    print("\nnotification rows only with the seed (case-sensitive):")
-    for r in only_seed:
+    only_orig, only_rust = multiset_diff(orig_rows, rust_rows)
+    print("\nnotification rows only with the original (case-sensitive):")
+    for r in only_orig:
         print("   ", r)
     print("notification rows only with the fix (case-insensitive):")
     for r in only_rust:
@@ -97,7 +99,7 @@ def test_case_insensitive_fix_targeted(pg):
     cr = "challenge_reward"
     # A (user 1, lowercase recipient) and D (user 2, upper-cased recipient): only the fix notifies.
     # dual (user 1): with the fix the row comes from the sol trigger (slot 30, numeric amount 42);
-    # in the seed the legacy trigger writes it (string amount '4200000000').
+    # in the original the legacy trigger writes it (string amount '4200000000').
     assert only_rust == sorted([
         (cr, "challenge_reward:1:challenge:c:specifier:dual-spec", "1", 30, "2026-01-03 08:00:00",
          '{"amount": 42, "specifier": "dual-spec", "challenge_id": "c"}', "{1}"),
@@ -106,46 +108,46 @@ def test_case_insensitive_fix_targeted(pg):
         (cr, "challenge_reward:2:challenge:fp:specifier:2", "2", 13, "2026-01-02 16:00:00",
          '{"amount": 8, "specifier": "2", "challenge_id": "fp"}', "{2}"),
     ], key=repr)
-    # Knock-on 1: in the seed the legacy disbursement at 10:30 creates a notification; with the fix the
+    # Knock-on 1: in the original the legacy disbursement at 10:30 creates a notification; with the fix the
     # sol notification of 10:00 is inside its 1-hour window, so it is deduped.
-    assert only_seed == sorted([
+    assert only_orig == sorted([
         (cr, "challenge_reward:1:challenge:c:specifier:dual-spec", "1", 30, "2026-01-03 08:00:00",
          '{"amount": "4200000000", "specifier": "dual-spec", "challenge_id": "c"}', "{1}"),
         (cr, "challenge_reward:1:challenge:v:specifier:later", "1", 20, "2026-01-02 10:30:00",
          '{"amount": "500000000", "specifier": "later", "challenge_id": "v"}', "{1}"),
     ], key=repr)
     # Unchanged: B (exact case) and C (lowercase wallet) resolve in both; E resolves in neither.
-    common = {r[1] for r in set(seed_rows) & set(rust_rows)}
+    common = {r[1] for r in set(orig_rows) & set(rust_rows)}
     assert common == {"challenge_reward:1:challenge:u:specifier:1", "challenge_reward:2:challenge:p:specifier:2"}
 
-    # pg_notify: the seed announces B and C only; the fix also announces A, D and the dual-fired one.
+    # pg_notify: the original announces B and C only; the fix also announces A, D and the dual-fired one.
     def users_and_sigs(payloads):
         return sorted((json.loads(p)["user_id"], json.loads(p)["signature"]) for p in payloads)
-    assert users_and_sigs(seed_payloads) == [(1, "sB"), (2, "sC")]
+    assert users_and_sigs(orig_payloads) == [(1, "sB"), (2, "sC")]
     assert users_and_sigs(rust_payloads) == [(1, "dual"), (1, "sA"), (1, "sB"), (2, "sC"), (2, "sD")]
-    assert set(seed_payloads) <= set(rust_payloads)
+    assert set(orig_payloads) <= set(rust_payloads)
 
 
 def test_case_insensitive_fix_over_random_workload(pg):
     """On a random workload (2 sessions x 1,500 operations), count what the fix changes."""
-    for db, variant in (("wl_seed", "seed"), ("wl_rust", "rust")):
+    for db, variant in (("wl_original", "original"), ("wl_rust", "rust")):
         create_audius_db(pg, db, triggers="rust" if variant == "rust" else "contains", trace=False)
-        if variant == "seed":
+        if variant == "original":
             with pg.connect(db) as conn:
-                conn.execute("SELECT public.ref_attach_triggers('contains', 'contains', 'seed')")
+                conn.execute("SELECT public.ref_attach_triggers('contains', 'contains', 'case_sensitive')")
     wl = Workload(seed=4242, sessions=2, ops_per_session=1500)
-    runs = replay(pg, {"wl_seed": False, "wl_rust": True}, wl, "UTC", trace=False)
-    a, b = snapshot(pg, "wl_seed"), snapshot(pg, "wl_rust")
-    only_seed, only_rust = multiset_diff(a["notification"], b["notification"])
-    p_seed, p_rust = multiset_diff(runs["wl_seed"].payloads, runs["wl_rust"].payloads)
-    print(f"\nrandom workload ({wl.op_count()} ops): notifications seed={len(a['notification'])} "
-          f"fix={len(b['notification'])}; only with seed={len(only_seed)}, only with fix={len(only_rust)}; "
-          f"pg_notify seed={len(runs['wl_seed'].payloads)} fix={len(runs['wl_rust'].payloads)} "
-          f"(+{len(p_rust)} / -{len(p_seed)})")
-    # The fix only adds announcements (every payload the seed sends is still sent) ...
-    assert p_seed == [] and len(p_rust) > 0
+    runs = replay(pg, {"wl_original": False, "wl_rust": True}, wl, "UTC", trace=False)
+    a, b = snapshot(pg, "wl_original"), snapshot(pg, "wl_rust")
+    only_orig, only_rust = multiset_diff(a["notification"], b["notification"])
+    p_orig, p_rust = multiset_diff(runs["wl_original"].payloads, runs["wl_rust"].payloads)
+    print(f"\nrandom workload ({wl.op_count()} ops): notifications original={len(a['notification'])} "
+          f"fix={len(b['notification'])}; only with the original={len(only_orig)}, only with fix={len(only_rust)}; "
+          f"pg_notify original={len(runs['wl_original'].payloads)} fix={len(runs['wl_rust'].payloads)} "
+          f"(+{len(p_rust)} / -{len(p_orig)})")
+    # The fix only adds announcements (every payload the original sends is still sent) ...
+    assert p_orig == [] and len(p_rust) > 0
     # ... and only ever changes challenge_reward notifications (the only type the sol trigger writes).
-    assert {r[2] for r in only_seed + only_rust} == {"challenge_reward"}
+    assert {r[2] for r in only_orig + only_rust} == {"challenge_reward"}
     assert len(only_rust) > 0
     # Everything else the workload did is identical.
     for table in ("user_score_features", "user_challenges", "challenge_disbursements", "sol_reward_disbursements"):

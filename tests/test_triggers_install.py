@@ -131,11 +131,11 @@ def test_ours_in_another_shape_is_repaired(db):
 def test_a_trigger_repointed_by_someone_else_is_left_alone(db):
     install(db)
     db.execute("CREATE OR REPLACE TRIGGER on_sol_reward_disbursement AFTER INSERT ON sol_reward_disbursements "
-               "FOR EACH ROW EXECUTE FUNCTION public.ref_handle_sol_reward_disbursement_seed()")
+               "FOR EACH ROW EXECUTE FUNCTION public.ref_handle_sol_reward_disbursement_case_sensitive()")
     got = uninstall(db)
     assert got["on_sol_reward_disbursement"] == (None, "not ours, left alone")
     assert got["on_user_challenge"] == (REF_ANY["on_user_challenge"], "restored")
-    assert trigger_functions(db)["on_sol_reward_disbursement"] == "public.ref_handle_sol_reward_disbursement_seed()"
+    assert trigger_functions(db)["on_sol_reward_disbursement"] == "public.ref_handle_sol_reward_disbursement_case_sensitive()"
 
 
 def test_missing_table_is_a_clear_error_and_changes_nothing(db):

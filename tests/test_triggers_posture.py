@@ -1,4 +1,4 @@
-"""Error posture of the Rust dedupe triggers (issue 4), each scenario checked against the PL/pgSQL
+"""Error posture of the Rust dedupe triggers, each scenario checked against the PL/pgSQL
 reference on an identical database:
 
 - an error inside a disbursement trigger (here: a CHECK constraint on notification) becomes

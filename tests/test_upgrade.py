@@ -1,4 +1,4 @@
-"""Upgrade tier (issue 12): every release upgrades in place (DESIGN rule 3).
+"""Upgrade tier: every release upgrades in place (docs/architecture.md, rule 3 "Upgrade in place").
 
 In one cluster, on the Audius fixture:
 - database `up_<v>`: CREATE EXTENSION audius_indexer VERSION '<v>' for every released <v> (sql/released/), data in every

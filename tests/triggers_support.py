@@ -254,7 +254,8 @@ class Workload:
                 if r < 0.14:
                     wallet = None   # row with NULL wallet
                 elif r < 0.30:
-                    wallet = _mixed_case_wallet(rng).lower()  # already lowercase: seed matches it too
+                    # already lowercase: the case-sensitive original matches it too
+                    wallet = _mixed_case_wallet(rng).lower()
                 else:
                     wallet = _mixed_case_wallet(rng)
                 u = UserModel(uid, wallet, True, [])

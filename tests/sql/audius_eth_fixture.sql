@@ -1,8 +1,9 @@
 -- Fixture: the Audius discovery-database objects around eth_wallet_balances, written by us from the
--- behaviour described in docs (reference §1 "eth_wallet_balances / eth_indexer_checkpoints",
--- "associated_wallets", and §3 "Downstream DDL": migrations 0203 / 0207 / 0213 and the function files
--- canonicalize_associated_wallet, update_eth_user_balance, handle_eth_wallet_balance_change,
--- handle_associated_wallet). Not part of the extension.
+-- behaviour of Audius's DDL in AudiusProject/api: `sql/01_schema.sql` (eth_wallet_balances,
+-- eth_indexer_checkpoints, associated_wallets), the migrations `ddl/migrations/0203_*`, `0207_*`,
+-- `0213_*`, the function files `ddl/functions/update_eth_user_balance.sql`,
+-- `handle_eth_wallet_balance_change.sql`, `handle_associated_wallet.sql`, and
+-- canonicalize_associated_wallet. Not part of the extension.
 --
 -- Load order: after tests/sql/audius_fixture_schema.sql (which creates public.users) and before
 -- CREATE EXTENSION audius_indexer, so the extension finds public.eth_wallet_balances and
@@ -33,7 +34,7 @@
 -- throughout: loading this file twice into the same database is an error, by design.
 
 -- ---------------------------------------------------------------------------------------------------
--- associated_wallets (reference §1)
+-- associated_wallets (as in sql/01_schema.sql)
 -- ---------------------------------------------------------------------------------------------------
 CREATE TYPE public.wallet_chain AS ENUM ('eth', 'sol');
 

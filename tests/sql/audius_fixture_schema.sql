@@ -1,5 +1,5 @@
 -- Fixture: the Audius tables the three dedupe triggers touch, written by us from the column types,
--- keys and indexes listed in docs (reference §1, `sql/01_schema.sql@f6e633c`). Used by the trigger
+-- keys and indexes of Audius's schema (AudiusProject/api `sql/01_schema.sql@f6e633c`). Used by the trigger
 -- tests (tests/test_triggers_*.py) and by bench/triggers/run.py. Not part of the extension.
 --
 -- Deliberately schema-qualified with `public` (where Audius keeps them). Foreign keys to tables we do
@@ -155,7 +155,7 @@ CREATE INDEX idx_lower_wallet ON public.users USING btree (lower((wallet)::text)
 CREATE INDEX ix_user_created_at ON public.users USING btree (created_at, user_id, is_current);
 CREATE INDEX users_new_blocknumber_idx ON public.users USING btree (blocknumber);
 
--- The Phase 3 challenge processors' source (reference §1 user_events; the blocks FK is left out).
+-- The challenge processors' source (user_events as in `sql/01_schema.sql`; the blocks FK is left out).
 -- ix_user_events_blocknumber (Audius 0209) is deliberately absent: sql/indexes.sql creates it.
 CREATE SEQUENCE public.user_events_id_seq AS integer;
 CREATE TABLE public.user_events (

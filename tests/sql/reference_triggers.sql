@@ -1,14 +1,15 @@
 -- Plain PL/pgSQL reference implementations of the three Audius dedupe triggers, written by us from the
--- behaviour specified in docs (reference §2: handle_user_challenges.sql / handle_challenge_disbursements.sql
--- @a93cc8d). They are the oracle of the differential test and the baseline of bench/triggers.
+-- behaviour of Audius's originals (AudiusProject/api `ddl/functions/handle_user_challenges.sql` and
+-- `ddl/functions/handle_challenge_disbursements.sql` @a93cc8d). They are the oracle of the differential
+-- test and the baseline of bench/triggers.
 --
 -- Two variants of every function, identical except for the notification membership test:
 --   *_any       `<user id> = ANY(user_ids)`     (the pre-#880 form; GIN cannot serve it)
 --   *_contains  `user_ids @> ARRAY[<user id>]`  (the #880 form; a GIN can serve it)
--- Both sol variants carry the documented fix (DESIGN §4): the recipient is resolved case-insensitively,
--- `lower(users.wallet) = lower(new.recipient_eth_address)`. `ref_handle_sol_reward_disbursement_seed()`
--- keeps the original case-sensitive `users.wallet = new.recipient_eth_address` for the targeted test
--- that shows what the fix changes.
+-- Both sol variants carry the documented fix (docs/operations.md, "Triggers: dedupe in Rust"): the
+-- recipient is resolved case-insensitively, `lower(users.wallet) = lower(new.recipient_eth_address)`.
+-- `ref_handle_sol_reward_disbursement_case_sensitive()` keeps the original case-sensitive
+-- `users.wallet = new.recipient_eth_address` for the targeted test that shows what the fix changes.
 --
 -- Lines ending in `-- @trace` only report which branch ran (RAISE NOTICE 'ref-branch <name>' when the
 -- session sets audius_ref.trace = on). They never change behaviour; bench/triggers strips them so the
@@ -492,8 +493,8 @@ EXCEPTION
 END
 $$;
 
--- The original (seed) behaviour: case-sensitive wallet match, otherwise identical to *_contains.
-CREATE OR REPLACE FUNCTION public.ref_handle_sol_reward_disbursement_seed() RETURNS trigger
+-- Audius's original behaviour: case-sensitive wallet match, otherwise identical to *_contains.
+CREATE OR REPLACE FUNCTION public.ref_handle_sol_reward_disbursement_case_sensitive() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     resolved_user_id integer;
@@ -549,7 +550,7 @@ $$;
 
 -- ---------------------------------------------------------------------------------------------------
 -- Attach the Audius triggers (same names, events and tables as Audius) to one variant.
---   uc_variant / cd_variant: 'any' | 'contains';  sol_variant: 'any' | 'contains' | 'seed'
+--   uc_variant / cd_variant: 'any' | 'contains';  sol_variant: 'any' | 'contains' | 'case_sensitive'
 -- ---------------------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION public.ref_attach_triggers(uc_variant text, cd_variant text DEFAULT NULL,
                                                       sol_variant text DEFAULT NULL) RETURNS void

@@ -137,7 +137,7 @@ pub fn high_water(prev: i64, max_bn: i64, scanned: usize, batch: usize) -> Optio
 
 /// The Go job's own rule, kept for documentation and the tests that show where it skips rows.
 #[cfg(test)]
-pub fn seed_high_water(prev: i64, max_bn: i64, scanned: usize, batch: usize) -> Option<i64> {
+pub fn go_job_high_water(prev: i64, max_bn: i64, scanned: usize, batch: usize) -> Option<i64> {
     let candidate = if scanned >= batch && max_bn - 1 > prev {
         max_bn - 1
     } else {
@@ -386,16 +386,16 @@ mod tests {
     }
 
     #[test]
-    fn high_water_keeps_the_seed_values_except_where_it_skips() {
+    fn high_water_keeps_the_go_job_values_except_where_it_skips() {
         // Partial batch: the scan reached the end.
         assert_eq!(high_water(10, 15, 3, 5000), Some(15));
-        assert_eq!(seed_high_water(10, 15, 3, 5000), Some(15));
+        assert_eq!(go_job_high_water(10, 15, 3, 5000), Some(15));
         // Full batch: the last block may continue.
         assert_eq!(high_water(10, 15, 5000, 5000), Some(14));
-        assert_eq!(seed_high_water(10, 15, 5000, 5000), Some(14));
+        assert_eq!(go_job_high_water(10, 15, 5000, 5000), Some(14));
         // Full batch inside one block: the Go job jumps past it, we stay.
         assert_eq!(high_water(10, 11, 5000, 5000), None);
-        assert_eq!(seed_high_water(10, 11, 5000, 5000), Some(11));
+        assert_eq!(go_job_high_water(10, 11, 5000, 5000), Some(11));
         // Never backwards.
         assert_eq!(high_water(20, 15, 3, 5000), None);
     }
@@ -803,7 +803,14 @@ mod tests {
         #[test]
         fn high_water_never_moves_back_and_never_passes_max(prev in -5i64..100, max in 0i64..100,
                                                            scanned in 0usize..20, batch in 1usize..10) {
-            if let Some(v) = high_water(prev, max, scanned, batch) {
+            // The highest block known complete: all of `max` after a partial batch (the scan
+            // reached the end), only up to `max - 1` after a full one (its last block may go on).
+            let complete = if scanned < batch { max } else { max - 1 };
+            let got = high_water(prev, max, scanned, batch);
+            // Moves exactly there when that is forward, and is None only when it is not.
+            prop_assert_eq!(got, (complete > prev).then_some(complete),
+                            "prev {} max {} scanned {} batch {}", prev, max, scanned, batch);
+            if let Some(v) = got {
                 prop_assert!(v > prev);
                 prop_assert!(v <= max);
             }
@@ -814,6 +821,9 @@ mod tests {
             let out = first_seen(v.iter().copied());
             let set: std::collections::HashSet<_> = out.iter().collect();
             prop_assert_eq!(set.len(), out.len());
+            // every input value is kept: the output holds exactly the distinct inputs
+            let distinct: std::collections::HashSet<_> = v.iter().collect();
+            prop_assert_eq!(&set, &distinct);
             for w in out.windows(2) {
                 let a = v.iter().position(|x| *x == w[0]).unwrap();
                 let b = v.iter().position(|x| *x == w[1]).unwrap();

@@ -681,7 +681,20 @@ mod tests {
         let out = read_isolating(&holders, 200, node_failing_on(&bad), &mut stats).unwrap();
         // 10 holders, the bad one first: 10 → 5 → 2 → 1 fail, each failing chunk probed
         assert_eq!(stats.probes, 4);
-        assert_eq!(out.iter().filter(|h| h.failure.is_some()).count(), 1);
+        // every holder in order: the bad one blamed, the 9 others read (h*10 + 1 + 2 + 3)
+        assert_eq!(out.iter().map(|h| h.wallet).collect::<Vec<_>>(), holders);
+        for (i, h) in out.iter().enumerate() {
+            if i == 0 {
+                assert!(h.failure.is_some() && h.total().is_none(), "{h:?}");
+            } else {
+                assert_eq!(h.failure, None);
+                assert_eq!(
+                    h.total(),
+                    Some(U512::from((10 + i as u64) * 30 + 6)),
+                    "{h:?}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -750,18 +763,18 @@ mod tests {
             let bad: Vec<_> = bad_idx.iter().filter(|i| **i < count).map(|i| addr(100 + i)).collect();
             let mut st = ReadStats::default();
             let r = read_isolating(&holders, chunk, node_failing_on(&bad), &mut st);
-            if bad.len() == holders.len() {
-                // nothing readable: the probe still answers, so every holder is blamed individually
-                let out = r.unwrap();
-                prop_assert!(out.iter().all(|h| h.failure.is_some()));
-            } else {
-                let out = r.unwrap();
-                prop_assert_eq!(out.len(), holders.len());
-                for h in &out {
-                    prop_assert_eq!(h.failure.is_some(), bad.contains(&h.wallet));
-                    prop_assert_eq!(h.total().is_some(), !bad.contains(&h.wallet));
-                }
+            // Every holder, in input order, whether all, some or none of them are bad (nothing
+            // readable: the probe still answers, so each holder is blamed on its own).
+            let out = r.unwrap();
+            prop_assert_eq!(out.iter().map(|h| h.wallet).collect::<Vec<_>>(), holders.clone());
+            for h in &out {
+                prop_assert_eq!(h.failure.is_some(), bad.contains(&h.wallet));
+                prop_assert_eq!(h.total().is_some(), !bad.contains(&h.wallet));
             }
+            let mut distinct_bad = bad.clone();
+            distinct_bad.sort();
+            distinct_bad.dedup();
+            prop_assert_eq!(st.isolated, distinct_bad.len());
         }
 
         #[test]
@@ -793,7 +806,10 @@ mod tests {
             let mut s2 = ReadStats::default();
             let a = read_all(&contracts(), &holders, chunk, 0, |c, _| fake_node(c, limit), |e| e.contains("out of gas"), None, &mut s1).unwrap();
             let b = read_all(&contracts(), &holders, 1000, 0, |c, _| fake_node(c, 1000), |_| false, None, &mut s2).unwrap();
-            prop_assert_eq!(a, b);
+            prop_assert_eq!(&a, &b);
+            // and both are the chain's values: one entry per holder, in order (h*10 + 1 + 2 + 3)
+            prop_assert_eq!(a.iter().map(|h| (h.wallet, h.total())).collect::<Vec<_>>(),
+                            (100..100 + count).map(|h| (addr(h), Some(U512::from(h as u64 * 30 + 6)))).collect::<Vec<_>>());
         }
     }
 }
