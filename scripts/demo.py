@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
-from harness.chain import Anvil, Contracts, wallet_address  # noqa: E402
-from harness.pg import Cluster  # noqa: E402
+from harness.chain import Anvil, Contracts, wallet_address
+from harness.pg import Cluster
 
 N_WALLETS = 1000
 

@@ -80,4 +80,13 @@ else
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
   cp tests/requirements.txt .venv/.requirements.installed
 fi
+# tests/ on the venv's import path (a .pth file), so tests, bench/*/run.py and scripts/*.py import
+# the shared `harness` package without touching sys.path. Rewritten only when its content differs.
+pth="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/audius_indexer_tests.pth"
+if [ "$(cat "$pth" 2>/dev/null)" = "$PWD/tests" ]; then
+  log "python venv: harness path present"
+else
+  log "python venv: writing $pth"
+  printf '%s\n' "$PWD/tests" > "$pth"
+fi
 log "done"

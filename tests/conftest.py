@@ -8,17 +8,14 @@ test fails; at session end the server log must show no crashed backend.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness.chain import ANVIL_BIN, Anvil, Contracts  # noqa: E402
-from harness.pg import PG_BIN, Cluster, enable_paths  # noqa: E402
-from harness.rpcproxy import RpcProxy  # noqa: E402
+from harness.chain import ANVIL_BIN, Anvil, Contracts
+from harness.pg import PG_BIN, Cluster, enable_paths
+from harness.rpcproxy import RpcProxy
 
 EXT_CONTROL = Path("/usr/share/postgresql/15/extension/audius_indexer.control")
 EXT_LIB = Path("/usr/lib/postgresql/15/lib/audius_indexer.so")

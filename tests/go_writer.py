@@ -35,7 +35,7 @@ import time
 
 import psycopg
 
-from challenges_support import PLAIN_UPSERT, PROCESSORS, dedupe_completions, first_seen, recompute_pairs
+from harness.challenges import PLAIN_UPSERT, PROCESSORS, dedupe_completions, first_seen, recompute_pairs
 from harness.chain import Anvil, Contracts, keccak256
 
 TRANSFER_TOPIC = "0x" + keccak256(b"Transfer(address,address,uint256)").hex()

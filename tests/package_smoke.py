@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness.chain import Anvil, Contracts, wallet_address  # noqa: E402
-from harness.pg import Cluster  # noqa: E402
+from harness.chain import Anvil, Contracts, wallet_address
+from harness.pg import Cluster
 
 PACKAGE = "audius-indexer-postgresql-15"
 

@@ -3,7 +3,7 @@
 `audius_indexer.process_user_event_challenges(batch)`, `seed_challenge_checkpoints()` and the view
 `challenge_processor_status`.
 
-Every database is Audius-like without anvil (tests/challenges_support.py `make_db`): the fixture
+Every database is Audius-like without anvil (tests/harness/challenges.py `make_db`): the fixture
 schema (users with blocknumber, user_events, indexing_checkpoints, the challenges catalog with
 m/r/rv/rd active, amount '1', cooldown 7), the extension, the Rust on_user_challenge trigger
 (install_triggers()) and sql/indexes.sql. One module-scoped throwaway cluster.
@@ -31,12 +31,12 @@ import time
 import psycopg
 import pytest
 
-from challenges_support import (PLAIN_UPSERT, PROCESSORS, Admin, Block, ChallengeStream, GoJobEmulator, Sync,
+from harness.challenges import (PLAIN_UPSERT, PROCESSORS, Admin, Block, ChallengeStream, GoJobEmulator, Sync,
                                 apply_admin, apply_block, apply_full_scan_reference, checkpoints, compare,
                                 convergence_bound, dedupe_completions, first_seen, keys, make_db,
                                 pairs_by_referrer, positions, recompute_pairs, run_once, set_checkpoint,
                                 uc_rows, warnings_of)
-from triggers_support import Notices, start_cluster
+from harness.triggers import Notices, start_cluster
 
 SEED = 20260311
 # ordinary operations per run (the rows of the crowded blocks come on top); batch 5000 runs are the
@@ -271,7 +271,7 @@ def test_differential_against_full_scan(pg, batch, timezone):
 # 2. the improvements are real
 # ================================================================================================
 def test_go_job_rules_miss_crowded_block_and_verification_flip(fresh):
-    """The Go challenge job's rules (emulated in challenges_support.GoJobEmulator: checkpoint-only
+    """The Go challenge job's rules (emulated in harness.challenges.GoJobEmulator: checkpoint-only
     resume, high-water `maxBn-1 if scanned >= batch and maxBn-1 > prev else maxBn`, no users scan)
     miss (a) the rest of a block holding more rows than the batch and (b) referrals whose referrer
     becomes verified later (UPDATE in place, or new users row) or gets its users row only after the

@@ -45,15 +45,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from challenges_support import REFERENCE_OBJECTS_SQL, apply_full_scan_reference, compare
+from harness.challenges import REFERENCE_OBJECTS_SQL, apply_full_scan_reference, compare
 from conftest import wait_until
-from follow_support import AUDIUS_TRIGGER_WARNING, SQL_DIR, chain, expected_total
+from harness.follow import AUDIUS_TRIGGER_WARNING, SQL_DIR, chain, expected_total
 from go_writer import GoServices
 from harness.chain import to_checksum, wallet_address
 from harness.pg import PG_BIN, Cluster
 from harness.rpcproxy import RpcProxy
-from reliability_support import Report, expect_error
-from triggers_support import RUST_FUNCTIONS, reference_sql, trigger_functions
+from harness.reliability import Report, expect_error
+from harness.triggers import RUST_FUNCTIONS, reference_sql, trigger_functions
 
 pytestmark = pytest.mark.timeout(420)
 

@@ -10,11 +10,11 @@ eth row inserted, undeleted or re-pointed); uninstall_enrollment() takes it away
 calls the node, never fails the Audius write (its errors are WARNINGs) and needs no right of the
 writer on the extension's objects.
 
-One cluster built like an Audius discovery database (follow_support.audius_cluster: users,
+One cluster built like an Audius discovery database (harness.follow.audius_cluster: users,
 associated_wallets with its lowercasing trigger, eth_wallet_balances with on_eth_wallet_balance_changes
 -> eth_user_balances, then the extension) and one chain of our own (anvil + Multicall3 + the mock
 contracts + a recording proxy) for the whole module. Every expected balance comes from three
-independent eth_calls (follow_support.expected_total).
+independent eth_calls (harness.follow.expected_total).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from datetime import datetime
 import psycopg
 import pytest
 
-from follow_support import AUDIUS_TRIGGER_WARNING, audius_cluster, chain, expected_total, point_at, step
+from harness.follow import AUDIUS_TRIGGER_WARNING, audius_cluster, chain, expected_total, point_at, step
 from harness.chain import to_checksum, wallet_address
 from harness.pg import enable_paths
 from test_r13_privileges import SHADOWED, column_defs, domains_sql, evidence_sql, payload_sql, views_sql

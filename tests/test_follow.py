@@ -12,7 +12,7 @@ Two settings:
 
 Every expected balance comes from three independent eth_calls (balanceOf + totalStakedFor +
 getTotalDelegatorStake, Contracts.independent_total); every expected eth_getLogs range from an
-independent model of the plan (follow_support.plan_ranges / planned_requests).
+independent model of the plan (harness.follow.plan_ranges / planned_requests).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from conftest import wait_until
-from follow_support import (AUDIUS_TRIGGER_WARNING, CheckpointRecorder, StepRecorder, audius_cluster,
+from harness.follow import (AUDIUS_TRIGGER_WARNING, CheckpointRecorder, StepRecorder, audius_cluster,
                             balances, checkpoint, expected_total, get_logs, own_chain, plan_ranges,
                             planned_requests, point_at, reset_follow_state, set_checkpoint, status,
                             step, wait_follow_idle)

@@ -27,7 +27,7 @@
    unaffected. (0.2.0: `cp as i32` wrote 2147483653 as -2147483643.)
 
 Roles: hd_op (LOGIN, member of audius_indexer_operator), hd_plain (LOGIN, nothing else), in the
-session cluster. Databases hd_keyset, hd_int4 (Audius-like, tests/challenges_support.py) in the
+session cluster. Databases hd_keyset, hd_int4 (Audius-like, tests/harness/challenges.py) in the
 session cluster; case 4 runs in a cluster of its own (hdterm).
 """
 from __future__ import annotations
@@ -43,11 +43,11 @@ from typing import Callable
 import psycopg
 import pytest
 
-from challenges_support import OUTCOME_COLS, PROCESSORS, checkpoints, make_db, positions, spec
+from harness.challenges import OUTCOME_COLS, PROCESSORS, checkpoints, make_db, positions, spec
 from conftest import SECRET_PATH, crash_lines, wait_until
 from harness.chain import wallet_address
 from harness.pg import worker_cluster
-from reliability_support import Report, error_text, expect_error, log_guard, short
+from harness.reliability import Report, error_text, expect_error, log_guard, short
 
 pytestmark = pytest.mark.timeout(180)
 

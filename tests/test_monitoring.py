@@ -28,7 +28,7 @@ import pytest
 
 from harness.chain import wallet_address
 from harness.pg import Cluster, free_port
-from triggers_support import require_extension_installed
+from harness.triggers import require_extension_installed
 
 pytestmark = pytest.mark.timeout(180)
 

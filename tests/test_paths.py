@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from challenges_support import make_db, run_once, set_checkpoint as set_challenge_checkpoint
+from harness.challenges import make_db, run_once, set_checkpoint as set_challenge_checkpoint
 from harness.chain import wallet_address
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,7 +16,7 @@ import pytest
 from conftest import wait_until
 from harness.chain import wallet_address
 from harness.pg import standby_of, worker_cluster
-from reliability_support import Report, expect_error, short
+from harness.reliability import Report, expect_error, short
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -32,8 +32,8 @@ import pytest
 from conftest import SECRET_PATH, wait_until
 from harness.chain import wallet_address
 from harness.pg import Cluster
-from reliability_support import Report, error_text, expect_error, log_guard, short
-from triggers_support import Notices, create_audius_db, require_extension_installed
+from harness.reliability import Report, error_text, expect_error, log_guard, short
+from harness.triggers import Notices, create_audius_db, require_extension_installed
 
 pytestmark = pytest.mark.timeout(180)
 

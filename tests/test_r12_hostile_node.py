@@ -47,7 +47,7 @@ from conftest import SECRET_PATH, SECRETS, crash_lines
 from harness.chain import wallet_address
 from harness.pg import PG_BIN, Cluster, _as_postgres
 from harness.rpcproxy import RpcProxy
-from reliability_support import Report, crash_or_secret_lines, error_text, short
+from harness.reliability import Report, crash_or_secret_lines, error_text, short
 
 pytestmark = pytest.mark.timeout(180)
 

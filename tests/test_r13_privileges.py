@@ -51,7 +51,7 @@ import pytest
 from conftest import crash_lines, wait_until
 from harness.chain import to_checksum, wallet_address
 from harness.pg import Cluster
-from reliability_support import Report, log_guard
+from harness.reliability import Report, log_guard
 from test_r6_audius_database import COUNTED, W as R6_W, seed_audius_rows
 
 pytestmark = pytest.mark.timeout(240)
@@ -112,7 +112,7 @@ class R13Report(Report):
         self.attacks.append((case, entry, rec.escalated, rec.crashed, rec.outcome or "as expected", True))
 
     def write(self) -> Path:
-        from reliability_support import BUILD
+        from harness.reliability import BUILD
         BUILD.mkdir(parents=True, exist_ok=True)
         took = time.monotonic() - self.started
         ok = sum(1 for r in self.attacks if r[5])

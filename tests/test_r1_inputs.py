@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from harness.chain import to_checksum, wallet_address
-from reliability_support import Report, error_text, expect_error, log_guard, short
+from harness.reliability import Report, error_text, expect_error, log_guard, short
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,7 +22,7 @@ from conftest import SECRET_PATH, wait_until
 from harness.chain import Contracts, wallet_address
 from harness.pg import exited, free_port
 from harness.rpcproxy import RpcProxy
-from reliability_support import set_random_values, Listener, Report, TcpRelay, assert_no_secret, error_text, expect_error, log_guard, short
+from harness.reliability import set_random_values, Listener, Report, TcpRelay, assert_no_secret, error_text, expect_error, log_guard, short
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -36,7 +36,7 @@ from conftest import SECRET_PATH, restore_baseline
 from harness.chain import (_calldata, decode_call3_array, decode_result3_array, enc_address_array, enc_uint,
                            enc_uint_array, wallet_address)
 from harness.rpcproxy import RpcProxy
-from reliability_support import Report, error_text, log_guard
+from harness.reliability import Report, error_text, log_guard
 
 SECONDS = float(os.environ.get("R3_SECONDS", "60"))
 pytestmark = pytest.mark.timeout(SECONDS + 120)

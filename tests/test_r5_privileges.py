@@ -19,7 +19,7 @@ import pytest
 from conftest import SECRET_PATH, SECRETS
 from harness.chain import wallet_address
 from harness.pg import free_port
-from reliability_support import Listener, Report, assert_no_secret, error_text, expect_error, log_guard, short
+from harness.reliability import Listener, Report, assert_no_secret, error_text, expect_error, log_guard, short
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -32,7 +32,7 @@ import pytest
 from conftest import wait_until
 from harness.chain import to_checksum, wallet_address
 from harness.pg import Cluster
-from reliability_support import Report
+from harness.reliability import Report
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from harness.chain import wallet_address
-from reliability_support import set_random_values, Report, expect_error, log_guard, short
+from harness.reliability import set_random_values, Report, expect_error, log_guard, short
 
 pytestmark = pytest.mark.timeout(180)
 

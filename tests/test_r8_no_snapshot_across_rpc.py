@@ -23,7 +23,7 @@ from conftest import wait_until
 from harness.chain import wallet_address
 from harness.pg import worker_cluster
 from harness.rpcproxy import RpcProxy
-from reliability_support import Report, expect_error, short
+from harness.reliability import Report, expect_error, short
 
 pytestmark = pytest.mark.timeout(180)
 

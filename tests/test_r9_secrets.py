@@ -34,7 +34,7 @@ import pytest
 from conftest import SECRET_PATH, SECRETS
 from harness.chain import wallet_address
 from harness.pg import free_port
-from reliability_support import (PG_RELOAD_LINE, Report, assert_no_secret, crash_or_secret_lines,
+from harness.reliability import (PG_RELOAD_LINE, Report, assert_no_secret, crash_or_secret_lines,
                                  error_text, expect_error, log_guard, short)
 
 pytestmark = pytest.mark.timeout(180)

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 
 from conftest import wait_until
-from follow_support import audius_cluster, chain, point_at
+from harness.follow import audius_cluster, chain, point_at
 from harness.chain import to_checksum, wallet_address
 
 pytestmark = pytest.mark.timeout(420)

@@ -4,7 +4,7 @@ wallets that Audius staking events touch, not only those of AUDIO Transfers.
 One chain for the module (harness.staking.StakingChain: anvil + Multicall3 + MockAudioToken +
 EventStaking + EventDelegateManager, contracts that emit the real Audius events, behind a recording
 proxy) and one cluster whose database is built like an Audius discovery database (users,
-associated_wallets, eth_wallet_balances with its triggers; follow_support.audius_cluster). Steps
+associated_wallets, eth_wallet_balances with its triggers; harness.follow.audius_cluster). Steps
 are called from SQL (the follow worker stays off); each test starts from an empty follower state
 and boots at the chain head, so only its own events are followed.
 
@@ -17,15 +17,15 @@ What a step must do (and what is checked here):
   current delegator of it, whose list comes from one getDelegatorsList aggregate3 per range;
 - only tracked wallets (users, live eth associated_wallets, rows already present) are written.
 
-Every expected balance comes from three independent eth_calls (follow_support.expected_total:
+Every expected balance comes from three independent eth_calls (harness.follow.expected_total:
 balanceOf + totalStakedFor + getTotalDelegatorStake); the expected ranges from
-follow_support.plan_ranges.
+harness.follow.plan_ranges.
 """
 from __future__ import annotations
 
 import pytest
 
-from follow_support import (AUDIUS_TRIGGER_WARNING, audius_cluster, balances, checkpoint, expected_total,
+from harness.follow import (AUDIUS_TRIGGER_WARNING, audius_cluster, balances, checkpoint, expected_total,
                             get_logs, log_addresses, plan_ranges, point_at, reset_follow_state, status, step)
 from harness.chain import (SEL_BALANCE_OF, SEL_GET_BLOCK_NUMBER, SEL_TOTAL_DELEGATOR_STAKE, SEL_TOTAL_STAKED_FOR,
                            MULTICALL3_ADDRESS, to_checksum, wallet_address)

@@ -26,7 +26,7 @@ import json
 
 import pytest
 
-from triggers_support import BUILD_DIR, Workload, compare_runs, create_audius_db, replay, start_cluster, summarize
+from harness.triggers import BUILD_DIR, Workload, compare_runs, create_audius_db, replay, start_cluster, summarize
 
 SEED = 20260308
 SESSIONS = 4

@@ -17,7 +17,7 @@ import json
 
 import pytest
 
-from triggers_support import Workload, create_audius_db, multiset_diff, replay, snapshot, start_cluster
+from harness.triggers import Workload, create_audius_db, multiset_diff, replay, snapshot, start_cluster
 
 MIXED = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"      # user 1: EIP-55-like mixed case
 LOWER = "0x00000000000000000000000000000000000000aa"      # user 2: wallet already lowercase

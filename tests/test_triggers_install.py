@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from triggers_support import RUST_FUNCTIONS, TRIGGER_TABLES, create_audius_db, start_cluster, trigger_functions
+from harness.triggers import RUST_FUNCTIONS, TRIGGER_TABLES, create_audius_db, start_cluster, trigger_functions
 
 REF_ANY = {
     "on_user_challenge": "public.ref_handle_on_user_challenge_any()",

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from harness.pg import PG_BIN
-from triggers_support import INDEXES_SQL, create_audius_db, start_cluster
+from harness.triggers import INDEXES_SQL, create_audius_db, start_cluster
 
 ROWS = 240_000
 TYPES = 30

@@ -17,7 +17,7 @@ import time
 import psycopg
 import pytest
 
-from triggers_support import Notices, create_audius_db, start_cluster
+from harness.triggers import Notices, create_audius_db, start_cluster
 
 WALLET = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"
 USER = 7

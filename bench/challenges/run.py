@@ -57,10 +57,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
 
-from harness.pg import PG_BIN, Cluster  # noqa: E402
-from triggers_support import FIXTURE_SQL, INDEXES_SQL, reference_sql, require_extension_installed  # noqa: E402
+from harness.pg import PG_BIN, Cluster
+from harness.triggers import FIXTURE_SQL, INDEXES_SQL, reference_sql, require_extension_installed
 
 
 def _bench_triggers():

@@ -26,10 +26,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
-from harness.chain import ANVIL_BIN, Anvil, Contracts, wallet_address  # noqa: E402
-from harness.tls import TlsTerminator, stunnel_binary  # noqa: E402
+from harness.chain import ANVIL_BIN, Anvil, Contracts, wallet_address
+from harness.tls import TlsTerminator, stunnel_binary
 
 MANIFEST = HERE / "Cargo.toml"
 BINARY = HERE / "target" / "release" / "bench-http"

@@ -5,8 +5,9 @@
 (Multicall3 + the three mock contracts, eth_call gas cap 2^32, no request size limit), one
 throwaway PostgreSQL 15 cluster with audius_indexer preloaded, the same wallets for every part.
 The extension always talks to anvil directly (HTTP/1.1 with keep-alive, its one HTTP stack); a
-recording proxy (bench/rpc/recproxy.py: raw request bodies + accepted TCP connections) sits in between
-only for separate capture calls, whose bodies are then replayed.
+recording proxy (tests/harness/rpcproxy.py RpcProxy with keep_bodies=True: raw request bodies +
+accepted TCP connections) sits in between only for separate capture calls, whose bodies are then
+replayed.
 
 P2  audius_indexer.multicall_total_audio_balances(wallets) for N = 200, 2,000, 20,000 (chunk 200),
     --reps repetitions after one warm-up, in one session. Server-side time = clock_timestamp() -
@@ -67,14 +68,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(HERE))
 
-from harness.chain import ANVIL_BIN, MULTICALL3_ADDRESS, Anvil, Contracts, wallet_address  # noqa: E402
-from harness.pg import Cluster  # noqa: E402
-from harness.tls import TlsTerminator  # noqa: E402
-from recproxy import RecordingProxy  # noqa: E402
-from triggers_support import require_extension_installed  # noqa: E402
+from harness.chain import ANVIL_BIN, MULTICALL3_ADDRESS, Anvil, Contracts, wallet_address
+from harness.pg import Cluster
+from harness.rpcproxy import RpcProxy
+from harness.tls import TlsTerminator
+from harness.triggers import require_extension_installed
 
 NODE_BIN = os.environ.get("NODE_BIN", "node")
 VIEM_JS = HERE / "viem_bench.mjs"
@@ -356,7 +355,7 @@ P2_SQL = ("SELECT count(*), count(balance), coalesce(sum(balance), 0)::text, "
           "FROM audius_indexer.multicall_total_audio_balances(%s::text[])")
 
 
-def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str], sizes: list[int], reps: int,
+def p2(cluster: Cluster, anvil: Anvil, proxy: RpcProxy, wallets: list[str], sizes: list[int], reps: int,
        tmp: Path, concurrency: list[int]) -> list[dict]:
     res = []
     for conc, n in [(c, n) for c in concurrency for n in sizes]:
@@ -368,7 +367,7 @@ def p2(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, wallets: list[str]
         with cluster.connect("bench") as conn:
             # the proxy speaks HTTP/1.1 only: capture over HTTP/1.1 (the bodies are the same either way)
             cnt, ok, total, _ = conn.execute(P2_SQL, (ws,)).fetchone()
-        bodies, conns = list(proxy.bodies), proxy.connections
+        bodies, conns = list(proxy.bodies), proxy.accepted
         assert cnt == n and ok == n, (cnt, ok)
         point_rpc(cluster, NODE.url)
         req_bytes = sum(len(b) for b in bodies)
@@ -504,7 +503,7 @@ def sweep_pass(cluster: Cluster, anvil: Anvil, batch: int, chunk: int, rows: int
             "shmem": st.get("RssShmem", 0), "base_anon": base.get("RssAnon", 0), "base_hwm": base.get("VmHWM", 0)}
 
 
-def capture_tick(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, batch: int, chunk: int) -> dict:
+def capture_tick(cluster: Cluster, anvil: Anvil, proxy: RpcProxy, batch: int, chunk: int) -> dict:
     """One tick of `batch` through the proxy: its bodies and accepted connections (then put back)."""
     with cluster.connect("bench") as c:
         age_all(c)
@@ -519,7 +518,7 @@ def capture_tick(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, batch: i
     bodies = list(proxy.bodies)
     calls = [b for b in bodies if b'"eth_call"' in b]
     others = [json.loads(b).get("method", "?") for b in bodies if b'"eth_call"' not in b]
-    return {"requested": req, "bodies": bodies, "conns": proxy.connections, "n_calls": len(calls),
+    return {"requested": req, "bodies": bodies, "conns": proxy.accepted, "n_calls": len(calls),
             "other": len(others), "other_methods": sorted(set(others))}
 
 
@@ -531,7 +530,7 @@ def replay_pass(anvil: Anvil, bodies: list[bytes], repeat: int) -> dict:
     return {"wall": wall, "cpu_anvil": cpu_seconds(anvil.proc.pid) - a0}
 
 
-def p4(cluster: Cluster, anvil: Anvil, proxy: RecordingProxy, rows: int, batches: list[int], chunks: list[int],
+def p4(cluster: Cluster, anvil: Anvil, proxy: RpcProxy, rows: int, batches: list[int], chunks: list[int],
        reps: int, concurrency: list[int]) -> list[dict]:
     """Per configuration: one tick through the proxy (its bodies), then pairs of (bare replay of a
     pass's worth of those bodies, one sweep pass) back to back, so both halves of a ratio see the
@@ -612,7 +611,7 @@ def bench_rpc(a) -> int:
     NODE = Target("http", anvil.url, anvil.port)
     pinning = pin_cpus(anvil, cluster) if a.pin else "none (all processes share all CPUs)"
     log(f"CPU pinning: {pinning}")
-    proxy = RecordingProxy(anvil.url).start()
+    proxy = RpcProxy(anvil.url, keep_bodies=True, upstream_timeout=300).start()
     tmp = Path(tempfile.mkdtemp(prefix="bench_rpc_"))
     try:
         with cluster.connect("bench") as conn:

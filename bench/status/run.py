@@ -43,10 +43,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
 
-from harness.pg import Cluster  # noqa: E402
-from triggers_support import require_extension_installed  # noqa: E402
+from harness.pg import Cluster
+from harness.triggers import require_extension_installed
 
 QUERIES_YAML = REPO / "sql" / "prometheus-queries.yaml"
 RELEASED_020 = REPO / "sql" / "released" / "audius_indexer--0.2.0.sql"

@@ -35,10 +35,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
 
-from harness.pg import PG_BIN, Cluster  # noqa: E402
-from triggers_support import FIXTURE_SQL, INDEXES_SQL, reference_sql, require_extension_installed  # noqa: E402
+from harness.pg import PG_BIN, Cluster
+from harness.triggers import FIXTURE_SQL, INDEXES_SQL, reference_sql, require_extension_installed
 
 TYPES = [  # 30 notification types, most common first (weights ~ Zipf-ish)
     "follow", "repost", "save", "milestone", "tip_receive", "challenge_reward", "reward_in_cooldown",

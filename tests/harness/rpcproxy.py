@@ -10,6 +10,10 @@ node cannot produce on demand are injected programmatically; everything else pas
     p.count(method="eth_call", aggregate3=True)
     p.reset(); p.clear_faults(); p.stop()
 
+RpcProxy(upstream, keep_bodies=True) also keeps every raw request body, exactly as the client sent it
+(`p.bodies`, in arrival order; bench/rpc measures them); `p.accepted` counts the TCP connections
+accepted. Both since start() / the last reset().
+
 Fault modes (params in brackets):
   http429 [retry_after], http500, http502, http503, http_status [status, body]
   hang            read the request, never answer until the fault is cleared or the proxy stops
@@ -140,13 +144,17 @@ class Fault:
 
 
 class RpcProxy:
-    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, upstream: str, host: str = "127.0.0.1", port: int = 0, keep_bodies: bool = False,
+                 upstream_timeout: float = 120):
         u = urllib.parse.urlsplit(upstream)
         self.upstream = upstream
         self.up_host, self.up_port = u.hostname, u.port or 80
         self.up_path = u.path or "/"
         self._lock = threading.Lock()
         self._records: list[Record] = []
+        self.keep_bodies = keep_bodies
+        self.upstream_timeout = upstream_timeout
+        self._bodies: list[bytes] = []  # raw request bodies (keep_bodies=True only)
         self._faults: list[Fault] = []
         self._http_count = 0
         self._accepted = 0  # TCP connections accepted since the last reset()
@@ -253,6 +261,12 @@ class RpcProxy:
             return self._http_count
 
     @property
+    def bodies(self) -> list[bytes]:
+        """Raw request bodies since the last reset(), in arrival order (empty unless keep_bodies)."""
+        with self._lock:
+            return list(self._bodies)
+
+    @property
     def accepted(self) -> int:
         """TCP connections accepted since the last reset()."""
         with self._lock:
@@ -274,6 +288,7 @@ class RpcProxy:
     def reset(self) -> None:
         with self._lock:
             self._records.clear()
+            self._bodies.clear()
             self._http_count = 0
             self._accepted = 0
             self._h2_probes = 0
@@ -293,6 +308,8 @@ class RpcProxy:
         with self._lock:
             idx = self._http_count
             self._http_count += 1
+            if self.keep_bodies:
+                self._bodies.append(body)
         try:
             doc = json.loads(body)
         except ValueError:
@@ -339,7 +356,7 @@ class RpcProxy:
         for attempt in (0, 1):
             conn = getattr(self._tls, "conn", None)
             if conn is None:
-                conn = http.client.HTTPConnection(self.up_host, self.up_port, timeout=120)
+                conn = http.client.HTTPConnection(self.up_host, self.up_port, timeout=self.upstream_timeout)
                 self._tls.conn = conn
             try:
                 conn.request("POST", self.up_path, body=body,

@@ -11,7 +11,7 @@ compiled ABI, so a topic0 computed here is mainnet's.
     s.contracts.independent_total(d)   # the oracle: balanceOf + totalStakedFor + getTotalDelegatorStake
     s.close()
 
-`contracts` and `proxy` have the names follow_support.point_at() reads.
+`contracts` and `proxy` have the names harness.follow.point_at() reads.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import SECRETS
 
-BUILD = Path(__file__).resolve().parent / ".build" / "suites"
+BUILD = Path(__file__).resolve().parent.parent / ".build" / "suites"
 
 
 def set_random_values(contracts, ws, seed) -> dict[str, int]:

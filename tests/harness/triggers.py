@@ -25,7 +25,7 @@ import psycopg
 
 from harness.pg import PG_BIN, Cluster
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIXTURE_SQL = REPO / "tests" / "sql" / "audius_fixture_schema.sql"
 REFERENCE_SQL = REPO / "tests" / "sql" / "reference_triggers.sql"
 INDEXES_SQL = REPO / "sql" / "indexes.sql"

@@ -21,7 +21,7 @@ from harness.chain import Anvil, Contracts
 from harness.pg import Cluster
 from harness.rpcproxy import RpcProxy
 
-SQL_DIR = Path(__file__).resolve().parent / "sql"
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # the follower's single flight: pg_try_advisory_lock(0x41554449, 4) ("AUDI", 4)
 LOCK_CLASSID, LOCK_OBJID = 0x4155_4449, 4
 STATUS_COLS = ("checkpoint", "head", "lag_blocks", "last_from_block", "last_to_block", "last_logs",

@@ -21,7 +21,7 @@ import random
 
 import psycopg
 
-from triggers_support import INDEXES_SQL, Notices, create_audius_db
+from harness.triggers import INDEXES_SQL, Notices, create_audius_db
 
 PROCESSORS = ("m", "r", "rv", "rd")
 
