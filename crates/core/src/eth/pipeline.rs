@@ -395,8 +395,13 @@ mod tests {
                 if i == 1 {
                     std::panic::panic_any(7u8); // a payload that is not a string
                 }
-                // job 0 would take 5 s; it watches the stop flag
-                let _ = stop.sleep(Duration::from_secs(if i == 0 { 5 } else { 0 }));
+                // job 0 takes 5 s whatever happens (were it to watch the stop flag, the panic's
+                // stop could let it answer before the waiting thread runs, and the wait would end
+                // with its answer instead: the race this test must not depend on)
+                if i == 0 {
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+                let _ = stop;
                 i
             }),
         );
