@@ -296,26 +296,53 @@ def test_transient_retried_then_success(t: Transient, conn, contracts, proxy, re
         rec.observed = f"{c} in {dt:.2f}s, 2 requests"
 
 
-def test_retries_bounded_by_count(conn, proxy, report):
-    ws = wallets(2, "bounded")
-    with report.case("retries bounded", "http503 persistent, rpc_max_retries=2",
-                     "ERROR 08P01 after exactly 3 requests") as rec:
-        conn.execute("SET audius_indexer.rpc_max_retries = 2")
-        proxy.fault("http503")
-        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "08P01", (hostport(proxy),), max_s=5)
-        assert proxy.count(aggregate3=True) == 3
-        rec.observed = f"{short(e, 60)} after 3 requests, {dt:.2f}s"
+@dataclass
+class GivesUp:
+    """A fault that persists: the read ends with `sqlstate`, naming `mention` (None: the proxy's
+    host:port), after exactly the aggregate3 calls `holders` (holders per call, in order)."""
+    case: str
+    fault_text: str
+    expected: str
+    mode: str | None
+    params: dict
+    settings: dict
+    n_wallets: int
+    sqlstate: str
+    mention: str | None
+    holders: list
+    max_s: float
 
 
-def test_rate_limit_exhausted(conn, proxy, report):
-    ws = wallets(2, "rl")
-    with report.case("rate limit exhausted", "http429 persistent (no Retry-After), rpc_max_retries=2",
-                     "ERROR 53400 after exactly 3 requests") as rec:
-        conn.execute("SET audius_indexer.rpc_max_retries = 2")
-        proxy.fault("http429")
-        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "53400", (hostport(proxy),), max_s=5)
-        assert proxy.count(aggregate3=True) == 3
-        rec.observed = f"{short(e, 60)} after 3 requests, {dt:.2f}s"
+GIVES_UP = [
+    GivesUp("retries bounded", "http503 persistent, rpc_max_retries=2", "ERROR 08P01 after exactly 3 requests",
+            "http503", {}, {"rpc_max_retries": 2}, 2, "08P01", None, [2, 2, 2], 5),
+    GivesUp("rate limit exhausted", "http429 persistent (no Retry-After), rpc_max_retries=2",
+            "ERROR 53400 after exactly 3 requests", "http429", {}, {"rpc_max_retries": 2}, 2, "53400", None,
+            [2, 2, 2], 5),
+    GivesUp("out of gas at 1 holder", "out_of_gas_above(holders=0), 4 wallets",
+            "ERROR 38000 'out of gas' after halving 4 → 2 → 1", "out_of_gas_above", {"holders": 0}, {}, 4, "38000",
+            "out of gas", [4, 2, 1], 3),
+    GivesUp("response > rpc_max_response_bytes", "rpc_max_response_bytes=1024, 2 wallets",
+            "ERROR 54000 after halving to 1 holder", None, {}, {"rpc_max_response_bytes": 1024}, 2, "54000",
+            "too large", [2, 1], 3),
+]
+
+
+@pytest.mark.parametrize("g", GIVES_UP, ids=[g.case for g in GIVES_UP])
+def test_persistent_fault_gives_up_with_its_sqlstate(g: GivesUp, conn, proxy, report):
+    """Each row: the SQLSTATE, the words the message must hold, and the exact aggregate3 calls
+    (retries, or the halvings of an answer that no chunk size can fix) before the read gives up."""
+    ws = wallets(g.n_wallets, "giveup-" + g.case)
+    with report.case(g.case, g.fault_text, g.expected) as rec:
+        for name, value in g.settings.items():
+            conn.execute(f"SET audius_indexer.{name} = {value}")
+        if g.mode:
+            proxy.fault(g.mode, **g.params)
+        mention = g.mention if g.mention is not None else hostport(proxy)
+        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), g.sqlstate, (mention,), max_s=g.max_s)
+        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
+        assert seq == g.holders, seq
+        rec.observed = f"{short(e, 70)}; holders per call {seq}, {dt:.2f}s"
 
 
 def test_retry_budget(conn, proxy, report):
@@ -472,28 +499,6 @@ def test_response_too_large_jsonrpc_halves(db, contracts, proxy, report):
         seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
         assert seq == [40, 20, 20], seq
         rec.observed = f"success; holders per call {seq}"
-
-
-def test_out_of_gas_at_one_holder(db, proxy, report):
-    ws = wallets(4, "oog1")
-    with report.case("out of gas at 1 holder", "out_of_gas_above(holders=0), 4 wallets",
-                     "ERROR 38000 'out of gas' after halving 4 → 2 → 1") as rec:
-        proxy.fault("out_of_gas_above", holders=0)
-        e, _, _ = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "38000", ("out of gas",), max_s=3)
-        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
-        assert seq == [4, 2, 1], seq
-        rec.observed = f"{short(e, 70)}; holders per call {seq}"
-
-
-def test_response_bytes_limit_at_one_holder(db, proxy, report):
-    ws = wallets(2, "respbytes")
-    with report.case("response > rpc_max_response_bytes", "rpc_max_response_bytes=1024, 2 wallets",
-                     "ERROR 54000 after halving to 1 holder") as rec:
-        db.execute("SET audius_indexer.rpc_max_response_bytes = 1024")
-        e, _, _ = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "54000", ("too large",), max_s=3)
-        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
-        assert seq == [2, 1], seq
-        rec.observed = f"{short(e, 70)}; holders per call {seq}"
 
 
 def test_request_byte_budget(db, contracts, proxy, report):
