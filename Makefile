@@ -36,7 +36,7 @@ package: package-tree
 # The last release's package tree, built from its commit (scripts/build-old-package.sh: git archive
 # into target/old/<version>/src, its own CARGO_TARGET_DIR, the package in target/old/<version>/
 # pgrx-package; nothing when already built). Never installed into the system directories: the
-# upgrade tier (tests/test_upgrade_live.py) installs it into a private PostgreSQL tree. The commit
+# upgrade tier (tests/upgrade/test_upgrade_live.py) installs it into a private PostgreSQL tree. The commit
 # must be in the clone (CI: full history). A clean build takes about 3.5 min on 2 cores.
 OLD_VERSION := 0.2.0
 OLD_COMMIT := 2d27bcf

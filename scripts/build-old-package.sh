@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the `cargo pgrx package` tree of a released version from its commit, for the upgrade tier
-# (tests/test_upgrade_live.py installs it into a private PostgreSQL tree, never into the system one).
+# (tests/upgrade/test_upgrade_live.py installs it into a private PostgreSQL tree, never into the system one).
 # Usage: scripts/build-old-package.sh COMMIT VERSION OUT_DIR [PG_CONFIG]
 #   OUT_DIR/src           the commit's files (git archive: the repository and its work tree untouched)
 #   OUT_DIR/target        its own CARGO_TARGET_DIR (release build, its own Cargo.lock)
@@ -8,7 +8,7 @@
 #                         (the commit's sql/released/), exactly as that release's `make package-tree`
 #   OUT_DIR/.built-from   the full commit id: present = done, so a second run does nothing
 # The packaged audius_indexer--VERSION.sql must have the content of this tree's
-# sql/released/audius_indexer--VERSION.sql (what tests/test_upgrade.py and `make install` use):
+# sql/released/audius_indexer--VERSION.sql (what tests/upgrade/test_upgrade.py and `make install` use):
 # byte for byte, or the same lines with independent blocks in another order (pgrx's order of
 # blocks that do not depend on each other varies between builds). Anything else fails the build:
 # the release on record would not be the one the commit builds.
@@ -61,7 +61,7 @@ if [ -f "$record" ]; then
   elif cmp -s <(LC_ALL=C sort "$built_sql") <(LC_ALL=C sort "$record"); then
     # pgrx orders blocks that do not depend on each other differently from build to build (the
     # sweep and challenges blocks of 0.2.0 both require only bootstrap): same lines, other order.
-    # tests/test_upgrade_live.py checks that both scripts create the same catalog.
+    # tests/upgrade/test_upgrade_live.py checks that both scripts create the same catalog.
     echo "build-old-package: audius_indexer--$version.sql has the lines of sql/released/ in another block order"
   else
     echo "build-old-package: $built_sql differs from $record:" >&2

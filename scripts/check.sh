@@ -6,7 +6,7 @@
 # Nothing here touches the system PostgreSQL directories, which `make install` and the pytest tiers
 # use (and which running servers may have mapped): `cargo pgrx test` installs the test build into a
 # private copy of the PostgreSQL tree under target/pgcheck/tree (PostgreSQL finds pkglibdir and
-# sharedir relative to its own binary, as tests/test_upgrade_live.py relies on too), chosen through
+# sharedir relative to its own binary, as tests/upgrade/test_upgrade_live.py relies on too), chosen through
 # a private PGRX_HOME whose config.toml names that copy's pg_config. The copy is made once and again
 # only when the system PostgreSQL changes. The test cluster runs as the postgres OS user (initdb and
 # postgres refuse root; pgrx uses sudo, installed by `make deps`), its PGDATA under

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.1
-# prometheus-postgres-exporter: tests/test_monitoring.py scrapes the extension with the real exporter.
-# stunnel4, openssl: tests/test_tls.py and make bench-rpc put TLS with a test CA in front of anvil.
+# prometheus-postgres-exporter: tests/operations/test_monitoring.py scrapes the extension with the real exporter.
+# stunnel4, openssl: tests/balances/test_tls.py and make bench-rpc put TLS with a test CA in front of anvil.
 APT_PKGS=(postgresql-15 postgresql-server-dev-15 libclang-dev clang pkg-config postgresql-15-cron sudo stunnel4 openssl
           prometheus-postgres-exporter)
 

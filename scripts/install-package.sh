@@ -4,7 +4,7 @@
 # running server that has the old library mapped keeps its inode and does not crash (an in-place
 # overwrite, which is what `cargo pgrx install` does, can SIGBUS it).
 # Usage: scripts/install-package.sh PKG_DIR [ROOT]
-# ROOT (default /) puts the files under ROOT instead: tests/test_upgrade_live.py installs into a
+# ROOT (default /) puts the files under ROOT instead: tests/upgrade/test_upgrade_live.py installs into a
 # private copy of the PostgreSQL tree (ROOT/usr/lib/postgresql/15/...) that way, never into /usr.
 set -euo pipefail
 pkg="$1"

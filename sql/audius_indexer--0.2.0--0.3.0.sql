@@ -1,6 +1,6 @@
 -- audius_indexer 0.2.0 -> 0.3.0 (ALTER EXTENSION audius_indexer UPDATE TO '0.3.0').
 --
--- Hand-written; tests/test_upgrade.py proves that 0.2.0 (and 0.1.0) + the upgrade scripts have the
+-- Hand-written; tests/upgrade/test_upgrade.py proves that 0.2.0 (and 0.1.0) + the upgrade scripts have the
 -- same catalog as a fresh CREATE EXTENSION of 0.3.0 and that every row survives. What changed
 -- (least privilege, docs/security.md):
 --   * every statement on an Audius table runs as that table's owner in a security-restricted

@@ -1,4 +1,4 @@
-"""The Go services audius_indexer replaces, as they write (for tests/test_cutover.py).
+"""The Go services audius_indexer replaces, as they write (for tests/operations/test_cutover.py).
 
 Written from the reference facts of the Audius api repository (what each statement does, not
 the Go code), so that a test can run them beside, before and after the extension:

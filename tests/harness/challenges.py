@@ -1,4 +1,4 @@
-"""Helpers for tests/test_challenges.py (the challenge processors m, r, rv, rd that replace the Go
+"""Helpers for tests/challenges/test_challenges.py (the challenge processors m, r, rv, rd that replace the Go
 challenge job, `jobs/index_challenges.go`).
 
 - Audius-like databases without anvil: fixture schema, the extension, the Rust triggers

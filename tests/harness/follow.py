@@ -1,4 +1,4 @@
-"""Helpers of tests/test_follow.py (the event path): a chain of our own (anvil + Multicall3
+"""Helpers of tests/follow/test_follow.py (the event path): a chain of our own (anvil + Multicall3
 + the mock contracts + a recording proxy), a preloaded cluster whose database is built like an Audius
 discovery database (users, associated_wallets loaded BEFORE the extension), an independent model of
 the range plan and its bisection, and small readers of the follower's state.

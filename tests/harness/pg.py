@@ -38,7 +38,7 @@ def _as_postgres(*cmd: str, check: bool = True, bin_dir: Path = PG_BIN,
 class Cluster:
     """One initdb'd cluster. `settings` go into postgresql.conf (values are written verbatim).
     `bin_dir` (default PG_BIN) is the PostgreSQL bin directory to run: a private copy of the tree
-    (tests/test_upgrade_live.py) makes the server load extensions from that copy, since PostgreSQL
+    (tests/upgrade/test_upgrade_live.py) makes the server load extensions from that copy, since PostgreSQL
     finds its lib and share directories relative to its binary."""
 
     def __init__(self, settings: dict[str, str] | None = None, preload: list[str] | None = None,
@@ -197,7 +197,7 @@ def exited(pid: int) -> bool:
 
 
 # The paths a worker cluster turns on: those with a worker. The fourth path, 'enroll' (link triggers,
-# no worker), is left off: enable('enroll') needs install_enrollment() first (tests/test_enrollment.py).
+# no worker), is left off: enable('enroll') needs install_enrollment() first (tests/follow/test_enrollment.py).
 PATHS = ("sweep", "follow", "challenges")
 
 

@@ -30,7 +30,7 @@ import pytest
 from harness.follow import AUDIUS_TRIGGER_WARNING, audius_cluster, chain, expected_total, point_at, step
 from harness.chain import to_checksum, wallet_address
 from harness.pg import enable_paths
-from test_r13_privileges import SHADOWED, column_defs, domains_sql, evidence_sql, payload_sql, views_sql
+from privileges.test_r13_privileges import SHADOWED, column_defs, domains_sql, evidence_sql, payload_sql, views_sql
 
 pytestmark = pytest.mark.timeout(300)
 

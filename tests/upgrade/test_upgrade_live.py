@@ -28,7 +28,7 @@ The procedure:
    entry points raise 55000, doctor() reports only the version, the Rust triggers still serve writes;
 4. after: the version is the new one, the three workers of the new library run and act (sweep,
    follow, challenges), no row of any table of ours or of the Audius tables was lost, the catalog is
-   the one of a fresh install (tests/test_upgrade.py's CATALOG_QUERIES), the packaged 0.2.0 script
+   the one of a fresh install (tests/upgrade/test_upgrade.py's CATALOG_QUERIES), the packaged 0.2.0 script
    made the catalog sql/released/audius_indexer--0.2.0.sql makes, and the server log of the whole
    procedure has no ERROR, no WARNING and no crash.
 
@@ -54,11 +54,11 @@ from conftest import wait_until
 from harness.chain import to_checksum, wallet_address
 from harness.pg import PG_BIN, Cluster
 from harness.rpcproxy import RpcProxy
-from test_upgrade import CATALOG_QUERIES, ETH_FIXTURE, FIXTURE, current_version, snapshot
+from upgrade.test_upgrade import CATALOG_QUERIES, ETH_FIXTURE, FIXTURE, current_version, snapshot
 
 pytestmark = pytest.mark.timeout(420)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 OLD_VERSION = "0.2.0"
 OLD_PKG = REPO / "target" / "old" / OLD_VERSION / "pgrx-package"
@@ -119,7 +119,7 @@ def shell_actions(block: Block) -> list[tuple[str, str]]:
             out.append(("restart", cmd))
         else:
             pytest.fail(f"README upgrade step {block.step}: no stand-in for the command {cmd!r} "
-                        f"(tests/test_upgrade_live.py runs every command of the steps)")
+                        f"(tests/upgrade/test_upgrade_live.py runs every command of the steps)")
     return out
 
 
@@ -154,7 +154,7 @@ class PrivateTree:
             if p.is_dir() and not p.is_symlink():
                 os.chmod(p, 0o755)
         (self.ext / f"{PROBE_EXT}.control").write_text(
-            "comment = 'exists only in the private tree of tests/test_upgrade_live.py'\n"
+            "comment = 'exists only in the private tree of tests/upgrade/test_upgrade_live.py'\n"
             "default_version = '1.0'\nrelocatable = true\n")
         (self.ext / f"{PROBE_EXT}--1.0.sql").write_text(
             f"CREATE FUNCTION {PROBE_EXT}() RETURNS text LANGUAGE sql AS $$ SELECT 'private tree' $$;\n")

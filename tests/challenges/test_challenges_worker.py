@@ -30,7 +30,7 @@ from harness.pg import worker_cluster
 pytestmark = pytest.mark.timeout(240)
 
 DB = "chw"
-SQL_DIR = Path(__file__).resolve().parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 
 @pytest.fixture(scope="module")

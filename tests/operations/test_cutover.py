@@ -57,7 +57,7 @@ from harness.triggers import RUST_FUNCTIONS, reference_sql, trigger_functions
 
 pytestmark = pytest.mark.timeout(420)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 OPERATIONS_MD = REPO / "docs" / "operations.md"
 DB = "discovery"
 FOLLOW_INTERVAL_S, CHALLENGES_INTERVAL_S, SWEEP_INTERVAL_S = 1.0, 1.0, 2.0

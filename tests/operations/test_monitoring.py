@@ -32,7 +32,7 @@ from harness.triggers import require_extension_installed
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
 QUERIES = REPO / "sql" / "prometheus-queries.yaml"
 SQL_DIR = REPO / "tests" / "sql"

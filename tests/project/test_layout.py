@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src"
 CORE = REPO / "crates" / "core" / "src"
 # a file's own lines, before its `#[cfg(test)] mod tests`

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 GUCS_RS = REPO / "src" / "gucs.rs"
 SETTINGS_MD = REPO / "docs" / "settings.md"
 SQL_REF_MD = REPO / "docs" / "sql-reference.md"

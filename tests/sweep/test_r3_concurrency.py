@@ -361,7 +361,7 @@ def test_r3_every_write_is_the_chain_value_at_its_block(run, report):
                         f"written because the row was newer")
         if bad or unanswered:
             dump = [list(map(str, b)) + [str(run.history[b[1]])] for b in bad + unanswered]
-            (Path(__file__).parent / ".build" / "suites" / "r3_bad_writes.json").write_text(json.dumps(dump, indent=1))
+            (Path(__file__).resolve().parents[1] / ".build" / "suites" / "r3_bad_writes.json").write_text(json.dumps(dump, indent=1))
         assert not run.proxy.unreadable, run.proxy.unreadable[:3]
         assert not wrong_answers, f"the node answered values of no block at or after the stamp: {wrong_answers[:5]}"
         assert not unanswered, f"writes that are no answer of the node: {unanswered[:5]}"

@@ -21,7 +21,7 @@ from harness.pg import Cluster
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "sql" / "audius_fixture_schema.sql"
 ETH_FIXTURE = REPO / "tests" / "sql" / "audius_eth_fixture.sql"
 EXT_DIR = Path("/usr/share/postgresql/15/extension")

@@ -52,11 +52,11 @@ from conftest import crash_lines, wait_until
 from harness.chain import to_checksum, wallet_address
 from harness.pg import Cluster
 from harness.reliability import Report, log_guard
-from test_r6_audius_database import COUNTED, W as R6_W, seed_audius_rows
+from operations.test_r6_audius_database import COUNTED, W as R6_W, seed_audius_rows
 
 pytestmark = pytest.mark.timeout(240)
 
-SQL_DIR = Path(__file__).resolve().parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 FIXTURE_SQL = (SQL_DIR / "audius_fixture_schema.sql").read_text()
 ETH_FIXTURE_SQL = (SQL_DIR / "audius_eth_fixture.sql").read_text()
 REFERENCE_SQL = "\n".join(line for line in (SQL_DIR / "reference_triggers.sql").read_text().splitlines()

@@ -482,7 +482,7 @@ def test_pg_cron_drives_the_follower_and_the_challenge_processors(env, conn):
     each; within a minute a transfer is followed into eth_wallet_balances and a user_events row
     completes challenge m."""
     from pathlib import Path
-    fixture = Path(__file__).resolve().parent / "sql" / "audius_fixture_schema.sql"
+    fixture = Path(__file__).resolve().parents[1] / "sql" / "audius_fixture_schema.sql"
     env.cluster.set_system(follow_interval=0, challenges_interval=0)  # pg_cron is the only driver
     a, b = wallets(2, "cron-follow")
     env.contracts.set_values([a, b], [10**18, 0], [0, 0], [0, 0])

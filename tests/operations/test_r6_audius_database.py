@@ -37,7 +37,7 @@ from harness.reliability import Report
 pytestmark = pytest.mark.timeout(240)
 
 DB = "audius6"
-SQL_DIR = Path(__file__).resolve().parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 # wallets (lowercase); W_OLD belongs to a non-current users row, W_DEL to a deleted association
 W = {k: wallet_address(i, "r6") for i, k in enumerate(
