@@ -8,10 +8,7 @@
 set -euo pipefail
 pkg_dir="$1"
 out_dir="$2"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)"
-name="audius-indexer-postgresql-15"
-arch="$(dpkg --print-architecture)"
+source "$(dirname "$0")/deb-name.sh"
 [ -d "$pkg_dir/usr" ] || { echo "build-deb: $pkg_dir has no usr/ tree (run make package-tree)" >&2; exit 1; }
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
@@ -49,6 +46,6 @@ Description: Audius/Ethereum indexer hot paths inside PostgreSQL 15
  run /usr/share/doc/$name/indexes.sql with psql, and see README.md there.
 CTRL
 mkdir -p "$out_dir"
-deb="$out_dir/${name}_${version}_${arch}.deb"
+deb="$out_dir/$deb_file"
 dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
 echo "$deb"

@@ -6,14 +6,13 @@
 set -euo pipefail
 dist="$1"
 pkg_dir="$2"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)"
-deb="$dist/audius-indexer-postgresql-15_${version}_$(dpkg --print-architecture).deb"
+source "$(dirname "$0")/deb-name.sh"
+deb="$dist/$deb_file"
 [ -f "$deb" ] || { echo "package-smoke: $deb missing (make package)" >&2; exit 1; }
 extdir="$(pg_config --sharedir)/extension"
 libdir="$(pg_config --pkglibdir)"
 restore() {
-  dpkg -r audius-indexer-postgresql-15 >/dev/null 2>&1 || true
+  dpkg -r "$name" >/dev/null 2>&1 || true
   bash "$root/scripts/install-package.sh" "$pkg_dir" >/dev/null
 }
 trap restore EXIT
@@ -21,7 +20,7 @@ trap restore EXIT
 rm -f "$extdir"/audius_indexer.control "$extdir"/audius_indexer--*.sql "$libdir/audius_indexer.so"
 # 2. dpkg -i (its dependencies are present: postgresql-15)
 dpkg -i "$deb"
-dpkg -s audius-indexer-postgresql-15 | grep -E '^(Status|Version|Depends):'
-dpkg -L audius-indexer-postgresql-15 | grep -E 'audius_indexer\.(so|control)$|indexes.sql$|--0\.1\.0\.sql$'
+dpkg -s "$name" | grep -E '^(Status|Version|Depends):'
+dpkg -L "$name" | grep -E 'audius_indexer\.(so|control)$|indexes.sql$|--0\.1\.0\.sql$'
 # 3. the smoke test against the packaged files only
 "$root/.venv/bin/python" "$root/tests/package_smoke.py"

@@ -374,7 +374,7 @@ COMMENT ON PROCEDURE audius_indexer.sweep(integer) IS
 -- ---------------------------------------------------------------------------------------------------
 -- audius_indexer: the event path's bookkeeping (src/follow.rs): block hashes for reorg checks,
 -- wallets still owed a read, the step record and its status view. The checkpoint itself lives where
--- the seed's Go eth-indexer keeps it: public.eth_indexer_checkpoints, name 'audio_transfers'.
+-- the Go eth-indexer keeps it: public.eth_indexer_checkpoints, name 'audio_transfers'.
 
 -- Hash and time of every block a step ended on (the checkpoint and its predecessors): the next
 -- step compares the checkpoint's hash with the node's; after a reorg the newest block the node still
@@ -454,7 +454,7 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
   UPDATE audius_indexer.follow_state SET last_error = p_message, last_error_at = clock_timestamp();
 $$;
 
--- The seed's saveCheckpoint (last_block = GREATEST(existing, new), updated_at = now()), plus the
+-- The Go eth-indexer's saveCheckpoint (last_block = GREATEST(existing, new), updated_at = now()), plus the
 -- block's hash and time.
 CREATE FUNCTION audius_indexer._follow_save_checkpoint(p_name text, p_block bigint, p_hash text, p_time bigint)
 RETURNS void
@@ -561,11 +561,11 @@ AS 'MODULE_PATHNAME', 'follow_transfers_wrapper';
 -- ---------------------------------------------------------------------------------------------------
 -- the challenge processors (sql/challenges.sql as of 0.2.0)
 -- ---------------------------------------------------------------------------------------------------
--- audius_indexer: the Phase 3 challenge processors' bookkeeping, checkpoint seeding and status view.
--- The processors themselves are Rust (src/challenges/); their checkpoints live where the seed's Go job
+-- audius_indexer: the challenge processors' bookkeeping, checkpoint seeding and status view.
+-- The processors themselves are Rust (src/challenges/); their checkpoints live where the Go challenge job
 -- keeps them, in the Audius table indexing_checkpoints (`challenges:<id>:last_blocknumber`).
 
--- One row per processor. The resume positions make "no skipped rows" possible: the seed resumes from a
+-- One row per processor. The resume positions make "no skipped rows" possible: the Go challenge job resumes from a
 -- block number only. ue_checkpoint is the indexing_checkpoints value the position was stored with; when
 -- the checkpoint there differs (seed_challenge_checkpoints(), the Go job, a DBA reset) it wins.
 CREATE TABLE audius_indexer.challenge_processor_state (
@@ -596,7 +596,7 @@ COMMENT ON COLUMN audius_indexer.challenge_processor_state.ue_checkpoint IS
 COMMENT ON COLUMN audius_indexer.challenge_processor_state.users_block IS
   'r/rv only: users rows with (blocknumber, user_id, txhash) past this position have not been checked for a verification change.';
 
--- The seed's migration 0211 "start from now": the four checkpoints set to the current maximum
+-- Audius's migration 0211 "start from now": the four checkpoints set to the current maximum
 -- user_events.blocknumber where absent. Also pins the verification scan of r/rv to the current maximum
 -- users.blocknumber where it has no position yet. The first run after it has nothing to do.
 CREATE FUNCTION audius_indexer.seed_challenge_checkpoints()
@@ -626,7 +626,7 @@ BEGIN
 END
 $fn$;
 COMMENT ON FUNCTION audius_indexer.seed_challenge_checkpoints() IS
-  'Cutover "start from now" (the seed''s migration 0211): sets the m/r/rv/rd checkpoints to max(user_events.blocknumber) where absent (ON CONFLICT DO NOTHING) and pins the r/rv verification scan to max(users.blocknumber); returns the four checkpoints.';
+  'Cutover "start from now" (Audius''s migration 0211): sets the m/r/rv/rd checkpoints to max(user_events.blocknumber) where absent (ON CONFLICT DO NOTHING) and pins the r/rv verification scan to max(users.blocknumber); returns the four checkpoints.';
 
 -- Checkpoint and head per processor, read at query time (the Audius tables may not exist).
 CREATE FUNCTION audius_indexer._challenge_checkpoints()

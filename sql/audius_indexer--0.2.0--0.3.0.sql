@@ -95,6 +95,62 @@ ALTER FUNCTION audius_indexer.process_user_event_challenges(integer) SET search_
 -- ---------------------------------------------------------------------------------------------------
 ALTER FUNCTION audius_indexer.reset_sweep_status() SECURITY DEFINER;
 
+-- uninstall_triggers() reads whether a trigger is ours in the same lookup (same behaviour, fewer variables).
+CREATE OR REPLACE FUNCTION audius_indexer.uninstall_triggers(target_schema text DEFAULT 'public')
+RETURNS TABLE (table_name text, trigger_name text, restored_function text, action text)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s        record;
+    v_trig   record;
+    v_state  record;
+BEGIN
+    PERFORM audius_indexer._require_trigger_tables('uninstall_triggers', target_schema,
+        'Pass the schema that held the Audius tables when install_triggers() ran.');
+
+    FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
+        SELECT t.oid, t.tgfoid = to_regprocedure(s.function_signature) AS ours INTO v_trig
+          FROM pg_trigger t
+         WHERE t.tgrelid = to_regclass(format('%I.%I', target_schema, s.table_name))
+           AND t.tgname = s.trigger_name AND NOT t.tgisinternal;
+
+        SELECT st.previous_function, st.previous_definition, st.previous_enabled INTO v_state
+          FROM audius_indexer.trigger_install_state st
+         WHERE st.table_schema = target_schema AND st.table_name = s.table_name AND st.trigger_name = s.trigger_name;
+
+        table_name := format('%I.%I', target_schema, s.table_name);
+        trigger_name := s.trigger_name;
+        restored_function := NULL;
+
+        IF v_trig.oid IS NULL OR v_trig.ours IS NOT TRUE THEN
+            -- Not pointing at us (never installed, or re-pointed by someone since): leave it alone.
+            action := CASE WHEN v_trig.oid IS NULL THEN 'absent, nothing to do' ELSE 'not ours, left alone' END;
+        ELSIF v_state.previous_definition IS NOT NULL THEN
+            IF to_regprocedure(v_state.previous_function) IS NULL THEN
+                RAISE EXCEPTION 'audius_indexer.uninstall_triggers: cannot restore %.%: the function it called before (%) no longer exists',
+                                target_schema, s.trigger_name, v_state.previous_function
+                    USING ERRCODE = 'undefined_function',
+                          HINT = 'Recreate that function (or drop the trigger yourself), then run uninstall_triggers() again.';
+            END IF;
+            EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trigger_name, target_schema, s.table_name);
+            EXECUTE v_state.previous_definition;
+            PERFORM audius_indexer._set_trigger_enabled(target_schema, s.table_name, s.trigger_name,
+                                                        v_state.previous_enabled);
+            restored_function := v_state.previous_function;
+            action := 'restored';
+        ELSE
+            EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trigger_name, target_schema, s.table_name);
+            action := 'dropped (no trigger before install)';
+        END IF;
+
+        DELETE FROM audius_indexer.trigger_install_state st
+         WHERE st.table_schema = target_schema AND st.table_name = s.table_name AND st.trigger_name = s.trigger_name;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 -- ---------------------------------------------------------------------------------------------------
 -- paths: nothing acts until the DBA turns a path on (sql/paths.sql, src/paths.rs)
 -- ---------------------------------------------------------------------------------------------------
@@ -189,35 +245,7 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'rpc_endpoint_errors_server_wrapper';
 
-CREATE OR REPLACE VIEW audius_indexer.sweep_status AS
-SELECT s.last_tick_started,
-       s.last_tick_finished,
-       s.last_tick_finished - s.last_tick_started AS last_tick_duration,
-       s.last_requested, s.last_updated, s.last_failed, s.last_skipped,
-       s.ticks, s.total_requested, s.total_updated, s.total_failed, s.total_skipped, s.totals_since,
-       s.last_error, s.last_error_at,
-       -- Every column stays cheap on 3M+ wallets (bench/status): min(updated_at) is one probe of
-       -- eth_wallet_balances_updated_at_idx; lag_excluding_failing walks that index from its low end
-       -- past the failing wallets (an ORDER BY ... LIMIT 1: min() over an anti-join would scan the
-       -- table); wallets is an ESTIMATE, not a count(*): pg_class.reltuples, maintained by VACUUM,
-       -- ANALYZE and autovacuum (in the catalog, so also right on a standby and after a crash or
-       -- pg_stat_reset(), unlike pg_stat_user_tables.n_live_tup), and n_live_tup only while the table
-       -- has never been vacuumed or analyzed (reltuples = -1).
-       (SELECT now() - min(updated_at) FROM public.eth_wallet_balances) AS lag,
-       (SELECT now() - w.updated_at FROM public.eth_wallet_balances w
-         WHERE NOT EXISTS (SELECT 1 FROM audius_indexer.wallet_failures f WHERE f.wallet = w.wallet)
-         ORDER BY w.updated_at LIMIT 1) AS lag_excluding_failing,
-       (SELECT (CASE WHEN c.reltuples >= 0 THEN c.reltuples
-                     ELSE pg_catalog.pg_stat_get_live_tuples(c.oid) END)::bigint
-          FROM pg_catalog.pg_class c WHERE c.oid = 'public.eth_wallet_balances'::pg_catalog.regclass) AS wallets,
-       (SELECT count(*) FROM audius_indexer.wallet_failures WHERE next_attempt > now()) AS wallets_in_backoff,
-       (SELECT count(*) FROM audius_indexer.wallet_failures) AS wallets_failing,
-       (SELECT a.pid FROM pg_catalog.pg_stat_activity a
-         WHERE a.backend_type = 'audius_indexer sweep' AND a.datname = pg_catalog.current_database()
-         LIMIT 1) AS worker_pid,
-       -- NULL in a session where the library is not loaded and the setting is not in postgresql.conf
-       pg_catalog.current_setting('audius_indexer.sweep_enabled', true) :: boolean AS sweep_enabled
-FROM audius_indexer.sweep_state s;
+-- sweep_status itself is replaced once, in the progress section below (its cycle columns too).
 COMMENT ON VIEW audius_indexer.sweep_status IS
   'Last sweep tick (worker, CALL sweep() or refresh_stale()), totals, last error, lag (now() - min(updated_at)), wallets (an estimate: pg_class.reltuples), wallets in back-off, the worker pid of this database.';
 
@@ -444,24 +472,22 @@ RETURNS TABLE (table_name text, trigger_name text, action text)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
-    s      record;
-    v_rel  regclass;
-    v_fn   regprocedure := 'audius_indexer.enroll_wallet()'::regprocedure;
+    s record;
 BEGIN
-    FOR s IN SELECT * FROM audius_indexer.enrollment_specs() LOOP
-        v_rel := to_regclass(format('%I.%I', target_schema, s.table_name));
-        table_name := format('%I.%I', target_schema, s.table_name);
-        trigger_name := s.trigger_name;
-        IF v_rel IS NOT NULL AND EXISTS (SELECT FROM pg_trigger t
-                                          WHERE t.tgrelid = v_rel AND t.tgname = s.trigger_name
-                                            AND NOT t.tgisinternal AND t.tgfoid = v_fn) THEN
-            EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trigger_name, target_schema, s.table_name);
-            action := 'dropped';
-        ELSE
-            action := 'absent, nothing to do';
+    -- Per spec: does the table hold our trigger (one calling enroll_wallet())? Only those are dropped.
+    FOR s IN SELECT e.table_name AS tbl, e.trigger_name AS trg,
+                    EXISTS (SELECT FROM pg_trigger t
+                             WHERE t.tgrelid = to_regclass(format('%I.%I', target_schema, e.table_name))
+                               AND t.tgname = e.trigger_name AND NOT t.tgisinternal
+                               AND t.tgfoid = 'audius_indexer.enroll_wallet()'::regprocedure) AS ours
+               FROM audius_indexer.enrollment_specs() e LOOP
+        IF s.ours THEN
+            EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trg, target_schema, s.tbl);
         END IF;
+        table_name := format('%I.%I', target_schema, s.tbl);
+        trigger_name := s.trg;
+        action := CASE WHEN s.ours THEN 'dropped' ELSE 'absent, nothing to do' END;
         RETURN NEXT;
     END LOOP;
 END

@@ -32,49 +32,31 @@ SELECT 'trigger ' || t.tgname, p.pronamespace = 'audius_indexer'::regnamespace,
  WHERE t.tgname IN ('on_user_challenge', 'on_challenge_disbursement', 'on_sol_reward_disbursement')
    AND NOT t.tgisinternal
 UNION ALL
-SELECT 'sweep worker',
-       NOT coalesce(pg_catalog.current_setting('audius_indexer.sweep_enabled', true), 'on')::bool
-         OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
-                     WHERE backend_type = 'audius_indexer sweep' AND datname = pg_catalog.current_database()),
-       coalesce((SELECT 'running, pid ' || pid FROM pg_catalog.pg_stat_activity
-                  WHERE backend_type = 'audius_indexer sweep' AND datname = pg_catalog.current_database() LIMIT 1),
-                CASE WHEN $1 AND pg_catalog.pg_is_in_recovery()
-                     THEN 'standby: the worker starts after promotion'
-                     WHEN $1
-                     THEN 'not running in this database (audius_indexer.database = '
-                          || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
-                     ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule CALL audius_indexer.sweep() with pg_cron' END)
-UNION ALL
-SELECT 'challenges worker',
-       coalesce(pg_catalog.current_setting('audius_indexer.challenges_interval', true), '30s') IN ('0', '0ms')
-         OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
-                     WHERE backend_type = 'audius_indexer challenges' AND datname = pg_catalog.current_database()),
-       coalesce((SELECT 'running, pid ' || pid FROM pg_catalog.pg_stat_activity
-                  WHERE backend_type = 'audius_indexer challenges' AND datname = pg_catalog.current_database() LIMIT 1),
-                CASE WHEN coalesce(pg_catalog.current_setting('audius_indexer.challenges_interval', true), '30s') IN ('0', '0ms')
-                     THEN 'off (audius_indexer.challenges_interval = 0)'
+-- The three workers, one row each where it applies (the challenges worker where Audius's
+-- user_events exists): running here, off by its setting, or why it is not running.
+SELECT w.name || ' worker', w.off OR a.pid IS NOT NULL,
+       coalesce('running, pid ' || a.pid,
+                CASE WHEN w.off AND w.off_detail IS NOT NULL
+                     THEN w.off_detail
                      WHEN $1 AND pg_catalog.pg_is_in_recovery()
                      THEN 'standby: the worker starts after promotion'
                      WHEN $1
                      THEN 'not running in this database (audius_indexer.database = '
                           || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
-                     ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule audius_indexer.process_user_event_challenges() with pg_cron' END)
- WHERE to_regclass('public.user_events') IS NOT NULL
-UNION ALL
-SELECT 'follow worker',
-       coalesce(pg_catalog.current_setting('audius_indexer.follow_interval', true), '5s') IN ('0', '0ms')
-         OR EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
-                     WHERE backend_type = 'audius_indexer follow' AND datname = pg_catalog.current_database()),
-       coalesce((SELECT 'running, pid ' || pid FROM pg_catalog.pg_stat_activity
-                  WHERE backend_type = 'audius_indexer follow' AND datname = pg_catalog.current_database() LIMIT 1),
-                CASE WHEN coalesce(pg_catalog.current_setting('audius_indexer.follow_interval', true), '5s') IN ('0', '0ms')
-                     THEN 'off (audius_indexer.follow_interval = 0)'
-                     WHEN $1 AND pg_catalog.pg_is_in_recovery()
-                     THEN 'standby: the worker starts after promotion'
-                     WHEN $1
-                     THEN 'not running in this database (audius_indexer.database = '
-                          || coalesce(pg_catalog.current_setting('audius_indexer.database', true), '?') || ')'
-                     ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule audius_indexer.follow_transfers() with pg_cron' END)
+                     ELSE 'not preloaded: add audius_indexer to shared_preload_libraries, or schedule '
+                          || w.by_hand || ' with pg_cron' END)
+  FROM (VALUES ('sweep', NOT coalesce(pg_catalog.current_setting('audius_indexer.sweep_enabled', true), 'on')::bool,
+                NULL, 'CALL audius_indexer.sweep()', true),
+               ('challenges', coalesce(pg_catalog.current_setting('audius_indexer.challenges_interval', true), '30s') IN ('0', '0ms'),
+                'off (audius_indexer.challenges_interval = 0)', 'audius_indexer.process_user_event_challenges()',
+                to_regclass('public.user_events') IS NOT NULL),
+               ('follow', coalesce(pg_catalog.current_setting('audius_indexer.follow_interval', true), '5s') IN ('0', '0ms'),
+                'off (audius_indexer.follow_interval = 0)', 'audius_indexer.follow_transfers()', true))
+         AS w(name, off, off_detail, by_hand, applies)
+  LEFT JOIN LATERAL (SELECT pid FROM pg_catalog.pg_stat_activity
+                      WHERE backend_type = 'audius_indexer ' || w.name AND datname = pg_catalog.current_database()
+                      LIMIT 1) a ON true
+ WHERE w.applies
 UNION ALL
 SELECT 'follow transfers',
        f.last_error IS NULL OR f.last_error_at < f.last_step_finished,

@@ -82,24 +82,22 @@ RETURNS TABLE (table_name text, trigger_name text, action text)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
-    s      record;
-    v_rel  regclass;
-    v_fn   regprocedure := 'audius_indexer.enroll_wallet()'::regprocedure;
+    s record;
 BEGIN
-    FOR s IN SELECT * FROM audius_indexer.enrollment_specs() LOOP
-        v_rel := to_regclass(format('%I.%I', target_schema, s.table_name));
-        table_name := format('%I.%I', target_schema, s.table_name);
-        trigger_name := s.trigger_name;
-        IF v_rel IS NOT NULL AND EXISTS (SELECT FROM pg_trigger t
-                                          WHERE t.tgrelid = v_rel AND t.tgname = s.trigger_name
-                                            AND NOT t.tgisinternal AND t.tgfoid = v_fn) THEN
-            EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trigger_name, target_schema, s.table_name);
-            action := 'dropped';
-        ELSE
-            action := 'absent, nothing to do';
+    -- Per spec: does the table hold our trigger (one calling enroll_wallet())? Only those are dropped.
+    FOR s IN SELECT e.table_name AS tbl, e.trigger_name AS trg,
+                    EXISTS (SELECT FROM pg_trigger t
+                             WHERE t.tgrelid = to_regclass(format('%I.%I', target_schema, e.table_name))
+                               AND t.tgname = e.trigger_name AND NOT t.tgisinternal
+                               AND t.tgfoid = 'audius_indexer.enroll_wallet()'::regprocedure) AS ours
+               FROM audius_indexer.enrollment_specs() e LOOP
+        IF s.ours THEN
+            EXECUTE format('DROP TRIGGER %I ON %I.%I', s.trg, target_schema, s.tbl);
         END IF;
+        table_name := format('%I.%I', target_schema, s.tbl);
+        trigger_name := s.trg;
+        action := CASE WHEN s.ours THEN 'dropped' ELSE 'absent, nothing to do' END;
         RETURN NEXT;
     END LOOP;
 END

@@ -109,62 +109,46 @@ COMMENT ON INDEX :"schema".ix_user_events_referrer IS
     '(is_verified) changes. Created by audius_indexer sql/indexes.sql.';
 \endif
 
--- 3. Verify: both present, valid, GIN, with the expected predicate, on notification of this schema
---    (an older index with the same name but another definition would otherwise pass unnoticed).
+-- 3. Verify: every index present, valid, of the expected kind, column and predicate, on the table of
+--    this schema (an older index with the same name but another definition would otherwise pass
+--    unnoticed); the user_events btrees where that table exists.
 DO $verify$
 DECLARE
     v_schema text := current_setting('audius_indexer_indexes.schema');
-    v_spec   text[];
+    v_spec   record;
 BEGIN
-    FOREACH v_spec SLICE 1 IN ARRAY ARRAY[['ix_notification_cooldown_user_ids', 'reward_in_cooldown'],
-                                         ['ix_notification_challenge_reward_user_ids', 'challenge_reward']] LOOP
+    FOR v_spec IN
+        SELECT s.*
+          FROM (VALUES ('ix_notification_cooldown_user_ids', 'notification', 'gin', 'user_ids',
+                        '((type)::text = ''reward_in_cooldown''::text)',
+                        'partial GIN (type = reward_in_cooldown, fastupdate off)'),
+                       ('ix_notification_challenge_reward_user_ids', 'notification', 'gin', 'user_ids',
+                        '((type)::text = ''challenge_reward''::text)',
+                        'partial GIN (type = challenge_reward, fastupdate off)'),
+                       ('ix_user_events_blocknumber', 'user_events', 'btree', 'blocknumber', '',
+                        'btree on user_events(blocknumber)'),
+                       ('ix_user_events_referrer', 'user_events', 'btree', 'referrer', '(referrer IS NOT NULL)',
+                        'btree on user_events(referrer)')) AS s(idx, tbl, am, col, pred, expected)
+         WHERE pg_catalog.to_regclass(format('%I.%I', v_schema, s.tbl)) IS NOT NULL
+    LOOP
         IF NOT EXISTS (
             SELECT 1
               FROM pg_catalog.pg_index i
               JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               JOIN pg_catalog.pg_am am ON am.oid = c.relam
-             WHERE n.nspname = v_schema AND c.relname = v_spec[1]
-               AND i.indrelid = format('%I.notification', v_schema)::regclass
-               AND i.indisvalid AND i.indisready
-               AND am.amname = 'gin' AND 'fastupdate=off' = ANY (coalesce(c.reloptions, '{}'))
-               AND pg_catalog.pg_get_expr(i.indpred, i.indrelid) = format('((type)::text = %L::text)', v_spec[2]))
+             WHERE n.nspname = v_schema AND c.relname = v_spec.idx
+               AND i.indrelid = format('%I.%I', v_schema, v_spec.tbl)::regclass
+               AND i.indisvalid AND i.indisready AND am.amname = v_spec.am
+               AND (am.amname <> 'gin' OR 'fastupdate=off' = ANY (coalesce(c.reloptions, '{}')))
+               AND pg_catalog.pg_get_indexdef(i.indexrelid, 1, false) = v_spec.col
+               AND coalesce(pg_catalog.pg_get_expr(i.indpred, i.indrelid), '') = v_spec.pred)
         THEN
-            RAISE EXCEPTION 'index %.% is missing, invalid or not the expected partial GIN (type = %, fastupdate off) after sql/indexes.sql',
-                            v_schema, v_spec[1], v_spec[2]
+            RAISE EXCEPTION 'index %.% is missing, invalid or not the expected % after sql/indexes.sql',
+                            v_schema, v_spec.idx, v_spec.expected
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Drop the index (DROP INDEX CONCURRENTLY) and run sql/indexes.sql again.';
         END IF;
     END LOOP;
 END
 $verify$;
-
-\if :has_user_events
-DO $verify_user_events$
-DECLARE
-    v_schema text := current_setting('audius_indexer_indexes.schema');
-    v_spec   text[];
-BEGIN
-    FOREACH v_spec SLICE 1 IN ARRAY ARRAY[['ix_user_events_blocknumber', 'blocknumber', ''],
-                                         ['ix_user_events_referrer', 'referrer', '(referrer IS NOT NULL)']] LOOP
-        IF NOT EXISTS (
-            SELECT 1
-              FROM pg_catalog.pg_index i
-              JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
-              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              JOIN pg_catalog.pg_am am ON am.oid = c.relam
-             WHERE n.nspname = v_schema AND c.relname = v_spec[1]
-               AND i.indrelid = format('%I.user_events', v_schema)::regclass
-               AND i.indisvalid AND i.indisready AND am.amname = 'btree'
-               AND pg_catalog.pg_get_indexdef(i.indexrelid, 1, false) = v_spec[2]
-               AND COALESCE(pg_catalog.pg_get_expr(i.indpred, i.indrelid), '') = v_spec[3])
-        THEN
-            RAISE EXCEPTION 'index %.% is missing, invalid or not the expected btree on user_events(%) after sql/indexes.sql',
-                            v_schema, v_spec[1], v_spec[2]
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'Drop the index (DROP INDEX CONCURRENTLY) and run sql/indexes.sql again.';
-        END IF;
-    END LOOP;
-END
-$verify_user_events$;
-\endif

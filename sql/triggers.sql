@@ -216,11 +216,8 @@ RETURNS TABLE (table_name text, trigger_name text, restored_function text, actio
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
     s        record;
-    v_rel    regclass;
-    v_ours   regprocedure;
     v_trig   record;
     v_state  record;
 BEGIN
@@ -228,12 +225,10 @@ BEGIN
         'Pass the schema that held the Audius tables when install_triggers() ran.');
 
     FOR s IN SELECT * FROM audius_indexer.trigger_specs() LOOP
-        v_rel  := to_regclass(format('%I.%I', target_schema, s.table_name));
-        v_ours := to_regprocedure(s.function_signature);
-
-        SELECT t.oid, t.tgfoid INTO v_trig
+        SELECT t.oid, t.tgfoid = to_regprocedure(s.function_signature) AS ours INTO v_trig
           FROM pg_trigger t
-         WHERE t.tgrelid = v_rel AND t.tgname = s.trigger_name AND NOT t.tgisinternal;
+         WHERE t.tgrelid = to_regclass(format('%I.%I', target_schema, s.table_name))
+           AND t.tgname = s.trigger_name AND NOT t.tgisinternal;
 
         SELECT st.previous_function, st.previous_definition, st.previous_enabled INTO v_state
           FROM audius_indexer.trigger_install_state st
@@ -243,7 +238,7 @@ BEGIN
         trigger_name := s.trigger_name;
         restored_function := NULL;
 
-        IF v_trig.oid IS NULL OR v_trig.tgfoid IS DISTINCT FROM v_ours THEN
+        IF v_trig.oid IS NULL OR v_trig.ours IS NOT TRUE THEN
             -- Not pointing at us (never installed, or re-pointed by someone since): leave it alone.
             action := CASE WHEN v_trig.oid IS NULL THEN 'absent, nothing to do' ELSE 'not ours, left alone' END;
         ELSIF v_state.previous_definition IS NOT NULL THEN

@@ -503,6 +503,13 @@ impl Decl {
     fn define(&self, hooks: &Hooks) {
         let (name, short, long) = (self.name.as_ptr(), self.short.as_ptr(), self.long.as_ptr());
         let (context, flags) = (self.context, self.flags.bits());
+        // Every DefineCustom*Variable takes the name, the descriptions, the variable and its boot
+        // value first; then what its kind needs, the context, the flags and the hooks.
+        macro_rules! define {
+            ($define:ident, $setting:expr, $($rest:expr),+) => {
+                pg_sys::$define(name, short, long, $setting.as_ptr(), *$setting.as_ptr(), $($rest),+)
+            };
+        }
         // SAFETY: the name and descriptions are 'static C strings and the variable a 'static
         // GucSetting, as PostgreSQL requires; every hook is #[pg_guard]ed.
         unsafe {
@@ -512,44 +519,42 @@ impl Decl {
                     min,
                     max,
                     assign,
-                } => pg_sys::DefineCustomIntVariable(
-                    name,
-                    short,
-                    long,
-                    setting.as_ptr(),
-                    *setting.as_ptr(),
-                    min,
-                    max,
-                    context,
-                    flags,
-                    None,
-                    assign.and_then(|a| hooks.int_assign(a)),
-                    None,
-                ),
-                Kind::Bool { setting } => pg_sys::DefineCustomBoolVariable(
-                    name,
-                    short,
-                    long,
-                    setting.as_ptr(),
-                    *setting.as_ptr(),
-                    context,
-                    flags,
-                    None,
-                    None,
-                    None,
-                ),
-                Kind::String { setting, check } => pg_sys::DefineCustomStringVariable(
-                    name,
-                    short,
-                    long,
-                    setting.as_ptr(),
-                    *setting.as_ptr(),
-                    context,
-                    flags,
-                    check,
-                    None,
-                    None,
-                ),
+                } => {
+                    let assign = assign.and_then(|a| hooks.int_assign(a));
+                    define!(
+                        DefineCustomIntVariable,
+                        setting,
+                        min,
+                        max,
+                        context,
+                        flags,
+                        None,
+                        assign,
+                        None
+                    )
+                }
+                Kind::Bool { setting } => {
+                    define!(
+                        DefineCustomBoolVariable,
+                        setting,
+                        context,
+                        flags,
+                        None,
+                        None,
+                        None
+                    )
+                }
+                Kind::String { setting, check } => {
+                    define!(
+                        DefineCustomStringVariable,
+                        setting,
+                        context,
+                        flags,
+                        check,
+                        None,
+                        None
+                    )
+                }
             }
         }
     }

@@ -341,20 +341,19 @@ pub fn hex(data: &[u8]) -> String {
     alloy_primitives::hex::encode(data)
 }
 
+/// Addresses and contracts for the unit tests of this crate: `addr(i)` is `i` in the last four bytes.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
-    use alloy_primitives::Bytes;
-    use alloy_sol_types::SolValue;
-    use proptest::prelude::*;
 
-    fn addr(last: u8) -> Address {
+    pub(crate) fn addr(i: u32) -> Address {
         let mut b = [0u8; 20];
-        b[19] = last;
+        b[16..].copy_from_slice(&i.to_be_bytes());
         Address::from(b)
     }
 
-    fn contracts() -> Contracts {
+    /// Multicall3 at 1, the token at 2, Staking at 3, DelegateManager at 4.
+    pub(crate) fn contracts() -> Contracts {
         Contracts {
             multicall: addr(1),
             token: addr(2),
@@ -362,6 +361,16 @@ mod tests {
             delegate_manager: addr(4),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::Bytes;
+    use alloy_sol_types::SolValue;
+    use proptest::prelude::*;
+
+    use super::fixtures::{addr, contracts};
 
     #[test]
     fn selectors_are_pinned() {
@@ -437,7 +446,7 @@ mod tests {
     #[test]
     fn calldata_len_formula_matches_encoder() {
         for n in [0usize, 1, 3, 50, 200] {
-            let holders: Vec<_> = (0..n).map(|i| addr(i as u8)).collect();
+            let holders: Vec<_> = (0..n).map(|i| addr(i as u32)).collect();
             assert_eq!(
                 encode_chunk(&contracts(), &holders).len(),
                 chunk_calldata_len(n),

@@ -325,20 +325,7 @@ mod tests {
     use alloy_sol_types::{SolCall, SolValue};
     use proptest::prelude::*;
 
-    fn addr(i: u32) -> Address {
-        let mut b = [0u8; 20];
-        b[16..].copy_from_slice(&i.to_be_bytes());
-        Address::from(b)
-    }
-
-    fn contracts() -> Contracts {
-        Contracts {
-            multicall: addr(1),
-            token: addr(2),
-            staking: addr(3),
-            delegate_manager: addr(4),
-        }
-    }
+    use crate::eth::abi::fixtures::{addr, contracts};
 
     fn ok(v: U256) -> Result3 {
         Result3 {
