@@ -32,11 +32,11 @@ fn doctor() -> TableIterator<
         name!(detail, String),
     ),
 > {
-    // the catalog of another version (between the restart and ALTER EXTENSION UPDATE): that is
-    // the one check to report; the others would read objects of this library's version
-    if let Some(row) = crate::catalog_version::check_row() {
-        return TableIterator::new(vec![row]);
-    }
+    TableIterator::new(report(doctor_rows))
+}
+
+/// The checks of `doctor()` in order: settings, every endpoint, the contracts' code, the database.
+fn doctor_rows() -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     let settings = PgTryBuilder::new(|| Ok(Config::from_settings()))
         .catch_others(|e| Err(crate::errors::caught_message(&e)))
@@ -131,14 +131,25 @@ fn doctor() -> TableIterator<
         }
     }
     rows.extend(database_checks(head_block.map(|h| h as i64), false));
-    TableIterator::new(rows)
+    rows
+}
+
+/// The rows `checks` produces, or, under the catalog of another version (between the restart and
+/// ALTER EXTENSION UPDATE), that one check alone: the others would read objects of this library's
+/// version.
+fn report(checks: impl FnOnce() -> Vec<Row>) -> Vec<Row> {
+    match crate::catalog_version::check_row() {
+        Some(row) => vec![row],
+        None => checks(),
+    }
 }
 
 /// The database-side checks of `doctor()` without any RPC call and without a scan of
 /// `eth_wallet_balances`: its row count is `sweep_status.wallets` (the estimate from
 /// `pg_class.reltuples`), and the "rows stamped above the chain head" check, which needs the node's
 /// head and a full scan, is left out. For monitoring (`audius_indexer_monitor`): cheap enough for
-/// every scrape. Never raises for a failed check: it reports it.
+/// every scrape. Never raises for a failed check: it reports it. (Its columns are spelled out as
+/// doctor()'s: pgrx cannot read a type alias in a `#[pg_extern]` signature, pgcentralfoundation/pgrx#2067.)
 #[pg_extern(volatile, parallel_unsafe)]
 fn health() -> TableIterator<
     'static,
@@ -148,10 +159,7 @@ fn health() -> TableIterator<
         name!(detail, String),
     ),
 > {
-    if let Some(row) = crate::catalog_version::check_row() {
-        return TableIterator::new(vec![row]);
-    }
-    TableIterator::new(database_checks(None, true))
+    TableIterator::new(report(|| database_checks(None, true)))
 }
 
 /// The row count of `eth_wallet_balances` as `sweep_status.wallets` shows it (an estimate from

@@ -40,6 +40,8 @@ fn refresh_wallets(
 
 /// One sweep tick: the `batch` stalest wallets by `updated_at` (skipping backed-off ones), read
 /// and upserted. When another call holds the sweep, returns zeros at once (with a NOTICE).
+/// (The columns are spelled out as refresh_wallets()'s: pgrx cannot read a type alias in a
+/// `#[pg_extern]` signature, pgcentralfoundation/pgrx#2067.)
 #[pg_extern(volatile, parallel_unsafe)]
 fn refresh_stale(
     batch: default!(i32, 50),
