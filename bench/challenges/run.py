@@ -46,67 +46,25 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
-import os
-import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # bench.common, also when started as a script
 
-from harness.pg import PG_BIN, Cluster
-from harness.triggers import FIXTURE_SQL, INDEXES_SQL, reference_sql, require_extension_installed
+from bench.common import (LARGE_DATA_SETTINGS, finish, hms, insert_notifications, log, machine, out,
+                          report_header, run_indexes_sql, start_cluster, stats)
+from harness.pg import Cluster
+from harness.triggers import FIXTURE_SQL, reference_sql, require_extension_installed
 
-
-def _bench_triggers():
-    """bench/triggers/run.py as a module (its notification type mix is reused)."""
-    spec = importlib.util.spec_from_file_location("bench_triggers_run", REPO / "bench" / "triggers" / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-TYPES = _bench_triggers().TYPES
 STATEMENTS_RS = REPO / "src" / "challenges" / "statements.rs"
 PROCESSORS = ["m", "r", "rv", "rd"]
 BASE_BLOCK = 25_000_000
 CALL = ("SELECT challenge_id, dirty_rows, users, upserts, checkpoint_before, checkpoint_after, error "
         "FROM audius_indexer.process_user_event_challenges(%s)")
-
-# --------------------------------------------------------------------------------------------------
-# output: everything goes to stdout and to the results file
-# --------------------------------------------------------------------------------------------------
-_OUT: list[str] = []
-
-
-def out(line: str = "") -> None:
-    print(line, flush=True)
-    _OUT.append(line)
-
-
-def log(msg: str) -> None:
-    out(f"[{time.strftime('%H:%M:%S')}] {msg}")
-
-
-def stats(xs: list[float]) -> tuple[float, float, float]:
-    xs = sorted(xs)
-    p95 = xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
-    return statistics.median(xs), p95, statistics.fmean(xs)
-
-
-def hms(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:,.1f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:,.1f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:,.1f} h"
-    return f"{seconds / 86400:,.1f} days"
-
 
 # --------------------------------------------------------------------------------------------------
 # data
@@ -135,27 +93,8 @@ def populate(conn, a) -> None:
     for t in ("notification", "users", "user_events", "user_challenges"):
         rebuild += drop_indexes(conn, t)
 
-    # ---- notification (as bench/triggers, timestamps ending now) ----------------------------------
-    types_sql = "ARRAY[" + ", ".join(f"'{t}'" for t in TYPES) + "]"
-    conn.execute("SELECT setseed(0.2026)")
-    log(f"loading {a.notifications:,} notification rows")
-    t0 = time.time()
-    conn.execute(f"""
-        INSERT INTO notification (id, specifier, group_id, type, slot, blocknumber, "timestamp", data, user_ids)
-        SELECT i, i::text, 'bench:' || i,
-               ({types_sql})[1 + floor(30 * power(random(), 1.8))::int],
-               NULL, i,
-               localtimestamp - interval '365 days' + (i::float8 / {a.notifications}) * interval '365 days'
-                 - interval '1 minute',
-               jsonb_build_object('n', i),
-               CASE WHEN random() < 0.1
-                    THEN ARRAY[1 + floor({a.users} * power(random(), 4))::int,
-                               1 + floor({a.users} * power(random(), 4))::int]
-                    ELSE ARRAY[1 + floor({a.users} * power(random(), 4))::int] END
-        FROM generate_series(1, {a.notifications}) AS i
-    """)
-    conn.execute(f"SELECT setval('notification_id_seq', {a.notifications})")
-    log(f"  in {time.time() - t0:.0f} s")
+    # ---- notification (as bench/triggers, timestamps ending a minute ago) -------------------------
+    insert_notifications(conn, a.notifications, a.users, "localtimestamp - interval '365 days' - interval '1 minute'")
 
     # ---- users, user_events -------------------------------------------------------------------
     update_share = max(0.0, (a.events - a.users) / a.users)
@@ -446,41 +385,7 @@ def reset_catchup(cluster: Cluster, base_notifications: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-def machine(conn) -> list[str]:
-    mem = ""
-    try:
-        for ln in Path("/proc/meminfo").read_text().splitlines():
-            if ln.startswith("MemTotal:"):
-                mem = f"{int(ln.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    cpu = ""
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ver = conn.execute("SELECT version()").fetchone()[0]
-    ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'audius_indexer'").fetchone()[0]
-    so = Path("/usr/lib/postgresql/15/lib/audius_indexer.so")
-    built = dt.datetime.fromtimestamp(so.stat().st_mtime).strftime("%Y-%m-%d %H:%M") if so.exists() else "?"
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-    except OSError:
-        head = "?"
-    return [f"machine: {os.cpu_count()} CPUs ({cpu}), {mem} RAM, {platform.system()} {platform.release()}",
-            f"server:  {ver}",
-            f"extension: audius_indexer {ext} (installed .so built {built}; repo HEAD {head})"]
-
-
-SETTINGS = {  # bench/triggers' cluster, but autovacuum on (a catch-up runs for minutes, as in production)
-    "shared_buffers": "3GB", "maintenance_work_mem": "1GB", "max_wal_size": "16GB",
-    "checkpoint_timeout": "30min", "wal_level": "minimal", "max_wal_senders": "0",
-    "autovacuum": "on", "jit": "off", "max_parallel_workers_per_gather": "2",
-}
+SETTINGS = {**LARGE_DATA_SETTINGS, "autovacuum": "on"}  # a catch-up runs for minutes, as in production
 
 
 def main() -> int:
@@ -503,25 +408,18 @@ def main() -> int:
     a = ap.parse_args()
     require_extension_installed()
     started = time.time()
-    start_stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    log(f"bench/challenges started {start_stamp}")
+    log(f"bench/challenges started {dt.datetime.now():%Y-%m-%d %H:%M:%S}")
 
-    cluster = Cluster(name="benchchal", settings=SETTINGS)
+    cluster = start_cluster("benchchal", SETTINGS, sql=(
+        FIXTURE_SQL.read_text(), reference_sql(trace=False), "CREATE EXTENSION audius_indexer",
+        "CREATE EXTENSION pgstattuple"))  # pgstatginindex(): the GIN pending list
     try:
-        cluster.init().start()
-        cluster.create_database("bench")
         with cluster.connect("bench") as conn:
-            conn.execute(FIXTURE_SQL.read_text())
-            conn.execute(reference_sql(trace=False))
-            conn.execute("CREATE EXTENSION audius_indexer")
-            conn.execute("CREATE EXTENSION pgstattuple")  # pgstatginindex(): the GIN pending list
             populate(conn, a)                       # no trigger on user_challenges during the load
             fn = use_trigger(conn, "rust")
         log("sql/indexes.sql (CREATE INDEX CONCURRENTLY: partial GINs, ix_user_events_blocknumber, _referrer)")
         t0 = time.time()
-        subprocess.run([str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", cluster.sockdir,
-                        "-p", str(cluster.port), "-U", "postgres", "-d", "bench", "-f", str(INDEXES_SQL)],
-                       check=True, capture_output=True, text=True)
+        run_indexes_sql(cluster)
         with cluster.connect("bench") as conn:
             created_opts = conn.execute("SELECT coalesce(array_to_string(reloptions, ', '), 'default: fastupdate = on') "
                                         "FROM pg_class WHERE relname = 'ix_notification_cooldown_user_ids'"
@@ -672,14 +570,9 @@ def main() -> int:
         rows_per_s = n_ue / catchup
         xs_r = first["rust"][0]
         r_med, r_p95, r_mean = stats(xs_r)
-        end_stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
-        out()
-        out("=" * 100)
-        out(f"bench/challenges — process_user_event_challenges({a.batch}) catch-up from checkpoints at 0")
-        out(f"started {start_stamp}, finished {end_stamp}, total wall time {time.time() - started:.0f} s")
-        for ln in mach:
-            out(ln)
+        report_header(f"bench/challenges — process_user_event_challenges({a.batch}) catch-up from checkpoints at 0",
+                      started, mach, 100)
         out("cluster: " + ", ".join(f"{k}={v}" for k, v in SETTINGS.items()) + ", fsync=off")
         for ln in data_lines:
             out(ln)
@@ -792,15 +685,7 @@ def main() -> int:
         cluster.assert_log_clean()
         return 0
     finally:
-        path = Path(a.out) if a.out else REPO / "bench" / "results" / f"challenges-{dt.date.today().isoformat()}.txt"
-        if _OUT:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(_OUT) + "\n")
-            print(f"written {path}")
-        if a.keep:
-            print(f"cluster kept: {cluster.conninfo('bench')}")
-        else:
-            cluster.destroy()
+        finish(a, "challenges", cluster)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))  # bench.common, also when started as a script
 
+from bench.common import cpu_model
 from harness.chain import ANVIL_BIN, Anvil, Contracts, wallet_address
 from harness.tls import TlsTerminator, stunnel_binary
 
@@ -70,15 +72,7 @@ def locked_versions() -> str:
 
 
 def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs (nproc {out('nproc')}), {model}"
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs (nproc {out('nproc')}), {cpu_model()}"
 
 
 def main() -> None:

@@ -57,6 +57,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -68,7 +69,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))  # bench.common, also when started as a script
 
+from bench.common import finish, hms, loadavg, log, machine as machine_lines, out, report_header, start_cluster
 from harness.chain import ANVIL_BIN, MULTICALL3_ADDRESS, Anvil, Contracts, wallet_address
 from harness.pg import Cluster
 from harness.rpcproxy import RpcProxy
@@ -83,25 +86,6 @@ GAS_CAP = 2**32  # anvil --gas-limit: a chunk of 1,000 holders (3,001 sub-calls)
 # --------------------------------------------------------------------------------------------------
 # output
 # --------------------------------------------------------------------------------------------------
-_OUT: list[str] = []
-
-
-def out(line: str = "") -> None:
-    print(line, flush=True)
-    _OUT.append(line)
-
-
-def log(msg: str) -> None:
-    out(f"[{time.strftime('%H:%M:%S')}] {msg}")
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def mmm(xs: list[float]) -> tuple[float, float, float]:
     return min(xs), statistics.median(xs), max(xs)
 
@@ -113,14 +97,6 @@ def fmt_ms(x: float) -> str:
 def mmm_ms(xs: list[float]) -> str:
     a, b, c = mmm(xs)
     return f"{fmt_ms(a)} / {fmt_ms(b)} / {fmt_ms(c)}"
-
-
-def hms(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:,.1f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:,.1f} min"
-    return f"{seconds / 3600:,.1f} h"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,27 +240,11 @@ def body_files(bodies: list[bytes], tmp: Path, tag: str) -> list[str]:
 # environment
 # --------------------------------------------------------------------------------------------------
 def machine(conn) -> list[str]:
-    mem = cpu = ""
-    for ln in Path("/proc/meminfo").read_text().splitlines():
-        if ln.startswith("MemTotal:"):
-            mem = f"{int(ln.split()[1]) / 1024 / 1024:.1f} GiB"
-    for ln in Path("/proc/cpuinfo").read_text().splitlines():
-        if ln.startswith("model name"):
-            cpu = ln.split(":", 1)[1].strip()
-            break
-    ver = conn.execute("SELECT version()").fetchone()[0]
-    ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'audius_indexer'").fetchone()[0]
-    so = Path("/usr/lib/postgresql/15/lib/audius_indexer.so")
-    built = dt.datetime.fromtimestamp(so.stat().st_mtime).strftime("%Y-%m-%d %H:%M") if so.exists() else "?"
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip() or "?"
+    """bench.common's machine lines + the node, node.js and curl versions."""
     anvil_v = subprocess.run([str(ANVIL_BIN), "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     node_v = subprocess.run([NODE_BIN, "--version"], capture_output=True, text=True).stdout.strip()
     curl_v = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    return [f"machine: {os.cpu_count()} CPUs ({cpu}), {mem} RAM, {platform.system()} {platform.release()}",
-            f"server:  {ver}",
-            f"extension: audius_indexer {ext} (installed .so built {built}; repo HEAD {head})",
-            f"node: {anvil_v}; node.js {node_v}; {curl_v}; Python {platform.python_version()}"]
+    return machine_lines(conn) + [f"node: {anvil_v}; node.js {node_v}; {curl_v}; Python {platform.python_version()}"]
 
 
 SETTINGS = {
@@ -303,12 +263,9 @@ def start_env(extra: dict[str, str] | None = None) -> tuple[Anvil, Contracts, Cl
     anvil = Anvil(gas_limit=GAS_CAP, no_request_size_limit=True).start()
     anvil.install_multicall3()
     contracts = Contracts.deploy_all(anvil)
-    c = Cluster(preload=["audius_indexer"], name="benchrpc", settings={**SETTINGS, **(extra or {})})
-    c.init().start()
-    c.create_database("bench")
-    with c.connect("bench") as conn:
-        conn.execute("CREATE EXTENSION audius_indexer")
-        conn.execute("SELECT audius_indexer.enable('sweep')")  # the worker runs when sweep_enabled says so
+    # enable('sweep'): the worker runs when sweep_enabled says so
+    c = start_cluster("benchrpc", {**SETTINGS, **(extra or {})}, preload=["audius_indexer"],
+                      sql=("CREATE EXTENSION audius_indexer", "SELECT audius_indexer.enable('sweep')"))
     c.restart()
     c.set_system(rpc_url=anvil.url, token_address=contracts.token, staking_address=contracts.staking,
                  delegate_manager_address=contracts.delegate)
@@ -688,29 +645,13 @@ def bench_rpc(a) -> int:
         report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan)
         return 0
     finally:
-        path = Path(a.out) if a.out else REPO / "bench" / "results" / f"rpc-{dt.date.today().isoformat()}.txt"
-        if _OUT:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(_OUT) + "\n")
-            print(f"written {path}")
         proxy.stop()
-        if a.keep:
-            print(f"kept: cluster {cluster.conninfo('bench')}, anvil {anvil.url}")
-        else:
-            cluster.destroy()
-            anvil.destroy()
-        import shutil
+        finish(a, "rpc", cluster, "bench", anvil)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
-    out()
-    out("=" * 110)
-    out(f"bench/rpc — RPC read path and stale sweep, {dt.datetime.fromtimestamp(started):%Y-%m-%d %H:%M:%S}, "
-        f"total wall time {time.time() - started:,.0f} s")
-    for ln in mach:
-        out(ln)
-    out("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in loads))
+    report_header("bench/rpc — RPC read path and stale sweep", started, mach, 110, loads)
     out(f"anvil: --gas-limit {GAS_CAP} --no-request-size-limit; cluster: "
         + ", ".join(f"{k}={v}" for k, v in SETTINGS.items() if not k.startswith("audius_indexer.")))
     out(f"all times: min / median / max over {a.reps} repetitions (after one warm-up), ms unless stated")
@@ -720,21 +661,23 @@ def report(a, mach, started, loads, p2r, p3r, p4r, mem, claim_plan) -> None:
     out("| scheme | rpc_concurrency | N | requests (MB) | conns seen by proxy / TCP connects per call | extension server-side | extension client | "
         "replay keep-alive (1 conn) | replay curl per body | replay new conn per body | ext/keep-alive | ext/curl | ext/new-conn |")
     out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    where = []  # printed below the table
     for r in p2r:
-        m = statistics.median(r["srv"])
+        m, mean_srv = statistics.median(r["srv"]), statistics.fmean(r["srv"])
         out(f"| {r['scheme']} | {r['conc']} | {r['n']:,} | {r['bodies']} ({r['bytes'] / 1e6:.2f}) | {r['conns']} / {r['opens_per_call']:.1f} | "
             f"{mmm_ms(r['srv'])} | {mmm_ms(r['rt'])} | {mmm_ms(r['ka'])} | {mmm_ms(r['curl'])} | {mmm_ms(r['newconn'])} | "
             f"{m / statistics.median(r['ka']):.2f} | {m / statistics.median(r['curl']):.2f} | "
             f"{m / statistics.median(r['newconn']):.2f} |")
-    out("    where the extension's time goes, mean per call: its RPC requests as it times them itself "
-        "(rpc_endpoint_stats_server: connect + send + answer + parse, per HTTP attempt) / the rest (encode, decode, "
-        "rows) ; CPU (/proc utime+stime) of the backend and of anvil:")
-    for r in p2r:
-        mean_srv = statistics.fmean(r["srv"])
-        out(f"    {r['scheme']} c={r['conc']} N={r['n']:,}: server-side mean {mean_srv:,.1f} ms = RPC {r['rpc_ms']:,.1f} ms ({r['rpc_n']:.0f} requests, "
+        where.append(
+            f"    {r['scheme']} c={r['conc']} N={r['n']:,}: server-side mean {mean_srv:,.1f} ms = RPC {r['rpc_ms']:,.1f} ms ({r['rpc_n']:.0f} requests, "
             f"{r['rpc_ms'] / max(r['rpc_n'], 1):,.2f} ms each; keep-alive replay {statistics.fmean(r['ka']) / r['bodies']:,.2f} ms "
             f"per body) + rest {mean_srv - r['rpc_ms']:,.1f} ms; CPU backend {r['cpu_backend'] * 1000:,.0f} ms, "
             f"anvil {r['cpu_anvil'] * 1000:,.0f} ms")
+    out("    where the extension's time goes, mean per call: its RPC requests as it times them itself "
+        "(rpc_endpoint_stats_server: connect + send + answer + parse, per HTTP attempt) / the rest (encode, decode, "
+        "rows) ; CPU (/proc utime+stime) of the backend and of anvil:")
+    for ln in where:
+        out(ln)
     out()
     if p3r:
         ext = {r["n"]: statistics.median(r["srv"]) for r in p2r
@@ -888,13 +831,8 @@ def sweep_scale(a) -> int:
                                  (start_ts,)).fetchone()[0]
             fin = end_stats
         loads.append(("end", loadavg()))
-        out()
-        out("=" * 110)
-        out(f"bench/rpc --sweep-scale — background worker sweep of {a.scale_rows:,} rows, "
-            f"{dt.datetime.fromtimestamp(started):%Y-%m-%d %H:%M:%S}, total wall time {time.time() - started:,.0f} s")
-        for ln in mach:
-            out(ln)
-        out("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in loads))
+        report_header(f"bench/rpc --sweep-scale — background worker sweep of {a.scale_rows:,} rows", started, mach,
+                      110, loads)
         out(f"worker: sweep_batch_size {a.scale_batch:,}, sweep_interval {a.scale_interval}, multicall_chunk_size "
             f"{a.scale_chunk:,}, multicall_max_request_bytes 0; anvil --gas-limit {GAS_CAP} --no-request-size-limit")
         done = fin[0]
@@ -930,16 +868,7 @@ def sweep_scale(a) -> int:
         out("=" * 110)
         return 0
     finally:
-        path = Path(a.out) if a.out else REPO / "bench" / "results" / f"rpc-sweep-scale-{dt.date.today().isoformat()}.txt"
-        if _OUT:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(_OUT) + "\n")
-            print(f"written {path}")
-        if a.keep:
-            print(f"kept: cluster {cluster.conninfo('bench')}, anvil {anvil.url}")
-        else:
-            cluster.destroy()
-            anvil.destroy()
+        finish(a, "rpc-sweep-scale", cluster, "bench", anvil)
 
 
 def main() -> int:

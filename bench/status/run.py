@@ -33,18 +33,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import re
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # bench.common, also when started as a script
 
-from harness.pg import Cluster
+from bench.common import finish, log, machine, out, start_cluster, stats
 from harness.triggers import require_extension_installed
 
 QUERIES_YAML = REPO / "sql" / "prometheus-queries.yaml"
@@ -52,17 +49,6 @@ RELEASED_020 = REPO / "sql" / "released" / "audius_indexer--0.2.0.sql"
 FIXTURE = REPO / "tests" / "sql" / "audius_fixture_schema.sql"
 ROLE = "bench_monitor"
 CHECKPOINT = 21_000_000
-
-_OUT: list[str] = []
-
-
-def out(line: str = "") -> None:
-    print(line, flush=True)
-    _OUT.append(line)
-
-
-def log(msg: str) -> None:
-    out(f"[{time.strftime('%H:%M:%S')}] {msg}")
 
 
 def yaml_queries() -> dict[str, str]:
@@ -88,25 +74,6 @@ def sweep_status_020() -> str:
                   text, re.S)
     assert m, "0.2.0 sweep_status not found in " + str(RELEASED_020)
     return m.group(1)
-
-
-def machine(conn) -> list[str]:
-    mem = cpu = ""
-    try:
-        mem = next(f"{int(ln.split()[1]) / 1024 / 1024:.1f} GiB"
-                   for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal:"))
-        cpu = next(ln.split(":", 1)[1].strip()
-                   for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    so = Path("/usr/lib/postgresql/15/lib/audius_indexer.so")
-    built = dt.datetime.fromtimestamp(so.stat().st_mtime).strftime("%Y-%m-%d %H:%M") if so.exists() else "?"
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip() or "?"
-    ext = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'audius_indexer'").fetchone()[0]
-    return [f"machine: {os.cpu_count()} CPUs ({cpu}), {mem} RAM, {platform.system()} {platform.release()}",
-            f"server:  {conn.execute('SELECT version()').fetchone()[0]}",
-            f"extension: audius_indexer {ext} (installed .so built {built}; repo HEAD {head}, uncommitted changes included)"]
 
 
 def populate(su, a) -> None:
@@ -155,16 +122,20 @@ def populate(su, a) -> None:
     su.execute("VACUUM ANALYZE")
 
 
-def timed(conn, sql: str, reps: int) -> tuple[float, float]:
+def timed(conn, sqls: list[str], reps: int) -> tuple[float, float]:
+    """median and p95 (ms) of running `sqls` one after the other, `reps` times after 3 warm-ups."""
+    def run() -> None:
+        for sql in sqls:
+            conn.execute(sql).fetchall()
     for _ in range(3):
-        conn.execute(sql).fetchall()
+        run()
     xs = []
     for _ in range(reps):
         t = time.perf_counter()
-        conn.execute(sql).fetchall()
+        run()
         xs.append((time.perf_counter() - t) * 1000)
-    xs.sort()
-    return statistics.median(xs), xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))]
+    med, p95, _ = stats(xs)
+    return med, p95
 
 
 def measure(mon, su, a, label: str) -> dict[str, float]:
@@ -189,20 +160,7 @@ def measure(mon, su, a, label: str) -> dict[str, float]:
     out(f"  {'query':<64} {'median':>9} {'p95':>9}")
     res = {}
     for name, conn, sql, reps in rows:
-        if sql is None:
-            for _ in range(3):
-                for q in yq.values():
-                    conn.execute(q).fetchall()
-            xs = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                for q in yq.values():
-                    conn.execute(q).fetchall()
-                xs.append((time.perf_counter() - t) * 1000)
-            xs.sort()
-            med, p95 = statistics.median(xs), xs[round(0.95 * (len(xs) - 1))]
-        else:
-            med, p95 = timed(conn, sql, reps)
+        med, p95 = timed(conn, list(yq.values()) if sql is None else [sql], reps)
         res[name] = med
         flag = "" if name.startswith(("0.2.0", "doctor")) or med < 10 else "   <-- over 10 ms"
         out(f"  {name:<64} {med:>9.3f} {p95:>9.3f}{flag}")
@@ -238,19 +196,17 @@ def main() -> int:
     require_extension_installed()
     started = time.time()
     log(f"bench/status started {dt.datetime.now():%Y-%m-%d %H:%M:%S}")
-    c = Cluster(preload=["audius_indexer"], name="bench_status", settings={
+    c = start_cluster("bench_status", {
         "shared_buffers": "1GB", "maintenance_work_mem": "1GB", "max_wal_size": "8GB", "jit": "off",
         "wal_level": "minimal", "max_wal_senders": "0", "autovacuum": "off",
         "audius_indexer.database": "'audius'", "audius_indexer.sweep_enabled": "off",
-        "audius_indexer.follow_interval": "0", "audius_indexer.challenges_interval": "0"})
+        "audius_indexer.follow_interval": "0", "audius_indexer.challenges_interval": "0"},
+        db="audius", preload=["audius_indexer"],
+        sql=(FIXTURE.read_text(), "CREATE EXTENSION audius_indexer",
+             f"CREATE ROLE {ROLE} LOGIN IN ROLE audius_indexer_monitor"))
     try:
-        c.init().start()
-        c.create_database("audius")
         with c.connect("audius") as su:
-            su.execute(FIXTURE.read_text())
-            su.execute("CREATE EXTENSION audius_indexer")
-            su.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE audius_indexer_monitor")
-            for line in machine(su):
+            for line in machine(su, head_note=", uncommitted changes included"):
                 out(line)
             out("cluster: shared_buffers 1GB, autovacuum off (the churn pass is measured before any vacuum), jit off")
             populate(su, a)
@@ -272,15 +228,7 @@ def main() -> int:
                 measure(mon, su, a, f"after a churn of {a.churn:,} rows, before vacuum")
         log(f"done in {time.time() - started:.0f} s")
     finally:
-        if a.keep:
-            out(f"cluster kept: {c.conninfo('audius')}")
-        else:
-            c.destroy()
-        path = Path(a.out) if a.out else REPO / "bench" / "results" / f"status-{dt.date.today().isoformat()}.txt"
-        if _OUT:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(_OUT) + "\n")
-            print(f"results: {path}")
+        finish(a, "status", c, "audius")
     return 0
 
 

@@ -29,56 +29,29 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # bench.common, also when started as a script
 
-from harness.pg import PG_BIN, Cluster
-from harness.triggers import FIXTURE_SQL, INDEXES_SQL, reference_sql, require_extension_installed
+from bench.common import LARGE_DATA_SETTINGS, insert_notifications, log, release, run_indexes_sql, start_cluster, stats
+from harness.pg import Cluster
+from harness.triggers import FIXTURE_SQL, reference_sql, require_extension_installed
 
-TYPES = [  # 30 notification types, most common first (weights ~ Zipf-ish)
-    "follow", "repost", "save", "milestone", "tip_receive", "challenge_reward", "reward_in_cooldown",
-    "claimable_reward", "create", "repost_of_repost", "save_of_repost", "tastemaker", "trending",
-    "tier_change", "supporter_rank_up", "supporting_rank_up", "announcement", "reaction", "comment",
-    "comment_thread", "comment_mention", "comment_reaction", "usdc_purchase_buyer", "usdc_purchase_seller",
-    "track_added_to_playlist", "trending_playlist", "trending_underground", "cosign", "remix", "listen_streak_reminder",
-]
 COOLDOWN_IDS = ["p", "u", "fp", "m", "r", "rv", "rd", "c", "t", "cp", "w"]
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def populate(conn, rows: int) -> None:
-    types_sql = "ARRAY[" + ", ".join(f"'{t}'" for t in TYPES) + "]"
     conn.execute("SET maintenance_work_mem = '1GB'")
     conn.execute("SET max_parallel_maintenance_workers = 2")
     conn.execute("ALTER TABLE notification DROP CONSTRAINT uq_notification")
     conn.execute("ALTER TABLE notification DROP CONSTRAINT notification_pkey")
     conn.execute("DROP INDEX ix_notification")
-    conn.execute("SELECT setseed(0.2026)")
-    log(f"loading {rows:,} notification rows")
-    t0 = time.time()
-    # type: index floor(30 * r^1.8) -> skewed towards the first types; reward_in_cooldown is #6 (~3.5%)
-    # users: 1 + floor(1e6 * r^4) -> ~1M possible users, heavy tail at small ids
-    conn.execute(f"""
-        INSERT INTO notification (id, specifier, group_id, type, slot, blocknumber, "timestamp", data, user_ids)
-        SELECT i, i::text, 'bench:' || i,
-               ({types_sql})[1 + floor(30 * power(random(), 1.8))::int],
-               NULL, i,
-               timestamp '2025-05-29' + (i::float8 / {rows}) * interval '365 days',
-               jsonb_build_object('n', i),
-               CASE WHEN random() < 0.1
-                    THEN ARRAY[1 + floor(1e6 * power(random(), 4))::int, 1 + floor(1e6 * power(random(), 4))::int]
-                    ELSE ARRAY[1 + floor(1e6 * power(random(), 4))::int] END
-        FROM generate_series(1, {rows}) AS i
-    """)
-    conn.execute(f"SELECT setval('notification_id_seq', {rows})")
-    log(f"  loaded in {time.time() - t0:.0f} s; building notification_pkey, uq_notification, ix_notification")
+    # ~1M possible users (1 + floor(1e6 * r^4)), the year from 2025-05-29
+    insert_notifications(conn, rows, 1_000_000, "timestamp '2025-05-29'")
+    log("building notification_pkey, uq_notification, ix_notification")
     t0 = time.time()
     conn.execute("ALTER TABLE notification ADD CONSTRAINT notification_pkey PRIMARY KEY (id)")
     conn.execute("ALTER TABLE notification ADD CONSTRAINT uq_notification UNIQUE (group_id, specifier)")
@@ -175,12 +148,6 @@ def timed(cluster: Cluster, first: int, last: int) -> tuple[list[float], dict]:
     return [r[1] for r in rows], {"new_cooldown_notifications": effects[0]}
 
 
-def stats(xs: list[float]) -> tuple[float, float, float]:
-    xs = sorted(xs)
-    p95 = xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
-    return statistics.median(xs), p95, statistics.fmean(xs)
-
-
 def explain(cluster: Cluster, sql: str) -> str:
     with cluster.connect("bench") as conn:
         return "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql).fetchall())
@@ -196,24 +163,14 @@ def main() -> int:
     require_extension_installed()
     started = time.time()
 
-    cluster = Cluster(name="benchtrig", settings={
-        "shared_buffers": "3GB", "maintenance_work_mem": "1GB", "max_wal_size": "16GB",
-        "checkpoint_timeout": "30min", "wal_level": "minimal", "max_wal_senders": "0",
-        "autovacuum": "off", "jit": "off", "max_parallel_workers_per_gather": "2",
-    })
+    cluster = start_cluster("benchtrig", LARGE_DATA_SETTINGS, sql=(
+        FIXTURE_SQL.read_text(), reference_sql(trace=False), "CREATE EXTENSION audius_indexer"))
     try:
-        cluster.init().start()
-        cluster.create_database("bench")
         with cluster.connect("bench") as conn:
-            conn.execute(FIXTURE_SQL.read_text())
-            conn.execute(reference_sql(trace=False))
-            conn.execute("CREATE EXTENSION audius_indexer")
             populate(conn, args.rows)
         log("sql/indexes.sql (CREATE INDEX CONCURRENTLY of the two partial GINs)")
         t0 = time.time()
-        subprocess.run([str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", cluster.sockdir,
-                        "-p", str(cluster.port), "-U", "postgres", "-d", "bench", "-f", str(INDEXES_SQL)],
-                       check=True, capture_output=True, text=True)
+        run_indexes_sql(cluster)
         log(f"  done in {time.time() - t0:.0f} s")
         with cluster.connect("bench") as conn:
             make_upserts(conn, args.upserts)
@@ -302,10 +259,7 @@ def main() -> int:
         cluster.assert_log_clean()
         return 0
     finally:
-        if args.keep:
-            print(f"cluster kept: {cluster.conninfo('bench')}")
-        else:
-            cluster.destroy()
+        release(args.keep, cluster, "bench")
 
 
 if __name__ == "__main__":
