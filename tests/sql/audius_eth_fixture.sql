@@ -38,9 +38,8 @@
 -- ---------------------------------------------------------------------------------------------------
 CREATE TYPE public.wallet_chain AS ENUM ('eth', 'sol');
 
-CREATE SEQUENCE public.associated_wallets_id_seq AS integer;
 CREATE TABLE public.associated_wallets (
-    id          integer NOT NULL DEFAULT nextval('public.associated_wallets_id_seq'::regclass),
+    id          serial,   -- sequence public.associated_wallets_id_seq AS integer, owned by the column
     user_id     integer NOT NULL,
     wallet      varchar NOT NULL,
     blockhash   varchar NOT NULL,
@@ -51,7 +50,6 @@ CREATE TABLE public.associated_wallets (
     CONSTRAINT associated_wallets_pkey PRIMARY KEY (id),
     CONSTRAINT unique_user_wallet_chain UNIQUE (user_id, wallet, chain)
 );
-ALTER SEQUENCE public.associated_wallets_id_seq OWNED BY public.associated_wallets.id;
 -- The reference names these two indexes without listing their columns; the columns below are the
 -- ones their names say.
 CREATE INDEX ix_associated_wallets_user_id ON public.associated_wallets USING btree (user_id);

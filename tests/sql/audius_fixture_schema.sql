@@ -67,9 +67,8 @@ CREATE TABLE public.user_challenges (
 CREATE INDEX user_challenges_challenge_idx ON public.user_challenges USING btree (challenge_id);
 CREATE INDEX user_challenges_user_id ON public.user_challenges USING btree (user_id);
 
-CREATE SEQUENCE public.notification_id_seq AS integer;
 CREATE TABLE public.notification (
-    id          integer NOT NULL DEFAULT nextval('public.notification_id_seq'::regclass),
+    id          serial,   -- sequence public.notification_id_seq AS integer, owned by the column
     specifier   varchar NOT NULL,
     group_id    varchar NOT NULL,
     type        varchar NOT NULL,
@@ -82,7 +81,6 @@ CREATE TABLE public.notification (
     CONSTRAINT notification_pkey PRIMARY KEY (id),
     CONSTRAINT uq_notification UNIQUE (group_id, specifier)
 );
-ALTER SEQUENCE public.notification_id_seq OWNED BY public.notification.id;
 CREATE INDEX ix_notification ON public.notification USING gin (user_ids);
 CREATE INDEX ix_announcement ON public.notification USING btree (type, "timestamp")
     WHERE ((type)::text = 'announcement'::text);
@@ -157,9 +155,8 @@ CREATE INDEX users_new_blocknumber_idx ON public.users USING btree (blocknumber)
 
 -- The challenge processors' source (user_events as in `sql/01_schema.sql`; the blocks FK is left out).
 -- ix_user_events_blocknumber (Audius 0209) is deliberately absent: sql/indexes.sql creates it.
-CREATE SEQUENCE public.user_events_id_seq AS integer;
 CREATE TABLE public.user_events (
-    id             integer NOT NULL DEFAULT nextval('public.user_events_id_seq'::regclass),
+    id             serial,   -- sequence public.user_events_id_seq AS integer, owned by the column
     blockhash      varchar,
     blocknumber    integer,
     is_current     boolean NOT NULL,
@@ -169,7 +166,6 @@ CREATE TABLE public.user_events (
     slot           integer,
     CONSTRAINT user_events_pkey PRIMARY KEY (id)
 );
-ALTER SEQUENCE public.user_events_id_seq OWNED BY public.user_events.id;
 CREATE INDEX user_events_user_id_idx ON public.user_events USING btree (user_id);
 
 -- Holds the challenge processors' checkpoints (`challenges:<id>:last_blocknumber`).
