@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.chain import ANVIL_BIN, Anvil, Contracts
-from harness.pg import PG_BIN, Cluster, enable_paths
+from harness.pg import PG_BIN, cron_cluster, enable_paths
 from harness.rpcproxy import RpcProxy
 
 EXT_CONTROL = Path("/usr/share/postgresql/15/extension/audius_indexer.control")
@@ -53,13 +53,20 @@ def contracts(anvil) -> Contracts:
     return anvil.contracts
 
 
-@pytest.fixture(scope="session")
-def proxy(anvil):
-    p = RpcProxy(anvil.url).start()
-    try:
-        yield p
-    finally:
-        p.stop()
+def rpc_proxy_fixture(scope: str = "module"):
+    """A fixture: a recording/fault-injecting RpcProxy in front of the session anvil, stopped at the
+    end of `scope`. A module that wants a proxy of its own writes `px = rpc_proxy_fixture()`."""
+    @pytest.fixture(scope=scope)
+    def rpc_proxy(anvil):
+        p = RpcProxy(anvil.url).start()
+        try:
+            yield p
+        finally:
+            p.stop()
+    return rpc_proxy
+
+
+proxy = rpc_proxy_fixture("session")
 
 
 @pytest.fixture
@@ -81,10 +88,7 @@ def cluster(proxy, contracts):
     _require(CRON_LIB, "pg_cron (postgresql-15-cron)")
     _require(EXT_CONTROL, "audius_indexer extension (control file)")
     _require(EXT_LIB, "audius_indexer extension (library)")
-    c = Cluster(preload=["audius_indexer", "pg_cron"], name="it")
-    c.settings.update({
-        "cron.database_name": "'postgres'",
-        "cron.host": f"'{c.sockdir}'",
+    c = cron_cluster("it", {
         "audius_indexer.sweep_enabled": "off",
         # the follow and challenge workers stay off too: their RPC calls would show in the proxy's
         # counters of every test (tests that want them turn them on)

@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from harness.chain import to_checksum, wallet_address
-from harness.reliability import Report, error_text, expect_error, log_guard, short
+from harness.reliability import error_text, expect_error, short
+from harness.suites import lit, report_fixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -87,10 +88,6 @@ def ok(id, what, sql, check, expect, *, rpc, args=(), setup=(), max_s=None, writ
 
 def fn_one(value: str) -> str:
     return f"SELECT wallet, balance FROM {F}(ARRAY[{value}]::text[])"
-
-
-def lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 # The mismatched upsert of case `up_blocks_short` (also run on its own by the companion test).
@@ -265,13 +262,7 @@ CASES: list[Case] = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report(cluster):
-    """Suite table + after the suite: no crash / PANIC / URL secret in the server log."""
-    r = Report("r1_inputs", "R1 — bad SQL input")
-    with log_guard(cluster):
-        yield r
-        r.write()
+report = report_fixture("r1_inputs", "R1 — bad SQL input")
 
 
 class Session:

@@ -36,7 +36,7 @@ from harness.challenges import (PLAIN_UPSERT, PROCESSORS, Admin, Block, Challeng
                                 convergence_bound, dedupe_completions, first_seen, keys, make_db,
                                 pairs_by_referrer, positions, recompute_pairs, run_once, set_checkpoint,
                                 uc_rows, warnings_of)
-from harness.triggers import Notices, start_cluster
+from harness.triggers import Notices, clean_cluster
 
 SEED = 20260311
 # ordinary operations per run (the rows of the crowded blocks come on top); batch 5000 runs are the
@@ -52,14 +52,10 @@ def pg():
     # (With statistics on this test's notification table the planner turns the trigger's cooldown
     # lookup into a LIMIT-1 seq scan of notification -- one run of 5000 completions then took ~40 s
     # instead of ~1 s -- so the runtime would depend on when autovacuum happens to run.)
-    c = start_cluster("challenges", {"max_connections": "40", "autovacuum": "off"})
-    try:
+    with clean_cluster("challenges", {"max_connections": "40", "autovacuum": "off"}) as c:
         yield c
-        c.assert_log_clean()
         warn = [ln for ln in c.log_text().splitlines() if "WARNING" in ln]
         assert not warn, "server log has WARNINGs:\n" + "\n".join(warn[:20])
-    finally:
-        c.destroy()
 
 
 _db_counter = iter(range(1, 10_000))

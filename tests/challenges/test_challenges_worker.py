@@ -19,18 +19,16 @@ and alone.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import wait_until
 from harness.chain import wallet_address
-from harness.pg import worker_cluster
+from harness.pg import load_audius_tables, worker_cluster
 
 pytestmark = pytest.mark.timeout(240)
 
 DB = "chw"
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def chw(proxy, contracts):
     c = worker_cluster("chw", DB, proxy.url, contracts)
     try:
         with c.connect(DB) as conn:
-            conn.execute((SQL_DIR / "audius_fixture_schema.sql").read_text())
+            load_audius_tables(conn, eth=False)
             conn.execute("SELECT audius_indexer.install_triggers()")
         c.set_system(challenges_interval="500ms")
         yield c

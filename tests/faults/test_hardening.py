@@ -32,6 +32,7 @@ session cluster; case 4 runs in a cluster of its own (hdterm).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -47,7 +48,8 @@ from harness.challenges import OUTCOME_COLS, PROCESSORS, checkpoints, make_db, p
 from conftest import SECRET_PATH, crash_lines, wait_until
 from harness.chain import wallet_address
 from harness.pg import worker_cluster
-from harness.reliability import Report, error_text, expect_error, log_guard, short
+from harness.reliability import error_text, expect_error, short
+from harness.suites import report_fixture
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -60,13 +62,7 @@ MIB = 1024 * 1024
 NOBODY = 65534
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report(cluster):
-    """Suite table + after the suite: no crash / PANIC / URL secret in the session server log."""
-    r = Report("hardening", "Hardening — smaller defects of 0.2.0")
-    with log_guard(cluster):
-        yield r
-        r.write()
+report = report_fixture("hardening", "Hardening — smaller defects of 0.2.0")
 
 
 def _drop_role(conn, role: str) -> None:
@@ -389,6 +385,13 @@ def run(conn) -> dict[str, dict]:
     return {o["challenge_id"]: o for o in out}
 
 
+def run_clean(conn) -> dict[str, dict]:
+    """run(conn), every processor without an error."""
+    out = run(conn)
+    assert all(o["error"] is None for o in out.values()), out
+    return out
+
+
 def ue(conn, block: int, user: int, referrer: int | None = None, mobile: bool = False) -> int:
     return conn.execute("INSERT INTO user_events (blocknumber, is_current, user_id, referrer, is_mobile_user) "
                         "VALUES (%s, true, %s, %s, %s) RETURNING id", (block, user, referrer, mobile)).fetchone()[0]
@@ -433,33 +436,29 @@ def test_keyset_never_skips_a_late_commit(cluster, audius_db, report):
                      "block 100 (id N+1), committed; run; A commits; run",
                      "after run 1 the r/rv/rd position (ue_id) is below N; after run 2 A's pair is in "
                      "user_challenges (r and rd)") as rec:
-        conn = audius_db("hd_keyset")
-        a = None
-        try:
+        with contextlib.ExitStack() as stack:
+            conn = stack.enter_context(contextlib.closing(audius_db("hd_keyset")))
             user(conn, REFERRER, 1, verified=False)
             prep = ue(conn, 99, PREP_USER, REFERRER)
             # (settled at once in a quiet cluster; a transaction elsewhere could hold it back a run)
             for _ in range(5):
-                out0 = run(conn)
-                assert all(o["error"] is None for o in out0.values()), out0
+                run_clean(conn)
                 if positions(conn)["r"][:2] == (99, prep):
                     break
                 time.sleep(0.2)
             assert positions(conn)["r"][:2] == (99, prep), positions(conn)
 
-            a = cluster.connect("hd_keyset", autocommit=False)
+            a = stack.enter_context(contextlib.closing(cluster.connect("hd_keyset", autocommit=False)))
             n = ue(a, 100, A_USER, REFERRER)                  # A: uncommitted
             n1 = ue(conn, 100, B_USER, REFERRER)              # B: committed (autocommit)
             assert n1 == n + 1, (n, n1)
-            out1 = run(conn)
-            assert all(o["error"] is None for o in out1.values()), out1
+            run_clean(conn)
             pos1 = positions(conn)
             held = {p: pos1[p][1] for p in ("r", "rv", "rd")}
             for p, ue_id in held.items():
                 assert ue_id is not None and ue_id < n, f"{p}: position ue_id {ue_id} passed N = {n} ({pos1[p]})"
             a.commit()
-            out2 = run(conn)
-            assert all(o["error"] is None for o in out2.values()), out2
+            run_clean(conn)
             got = uc_keys(conn)
             want = {("r", f"{spec(REFERRER)}:{spec(A_USER)}"), ("rd", f"{spec(A_USER)}:{spec(REFERRER)}")}
             missing = want - got
@@ -469,10 +468,6 @@ def test_keyset_never_skips_a_late_commit(cluster, audius_db, report):
             pos2 = positions(conn)
             rec.observed = (f"N = {n}; after run 1 ue_id r/rv/rd = {held['r']}/{held['rv']}/{held['rd']} (< N); "
                             f"after A's commit run 2 derived A's pair (r, rd); position now {pos2['r'][:2]}")
-        finally:
-            if a is not None:
-                a.close()
-            conn.close()
 
 
 BIG_BLOCK = 2_147_483_653
@@ -490,8 +485,7 @@ def test_checkpoint_out_of_int4_range(audius_db, report):
             user(conn, REFERRER, 1, verified=False)
             ue(conn, 10, 700, mobile=True)
             ue(conn, 10, 701, REFERRER)
-            out0 = run(conn)
-            assert all(o["error"] is None for o in out0.values()), out0
+            run_clean(conn)
             before = checkpoints(conn)
             assert before == {"m": 10, "r": 10, "rv": 10, "rd": 10}, before
             ue(conn, BIG_BLOCK, 702, mobile=True)

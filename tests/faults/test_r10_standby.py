@@ -16,7 +16,8 @@ import pytest
 from conftest import wait_until
 from harness.chain import wallet_address
 from harness.pg import standby_of, worker_cluster
-from harness.reliability import Report, expect_error, short
+from harness.reliability import expect_error, short
+from harness.suites import report_fixture
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -24,11 +25,7 @@ DB = "r10"
 WATCH_S = 30
 
 
-@pytest.fixture(scope="module")
-def report():
-    r = Report("r10_standby", "R10 — hot standby")
-    yield r
-    r.write()
+report = report_fixture("r10_standby", "R10 — hot standby", guard=False)
 
 
 @pytest.fixture(scope="module")

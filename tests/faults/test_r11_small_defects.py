@@ -32,7 +32,8 @@ import pytest
 from conftest import SECRET_PATH, wait_until
 from harness.chain import wallet_address
 from harness.pg import Cluster
-from harness.reliability import Report, error_text, expect_error, log_guard, short
+from harness.reliability import error_text, expect_error, short
+from harness.suites import report_fixture
 from harness.triggers import Notices, create_audius_db, require_extension_installed
 
 pytestmark = pytest.mark.timeout(180)
@@ -43,13 +44,7 @@ F = "audius_indexer.multicall_total_audio_balances"
 WORKER = "audius_indexer sweep"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report(cluster):
-    """Suite table + after the suite: no crash / PANIC / URL secret in the session server log."""
-    r = Report("r11_small_defects", "R11 — smaller defects")
-    with log_guard(cluster):
-        yield r
-        r.write()
+report = report_fixture("r11_small_defects", "R11 — smaller defects")
 
 
 def _create_role(conn) -> None:

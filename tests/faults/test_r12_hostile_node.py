@@ -34,6 +34,7 @@ cluster to accept connections again, so a crash fails its own case only.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import subprocess
 import threading
@@ -43,11 +44,12 @@ from dataclasses import dataclass, field
 import psycopg
 import pytest
 
-from conftest import SECRET_PATH, SECRETS, crash_lines
+from conftest import SECRET_PATH, SECRETS, crash_lines, rpc_proxy_fixture
 from harness.chain import wallet_address
 from harness.pg import PG_BIN, Cluster, _as_postgres
 from harness.rpcproxy import RpcProxy
 from harness.reliability import Report, crash_or_secret_lines, error_text, short
+from harness.suites import report_fixture
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -284,20 +286,8 @@ class HostileReport(Report):
         return path
 
 
-@pytest.fixture(scope="module")
-def report():
-    r = HostileReport("r12_hostile_node", "R12 — a hostile node")
-    yield r
-    r.write()
-
-
-@pytest.fixture(scope="module")
-def hproxy(anvil):
-    p = RpcProxy(anvil.url).start()
-    try:
-        yield p
-    finally:
-        p.stop()
+report = report_fixture("r12_hostile_node", "R12 — a hostile node", HostileReport, guard=False)
+hproxy = rpc_proxy_fixture()  # the SQL cases' proxy, of this module's own
 
 
 @pytest.fixture(scope="module")
@@ -394,6 +384,24 @@ def settled(c: Cluster, mark: int, died: bool) -> tuple[dict, list[str]]:
     return snap, bad
 
 
+@contextlib.contextmanager
+def case_session(c: Cluster, proxy: RpcProxy, ctx: Ctx):
+    """One case's session on `c`, the proxy's faults cleared first: statement_timeout GUARD_S, the
+    case's state seeded; yields (conn, the state before the call). Closed afterwards, even when its
+    backend died."""
+    proxy.clear_faults()
+    conn = connect_ready(c)
+    try:
+        conn.execute(f"SET statement_timeout = '{GUARD_S}s'")
+        seed(conn, ctx)
+        yield conn, snapshot(conn)
+    finally:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - the backend may be gone
+            pass
+
+
 def hostile_requests(proxy: RpcProxy, m: Mode) -> int:
     return sum(1 for r in proxy.requests if r.fault == m.fault)
 
@@ -414,23 +422,13 @@ def test_entry_point(m: Mode, entry: str, r12, hproxy, ctx, report):
     else:
         expected = "if served: 08P01 naming the host, no secret, nothing written; else success / clean ERROR"
     with report.case(f"{entry} / {m.id}", m.what, expected) as rec:
-        hproxy.clear_faults()
         mark = len(r12.log_text())
-        conn = connect_ready(r12)
-        try:
-            conn.execute(f"SET statement_timeout = '{GUARD_S}s'")
-            seed(conn, ctx)
-            before = snapshot(conn)
+        with case_session(r12, hproxy, ctx) as (conn, before):
             hproxy.reset()
             m.install(hproxy, ctx)
             out = run_call(r12, conn, entry, ctx.rows)
             hproxy.clear_faults()
             served = hostile_requests(hproxy, m)
-        finally:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - the backend may be gone
-                pass
         after, bad = settled(r12, mark, out.died)
         if bad or out.died:
             rec.observed = (f"backend died ({'; '.join(bad[:2]) or error_text(out.error)[:150]}); "
@@ -504,13 +502,8 @@ def test_head_memory_not_poisoned(value, r12, hproxy, ctx, report):
                      f"one session: refresh_wallets under eth_blockNumber → {value}; then (honest heads) "
                      "Multicall3 getBlockNumber() → head + 1,000,000",
                      "both refused with 08P01 naming the host; rows unchanged") as rec:
-        hproxy.clear_faults()
         mark = len(r12.log_text())
-        conn = connect_ready(r12)
-        try:
-            conn.execute(f"SET statement_timeout = '{GUARD_S}s'")
-            seed(conn, ctx)
-            before = snapshot(conn)
+        with case_session(r12, hproxy, ctx) as (conn, before):
             hproxy.fault("result", methods="eth_blockNumber", value=value)
             first = run_call(r12, conn, "refresh_wallets", ctx.rows)
             hproxy.clear_faults()
@@ -519,8 +512,6 @@ def test_head_memory_not_poisoned(value, r12, hproxy, ctx, report):
             hproxy.fault("block_number", value=ctx.anvil.block_number() + 1_000_000)
             second = run_call(r12, conn, "refresh_wallets", ctx.rows)
             hproxy.clear_faults()
-        finally:
-            conn.close()
         after, bad = settled(r12, mark, first.died or second.died)
         assert not bad, "server log shows a crash:\n" + "\n".join(bad[:5])
         obs = [("ERROR " + short(o.error, 70)) if o.error else f"accepted {o.rows}" for o in (first, second)]

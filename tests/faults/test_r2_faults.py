@@ -22,7 +22,8 @@ from conftest import SECRET_PATH, wait_until
 from harness.chain import Contracts, wallet_address
 from harness.pg import exited, free_port
 from harness.rpcproxy import RpcProxy
-from harness.reliability import set_random_values, Listener, Report, TcpRelay, assert_no_secret, error_text, expect_error, log_guard, short
+from harness.reliability import set_random_values, Listener, TcpRelay, assert_no_secret, error_text, expect_error, short
+from harness.suites import emptied, extension_db, report_fixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,13 +35,7 @@ SENTINEL = 123456789
 # ------------------------------------------------------------------------------------------------
 # fixtures and helpers
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def report(cluster):
-    """Suite table + after the suite: no crash / PANIC / URL secret in the server log."""
-    r = Report("r2_faults", "R2 — RPC faults")
-    with log_guard(cluster):
-        yield r
-        r.write()
+report = report_fixture("r2_faults", "R2 — RPC faults")
 
 
 @pytest.fixture(scope="module", autouse=True, params=[1, 4], ids=["c1", "c4"])
@@ -61,25 +56,15 @@ def concurrency(request, cluster, report):
 
 @pytest.fixture(scope="module")
 def r2db(cluster):
-    # Not dropped afterwards: DROP DATABASE hangs while the sweep worker idles (see
-    # test_drop_database_while_worker_idles); the cluster goes at session end anyway.
-    with cluster.connect() as c:
-        c.execute(f"CREATE DATABASE {DB}")
-    with cluster.connect(DB) as c:
-        c.execute("CREATE EXTENSION audius_indexer")
-    yield DB
+    return extension_db(cluster, DB)  # not dropped: see extension_db
 
 
 @pytest.fixture
 def conn(db, cluster, r2db):
     """A connection to `r2` with empty balance/failure tables. `db` (conftest) clears faults,
     counters and SIGHUP settings afterwards and checks the log for crashes."""
-    c = cluster.connect(r2db)
-    c.execute("TRUNCATE eth_wallet_balances, audius_indexer.wallet_failures")
-    try:
+    with emptied(cluster, r2db) as c:
         yield c
-    finally:
-        c.close()
 
 
 def hostport(proxy) -> str:
@@ -105,6 +90,32 @@ def values(conn, ws) -> dict[str, int]:
         "SELECT wallet, balance FROM eth_wallet_balances WHERE wallet = ANY(%s)", (ws,)).fetchall()}
 
 
+def seeded(conn, contracts, n: int, tag: str, rng_seed=None) -> tuple[list[str], dict[str, int]]:
+    """`n` wallets of `tag` with random values on chain (seeded by `rng_seed`, default `tag`) and
+    rows holding SENTINEL: (wallets, the chain's totals)."""
+    ws = wallets(n, tag)
+    want = set_random_values(contracts, ws, tag if rng_seed is None else rng_seed)
+    seed(conn, ws)
+    return ws, want
+
+
+def balances(c, ws) -> dict[str, int]:
+    """wallet → balance, as the read function returns them for `ws`."""
+    return {w: int(b) for w, b in c.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()}
+
+
+def timed_balances(c, ws) -> tuple[dict[str, int], float]:
+    """balances(c, ws) and the seconds the call took."""
+    t0 = time.monotonic()
+    got = balances(c, ws)
+    return got, time.monotonic() - t0
+
+
+def holders_per_call(proxy) -> list[int]:
+    """The holders of each aggregate3 request the proxy saw, in order (3 calls each, plus getBlockNumber())."""
+    return [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
+
+
 def failures(conn) -> int:
     return conn.execute("SELECT count(*) FROM audius_indexer.wallet_failures").fetchone()[0]
 
@@ -113,17 +124,44 @@ def counts(conn, sql, args=()):
     return tuple(conn.execute(sql, args).fetchone())
 
 
-def cancel_mid_call(db, other_conn, sql: str, args, ready) -> float:
+def stale_ticks(conn, ticks: int = 3) -> None:
+    """`ticks` calls of refresh_stale(8), each refreshing 8 stale rows."""
+    for _ in range(ticks):
+        assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
+
+
+def read_error(c, proxy, ws, mode: str | None, params: dict, sqlstate: str, contains=(),
+               settings: dict | None = None, statement_timeout: str | None = None, **bounds):
+    """The read of `ws` on `c` with the audius_indexer `settings` SET in the session, the proxy in
+    fault `mode` (None: no fault) with `params`, and `statement_timeout` for this read only: it
+    must end in ERROR `sqlstate` naming every string of `contains`, within expect_error's `bounds`
+    (min_s / max_s). Returns (the error, the seconds it took)."""
+    for name, value in (settings or {}).items():
+        c.execute(f"SET audius_indexer.{name} = {value}")
+    if statement_timeout:
+        c.execute(f"SET statement_timeout = '{statement_timeout}'")
+    if mode:
+        proxy.fault(mode, **params)
+    e, _, dt = expect_error(c, f"SELECT * FROM {F}(%s)", (ws,), sqlstate, contains, **bounds)
+    if statement_timeout:
+        c.execute("RESET statement_timeout")
+    return e, dt
+
+
+def cancel_mid_call(db, other_conn, sql: str, args, ready) -> tuple[float, psycopg.Error]:
     """Runs `sql` on `db` in a thread, waits for `ready()` (the call is on the wire), cancels it from
-    `other_conn`; the call must end in ERROR 57014. Returns the seconds from the cancel to that end."""
+    `other_conn`; the call must end in ERROR 57014. Returns the seconds from the cancel to that end,
+    and the error."""
     pid = db.info.backend_pid
     th, out = run_in_thread(lambda: db.execute(sql, args).fetchall())
     ready()
+    assert th.is_alive(), f"the call ended before the cancel: {out}"
     t0 = time.monotonic()
     assert other_conn.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone() == (True,)
     th.join(5)
+    assert not th.is_alive(), "the call outlived the cancel by 5 s"
     assert isinstance(out.get("error"), psycopg.Error) and out["error"].sqlstate == "57014", out
-    return out["end"] - t0
+    return out["end"] - t0, out["error"]
 
 
 def run_in_thread(fn):
@@ -188,9 +226,7 @@ FAULTS = [
 
 @pytest.mark.parametrize("f", FAULTS, ids=[f.id for f in FAULTS])
 def test_fault_nothing_partial_then_recovery(f: Fault, conn, contracts, proxy, report):
-    ws = wallets(12, f.id)
-    want = set_random_values(contracts, ws, f.id)
-    seed(conn, ws)
+    ws, want = seeded(conn, contracts, 12, f.id)
     before = snapshot(conn, ws)
     expect = f"ERROR {f.sqlstate} naming host{' + ' + repr(f.mention) if f.mention else ''}; rows unchanged; recovers"
     with report.case(f.id, f.what + " on chunk 2 of 3", expect) as rec:
@@ -238,10 +274,8 @@ def test_acceptance_429_retry_after_then_success(db, contracts, proxy, report):
                      "success, took ≥ 1 s, exactly 2 requests") as rec:
         proxy.reset()
         proxy.fault("http429", retry_after=1, times=1)
-        t0 = time.monotonic()
-        rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
-        dt = time.monotonic() - t0
-        assert {w: int(b) for w, b in rows} == want
+        got, dt = timed_balances(db, ws)
+        assert got == want
         assert dt >= 1.0, f"took {dt:.3f}s: Retry-After not honoured"
         assert dt < 3.0, f"took {dt:.3f}s"
         assert proxy.http_requests == 2, f"{proxy.http_requests} requests"
@@ -277,9 +311,7 @@ TRANSIENTS = [
 
 @pytest.mark.parametrize("t", TRANSIENTS, ids=[t.id for t in TRANSIENTS])
 def test_transient_retried_then_success(t: Transient, conn, contracts, proxy, report):
-    ws = wallets(3, "tr-" + t.id)
-    want = set_random_values(contracts, ws, t.id)
-    seed(conn, ws)
+    ws, want = seeded(conn, contracts, 3, "tr-" + t.id, t.id)
     with report.case(f"retry {t.id}", f"{t.mode}({t.params or ''}) once, then pass",
                      "refresh_wallets succeeds after 1 retry (2 requests), values written") as rec:
         conn.execute("SET audius_indexer.rpc_max_retries = 2")
@@ -334,13 +366,9 @@ def test_persistent_fault_gives_up_with_its_sqlstate(g: GivesUp, conn, proxy, re
     (retries, or the halvings of an answer that no chunk size can fix) before the read gives up."""
     ws = wallets(g.n_wallets, "giveup-" + g.case)
     with report.case(g.case, g.fault_text, g.expected) as rec:
-        for name, value in g.settings.items():
-            conn.execute(f"SET audius_indexer.{name} = {value}")
-        if g.mode:
-            proxy.fault(g.mode, **g.params)
         mention = g.mention if g.mention is not None else hostport(proxy)
-        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), g.sqlstate, (mention,), max_s=g.max_s)
-        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
+        e, dt = read_error(conn, proxy, ws, g.mode, g.params, g.sqlstate, (mention,), g.settings, max_s=g.max_s)
+        seq = holders_per_call(proxy)
         assert seq == g.holders, seq
         rec.observed = f"{short(e, 70)}; holders per call {seq}, {dt:.2f}s"
 
@@ -355,11 +383,8 @@ def test_retry_budget(conn, proxy, report):
     ws = wallets(2, "budget")
     with report.case("retry budget", "http503 persistent, rpc_max_retries=100, rpc_retry_budget_ms=850",
                      "ERROR 08P01 after exactly 3 requests, within the 850 ms budget") as rec:
-        conn.execute("SET audius_indexer.rpc_max_retries = 100")
-        conn.execute("SET audius_indexer.rpc_retry_budget_ms = 850")
-        proxy.fault("http503")
-        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "08P01", (hostport(proxy), "HTTP 503"),
-                                min_s=0.375, max_s=0.85)
+        e, dt = read_error(conn, proxy, ws, "http503", {}, "08P01", (hostport(proxy), "HTTP 503"),
+                           {"rpc_max_retries": 100, "rpc_retry_budget_ms": 850}, min_s=0.375, max_s=0.85)
         assert proxy.count(aggregate3=True) == 3
         assert proxy.http_requests == 3
         rec.observed = f"{short(e, 50)} in {dt:.2f}s after 3 requests"
@@ -369,9 +394,8 @@ def test_retry_after_beyond_budget_gives_up_at_once(conn, proxy, report):
     ws = wallets(2, "ra-budget")
     with report.case("Retry-After > budget", "http429(retry_after=3600), rpc_retry_budget_ms=2000",
                      "ERROR 53400 at once (no 10 s wait), 1 request") as rec:
-        conn.execute("SET audius_indexer.rpc_retry_budget_ms = 2000")
-        proxy.fault("http429", retry_after=3600)
-        e, _, dt = expect_error(conn, f"SELECT * FROM {F}(%s)", (ws,), "53400", max_s=1.0)
+        e, dt = read_error(conn, proxy, ws, "http429", {"retry_after": 3600}, "53400",
+                           settings={"rpc_retry_budget_ms": 2000}, max_s=1.0)
         assert proxy.count(aggregate3=True) == 1
         rec.observed = f"{short(e, 50)} in {dt:.2f}s, 1 request"
 
@@ -381,10 +405,7 @@ def test_acceptance_statement_timeout_on_hang(db, proxy, report):
     ws = wallets(2, "st")
     with report.case("ACCEPT statement_timeout", "hang; statement_timeout=2s; rpc_timeout_ms/retries default",
                      "ERROR 57014 in < 3 s") as rec:
-        db.execute("SET statement_timeout = '2s'")
-        proxy.fault("hang")
-        e, _, dt = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "57014", min_s=1.9, max_s=3.0)
-        db.execute("RESET statement_timeout")
+        e, dt = read_error(db, proxy, ws, "hang", {}, "57014", statement_timeout="2s", min_s=1.9, max_s=3.0)
         rec.observed = f"{short(e, 60)} in {dt:.2f}s"
 
 
@@ -395,16 +416,13 @@ def test_pipelined_reads_honour_cancel_and_statement_timeout(db, other_conn, pro
     ws = wallets(12, "pipe-cancel")
     with report.case("pipelined: statement_timeout, cancel", "hang on every request, 3 chunks of 4",
                      "ERROR 57014 within 0.15 s of the timeout / the cancel; next call fine") as rec:
-        db.execute("SET audius_indexer.multicall_chunk_size = 4")
-        db.execute("SET statement_timeout = '1s'")
-        proxy.fault("hang")
-        e, _, dt = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "57014", min_s=0.95, max_s=1.15)
-        db.execute("RESET statement_timeout")
+        e, dt = read_error(db, proxy, ws, "hang", {}, "57014", settings={"multicall_chunk_size": 4},
+                           statement_timeout="1s", min_s=0.95, max_s=1.15)
         assert proxy.count(aggregate3=True) == min(3, concurrency), proxy.count(aggregate3=True)
         def on_the_wire():
             wait_until(lambda: proxy.count(aggregate3=True) >= min(3, concurrency) * 2, what="the requests")
             time.sleep(0.3)
-        dt_cancel = cancel_mid_call(db, other_conn, f"SELECT * FROM {F}(%s)", (ws,), on_the_wire)
+        dt_cancel, _ = cancel_mid_call(db, other_conn, f"SELECT * FROM {F}(%s)", (ws,), on_the_wire)
         assert dt_cancel < 0.15, f"cancel took {dt_cancel:.3f}s"
         proxy.clear_faults()
         rows = db.execute(f"SELECT wallet, error FROM {F}(%s)", (ws,)).fetchall()
@@ -416,10 +434,8 @@ def test_statement_timeout_during_backoff(db, proxy, report):
     ws = wallets(2, "st-backoff")
     with report.case("statement_timeout in backoff", "http429(retry_after=5) persistent; statement_timeout=1500ms",
                      "ERROR 57014 in < 2.2 s (the wait is interruptible)") as rec:
-        db.execute("SET statement_timeout = '1500ms'")
-        proxy.fault("http429", retry_after=5)
-        e, _, dt = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "57014", min_s=1.4, max_s=2.2)
-        db.execute("RESET statement_timeout")
+        e, dt = read_error(db, proxy, ws, "http429", {"retry_after": 5}, "57014", statement_timeout="1500ms",
+                           min_s=1.4, max_s=2.2)
         assert proxy.count(aggregate3=True) == 1
         rec.observed = f"{short(e, 60)} in {dt:.2f}s"
 
@@ -429,18 +445,11 @@ def test_cancel_during_backoff(db, other_conn, proxy, report):
     with report.case("cancel in backoff", "http429(retry_after=5); pg_cancel_backend during the wait",
                      "ERROR 57014 within 1 s of the cancel") as rec:
         proxy.fault("http429", retry_after=5)
-        pid = db.info.backend_pid
-        th, out = run_in_thread(lambda: db.execute(f"SELECT * FROM {F}(%s)", (ws,)).fetchall())
-        wait_until(lambda: proxy.http_requests >= 1, what="the first request")
-        time.sleep(0.4)
-        assert th.is_alive()
-        t0 = time.monotonic()
-        assert other_conn.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone() == (True,)
-        th.join(5)
-        assert not th.is_alive()
-        e = out.get("error")
-        assert isinstance(e, psycopg.Error) and e.sqlstate == "57014", out
-        dt = out["end"] - t0
+
+        def in_the_wait():
+            wait_until(lambda: proxy.http_requests >= 1, what="the first request")
+            time.sleep(0.4)
+        dt, e = cancel_mid_call(db, other_conn, f"SELECT * FROM {F}(%s)", (ws,), in_the_wait)
         assert dt < 1.0, f"cancel took {dt:.2f}s"
         assert db.execute("SELECT 1").fetchone() == (1,)
         rec.observed = f"{short(e, 50)} {dt:.2f}s after the cancel"
@@ -475,29 +484,37 @@ def test_acceptance_out_of_gas_above_50_holders(db, contracts, proxy, report):
                         + " ".join(f"{n}{'✗' if bad else '✓'}" for n, bad in seq[:7]) + " ×2")
 
 
-def test_http_413_halves_the_chunk(db, contracts, proxy, report):
-    ws = wallets(200, "413")
-    with report.case("HTTP 413", "http_status(413) once, 200 wallets in one chunk",
-                     "success; 200 → 100 + 100") as rec:
-        want = set_random_values(contracts, ws, 413)
-        proxy.fault("http_status", status=413, times=1)
-        rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
-        assert {w: int(b) for w, b in rows} == want
-        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
-        assert seq == [200, 100, 100], seq
-        rec.observed = f"success; holders per call {seq}"
+@dataclass
+class TooLarge:
+    """The node refuses a chunk once as too large: the read succeeds, the chunk of `n` halved once."""
+    id: str
+    case: str
+    fault_text: str
+    tag: str
+    n: int                       # wallets, all in one chunk; also the seed of their values
+    mode: str
+    params: dict
 
 
-def test_response_too_large_jsonrpc_halves(db, contracts, proxy, report):
-    ws = wallets(40, "toolarge")
-    with report.case("response too large (JSON-RPC)", "jsonrpc_error(-32000, 'response size exceeded') once",
-                     "success; 40 → 20 + 20") as rec:
-        want = set_random_values(contracts, ws, 40)
-        proxy.fault("jsonrpc_error", times=1, code=-32000, message="response size exceeded")
-        rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
-        assert {w: int(b) for w, b in rows} == want
-        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
-        assert seq == [40, 20, 20], seq
+TOO_LARGE = [
+    TooLarge("http_413", "HTTP 413", "http_status(413) once, 200 wallets in one chunk", "413", 200,
+             "http_status", {"status": 413}),
+    TooLarge("jsonrpc_response_size", "response too large (JSON-RPC)",
+             "jsonrpc_error(-32000, 'response size exceeded') once", "toolarge", 40,
+             "jsonrpc_error", {"code": -32000, "message": "response size exceeded"}),
+]
+
+
+@pytest.mark.parametrize("t", TOO_LARGE, ids=[t.id for t in TOO_LARGE])
+def test_too_large_once_halves_the_chunk(t: TooLarge, db, contracts, proxy, report):
+    ws = wallets(t.n, t.tag)
+    half = t.n // 2
+    with report.case(t.case, t.fault_text, f"success; {t.n} → {half} + {half}") as rec:
+        want = set_random_values(contracts, ws, t.n)
+        proxy.fault(t.mode, times=1, **t.params)
+        assert balances(db, ws) == want
+        seq = holders_per_call(proxy)
+        assert seq == [t.n, half, half], seq
         rec.observed = f"success; holders per call {seq}"
 
 
@@ -507,8 +524,7 @@ def test_request_byte_budget(db, contracts, proxy, report):
                      "success in several calls, each body ≤ 20 kB") as rec:
         want = set_random_values(contracts, ws, 100)
         db.execute("SET audius_indexer.multicall_max_request_bytes = 20000")
-        rows = db.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
-        assert {w: int(b) for w, b in rows} == want
+        assert balances(db, ws) == want
         recs = proxy.select(aggregate3=True)
         holders = [(r.n_calls - 1) // 3 for r in recs]
         assert len(recs) > 1 and sum(holders) == 100
@@ -534,7 +550,7 @@ def test_real_node_out_of_gas_is_split(db, contracts, proxy, report):
             rec.observed = short(e, 120)
             raise AssertionError(f"expected the chunk to be split, got {e.sqlstate}: {error_text(e)}") from None
         assert len(rows) == 1400
-        seq = [(r.n_calls - 1) // 3 for r in proxy.select(aggregate3=True)]
+        seq = holders_per_call(proxy)
         rec.observed = f"success; holders per call {seq}"
 
 
@@ -544,16 +560,13 @@ def test_real_node_out_of_gas_is_split(db, contracts, proxy, report):
 def test_one_connection_per_slot_for_a_whole_sweep(conn, contracts, proxy, report, concurrency):
     """Keep-alive: three sweep ticks of 6 chunks each in one session open one connection per chunk in
     flight (rpc_concurrency), not one per request; rpc_idle_timeout_ms = 0 opens one per request."""
-    ws = wallets(24, "ka")
-    want = set_random_values(contracts, ws, "ka")
-    seed(conn, ws)
+    ws, want = seeded(conn, contracts, 24, "ka")
     with report.case("keep-alive across ticks", "3 x refresh_stale(8), chunk 4 (6 aggregate3 calls)",
                      f"<= {concurrency} TCP connection(s) in all; idle timeout 0: one per request") as rec:
         conn.execute("SET audius_indexer.multicall_chunk_size = 4")
         conn.execute("SELECT * FROM audius_indexer.rpc_endpoint_stats()")
         proxy.reset()
-        for _ in range(3):
-            assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
+        stale_ticks(conn)
         n_req, n_conn, probes = proxy.http_requests, proxy.accepted, proxy.h2_probes
         # 6 aggregate3 chunks, and the node's head asked at most once (the write path's block
         # check trusts a head for 60 s)
@@ -567,7 +580,7 @@ def test_one_connection_per_slot_for_a_whole_sweep(conn, contracts, proxy, repor
         conn.execute("SET audius_indexer.rpc_idle_timeout_ms = 0")
         conn.execute("UPDATE eth_wallet_balances SET updated_at = '1900-01-01' WHERE wallet = ANY(%s)", (ws,))
         proxy.reset()
-        assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
+        stale_ticks(conn, 1)
         assert proxy.accepted == proxy.http_requests, (proxy.accepted, proxy.http_requests)
         rec.observed = (f"{n_conn} connection(s) for {n_req} requests over 3 ticks; idle timeout 0: "
                         f"{proxy.accepted} for {proxy.http_requests}")
@@ -612,15 +625,12 @@ def test_keepalive_connections_for_a_whole_sweep_on_the_node(conn, contracts, re
     """Against the node itself (anvil, which also speaks HTTP/2): three sweep ticks of 6 chunks
     each, rpc_concurrency chunks in flight, use at most rpc_concurrency kept-alive HTTP/1.1
     connections in all, and never try HTTP/2 (one HTTP stack: docs/performance.md)."""
-    ws = wallets(24, "ka_node")
-    want = set_random_values(contracts, ws, "ka_node")
-    seed(conn, ws)
+    ws, want = seeded(conn, contracts, 24, "ka_node")
     with report.case("keep-alive on the node", "node via TCP relay, 3 x refresh_stale(8), chunk 4",
                      f"1..{concurrency} TCP connections in all, none HTTP/2") as rec:
         conn.execute("SET audius_indexer.multicall_chunk_size = 4")
         relay.reset()
-        for _ in range(3):
-            assert counts(conn, "SELECT * FROM audius_indexer.refresh_stale(8)") == (8, 8, 0, 0)
+        stale_ticks(conn)
         assert values(conn, ws) == want
         assert 1 <= relay.connections <= concurrency and relay.h2_connections == 0, \
             (relay.connections, relay.h2_connections)
@@ -636,13 +646,12 @@ def test_connection_dropped_between_calls_is_not_a_failure(conn, contracts, rela
                      "success on a fresh connection, 0 failures counted") as rec:
         conn.execute("SET audius_indexer.rpc_max_retries = 0")
         relay.reset()
-        assert {w: int(b) for w, b in conn.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()} == want
+        assert balances(conn, ws) == want
         failures0 = conn.execute("SELECT sum(failures) FROM audius_indexer.rpc_endpoint_stats()").fetchone()[0]
         for _ in range(3):
             relay.drop_all()
             time.sleep(0.05)
-            rows = conn.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
-            assert {w: int(b) for w, b in rows} == want
+            assert balances(conn, ws) == want
         failures1 = conn.execute("SELECT sum(failures) FROM audius_indexer.rpc_endpoint_stats()").fetchone()[0]
         assert failures1 == failures0, (failures0, failures1)
         assert relay.connections == 4 and relay.h2_connections == 0, (relay.connections, relay.h2_connections)
@@ -661,7 +670,7 @@ def test_hung_node_honours_statement_timeout_and_cancel(db, other_conn, relay, r
         db.execute("SET statement_timeout = '1s'")
         e, _, dt = expect_error(db, f"SELECT * FROM {F}(%s)", (ws,), "57014", min_s=0.95, max_s=1.15)
         db.execute("RESET statement_timeout")
-        dt_cancel = cancel_mid_call(db, other_conn, f"SELECT * FROM {F}(%s)", (ws,), lambda: time.sleep(0.5))
+        dt_cancel, _ = cancel_mid_call(db, other_conn, f"SELECT * FROM {F}(%s)", (ws,), lambda: time.sleep(0.5))
         assert dt_cancel < 0.15, f"cancel took {dt_cancel:.3f}s"
         relay.stall = False
         relay.drop_all()
@@ -710,9 +719,7 @@ def test_rate_limits_halve_the_requests_in_flight(conn, proxy, report, concurren
 # 4. redirect, node down, failover
 # ------------------------------------------------------------------------------------------------
 def test_redirect_not_followed(conn, contracts, proxy, report):
-    ws = wallets(12, "redirect")
-    want = set_random_values(contracts, ws, "redirect")
-    seed(conn, ws)
+    ws, want = seeded(conn, contracts, 12, "redirect")
     before = snapshot(conn, ws)
     with Listener() as target, report.case(
             "redirect", "302 Location: http://127.0.0.1:<listener>/zzz-stolen?k=secret-key-123",
@@ -739,9 +746,7 @@ def test_redirect_not_followed(conn, contracts, proxy, report):
 
 
 def test_node_down(conn, cluster, contracts, proxy, report):
-    ws = wallets(6, "down")
-    want = set_random_values(contracts, ws, "down")
-    seed(conn, ws)
+    ws, want = seeded(conn, contracts, 6, "down")
     before = snapshot(conn, ws)
     port = free_port()
     with report.case("node down", "rpc_url → a port nobody listens on; default retries",
@@ -778,10 +783,8 @@ def test_acceptance_failover(cluster, db, contracts, proxy, report):
                      "0 failures; 2nd call skips #1") as rec:
         cluster.set_system(rpc_urls=f"http://127.0.0.1:{dead}/k1?apikey=zzz, {proxy.url_with(SECRET_PATH)}")
         with cluster.connect("audius") as c:
-            t0 = time.monotonic()
-            rows = c.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
-            dt = time.monotonic() - t0
-            assert {w: int(b) for w, b in rows} == want
+            got, dt = timed_balances(c, ws)
+            assert got == want
             assert dt < 1.0, f"failover took {dt:.2f}s: it must not wait a backoff first"
             s1 = stats(c)
             assert [r[1] for r in s1] == [f"127.0.0.1:{dead}", hostport(proxy)]
@@ -794,8 +797,7 @@ def test_acceptance_failover(cluster, db, contracts, proxy, report):
             for r in s1:
                 assert "zzz" not in str(r) and "secret-key-123" not in str(r) and "k1" not in str(r)
             assert proxy.http_requests == 1
-            rows = c.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
-            assert {w: int(b) for w, b in rows} == want
+            assert balances(c, ws) == want
             s2 = stats(c)
             assert s2[0][2] == first[2], f"the cooling-down endpoint was tried again: {s2[0]}"
             assert s2[1][2] == second[2] + 1
@@ -817,10 +819,8 @@ def test_failover_on_http_503(cluster, db, anvil, contracts, proxy, report):
             proxy.fault("http503")
             cluster.set_system(rpc_urls=f"{proxy.url_with(SECRET_PATH)},{p2.url_with(SECRET_PATH)}")
             with cluster.connect("audius") as c:
-                t0 = time.monotonic()
-                rows = c.execute(f"SELECT wallet, balance FROM {F}(%s)", (ws,)).fetchall()
-                dt = time.monotonic() - t0
-                assert {w: int(b) for w, b in rows} == want
+                got, dt = timed_balances(c, ws)
+                assert got == want
                 assert proxy.http_requests == 1 and p2.http_requests == 1
                 assert dt < 1.0
                 s = stats(c)

@@ -728,18 +728,26 @@ def test_worker_kill9_and_node_outage_resume_without_gap(own, own_db):
 # session cluster: the pending queue's bookkeeping (last: they fail on the extension as built, see
 # their docstrings; with -x the worker tests above still run)
 # --------------------------------------------------------------------------------------------
-def test_pending_queue_counts_attempts_and_backs_off_failed_reads(fdb, cluster, contracts, anvil, proxy):
-    """Pending-queue bookkeeping (docs: failed reads are "backed off like wallet_failures"): a wallet
-    whose read keeps failing is queued with attempts 1, 2, … (first_queued kept) and its next
-    attempt moves out base, 2·base, … as its wallet_failures row does; when the read succeeds it
-    leaves the queue with the exact value."""
+def failing_transfer_target(fdb, cluster, contracts, proxy, tag: str) -> tuple[str, int]:
+    """failure_backoff_base 1 s; a tracked wallet w (1 + 2 + 3 on chain) and a step (the checkpoint
+    reaches the head); then a Transfer of 500 to w in block b, and from now on the proxy fails every
+    read of w. Returns (w, b)."""
     cluster.set_system(failure_backoff_base="1s")
-    w, src = wallet_address(0, "follow-fail"), wallet_address(1, "follow-fail")
+    w, src = wallet_address(0, tag), wallet_address(1, tag)
     contracts.set_values([w, src], [1, 10**20], [2, 0], [3, 0])
     fdb.execute("INSERT INTO eth_wallet_balances (wallet, balance, blocknumber) VALUES (%s, 0, 1)", (w,))
     step(fdb)
     b = block_of(contracts.transfer(src, w, 500))
     proxy.fault("fail_holder", holder=w)
+    return w, b
+
+
+def test_pending_queue_counts_attempts_and_backs_off_failed_reads(fdb, cluster, contracts, anvil, proxy):
+    """Pending-queue bookkeeping (docs: failed reads are "backed off like wallet_failures"): a wallet
+    whose read keeps failing is queued with attempts 1, 2, … (first_queued kept) and its next
+    attempt moves out base, 2·base, … as its wallet_failures row does; when the read succeeds it
+    leaves the queue with the exact value."""
+    w, b = failing_transfer_target(fdb, cluster, contracts, proxy, "follow-fail")
 
     def pending():
         return fdb.execute("SELECT attempts, first_queued, extract(epoch FROM next_attempt - now())::float8 "
@@ -780,13 +788,7 @@ def test_failed_read_then_lagging_read_is_not_written(fdb, cluster, contracts, a
     """A failed read is queued "with the block it must reach" (docs/operations.md): when the queued
     read is then answered by a lagging node (getBlockNumber 3 blocks behind the transfer), it must
     not be written as exact — the wallet stays queued until a read at or after its transfer."""
-    cluster.set_system(failure_backoff_base="1s")
-    w, src = wallet_address(0, "follow-faillag"), wallet_address(1, "follow-faillag")
-    contracts.set_values([w, src], [1, 10**20], [2, 0], [3, 0])
-    fdb.execute("INSERT INTO eth_wallet_balances (wallet, balance, blocknumber) VALUES (%s, 0, 1)", (w,))
-    step(fdb)
-    b = block_of(contracts.transfer(src, w, 500))
-    proxy.fault("fail_holder", holder=w)
+    w, b = failing_transfer_target(fdb, cluster, contracts, proxy, "follow-faillag")
     r1 = step(fdb)
     assert (r1["failed"], r1["checkpoint"]) == (1, b), r1
     queued = fdb.execute("SELECT min_block, extract(epoch FROM next_attempt - now())::float8 "

@@ -3,10 +3,10 @@ NOTICE per range for a psql caller of follow_transfers(), and the sweep's cycle 
 """
 from __future__ import annotations
 
-import psycopg
 import pytest
 
 from harness.chain import wallet_address
+from harness.databases import extension_database
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -16,17 +16,8 @@ W = [wallet_address(i, "progress") for i in range(30)]
 @pytest.fixture
 def fresh(cluster):
     """A database of the session cluster with a fresh CREATE EXTENSION (nothing enabled)."""
-    with cluster.connect() as su:
-        su.execute("DROP DATABASE IF EXISTS progress WITH (FORCE)")
-    cluster.create_database("progress")
-    conn = cluster.connect("progress")
-    try:
-        conn.execute("CREATE EXTENSION audius_indexer")
+    with extension_database(cluster, "progress") as conn:
         yield conn
-    finally:
-        conn.close()
-        with cluster.connect() as su:
-            su.execute("DROP DATABASE IF EXISTS progress WITH (FORCE)")
 
 
 def test_follow_step_progress_and_a_notice_per_range(fresh, anvil, cluster):

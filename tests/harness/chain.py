@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 from Crypto.Hash import keccak as _keccak
 
 from .pg import free_port
+from .procs import stop_process, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 ANVIL_BIN = Path(os.environ.get(
@@ -148,28 +149,23 @@ def _dec_bytes(buf: bytes, off: int) -> bytes:
     return buf[off + 32:off + 32 + n]
 
 
-def decode_result3_array(buf: bytes) -> list[tuple[bool, bytes]]:
+def _tuple_offsets(buf: bytes) -> list[int]:
+    """Where each element starts of the dynamic array of dynamic tuples that is the one argument (or
+    result) encoded in `buf`."""
     arr = _word(buf, 0)
     n = _word(buf, arr)
     base = arr + 32
-    out = []
-    for i in range(n):
-        t = base + _word(buf, base + 32 * i)
-        out.append((_word(buf, t) != 0, _dec_bytes(buf, t + _word(buf, t + 32))))
-    return out
+    return [base + _word(buf, base + 32 * i) for i in range(n)]
+
+
+def decode_result3_array(buf: bytes) -> list[tuple[bool, bytes]]:
+    return [(_word(buf, t) != 0, _dec_bytes(buf, t + _word(buf, t + 32))) for t in _tuple_offsets(buf)]
 
 
 def decode_call3_array(args: bytes) -> list[tuple[str, bool, bytes]]:
     """Decodes aggregate3's argument (calldata without the selector)."""
-    arr = _word(args, 0)
-    n = _word(args, arr)
-    base = arr + 32
-    out = []
-    for i in range(n):
-        t = base + _word(args, base + 32 * i)
-        target = "0x" + args[t + 12:t + 32].hex()
-        out.append((target, _word(args, t + 32) != 0, _dec_bytes(args, t + _word(args, t + 64))))
-    return out
+    return [("0x" + args[t + 12:t + 32].hex(), _word(args, t + 32) != 0, _dec_bytes(args, t + _word(args, t + 64)))
+            for t in _tuple_offsets(args)]
 
 
 def decode_revert_reason(data: bytes) -> str | None:
@@ -247,18 +243,15 @@ class Anvil:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env=env)
         log.close()
-        deadline = time.time() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"anvil exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
-            try:
-                json_rpc(self.url, "eth_chainId", timeout=2)
-                return self
-            except (OSError, urllib.error.URLError, ValueError):
-                if time.time() > deadline:
-                    self.kill()
-                    raise TimeoutError(f"anvil not ready on {self.url}:\n{self.log_text()[-4000:]}")
-                time.sleep(0.05)
+        wait_serving(self.proc, lambda: json_rpc(self.url, "eth_chainId", timeout=2), timeout=timeout,
+                     errors=(OSError, urllib.error.URLError, ValueError),
+                     exited=lambda rc: RuntimeError(f"anvil exited with {rc}:\n{self.log_text()[-4000:]}"),
+                     on_timeout=self._not_ready)
+        return self
+
+    def _not_ready(self) -> TimeoutError:
+        self.kill()
+        return TimeoutError(f"anvil not ready on {self.url}:\n{self.log_text()[-4000:]}")
 
     def log_text(self) -> str:
         try:
@@ -270,13 +263,8 @@ class Anvil:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc:
+            stop_process(self.proc)
         self.proc = None
 
     def kill(self) -> None:

@@ -72,6 +72,16 @@ REFERENCE_PAIRS = {
           "FROM user_events ue WHERE ue.is_current AND ue.referrer IS NOT NULL",
 }
 
+# The ON CONFLICT clause of Audius's UpsertUserChallenge (user_challenges aliased uc).
+UPSERT_CONFLICT = """ON CONFLICT (challenge_id, specifier) DO UPDATE SET
+  current_step_count = EXCLUDED.current_step_count,
+  is_complete = uc.is_complete OR EXCLUDED.is_complete,
+  amount = CASE WHEN uc.is_complete THEN uc.amount ELSE EXCLUDED.amount END,
+  completed_at = CASE WHEN uc.is_complete THEN uc.completed_at
+                      WHEN EXCLUDED.is_complete THEN EXCLUDED.completed_at
+                      ELSE uc.completed_at END
+"""
+
 # UpsertUserChallenge (step 1 of 1: complete at once) into `table`. The NOT EXISTS only leaves out
 # pairs whose row is already complete at step 1 -- for them the upsert changes nothing -- so the
 # result is that of applying the upsert to every pair (it just saves the no-op updates).
@@ -84,28 +94,14 @@ SELECT c.id, q.recipient, q.specifier, (1 >= 1), 1, ref_amount_int(c.amount)::in
   JOIN challenges c ON c.id = %(cid)s AND c.active
  WHERE NOT EXISTS (SELECT 1 FROM {table} o WHERE o.challenge_id = c.id AND o.specifier = q.specifier
                       AND o.is_complete AND o.current_step_count IS NOT DISTINCT FROM 1)
-ON CONFLICT (challenge_id, specifier) DO UPDATE SET
-  current_step_count = EXCLUDED.current_step_count,
-  is_complete = uc.is_complete OR EXCLUDED.is_complete,
-  amount = CASE WHEN uc.is_complete THEN uc.amount ELSE EXCLUDED.amount END,
-  completed_at = CASE WHEN uc.is_complete THEN uc.completed_at
-                      WHEN EXCLUDED.is_complete THEN EXCLUDED.completed_at
-                      ELSE uc.completed_at END
-"""
+""" + UPSERT_CONFLICT
 
 # One plain UpsertUserChallenge statement for one row (test 4: what the Go job sent, row by row).
 PLAIN_UPSERT = """
 INSERT INTO user_challenges AS uc (challenge_id, user_id, specifier, is_complete, current_step_count, amount,
                                    created_at, completed_at)
 VALUES (%s, %s, %s, true, 1, %s, now(), now())
-ON CONFLICT (challenge_id, specifier) DO UPDATE SET
-  current_step_count = EXCLUDED.current_step_count,
-  is_complete = uc.is_complete OR EXCLUDED.is_complete,
-  amount = CASE WHEN uc.is_complete THEN uc.amount ELSE EXCLUDED.amount END,
-  completed_at = CASE WHEN uc.is_complete THEN uc.completed_at
-                      WHEN EXCLUDED.is_complete THEN EXCLUDED.completed_at
-                      ELSE uc.completed_at END
-"""
+""" + UPSERT_CONFLICT
 
 # Rows of m/r/rv/rd that differ in any column (created_at / completed_at: NULL or not), by key.
 COMPARE_SQL = """

@@ -13,15 +13,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from harness.chain import Anvil, Contracts
+from harness.databases import idle_audius_cluster
 from harness.pg import Cluster
 from harness.rpcproxy import RpcProxy
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # the follower's single flight: pg_try_advisory_lock(0x41554449, 4) ("AUDI", 4)
 LOCK_CLASSID, LOCK_OBJID = 0x4155_4449, 4
 STATUS_COLS = ("checkpoint", "head", "lag_blocks", "last_from_block", "last_to_block", "last_logs",
@@ -89,24 +88,13 @@ def audius_cluster(name: str, db: str, settings: dict[str, str] | None = None) -
     eth_user_balances, eth_indexer_checkpoints) and only then the extension; every worker of the
     extension connected to `db`, the sweep and the challenge processors off, the follower off until
     a test sets follow_interval. The caller destroys it."""
-    c = Cluster(preload=["audius_indexer"], name=name)
-    c.settings.update({
-        "audius_indexer.database": f"'{db}'",
-        "audius_indexer.sweep_enabled": "off",
-        "audius_indexer.challenges_interval": "0",
-        "audius_indexer.follow_interval": "0",
+    c = idle_audius_cluster(name, db, {
         # a commit must survive a crash restart (kill -9 of a worker): the harness default
         # synchronous_commit = off loses the last commits with the WAL buffers
         "synchronous_commit": "on",
         **(settings or {}),
     })
     try:
-        c.init().start()
-        c.create_database(db)
-        with c.connect(db) as conn:
-            conn.execute((SQL_DIR / "audius_fixture_schema.sql").read_text())
-            conn.execute((SQL_DIR / "audius_eth_fixture.sql").read_text())
-            conn.execute("CREATE EXTENSION audius_indexer")
         c.restart()  # the workers connect to `db` at once
     except BaseException:
         c.destroy()
@@ -227,48 +215,36 @@ def log_addresses(record) -> list[str]:
     return [x.lower() for x in ([a] if isinstance(a, str) else a)]
 
 
-class StepRecorder:
-    """Polls follow_state every 20 ms in a thread of its own and keeps one entry per finished step
-    (steps counter, last_from_block, last_to_block). A worker step lasts far longer than 20 ms apart
-    from the next (follow_interval >= 1 s), so none is missed; `missed` says if one was."""
+class _Poller:
+    """Calls `poll(conn)` every 20 ms in a thread of its own, on a connection of its own that it
+    opens again after an error (a crash restart drops it; the error is kept in `errors`)."""
+    thread_name = "follow-poller"
 
     def __init__(self, conninfo: str):
         self.conninfo = conninfo
-        self.steps: list[tuple[int, int | None, int | None]] = []
-        self.missed = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True, name="follow-step-recorder")
+        self._t = threading.Thread(target=self._run, daemon=True, name=self.thread_name)
 
-    def __enter__(self) -> "StepRecorder":
+    def __enter__(self):
         self._t.start()
-        if not self._ready.wait(10):
-            raise TimeoutError(f"StepRecorder could not read follow_state: {self.errors}")
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._t.join(10)
 
+    def poll(self, conn) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         import psycopg
-        last = None
         conn = None
         while not self._stop.is_set():
             try:
                 if conn is None:
                     conn = psycopg.connect(self.conninfo, autocommit=True)
-                n, f, t = conn.execute("SELECT steps, last_from_block, last_to_block FROM audius_indexer.follow_state"
-                                       ).fetchone()
-                if last is None:
-                    last = n
-                    self._ready.set()
-                elif n != last:
-                    if n != last + 1:
-                        self.missed += n - last - 1
-                    self.steps.append((n, f, t))
-                    last = n
+                self.poll(conn)
             except Exception as e:  # noqa: BLE001 - a crash restart drops the connection
                 self.errors.append(repr(e))
                 conn = None
@@ -278,42 +254,53 @@ class StepRecorder:
             conn.close()
 
 
-class CheckpointRecorder:
-    """Polls the checkpoint (20 ms) and keeps (time, checkpoint) samples; `committed_before(t)` is the
-    highest checkpoint seen committed before time t (a lower bound of the truth)."""
+class StepRecorder(_Poller):
+    """Polls follow_state every 20 ms in a thread of its own and keeps one entry per finished step
+    (steps counter, last_from_block, last_to_block). A worker step lasts far longer than 20 ms apart
+    from the next (follow_interval >= 1 s), so none is missed; `missed` says if one was."""
+    thread_name = "follow-step-recorder"
 
     def __init__(self, conninfo: str):
-        self.conninfo = conninfo
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True, name="follow-checkpoint-recorder")
+        super().__init__(conninfo)
+        self.steps: list[tuple[int, int | None, int | None]] = []
+        self.missed = 0
+        self._last: int | None = None
+        self._ready = threading.Event()
 
-    def __enter__(self) -> "CheckpointRecorder":
-        self._t.start()
+    def __enter__(self) -> "StepRecorder":
+        super().__enter__()
+        if not self._ready.wait(10):
+            raise TimeoutError(f"StepRecorder could not read follow_state: {self.errors}")
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join(10)
+    def poll(self, conn) -> None:
+        n, f, t = conn.execute("SELECT steps, last_from_block, last_to_block FROM audius_indexer.follow_state"
+                               ).fetchone()
+        if self._last is None:
+            self._last = n
+            self._ready.set()
+        elif n != self._last:
+            if n != self._last + 1:
+                self.missed += n - self._last - 1
+            self.steps.append((n, f, t))
+            self._last = n
 
-    def _run(self) -> None:
-        import psycopg
-        conn = None
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn = psycopg.connect(self.conninfo, autocommit=True)
-                r = conn.execute("SELECT last_block FROM public.eth_indexer_checkpoints "
-                                 "WHERE name = 'audio_transfers'").fetchone()
-                t1 = time.time()  # the snapshot was taken before t1: committed by then
-                if r is not None:
-                    self.samples.append((t1, r[0]))
-            except Exception:  # noqa: BLE001 - a crash restart drops the connection
-                conn = None
-                time.sleep(0.2)
-            time.sleep(0.02)
-        if conn is not None:
-            conn.close()
+
+class CheckpointRecorder(_Poller):
+    """Polls the checkpoint (20 ms) and keeps (time, checkpoint) samples; `committed_before(t)` is the
+    highest checkpoint seen committed before time t (a lower bound of the truth)."""
+    thread_name = "follow-checkpoint-recorder"
+
+    def __init__(self, conninfo: str):
+        super().__init__(conninfo)
+        self.samples: list[tuple[float, int]] = []
+
+    def poll(self, conn) -> None:
+        r = conn.execute("SELECT last_block FROM public.eth_indexer_checkpoints "
+                         "WHERE name = 'audio_transfers'").fetchone()
+        t1 = time.time()  # the snapshot was taken before t1: committed by then
+        if r is not None:
+            self.samples.append((t1, r[0]))
 
     def committed_before(self, t: float) -> int | None:
         seen = [c for (s, c) in self.samples if s < t]

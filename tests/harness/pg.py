@@ -201,6 +201,19 @@ def exited(pid: int) -> bool:
 PATHS = ("sweep", "follow", "challenges")
 
 
+# The Audius tables the extension works on, as the migrations create them (tests/sql).
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+
+def load_audius_tables(conn, eth: bool = True) -> None:
+    """Creates Audius's tables in the connection's database: tests/sql/audius_fixture_schema.sql
+    (users, user_events, challenges, ...) and, when `eth`, tests/sql/audius_eth_fixture.sql
+    (associated_wallets, eth_wallet_balances, eth_user_balances, eth_indexer_checkpoints)."""
+    conn.execute((SQL_DIR / "audius_fixture_schema.sql").read_text())
+    if eth:
+        conn.execute((SQL_DIR / "audius_eth_fixture.sql").read_text())
+
+
 def enable_paths(conn, *paths: str) -> None:
     """Turns paths on in the connection's database (`audius_indexer.enable`): nothing acts until
     the DBA says so, and a test is the DBA here."""
@@ -248,3 +261,12 @@ def standby_of(primary: Cluster, name: str = "standby", settings: dict[str, str]
         for k, v in conf.items():
             f.write(f"{k} = {v}\n")
     return s.start()
+
+
+def cron_cluster(name: str, settings: dict[str, str] | None = None) -> Cluster:
+    """A cluster, not yet initialised, with audius_indexer and pg_cron preloaded, pg_cron's jobs run
+    from database `postgres` over this cluster's unix socket, and `settings` (values verbatim). The
+    caller creates the pg_cron extension in `postgres` once it runs, and destroys the cluster."""
+    c = Cluster(preload=["audius_indexer", "pg_cron"], name=name)
+    c.settings.update({"cron.database_name": "'postgres'", "cron.host": f"'{c.sockdir}'", **(settings or {})})
+    return c

@@ -16,8 +16,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from harness.procs import stop_process, wait_serving
 
 
 def _run(*cmd: str) -> None:
@@ -78,29 +79,20 @@ class TlsTerminator:
         self.proc = subprocess.Popen([stunnel_binary(), str(conf)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
-        deadline = time.time() + 20
-        while True:
-            if self.proc.poll() is not None:
-                log = (self.dir / "stunnel.log")
-                raise RuntimeError(f"stunnel exited with {self.proc.returncode}: "
-                                   f"{log.read_text(errors='replace')[-2000:] if log.exists() else ''}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    self.stop()
-                    raise TimeoutError("stunnel is not listening")
-                time.sleep(0.05)
+        wait_serving(self.proc, lambda: socket.create_connection(("127.0.0.1", self.port), timeout=1).close(),
+                     timeout=20, errors=OSError, exited=self._exited, on_timeout=self._not_listening)
+
+    def _exited(self, returncode: int) -> RuntimeError:
+        log = (self.dir / "stunnel.log")
+        return RuntimeError(f"stunnel exited with {returncode}: "
+                            f"{log.read_text(errors='replace')[-2000:] if log.exists() else ''}")
+
+    def _not_listening(self) -> TimeoutError:
+        self.stop()
+        return TimeoutError("stunnel is not listening")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "TlsTerminator":

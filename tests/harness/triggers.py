@@ -13,13 +13,14 @@ No anvil, no preload: `CREATE EXTENSION audius_indexer` works without shared_pre
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import random
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import psycopg
 
@@ -60,6 +61,18 @@ def start_cluster(name: str, settings: dict[str, str] | None = None) -> Cluster:
     c = Cluster(name=name, settings={"max_connections": "100", **(settings or {})})
     c.init().start()
     return c
+
+
+@contextlib.contextmanager
+def clean_cluster(name: str, settings: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """start_cluster(name, settings) for the body of the `with`; then its server log must be clean
+    (assert_log_clean, skipped when the body raised); destroyed either way."""
+    c = start_cluster(name, settings)
+    try:
+        yield c
+        c.assert_log_clean()
+    finally:
+        c.destroy()
 
 
 def reference_sql(trace: bool) -> str:

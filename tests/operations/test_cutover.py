@@ -47,10 +47,10 @@ import pytest
 
 from harness.challenges import REFERENCE_OBJECTS_SQL, apply_full_scan_reference, compare
 from conftest import wait_until
-from harness.follow import AUDIUS_TRIGGER_WARNING, SQL_DIR, chain, expected_total
+from harness.follow import AUDIUS_TRIGGER_WARNING, chain, expected_total
 from go_writer import GoServices
 from harness.chain import to_checksum, wallet_address
-from harness.pg import PG_BIN, Cluster
+from harness.pg import PG_BIN, Cluster, load_audius_tables
 from harness.rpcproxy import RpcProxy
 from harness.reliability import Report, expect_error
 from harness.triggers import RUST_FUNCTIONS, reference_sql, trigger_functions
@@ -187,8 +187,7 @@ def build_audius_db(c: Cluster, contracts, head: int) -> None:
     eth_wallet_balances, the audio_transfers checkpoint at the head, the m/r/rv/rd checkpoints."""
     c.create_database(DB)
     with c.connect(DB) as conn:
-        conn.execute((SQL_DIR / "audius_fixture_schema.sql").read_text())
-        conn.execute((SQL_DIR / "audius_eth_fixture.sql").read_text())
+        load_audius_tables(conn)
         conn.execute(reference_sql(False))
         conn.execute("SELECT public.ref_attach_triggers('contains')")
         conn.execute(REFERENCE_OBJECTS_SQL)
@@ -211,18 +210,15 @@ def build_audius_db(c: Cluster, contracts, head: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # what keeps arriving
 # ------------------------------------------------------------------------------------------------
-class ChainStream:
-    """Transfers (MockAudioToken.move: a real Transfer log) and stake changes (MockStaking.setMany: no
-    Transfer) on anvil, one transaction every ~0.1 s."""
+class _Stream:
+    """A thread of its own (start() .. stop()) that does one thing every ~0.1 s; what fails is kept
+    in `errors` and the stream goes on."""
 
-    def __init__(self, contracts, seed: int = 14):
-        self.contracts = contracts
+    def __init__(self, seed: int, name: str):
         self.rng = random.Random(seed)
-        self.transfers: list[tuple[int, str, str]] = []   # (block, from, to)
-        self.stakes: list[tuple[int, str]] = []           # (block, wallet)
         self.errors: list[str] = []
         self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True, name="r14-chain-stream")
+        self._t = threading.Thread(target=self._run, daemon=True, name=name)
 
     def start(self):
         self._t.start()
@@ -233,62 +229,68 @@ class ChainStream:
         self._t.join(30)
 
     def _run(self):
-        pool = TRANSFERRERS + UNTRACKED
+        raise NotImplementedError
+
+    def _repeat(self, once) -> None:
         while not self._stop.is_set():
             try:
-                if self.rng.random() < 0.8:
-                    a, b = self.rng.sample(pool, 2)
-                    rcpt = self.contracts.transfer(a, b, self.rng.randrange(1, 10**18))
-                    self.transfers.append((int(rcpt["blockNumber"], 16), a, b))
-                else:
-                    w = self.rng.choice(STAKERS)
-                    self.contracts.set_values([w], staked=[self.rng.randrange(0, 10**22)])
-                    self.stakes.append((-1, w))
+                once()
             except Exception as e:  # noqa: BLE001
                 self.errors.append(repr(e))
             self._stop.wait(0.1)
 
 
-class EventStream:
+class ChainStream(_Stream):
+    """Transfers (MockAudioToken.move: a real Transfer log) and stake changes (MockStaking.setMany: no
+    Transfer) on anvil, one transaction every ~0.1 s."""
+
+    def __init__(self, contracts, seed: int = 14):
+        super().__init__(seed, "r14-chain-stream")
+        self.contracts = contracts
+        self.transfers: list[tuple[int, str, str]] = []   # (block, from, to)
+        self.stakes: list[tuple[int, str]] = []           # (block, wallet)
+
+    def _run(self):
+        self._repeat(self._one)
+
+    def _one(self):
+        if self.rng.random() < 0.8:
+            a, b = self.rng.sample(TRANSFERRERS + UNTRACKED, 2)
+            rcpt = self.contracts.transfer(a, b, self.rng.randrange(1, 10**18))
+            self.transfers.append((int(rcpt["blockNumber"], 16), a, b))
+        else:
+            w = self.rng.choice(STAKERS)
+            self.contracts.set_values([w], staked=[self.rng.randrange(0, 10**22)])
+            self.stakes.append((-1, w))
+
+
+class EventStream(_Stream):
     """user_events rows as Audius writes them: each block in one transaction, blocks in increasing
     order, new users only (one current row each), 60 % referred by a seeded user (verified or not),
     40 % mobile."""
 
     def __init__(self, conninfo: str, seed: int = 41):
+        super().__init__(seed, "r14-event-stream")
         self.conninfo = conninfo
-        self.rng = random.Random(seed)
         self.block = 1000
         self.next_user = 10_000
         self.rows = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True, name="r14-event-stream")
-
-    def start(self):
-        self._t.start()
-        return self
-
-    def stop(self):
-        self._stop.set()
-        self._t.join(30)
 
     def _run(self):
         with psycopg.connect(self.conninfo, autocommit=True, application_name="audius discovery") as conn:
-            while not self._stop.is_set():
-                try:
-                    self.block += self.rng.choice([1, 1, 2])
-                    with conn.transaction():
-                        for _ in range(self.rng.randint(1, 3)):
-                            self.next_user += 1
-                            ref = self.rng.randint(1, N_USERS) if self.rng.random() < 0.6 else None
-                            conn.execute("INSERT INTO user_events (blockhash, blocknumber, is_current, user_id, "
-                                         "referrer, is_mobile_user, slot) VALUES (%s, %s, true, %s, %s, %s, %s)",
-                                         (f"0x{self.block:x}", self.block, self.next_user, ref,
-                                          self.rng.random() < 0.4, self.block))
-                            self.rows += 1
-                except Exception as e:  # noqa: BLE001
-                    self.errors.append(repr(e))
-                self._stop.wait(0.1)
+            self._repeat(lambda: self._block(conn))
+
+    def _block(self, conn):
+        self.block += self.rng.choice([1, 1, 2])
+        with conn.transaction():
+            for _ in range(self.rng.randint(1, 3)):
+                self.next_user += 1
+                ref = self.rng.randint(1, N_USERS) if self.rng.random() < 0.6 else None
+                conn.execute("INSERT INTO user_events (blockhash, blocknumber, is_current, user_id, "
+                             "referrer, is_mobile_user, slot) VALUES (%s, %s, true, %s, %s, %s, %s)",
+                             (f"0x{self.block:x}", self.block, self.next_user, ref,
+                              self.rng.random() < 0.4, self.block))
+                self.rows += 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -906,8 +908,7 @@ def test_nothing_acts_until_enabled(chain, report):
         head = anvil.block_number()
         contracts.transfer(ws[0], ws[1], 5)
         with c.connect() as conn:  # audius_indexer.database defaults to 'postgres'
-            conn.execute((SQL_DIR / "audius_fixture_schema.sql").read_text())
-            conn.execute((SQL_DIR / "audius_eth_fixture.sql").read_text())
+            load_audius_tables(conn)
             conn.execute("INSERT INTO users (user_id, wallet, is_current, txhash, blocknumber) "
                          "SELECT i, w, true, '', 1 FROM unnest(%s::text[]) WITH ORDINALITY AS t(w, i)",
                          ([to_checksum(w) for w in ws],))

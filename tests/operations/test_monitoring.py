@@ -17,7 +17,6 @@ import math
 import os
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +26,9 @@ import psycopg
 import pytest
 
 from harness.chain import wallet_address
+from harness.databases import idle_audius_cluster
 from harness.pg import Cluster, free_port
+from harness.procs import stop_process, wait_serving
 from harness.triggers import require_extension_installed
 
 pytestmark = pytest.mark.timeout(180)
@@ -35,7 +36,6 @@ pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parents[2]
 EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
 QUERIES = REPO / "sql" / "prometheus-queries.yaml"
-SQL_DIR = REPO / "tests" / "sql"
 ROLE = "mon_scraper"
 CHECKPOINT, HEAD, REORGS = 12_345, 12_400, 2
 EVENTS_HEAD = 500
@@ -92,26 +92,12 @@ class Exporter:
             return r.read().decode()
 
     def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.time() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exporter exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                self.scrape()
-                return
-            except (urllib.error.URLError, ConnectionError):
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_serving(self.proc, self.scrape, timeout=timeout, errors=(urllib.error.URLError, ConnectionError),
+                     interval=0.1,
+                     exited=lambda rc: AssertionError(f"exporter exited {rc}: {self.log.read_text()[-2000:]}"))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -120,20 +106,9 @@ def mon(proxy, contracts):
     if not EXPORTER.exists():
         pytest.fail(f"{EXPORTER} missing (apt package prometheus-postgres-exporter; scripts/install-deps.sh)",
                     pytrace=False)
-    c = Cluster(preload=["audius_indexer"], name="monitoring")
-    c.settings.update({
-        "audius_indexer.database": "'audius'",
-        "audius_indexer.sweep_enabled": "off",
-        "audius_indexer.follow_interval": "0",
-        "audius_indexer.challenges_interval": "0",
-    })
+    c = idle_audius_cluster("monitoring", "audius")
     try:
-        c.init().start()
-        c.create_database("audius")
         with c.connect("audius") as su:
-            su.execute((SQL_DIR / "audius_fixture_schema.sql").read_text())
-            su.execute((SQL_DIR / "audius_eth_fixture.sql").read_text())
-            su.execute("CREATE EXTENSION audius_indexer")
             su.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE audius_indexer_monitor")
             seed_state(su)
         c.set_system(rpc_url=proxy.url, token_address=contracts.token, staking_address=contracts.staking,

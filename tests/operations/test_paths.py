@@ -12,6 +12,7 @@ import pytest
 
 from harness.challenges import make_db, run_once, set_checkpoint as set_challenge_checkpoint
 from harness.chain import wallet_address
+from harness.databases import extension_database, scratch_database
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,17 +32,8 @@ def doctor_paths(conn) -> dict[str, tuple[bool, str]]:
 @pytest.fixture
 def fresh(cluster):
     """A database with a fresh CREATE EXTENSION (nothing enabled) and the session's RPC settings."""
-    with cluster.connect() as su:
-        su.execute("DROP DATABASE IF EXISTS paths_fresh WITH (FORCE)")
-    cluster.create_database("paths_fresh")
-    conn = cluster.connect("paths_fresh")
-    try:
-        conn.execute("CREATE EXTENSION audius_indexer")
+    with extension_database(cluster, "paths_fresh") as conn:
         yield conn
-    finally:
-        conn.close()
-        with cluster.connect() as su:
-            su.execute("DROP DATABASE IF EXISTS paths_fresh WITH (FORCE)")
 
 
 def test_every_path_is_off_after_create_extension(fresh):
@@ -116,10 +108,7 @@ def test_disable_follow_hands_pending_wallets_to_the_sweep(fresh):
 
 def test_challenges_stop_when_the_go_job_moves_a_checkpoint(cluster):
     db = "paths_challenges"
-    with cluster.connect() as su:
-        su.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-    make_db(cluster, db)
-    try:
+    with scratch_database(cluster, db, make_db):
         with cluster.connect(db) as conn:
             conn.execute("INSERT INTO users (user_id, wallet, is_current, txhash, blocknumber) "
                          "VALUES (10, '0xa', true, 'a', 1)")
@@ -141,6 +130,3 @@ def test_challenges_stop_when_the_go_job_moves_a_checkpoint(cluster):
             conn.execute("SELECT audius_indexer.disable('challenges')")
             assert states(conn)["challenges"] == ("off", None)
             assert all(o["error"] is None for o in run_once(conn, 5000))
-    finally:
-        with cluster.connect() as su:
-            su.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")

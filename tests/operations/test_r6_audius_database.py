@@ -21,23 +21,19 @@ temporary `users`) does not get them used; doctor() flags a non-superuser that m
 """
 from __future__ import annotations
 
-import random
-import re
 import uuid
-from pathlib import Path
 
-import psycopg
 import pytest
 
 from conftest import wait_until
 from harness.chain import to_checksum, wallet_address
-from harness.pg import Cluster
-from harness.reliability import Report
+from harness.pg import Cluster, cron_cluster, enable_paths, load_audius_tables
+from harness.reliability import set_random_values
+from harness.suites import report_fixture
 
 pytestmark = pytest.mark.timeout(240)
 
 DB = "audius6"
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 # wallets (lowercase); W_OLD belongs to a non-current users row, W_DEL to a deleted association
 W = {k: wallet_address(i, "r6") for i, k in enumerate(
@@ -54,32 +50,20 @@ COUNTED = {
 ROLE = "r6_op"
 
 
-@pytest.fixture(scope="module")
-def report():
-    r = Report("r6_audius_database", "R6 — inside a real Audius database")
-    yield r
-    r.write()
+report = report_fixture("r6_audius_database", "R6 — inside a real Audius database", guard=False)
 
 
 @pytest.fixture(scope="module")
 def r6(anvil, contracts, proxy):
-    c = Cluster(preload=["audius_indexer", "pg_cron"], name="r6")
-    c.settings.update({
-        "cron.database_name": "'postgres'",
-        "cron.host": f"'{c.sockdir}'",
-        "audius_indexer.database": f"'{DB}'",
-        "audius_indexer.sweep_enabled": "off",
-        "audius_indexer.sweep_interval": "'1s'",
-        "audius_indexer.sweep_batch_size": "1000",
-    })
+    c = cron_cluster("r6", {"audius_indexer.database": f"'{DB}'", "audius_indexer.sweep_enabled": "off",
+                            "audius_indexer.sweep_interval": "'1s'", "audius_indexer.sweep_batch_size": "1000"})
     try:
         c.init().start()
         c.create_database(DB)
         with c.connect(DB) as conn:
-            conn.execute((SQL_DIR / "audius_fixture_schema.sql").read_text())
-            conn.execute((SQL_DIR / "audius_eth_fixture.sql").read_text())
+            load_audius_tables(conn)
             conn.execute("CREATE EXTENSION audius_indexer")
-            conn.execute("SELECT audius_indexer.enable('sweep')")  # its worker still off: sweep_enabled
+            enable_paths(conn, "sweep")  # its worker still off: sweep_enabled
             seed_audius_rows(conn)
             conn.execute(f"DROP ROLE IF EXISTS {ROLE}")
             conn.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE audius_indexer_operator")
@@ -119,19 +103,23 @@ def seed_audius_rows(conn) -> None:
 def new_round(conn, contracts, tag: str) -> dict[int, int]:
     """New on-chain values for every wallet, every row stale again; returns the expected
     eth_user_balances (user -> sum of its counted wallets' on-chain totals)."""
-    rng = random.Random(tag)
     ws = list(W.values())
-    tok = [rng.randrange(1, 10**24) for _ in ws]
-    stk = [rng.randrange(0, 10**22) for _ in ws]
-    dlg = [rng.randrange(0, 10**21) for _ in ws]
-    contracts.set_values(ws, tok, stk, dlg)
+    set_random_values(contracts, ws, tag)
     # the oracle: independent eth_calls, not the values we just wrote
-    total = {}
-    for w in ws:
-        parts = contracts.independent_total(w)
-        assert None not in parts
-        total[w] = sum(parts)
+    total = {w: oracle_total(contracts, w) for w in ws}
     conn.execute("UPDATE eth_wallet_balances SET updated_at = '1970-01-01'")
+    return user_totals(total)
+
+
+def oracle_total(contracts, wallet: str) -> int:
+    """The wallet's total from three independent eth_calls (balanceOf, totalStakedFor, getTotalDelegatorStake)."""
+    parts = contracts.independent_total(wallet)
+    assert None not in parts
+    return sum(parts)
+
+
+def user_totals(total: dict[str, int]) -> dict[int, int]:
+    """The expected eth_user_balances: user -> the sum of `total` over its counted wallets."""
     return {u: sum(total[W[k]] for k in keys) for u, keys in COUNTED.items()}
 
 

@@ -50,15 +50,15 @@ import pytest
 
 from conftest import crash_lines, wait_until
 from harness.chain import to_checksum, wallet_address
-from harness.pg import Cluster
+from harness.databases import idle_audius_cluster
+from harness.follow import expected_total
+from harness.pg import Cluster, load_audius_tables
 from harness.reliability import Report, log_guard
 from operations.test_r6_audius_database import COUNTED, W as R6_W, seed_audius_rows
 
 pytestmark = pytest.mark.timeout(240)
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-FIXTURE_SQL = (SQL_DIR / "audius_fixture_schema.sql").read_text()
-ETH_FIXTURE_SQL = (SQL_DIR / "audius_eth_fixture.sql").read_text()
 REFERENCE_SQL = "\n".join(line for line in (SQL_DIR / "reference_triggers.sql").read_text().splitlines()
                           if not line.rstrip().endswith("-- @trace"))
 
@@ -138,6 +138,19 @@ def report(cluster):
 # ------------------------------------------------------------------------------------------------
 # payloads
 # ------------------------------------------------------------------------------------------------
+def count_run_sql(evidence: str) -> str:
+    """The head of a recording PL/pgSQL body: `su` := whether current_user is a superuser; the run
+    counted in `<evidence>.runs` and, as a superuser, in `<evidence>.super_runs`."""
+    return f"""DECLARE
+  su pg_catalog.bool;
+BEGIN
+  su := (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user);
+  PERFORM pg_catalog.nextval('{evidence}.runs');
+  IF su THEN
+    PERFORM pg_catalog.nextval('{evidence}.super_runs');
+  END IF;"""
+
+
 def payload_sql(schema: str, evidence: str, role: str, tag: str) -> str:
     """`<schema>.pwn(anyelement)`: records the run (sequence, LOG line, row) with current_user and
     whether it is a superuser; as a superuser it makes `role` one. `<schema>.pwn_set()`: a set
@@ -146,14 +159,7 @@ def payload_sql(schema: str, evidence: str, role: str, tag: str) -> str:
     schema-qualified, so the attacker's own domains never apply inside them."""
     return f"""
 CREATE FUNCTION {schema}.pwn(x pg_catalog.anyelement) RETURNS pg_catalog.bool LANGUAGE plpgsql AS $pwn$
-DECLARE
-  su pg_catalog.bool;
-BEGIN
-  su := (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user);
-  PERFORM pg_catalog.nextval('{evidence}.runs');
-  IF su THEN
-    PERFORM pg_catalog.nextval('{evidence}.super_runs');
-  END IF;
+{count_run_sql(evidence)}
   RAISE LOG 'r13-payload {tag}: current_user=% %', current_user,
     CASE WHEN su THEN 'SUPERUSER' ELSE 'not-superuser' END;
   INSERT INTO {evidence}.hits (tag, who, super) VALUES ('{tag}', current_user, su);
@@ -361,8 +367,7 @@ def r13dbs(cluster, contracts):
         cluster.create_database(DB_PLAIN)
         cluster.create_database(DB_AUDIUS)
         with cluster.connect(DB_AUDIUS) as c:
-            c.execute(FIXTURE_SQL)
-            c.execute(ETH_FIXTURE_SQL)
+            load_audius_tables(c)
         for d in (DB_PLAIN, DB_AUDIUS):
             with cluster.connect(d) as c:
                 c.execute("CREATE EXTENSION audius_indexer")
@@ -507,28 +512,13 @@ def worker_db_cluster(name: str, anvil, contracts, *, owner: str | None = None, 
     `owner` when given) built from the Audius-database fixtures of test_r6_audius_database.py + the
     extension and seeded like it; every worker
     off. The caller destroys it."""
-    c = Cluster(preload=["audius_indexer"], name=name)
-    c.settings.update({
-        "audius_indexer.database": f"'{WDB}'",
-        "audius_indexer.sweep_enabled": "off",
+    c = idle_audius_cluster(name, WDB, {
         "audius_indexer.sweep_interval": "'1s'",
         "audius_indexer.sweep_batch_size": "1000",
-        "audius_indexer.challenges_interval": "0",
-        "audius_indexer.follow_interval": "0",
         **(settings or {}),
-    })
+    }, owner=owner, extra_sql=extra_sql)
     try:
-        c.init().start()
-        with c.connect() as conn:
-            if owner:
-                conn.execute(f"CREATE ROLE {owner} LOGIN")
-            conn.execute(f"CREATE DATABASE {WDB}" + (f" OWNER {owner}" if owner else ""))
         with c.connect(WDB) as conn:
-            conn.execute(FIXTURE_SQL)
-            conn.execute(ETH_FIXTURE_SQL)
-            for sql in extra_sql:
-                conn.execute(sql)
-            conn.execute("CREATE EXTENSION audius_indexer")
             seed_audius_rows(conn)
             conn.execute("INSERT INTO public.eth_wallet_balances (wallet, balance, updated_at) "
                          "SELECT w, 0, '1970-01-01' FROM unnest(%s::text[]) w ON CONFLICT DO NOTHING", (W,))
@@ -740,14 +730,7 @@ GRANT USAGE ON SCHEMA r13_app TO PUBLIC;
 GRANT INSERT ON r13_app.hits TO PUBLIC;
 GRANT USAGE, UPDATE ON SEQUENCE r13_app.runs, r13_app.super_runs TO PUBLIC;
 CREATE FUNCTION r13_app.record() RETURNS trigger LANGUAGE plpgsql AS $rec$
-DECLARE
-  su pg_catalog.bool;
-BEGIN
-  su := (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user);
-  PERFORM pg_catalog.nextval('r13_app.runs');
-  IF su THEN
-    PERFORM pg_catalog.nextval('r13_app.super_runs');
-  END IF;
+{count_run_sql("r13_app")}
   RAISE LOG 'r13-trigger %: current_user=% %', TG_TABLE_NAME, current_user,
     CASE WHEN su THEN 'SUPERUSER' ELSE 'not-superuser' END;
   INSERT INTO r13_app.hits VALUES (TG_TABLE_NAME, current_user, su,
@@ -822,11 +805,7 @@ def balances_round(conn, contracts, tag: str, transfers: bool) -> dict[int, int]
                      (contracts.anvil.block_number(),))
         for w in ws:
             contracts.transfer(FUNDER, w, 1)
-    total = {}
-    for w in ws:
-        parts = contracts.independent_total(w)
-        assert None not in parts
-        total[w] = sum(parts)
+    total = {w: expected_total(contracts, w) for w in ws}
     conn.execute("UPDATE public.eth_wallet_balances SET updated_at = '1970-01-01'")
     return {u: sum(total[R6_W[k]] for k in keys) for u, keys in COUNTED.items()}
 

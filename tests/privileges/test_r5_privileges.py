@@ -19,7 +19,8 @@ import pytest
 from conftest import SECRET_PATH, SECRETS
 from harness.chain import wallet_address
 from harness.pg import free_port
-from harness.reliability import Listener, Report, assert_no_secret, error_text, expect_error, log_guard, short
+from harness.reliability import Listener, assert_no_secret, error_text, expect_error, short
+from harness.suites import connections, lit, report_fixture
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,13 +29,7 @@ W = [wallet_address(i, "r5") for i in range(3)]
 F = "audius_indexer.multicall_total_audio_balances"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report(cluster):
-    """Suite table + after the suite: no crash / PANIC / URL secret in the server log."""
-    r = Report("r5_privileges", "R5 — privileges and egress")
-    with log_guard(cluster):
-        yield r
-        r.write()
+report = report_fixture("r5_privileges", "R5 — privileges and egress")
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +55,8 @@ def roles(cluster):
 @pytest.fixture
 def as_role(cluster, roles, db):
     """Connections as a given role to `audius` (closed afterwards); `db` gives the cleanup."""
-    conns = []
-
-    def connect(role: str, **kw):
-        c = cluster.connect("audius", user=role, **kw)
-        conns.append(c)
-        return c
-    yield connect
-    for c in conns:
-        c.close()
-
-
-def lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+    with connections(cluster, "audius") as connect:
+        yield lambda role, **kw: connect(user=role, **kw)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ import pytest
 from conftest import SECRET_PATH, SECRETS
 from harness.chain import wallet_address
 from harness.pg import free_port
-from harness.reliability import (PG_RELOAD_LINE, Report, assert_no_secret, crash_or_secret_lines,
-                                 error_text, expect_error, log_guard, short)
+from harness.reliability import (PG_RELOAD_LINE, assert_no_secret, crash_or_secret_lines, error_text,
+                                 expect_error, short)
+from harness.suites import connections, lit, report_fixture
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,14 +46,7 @@ F = "audius_indexer.multicall_total_audio_balances"
 URL_SETTINGS = ("rpc_url", "rpc_urls", "rpc_urls_file")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report(cluster):
-    """Suite table + after the suite: no crash / PANIC / URL secret in the server log."""
-    r = Report("r9_secrets", "R9 — secrets out of reach of monitoring roles")
-    r.log_mark = len(cluster.log_text())
-    with log_guard(cluster):
-        yield r
-        r.write()
+report = report_fixture("r9_secrets", "R9 — secrets out of reach of monitoring roles")  # sets report.log_mark
 
 
 def _write_server_file(path: Path, text: str, owner: str = "postgres", mode: int = 0o600) -> Path:
@@ -102,19 +96,8 @@ def via_file(cluster, db, urls_file, mon):
 
 @pytest.fixture
 def as_mon(cluster, mon):
-    conns = []
-
-    def connect():
-        c = cluster.connect("audius", user=ROLE)
-        conns.append(c)
-        return c
-    yield connect
-    for c in conns:
-        c.close()
-
-
-def lit(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+    with connections(cluster, "audius", user=ROLE) as connect:
+        yield connect
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ from conftest import SECRET_PATH, restore_baseline
 from harness.chain import (_calldata, decode_call3_array, decode_result3_array, enc_address_array, enc_uint,
                            enc_uint_array, wallet_address)
 from harness.rpcproxy import RpcProxy
-from harness.reliability import Report, error_text, log_guard
+from harness.reliability import error_text
+from harness.suites import extension_db, report_fixture
 
 SECONDS = float(os.environ.get("R3_SECONDS", "60"))
 pytestmark = pytest.mark.timeout(SECONDS + 120)
@@ -155,26 +156,14 @@ def set_tokens(anvil, contracts, ws, vals) -> int:
     return int(rcpt["blockNumber"], 16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report(cluster):
-    """Suite table + after the suite: no crash / PANIC / URL secret in the server log."""
-    r = Report("r3_concurrency", "R3 — concurrency: sweep vs event path, 60 s")
-    with log_guard(cluster):
-        yield r
-        r.write()
+report = report_fixture("r3_concurrency", "R3 — concurrency: sweep vs event path, 60 s")
 
 
 @pytest.fixture(scope="module")
 def run(cluster, anvil, contracts, proxy) -> Run:
     ws = [wallet_address(i, "r3") for i in range(N_WALLETS)]
     R = Run()
-    with cluster.connect() as c:
-        # never dropped: DROP DATABASE hangs while the sweep worker idles in it
-        # (test_r2_faults.py::test_drop_database_while_worker_idles)
-        c.execute(f"CREATE DATABASE {DB}")
-    with cluster.connect(DB) as c:
-        c.execute("CREATE EXTENSION audius_indexer")
-        c.execute(TRIGGER_SQL)
+    extension_db(cluster, DB, TRIGGER_SQL)  # never dropped: see extension_db
     rng = random.Random(3)
     contracts.set_values(ws, staked=[STAKED] * N_WALLETS, delegated=[DELEGATED] * N_WALLETS)
     init = [rng.randrange(1, 10**24) for _ in ws]

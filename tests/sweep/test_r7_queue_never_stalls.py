@@ -14,12 +14,11 @@ In a database of its own (`r7`, session cluster and proxy):
 """
 from __future__ import annotations
 
-
-import psycopg
 import pytest
 
 from harness.chain import wallet_address
-from harness.reliability import set_random_values, Report, expect_error, log_guard, short
+from harness.reliability import set_random_values, expect_error, short
+from harness.suites import emptied, extension_db, report_fixture
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,31 +26,18 @@ DB = "r7"
 SENTINEL = 777
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report(cluster):
-    r = Report("r7_queue_never_stalls", "R7 — a queue that cannot stall")
-    with log_guard(cluster):
-        yield r
-        r.write()
+report = report_fixture("r7_queue_never_stalls", "R7 — a queue that cannot stall")
 
 
 @pytest.fixture(scope="module")
 def r7db(cluster):
-    with cluster.connect() as c:
-        c.execute(f"CREATE DATABASE {DB}")
-    with cluster.connect(DB) as c:
-        c.execute("CREATE EXTENSION audius_indexer")
-    yield DB
+    return extension_db(cluster, DB)
 
 
 @pytest.fixture
 def conn(db, cluster, r7db):
-    c = cluster.connect(r7db)
-    c.execute("TRUNCATE eth_wallet_balances, audius_indexer.wallet_failures")
-    try:
+    with emptied(cluster, r7db) as c:
         yield c
-    finally:
-        c.close()
 
 
 def wallets(n: int, tag: str) -> list[str]:
@@ -67,6 +53,15 @@ def seed(conn, ws, balance=SENTINEL, block=1, updated_at="1950-01-01"):
 def rows(conn, ws) -> dict[str, tuple[int, int]]:
     return {w: (int(b), bl) for w, b, bl in conn.execute(
         "SELECT wallet, balance, blocknumber FROM eth_wallet_balances WHERE wallet = ANY(%s)", (ws,)).fetchall()}
+
+
+def seeded(conn, contracts, n: int, tag: str) -> tuple[list[str], list[tuple]]:
+    """`n` wallets of `tag` with random values on chain and SENTINEL rows at block 1: (wallets, the
+    table's snapshot)."""
+    ws = wallets(n, tag)
+    set_random_values(contracts, ws, tag)
+    seed(conn, ws)
+    return ws, snapshot(conn)
 
 
 def snapshot(conn):
@@ -105,10 +100,7 @@ def test_ahead_of_node_rows_leave_the_head_of_the_queue(conn, anvil, contracts, 
 
 
 def test_block_number_outside_bigint_is_refused(conn, proxy, contracts, report):
-    ws = wallets(12, "2p63")
-    set_random_values(contracts, ws, "2p63")
-    seed(conn, ws)
-    before = snapshot(conn)
+    ws, before = seeded(conn, contracts, 12, "2p63")
     with report.case("getBlockNumber() = 2^63", "proxy rewrites Multicall3 getBlockNumber() to 2^63",
                      "08P01 from refresh_stale, refresh_wallets, CALL sweep() and the multicall; no row written") as rec:
         proxy.fault("block_number", value=2**63)
@@ -125,10 +117,7 @@ def test_block_number_outside_bigint_is_refused(conn, proxy, contracts, report):
 
 
 def test_block_far_above_the_head_is_refused(conn, proxy, anvil, contracts, report):
-    ws = wallets(6, "farahead")
-    set_random_values(contracts, ws, "farahead")
-    seed(conn, ws)
-    before = snapshot(conn)
+    ws, before = seeded(conn, contracts, 6, "farahead")
     with report.case("getBlockNumber() far above eth_blockNumber",
                      "proxy rewrites getBlockNumber() to head + 10,000 (max_block_ahead 100)",
                      "08P01 naming both blocks; no row written") as rec:
@@ -175,10 +164,7 @@ def test_one_bad_wallet_never_blocks_the_queue(kind, conn, proxy, contracts, rep
 
 
 def test_a_node_failing_everything_blames_no_wallet(conn, proxy, contracts, report):
-    ws = wallets(30, "alldown")
-    set_random_values(contracts, ws, "alldown")
-    seed(conn, ws)
-    before = snapshot(conn)
+    ws, before = seeded(conn, contracts, 30, "alldown")
     with report.case("node fails every request", "HTTP 504 on every request (rpc_max_retries 0)",
                      "ERROR 08P01 after one chunk + one probe; nothing written, nobody blamed") as rec:
         conn.execute("SET audius_indexer.rpc_max_retries = 0")
@@ -192,10 +178,7 @@ def test_a_node_failing_everything_blames_no_wallet(conn, proxy, contracts, repo
 
 
 def test_contract_without_code_is_a_configuration_error(conn, contracts, report):
-    ws = wallets(5, "nocode")
-    set_random_values(contracts, ws, "nocode")
-    seed(conn, ws)
-    before = snapshot(conn)
+    ws, before = seeded(conn, contracts, 5, "nocode")
     nobody = "0x" + "00" * 18 + "dead"
     with report.case("no code at token_address", f"SET audius_indexer.token_address = '{nobody}'",
                      "55000 naming audius_indexer.token_address; nothing written, nobody blamed") as rec:

@@ -19,11 +19,11 @@ import time
 import psycopg
 import pytest
 
-from conftest import wait_until
+from conftest import rpc_proxy_fixture, wait_until
 from harness.chain import wallet_address
 from harness.pg import worker_cluster
-from harness.rpcproxy import RpcProxy
-from harness.reliability import Report, expect_error, short
+from harness.reliability import expect_error, short
+from harness.suites import report_fixture
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,20 +31,8 @@ DB = "r8"
 HOLD_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def report():
-    r = Report("r8_no_snapshot_across_rpc", "R8 — no snapshot across RPC")
-    yield r
-    r.write()
-
-
-@pytest.fixture(scope="module")
-def px(anvil):
-    p = RpcProxy(anvil.url).start()
-    try:
-        yield p
-    finally:
-        p.stop()
+report = report_fixture("r8_no_snapshot_across_rpc", "R8 — no snapshot across RPC", guard=False)
+px = rpc_proxy_fixture()  # a proxy of this module's own
 
 
 @pytest.fixture(scope="module")

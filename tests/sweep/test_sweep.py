@@ -18,7 +18,7 @@ import pytest
 
 from conftest import wait_until
 from harness.chain import Anvil, Contracts, wallet_address
-from harness.pg import Cluster, exited
+from harness.pg import Cluster, cron_cluster, enable_paths, exited, load_audius_tables
 from harness.rpcproxy import RpcProxy
 
 
@@ -35,10 +35,7 @@ class Env:
         self.anvil.install_multicall3()
         self.contracts = Contracts.deploy_all(self.anvil)
         self.proxy = RpcProxy(self.anvil.url).start()
-        c = Cluster(preload=["audius_indexer", "pg_cron"], name="sweep")
-        c.settings.update({
-            "cron.database_name": "'postgres'",
-            "cron.host": f"'{c.sockdir}'",
+        c = cron_cluster("sweep", {
             "audius_indexer.database": "'postgres'",
             "audius_indexer.sweep_enabled": "off",
             "audius_indexer.sweep_interval": "'1s'",
@@ -51,7 +48,7 @@ class Env:
         with c.connect() as conn:
             conn.execute("CREATE EXTENSION pg_cron")
             conn.execute("CREATE EXTENSION audius_indexer")
-            conn.execute("SELECT audius_indexer.enable('sweep')")  # its worker still off: sweep_enabled
+            enable_paths(conn, "sweep")  # its worker still off: sweep_enabled
         c.set_system(rpc_url=self.proxy.url, token_address=self.contracts.token,
                      staking_address=self.contracts.staking,
                      delegate_manager_address=self.contracts.delegate)
@@ -481,15 +478,13 @@ def test_pg_cron_drives_the_follower_and_the_challenge_processors(env, conn):
     """pg_cron works for the event path and the challenge processors too (issues 9 and 10): one job
     each; within a minute a transfer is followed into eth_wallet_balances and a user_events row
     completes challenge m."""
-    from pathlib import Path
-    fixture = Path(__file__).resolve().parents[1] / "sql" / "audius_fixture_schema.sql"
     env.cluster.set_system(follow_interval=0, challenges_interval=0)  # pg_cron is the only driver
     a, b = wallets(2, "cron-follow")
     env.contracts.set_values([a, b], [10**18, 0], [0, 0], [0, 0])
     seed_rows(conn, [b], balance=0)
     conn.execute("DELETE FROM eth_indexer_checkpoints WHERE name = 'audio_transfers'")
     conn.execute("SELECT * FROM audius_indexer.follow_transfers()")  # first boot: starts at the head
-    conn.execute(fixture.read_text())
+    load_audius_tables(conn, eth=False)
     jobs = []
     try:
         conn.execute("INSERT INTO user_events (blocknumber, is_current, user_id, is_mobile_user) VALUES (7, true, 4242, true)")

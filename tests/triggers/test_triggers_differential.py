@@ -26,7 +26,7 @@ import json
 
 import pytest
 
-from harness.triggers import BUILD_DIR, Workload, compare_runs, create_audius_db, replay, start_cluster, summarize
+from harness.triggers import BUILD_DIR, Workload, clean_cluster, compare_runs, create_audius_db, replay, summarize
 
 SEED = 20260308
 SESSIONS = 4
@@ -51,12 +51,8 @@ REQUIRED_BRANCHES = [
 
 @pytest.fixture(scope="module")
 def pg():
-    c = start_cluster("trigdiff", {"max_connections": "60"})
-    try:
+    with clean_cluster("trigdiff", {"max_connections": "60"}) as c:
         yield c
-        c.assert_log_clean()
-    finally:
-        c.destroy()
 
 
 @pytest.mark.parametrize("timezone", ["UTC", "America/New_York"])

@@ -17,7 +17,7 @@ import json
 
 import pytest
 
-from harness.triggers import Workload, create_audius_db, multiset_diff, replay, snapshot, start_cluster
+from harness.triggers import Workload, clean_cluster, create_audius_db, multiset_diff, replay, snapshot
 
 MIXED = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"      # user 1: EIP-55-like mixed case
 LOWER = "0x00000000000000000000000000000000000000aa"      # user 2: wallet already lowercase
@@ -27,16 +27,12 @@ CURRENT3 = "0x3333333333333333333333333333333333333333"
 
 @pytest.fixture(scope="module")
 def pg():
-    c = start_cluster("trigfix")
-    try:
+    with clean_cluster("trigfix") as c:
         create_audius_db(c, "original", triggers="contains", trace=False)
         with c.connect("original") as conn:
             conn.execute("SELECT public.ref_attach_triggers('contains', 'contains', 'case_sensitive')")
         create_audius_db(c, "rust", triggers="rust", trace=False)
         yield c
-        c.assert_log_clean()
-    finally:
-        c.destroy()
 
 
 SCENARIO = [

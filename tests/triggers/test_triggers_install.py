@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from harness.triggers import RUST_FUNCTIONS, TRIGGER_TABLES, create_audius_db, start_cluster, trigger_functions
+from harness.triggers import RUST_FUNCTIONS, TRIGGER_TABLES, clean_cluster, create_audius_db, trigger_functions
 
 REF_ANY = {
     "on_user_challenge": "public.ref_handle_on_user_challenge_any()",
@@ -16,12 +16,8 @@ REF_ANY = {
 
 @pytest.fixture(scope="module")
 def pg():
-    c = start_cluster("triginstall")
-    try:
+    with clean_cluster("triginstall") as c:
         yield c
-        c.assert_log_clean()
-    finally:
-        c.destroy()
 
 
 _n = 0

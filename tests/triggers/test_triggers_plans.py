@@ -13,7 +13,7 @@ import time
 import pytest
 
 from harness.pg import PG_BIN
-from harness.triggers import INDEXES_SQL, create_audius_db, start_cluster
+from harness.triggers import INDEXES_SQL, clean_cluster, create_audius_db
 
 ROWS = 240_000
 TYPES = 30
@@ -56,8 +56,7 @@ def index_state(conn, name: str):
 
 @pytest.fixture(scope="module")
 def pg():
-    c = start_cluster("trigplans")
-    try:
+    with clean_cluster("trigplans") as c:
         create_audius_db(c, "audius", triggers="rust", trace=False)
         with c.connect("audius") as conn:
             conn.execute(POPULATE)
@@ -65,9 +64,6 @@ def pg():
         with c.connect("audius") as conn:
             conn.execute("ANALYZE notification")
         yield c
-        c.assert_log_clean()
-    finally:
-        c.destroy()
 
 
 def lookups(conn):

@@ -17,7 +17,7 @@ import time
 import psycopg
 import pytest
 
-from harness.triggers import Notices, create_audius_db, start_cluster
+from harness.triggers import Notices, clean_cluster, create_audius_db
 
 WALLET = "0xAbCdEf0123456789aBcDeF0123456789AbCdEf01"
 USER = 7
@@ -25,8 +25,7 @@ USER = 7
 
 @pytest.fixture(scope="module")
 def pg():
-    c = start_cluster("trigposture")
-    try:
+    with clean_cluster("trigposture") as c:
         create_audius_db(c, "ref", triggers="contains", trace=False)
         create_audius_db(c, "rust", triggers="rust", trace=False)
         for db in ("ref", "rust"):
@@ -35,9 +34,6 @@ def pg():
                              "'2026-01-01')", (USER, WALLET))
                 conn.execute("INSERT INTO reward_manager_txs VALUES ('sig-ok', 1, '2026-01-01')")
         yield c
-        c.assert_log_clean()
-    finally:
-        c.destroy()
 
 
 def observe(pg, db: str, statements: list[tuple[str, tuple]], setup: list[str] = (), teardown: list[str] = ()):

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.pg import Cluster
+from harness.pg import Cluster, load_audius_tables
 
 pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE = REPO / "tests" / "sql" / "audius_fixture_schema.sql"
-ETH_FIXTURE = REPO / "tests" / "sql" / "audius_eth_fixture.sql"
 EXT_DIR = Path("/usr/share/postgresql/15/extension")
 CARGO = REPO / "Cargo.toml"
 
@@ -111,9 +109,15 @@ def table_rows(conn, columns: dict[str, list[str]]) -> dict[str, list[tuple]]:
             for t in DATA_TABLES}
 
 
-def load_audius(conn) -> None:
-    conn.execute(FIXTURE.read_text())
-    conn.execute(ETH_FIXTURE.read_text())
+def installed_catalog(cl: Cluster, db: str, version: str | None = None) -> dict[str, list[tuple]]:
+    """The snapshot of a new database `db` of `cl` with the Audius tables, CREATE EXTENSION
+    audius_indexer (VERSION `version` when given) and the Rust triggers installed."""
+    cl.create_database(db)
+    with cl.connect(db) as conn:
+        load_audius_tables(conn)
+        conn.execute("CREATE EXTENSION audius_indexer" + (f" VERSION '{version}'" if version else ""))
+        conn.execute("SELECT audius_indexer.install_triggers()")
+        return snapshot(conn)
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +155,8 @@ def test_upgrade_equals_fresh_install_and_keeps_data(cl, old):
     cur = current_version()
     tag = old.replace(".", "_")
     cl.create_database(f"up_{tag}")
-    cl.create_database(f"fresh_{tag}")
     with cl.connect(f"up_{tag}") as up:
-        load_audius(up)
+        load_audius_tables(up)
         up.execute(f"CREATE EXTENSION audius_indexer VERSION '{old}'")
         assert up.execute("SELECT extversion FROM pg_extension WHERE extname = 'audius_indexer'").fetchone()[0] == old
         up.execute("SELECT audius_indexer.install_triggers()")
@@ -175,11 +178,7 @@ def test_upgrade_equals_fresh_install_and_keeps_data(cl, old):
         # the upgraded extension works: a Rust function added in this version, and the triggers
         up.execute("SELECT * FROM audius_indexer.challenge_processor_status").fetchall()
         assert up.execute("SELECT count(*) FROM audius_indexer.trigger_statements()").fetchone()[0] > 0
-    with cl.connect(f"fresh_{tag}") as fresh:
-        load_audius(fresh)
-        fresh.execute("CREATE EXTENSION audius_indexer")
-        fresh.execute("SELECT audius_indexer.install_triggers()")
-        installed = snapshot(fresh)
+    installed = installed_catalog(cl, f"fresh_{tag}")
 
     assert after == before, "rows changed by the upgrade"
     for key in CATALOG_QUERIES:

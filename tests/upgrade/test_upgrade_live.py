@@ -52,9 +52,9 @@ import pytest
 
 from conftest import wait_until
 from harness.chain import to_checksum, wallet_address
-from harness.pg import PG_BIN, Cluster
+from harness.pg import PG_BIN, Cluster, load_audius_tables
 from harness.rpcproxy import RpcProxy
-from upgrade.test_upgrade import CATALOG_QUERIES, ETH_FIXTURE, FIXTURE, current_version, snapshot
+from upgrade.test_upgrade import CATALOG_QUERIES, current_version, installed_catalog, snapshot
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -213,8 +213,7 @@ def seed(conn, anvil, contracts) -> None:
     rows in the extension's own tables the workers do not write (a backed-off wallet, a pending one)."""
     contracts.set_values(W, [10**21 + i for i in range(len(W))], [i * 10**18 for i in range(len(W))],
                          [7 * i for i in range(len(W))])
-    conn.execute(FIXTURE.read_text())
-    conn.execute(ETH_FIXTURE.read_text())
+    load_audius_tables(conn)
     conn.execute("CREATE EXTENSION audius_indexer")
     assert extversion(conn) == OLD_VERSION
     conn.execute("SELECT audius_indexer.install_triggers()")
@@ -468,25 +467,13 @@ def test_upgrade_with_the_library_loaded(packages, anvil, contracts, own_proxy):
             upgraded = snapshot(conn)
 
         # ---- the catalog: a fresh install of this version, and the 0.2.0 on record ----------------
-        cl.create_database("fresh")
-        with cl.connect("fresh") as fresh:
-            fresh.execute(FIXTURE.read_text())
-            fresh.execute(ETH_FIXTURE.read_text())
-            fresh.execute("CREATE EXTENSION audius_indexer")
-            fresh.execute("SELECT audius_indexer.install_triggers()")
-            installed = snapshot(fresh)
+        installed = installed_catalog(cl, "fresh")
         assert_same_catalog(upgraded, installed, f"upgraded {OLD_VERSION} -> {cur}", f"fresh {cur}")
         # the 0.2.0 that was running came from the package built from its commit; the one on record
         # (sql/released/, now in the private tree from this version's package) makes the same catalog
         record = REPO / "sql" / "released" / f"audius_indexer--{OLD_VERSION}.sql"
         assert (tree.ext / record.name).read_bytes() == record.read_bytes()
-        cl.create_database("record")
-        with cl.connect("record") as rec:
-            rec.execute(FIXTURE.read_text())
-            rec.execute(ETH_FIXTURE.read_text())
-            rec.execute(f"CREATE EXTENSION audius_indexer VERSION '{OLD_VERSION}'")
-            rec.execute("SELECT audius_indexer.install_triggers()")
-            recorded = snapshot(rec)
+        recorded = installed_catalog(cl, "record", OLD_VERSION)
         assert_same_catalog(old_catalog, recorded, f"packaged {OLD_VERSION}", f"sql/released {OLD_VERSION}")
 
         # ---- the server log of the whole procedure ----------------------------------------------
