@@ -17,7 +17,7 @@ deps:
 PKG_DIR := target/pgrx-package
 # Release build of the extension (fat LTO) installed into the system PostgreSQL 15 directories.
 # Files are renamed into place (scripts/install-package.sh), so running servers are not disturbed.
-# The package also carries the SQL of every released version (sql/released/) so that
+# The package also carries the SQL of every released version (released/) so that
 # CREATE EXTENSION ... VERSION '<old>' and the upgrade scripts (sql/audius_indexer--*--*.sql, copied
 # by cargo pgrx) work.
 EXT_DIR_IN_PKG = $(PKG_DIR)$(shell $(PG_CONFIG) --sharedir)/extension
@@ -27,7 +27,7 @@ install: package-tree
 package-tree: deps
 	rm -rf $(PKG_DIR)
 	$(CARGO) pgrx package --pg-config $(PG_CONFIG) --no-default-features --features pg15 --out-dir $(PKG_DIR)
-	cp sql/released/audius_indexer--*.sql $(EXT_DIR_IN_PKG)/
+	cp released/audius_indexer--*.sql $(EXT_DIR_IN_PKG)/
 
 # Debian package of the same files (dist/audius-indexer-postgresql-15_<version>_amd64.deb).
 package: package-tree

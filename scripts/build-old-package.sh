@@ -5,10 +5,11 @@
 #   OUT_DIR/src           the commit's files (git archive: the repository and its work tree untouched)
 #   OUT_DIR/target        its own CARGO_TARGET_DIR (release build, its own Cargo.lock)
 #   OUT_DIR/pgrx-package  the package tree (usr/...), with the SQL of the versions released before it
-#                         (the commit's sql/released/), exactly as that release's `make package-tree`
+#                         (the commit's released/, sql/released/ before 0.3.0), exactly as that
+#                         release's `make package-tree`
 #   OUT_DIR/.built-from   the full commit id: present = done, so a second run does nothing
 # The packaged audius_indexer--VERSION.sql must have the content of this tree's
-# sql/released/audius_indexer--VERSION.sql (what tests/upgrade/test_upgrade.py and `make install` use):
+# released/audius_indexer--VERSION.sql (what tests/upgrade/test_upgrade.py and `make install` use):
 # byte for byte, or the same lines with independent blocks in another order (pgrx's order of
 # blocks that do not depend on each other varies between builds). Anything else fails the build:
 # the release on record would not be the one the commit builds.
@@ -50,19 +51,21 @@ git -C "$root" archive --format=tar "$full" | tar -x -C "$out/src"
   CARGO_TARGET_DIR="$out/target" cargo pgrx package --pg-config "$pg_config" \
     --no-default-features --features pg15 --out-dir "$pkg.tmp"
 )
-if [ -d "$out/src/sql/released" ]; then
-  cp "$out/src"/sql/released/audius_indexer--*.sql "$pkg.tmp$ext_rel/"
-fi
+for dir in "$out/src/released" "$out/src/sql/released"; do  # sql/released/ up to 0.2.0
+  if [ -d "$dir" ]; then
+    cp "$dir"/audius_indexer--*.sql "$pkg.tmp$ext_rel/"
+  fi
+done
 built_sql="$pkg.tmp$ext_rel/audius_indexer--$version.sql"
-record="$root/sql/released/audius_indexer--$version.sql"
+record="$root/released/audius_indexer--$version.sql"
 if [ -f "$record" ]; then
   if cmp -s "$built_sql" "$record"; then
-    echo "build-old-package: audius_indexer--$version.sql is byte-identical to sql/released/"
+    echo "build-old-package: audius_indexer--$version.sql is byte-identical to released/"
   elif cmp -s <(LC_ALL=C sort "$built_sql") <(LC_ALL=C sort "$record"); then
     # pgrx orders blocks that do not depend on each other differently from build to build (the
     # sweep and challenges blocks of 0.2.0 both require only bootstrap): same lines, other order.
     # tests/upgrade/test_upgrade_live.py checks that both scripts create the same catalog.
-    echo "build-old-package: audius_indexer--$version.sql has the lines of sql/released/ in another block order"
+    echo "build-old-package: audius_indexer--$version.sql has the lines of released/ in another block order"
   else
     echo "build-old-package: $built_sql differs from $record:" >&2
     diff -u "$record" "$built_sql" | head -40 >&2 || true

@@ -20,7 +20,7 @@ audius_indexer_monitor (the 0.2.0-style queries, which that role may not run, as
 wall time per execute + fetch over the unix socket, median and p95:
 sweep_status, follow_status, challenge_processor_status, health(), every query of
 sql/prometheus-queries.yaml and all of them in a row (one scrape), next to 0.2.0's sweep_status
-(sql/released/audius_indexer--0.2.0.sql), its count(*) and its min() anti-join alone, and doctor()
+(released/audius_indexer--0.2.0.sql), its count(*) and its min() anti-join alone, and doctor()
 (no node configured: its database part, which counts the table as its owner).
 The same again after a sweep-like churn (the --churn stalest rows updated, not vacuumed yet: dead
 entries at the low end of eth_wallet_balances_updated_at_idx). Plans of the status queries are
@@ -45,7 +45,7 @@ from bench.common import finish, log, machine, out, start_cluster, stats
 from harness.triggers import require_extension_installed
 
 QUERIES_YAML = REPO / "sql" / "prometheus-queries.yaml"
-RELEASED_020 = REPO / "sql" / "released" / "audius_indexer--0.2.0.sql"
+RELEASED_020 = REPO / "released" / "audius_indexer--0.2.0.sql"
 FIXTURE = REPO / "tests" / "sql" / "audius_fixture_schema.sql"
 ROLE = "bench_monitor"
 CHECKPOINT = 21_000_000

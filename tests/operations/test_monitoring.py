@@ -14,7 +14,6 @@ function that reaches the network (42501).
 from __future__ import annotations
 
 import math
-import os
 import re
 import subprocess
 import urllib.error

@@ -1,7 +1,7 @@
 """Upgrade tier: every release upgrades in place (docs/architecture.md, rule 3 "Upgrade in place").
 
 In one cluster, on the Audius fixture:
-- database `up_<v>`: CREATE EXTENSION audius_indexer VERSION '<v>' for every released <v> (sql/released/), data in every
+- database `up_<v>`: CREATE EXTENSION audius_indexer VERSION '<v>' for every released <v> (released/), data in every
   table of ours, the Rust triggers installed, then ALTER EXTENSION audius_indexer UPDATE;
 - database `fresh`: CREATE EXTENSION audius_indexer (the current version), triggers installed.
 The catalogs of the extension must be equal: functions and procedures with their signatures,
@@ -130,9 +130,9 @@ def cl():
         c.destroy()
 
 
-# Every released version (sql/released/): each must upgrade to the current one.
+# Every released version (released/): each must upgrade to the current one.
 RELEASED = sorted(p.name[len("audius_indexer--"):-len(".sql")]
-                  for p in (REPO / "sql" / "released").glob("audius_indexer--*.sql"))
+                  for p in (REPO / "released").glob("audius_indexer--*.sql"))
 
 
 def test_released_scripts_are_installed():
@@ -142,7 +142,7 @@ def test_released_scripts_are_installed():
     assert (EXT_DIR / f"audius_indexer--{cur}.sql").exists()
     for old in RELEASED:
         assert (EXT_DIR / f"audius_indexer--{old}.sql").exists()
-        assert (REPO / "sql" / "released" / f"audius_indexer--{old}.sql").read_bytes() == \
+        assert (REPO / "released" / f"audius_indexer--{old}.sql").read_bytes() == \
             (EXT_DIR / f"audius_indexer--{old}.sql").read_bytes()
     # one step per release: 0.1.0 -> 0.2.0 -> ... -> current
     for old, new in zip(RELEASED, RELEASED[1:] + [cur]):

@@ -18,7 +18,7 @@ The procedure:
    three workers (0.2.0 runs them all by default) sweep, follow a Transfer and process a user event;
 2. the README's "upgrade-steps" (README.md, between the marker comments) run in their order: each
    `dpkg -i dist/…_<version>_amd64.deb` installs this tree's package (target/pgrx-package, which has
-   sql/released/* too; copied at the start) into the private tree with scripts/install-package.sh
+   released/* too; copied at the start) into the private tree with scripts/install-package.sh
    (renamed into place, as dpkg does); `pg_ctlcluster 15 main restart` restarts the cluster; every
    SQL block runs with psql in every database that has the extension. Any other command fails the
    test: the docs cannot drift from what is tested;
@@ -29,7 +29,7 @@ The procedure:
 4. after: the version is the new one, the three workers of the new library run and act (sweep,
    follow, challenges), no row of any table of ours or of the Audius tables was lost, the catalog is
    the one of a fresh install (tests/upgrade/test_upgrade.py's CATALOG_QUERIES), the packaged 0.2.0 script
-   made the catalog sql/released/audius_indexer--0.2.0.sql makes, and the server log of the whole
+   made the catalog released/audius_indexer--0.2.0.sql makes, and the server log of the whole
    procedure has no ERROR, no WARNING and no crash.
 
 The two probes that raise on purpose (the wrong-order UPDATE, a gated function) run in sessions with
@@ -470,11 +470,11 @@ def test_upgrade_with_the_library_loaded(packages, anvil, contracts, own_proxy):
         installed = installed_catalog(cl, "fresh")
         assert_same_catalog(upgraded, installed, f"upgraded {OLD_VERSION} -> {cur}", f"fresh {cur}")
         # the 0.2.0 that was running came from the package built from its commit; the one on record
-        # (sql/released/, now in the private tree from this version's package) makes the same catalog
-        record = REPO / "sql" / "released" / f"audius_indexer--{OLD_VERSION}.sql"
+        # (released/, now in the private tree from this version's package) makes the same catalog
+        record = REPO / "released" / f"audius_indexer--{OLD_VERSION}.sql"
         assert (tree.ext / record.name).read_bytes() == record.read_bytes()
         recorded = installed_catalog(cl, "record", OLD_VERSION)
-        assert_same_catalog(old_catalog, recorded, f"packaged {OLD_VERSION}", f"sql/released {OLD_VERSION}")
+        assert_same_catalog(old_catalog, recorded, f"packaged {OLD_VERSION}", f"released {OLD_VERSION}")
 
         # ---- the server log of the whole procedure ----------------------------------------------
         errors = log_lines(cl, r"\b(ERROR|WARNING|PANIC):|terminated by signal|was terminated")
