@@ -491,7 +491,7 @@ class TooLarge:
     case: str
     fault_text: str
     tag: str
-    n: int                       # wallets, all in one chunk; also the seed of their values
+    n: int                       # wallets, all in one chunk; also the RNG seed of their values
     mode: str
     params: dict
 
