@@ -418,11 +418,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in (extra or {}).items():
             self.send_header(k, str(v))
+        self._answered()  # headers are buffered until end_headers(): nothing has gone out yet
         self.end_headers()
         self.wfile.write(body)
         self.wfile.flush()
 
     def _drop(self, rst: bool = False):
+        self._answered()
         self.close_connection = True
         if rst:
             try:
@@ -442,11 +444,21 @@ class _Handler(BaseHTTPRequestHandler):
         with p._lock:
             p._in_flight += 1
             p._peak_in_flight = max(p._peak_in_flight, p._in_flight)
+        self._answering = True
         try:
             self._post()
         finally:
-            with p._lock:
-                p._in_flight -= 1
+            self._answered()
+
+    def _answered(self):
+        """The request stops counting as in flight: called before the answer's last bytes go out
+        (or the connection is dropped), never after. The client may send its next request, on
+        another kept-alive connection, the moment it has the answer; counting this one until this
+        thread runs again would report two in flight where the client never had more than one."""
+        if getattr(self, "_answering", False):
+            self._answering = False
+            with self.proxy._lock:
+                self.proxy._in_flight -= 1
 
     def _post(self):
         p = self.proxy

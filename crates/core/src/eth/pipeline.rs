@@ -26,61 +26,71 @@ use std::time::{Duration, Instant};
 const GROW_AFTER: usize = 16;
 
 /// Additive-increase / multiplicative-decrease limit on requests in flight.
+///
+/// The limit, its maximum and the run of good answers change together under one lock: a good
+/// answer is weighed against the limit as it is at that moment, so a streak counted before a
+/// rate limit can never grow the limit that rate limit just halved (with separate atomics, a
+/// helper preempted between counting its answer and reading the limit could do exactly that).
 #[derive(Debug)]
-pub struct Limiter {
-    max: AtomicUsize,
-    allowed: AtomicUsize,
-    streak: AtomicUsize,
+pub struct Limiter(Mutex<LimitState>);
+
+#[derive(Debug)]
+struct LimitState {
+    max: usize,
+    allowed: usize,
+    streak: usize,
 }
 
 impl Limiter {
     pub fn new(max: usize) -> Limiter {
         let max = max.max(1);
-        Limiter {
-            max: AtomicUsize::new(max),
-            allowed: AtomicUsize::new(max),
-            streak: AtomicUsize::new(0),
-        }
+        Limiter(Mutex::new(LimitState {
+            max,
+            allowed: max,
+            streak: 0,
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, LimitState> {
+        // the state is three integers, consistent after every statement: a panic elsewhere while
+        // the lock was held leaves nothing half-done, so a poisoned lock is still good to use
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sets the configured maximum. A limit at its old maximum follows the new one; a throttled
     /// limit stays where it is (clamped), and grows back on its own.
     pub fn set_max(&self, max: usize) {
         let max = max.max(1);
-        let old = self.max.swap(max, Ordering::SeqCst);
-        if old != max {
-            let cur = self.allowed.load(Ordering::SeqCst);
-            let next = if cur >= old { max } else { cur.min(max) };
-            self.allowed.store(next, Ordering::SeqCst);
+        let mut s = self.state();
+        if s.max != max {
+            s.allowed = if s.allowed >= s.max {
+                max
+            } else {
+                s.allowed.min(max)
+            };
+            s.max = max;
         }
     }
 
     /// Requests that may be in flight now.
     pub fn allowed(&self) -> usize {
-        self.allowed.load(Ordering::SeqCst).max(1)
+        self.state().allowed.max(1)
     }
 
-    /// A rate-limit answer: halve (never below 1).
+    /// A rate-limit answer: halve (never below 1), and start the run of good answers again.
     pub fn rate_limited(&self) {
-        self.streak.store(0, Ordering::SeqCst);
-        let _ = self
-            .allowed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| Some((a / 2).max(1)));
+        let mut s = self.state();
+        s.streak = 0;
+        s.allowed = (s.allowed / 2).max(1);
     }
 
     /// A good answer: after `GROW_AFTER × limit` in a row, grow by one up to the maximum.
     pub fn succeeded(&self) {
-        let streak = self.streak.fetch_add(1, Ordering::SeqCst) + 1;
-        let allowed = self.allowed();
-        let max = self.max.load(Ordering::SeqCst);
-        if allowed < max && streak >= GROW_AFTER * allowed {
-            self.streak.store(0, Ordering::SeqCst);
-            let _ = self.allowed.compare_exchange(
-                allowed,
-                allowed + 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
+        let mut s = self.state();
+        s.streak += 1;
+        if s.allowed < s.max && s.streak >= GROW_AFTER * s.allowed {
+            s.streak = 0;
+            s.allowed += 1;
         }
     }
 }
