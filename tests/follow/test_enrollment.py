@@ -30,7 +30,7 @@ import pytest
 from harness.follow import AUDIUS_TRIGGER_WARNING, audius_cluster, chain, expected_total, point_at, step
 from harness.chain import to_checksum, wallet_address
 from harness.pg import enable_paths
-from privileges.test_r13_privileges import SHADOWED, column_defs, domains_sql, evidence_sql, payload_sql, views_sql
+from privileges.test_no_path_to_superuser import SHADOWED, column_defs, domains_sql, evidence_sql, payload_sql, views_sql
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -577,7 +577,7 @@ def test_a_writer_s_temporary_objects_never_run_with_more_rights(env):
         super_role = su.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0]
         runs = su.execute(f"SELECT who, super, count(*) FROM {evidence}.hits GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
         super_lines = [ln for ln in env.cluster.log_text()[mark:].splitlines()
-                       if "r13-payload" in ln and "SUPERUSER" in ln]
+                       if "escal-payload" in ln and "SUPERUSER" in ln]
         assert not super_role and not any(s for _, s, _ in runs) and not super_lines, \
             f"ESCALATED: writer superuser {super_role}; payload runs {runs}; {super_lines[:3]}"
         assert {who for who, _, _ in runs} == {role}, f"the traps did not fire (or fired as another role): {runs}"

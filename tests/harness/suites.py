@@ -1,7 +1,7 @@
 """Pieces the reliability suites (test_r*.py, test_hardening.py) share: their `report` fixture, a
 database of their own in the session cluster, connections that are closed at the end.
 
-    report = report_fixture("r2_faults", "R2 — RPC faults")
+    report = report_fixture("rpc_faults", "RPC faults")
 
 at module level defines the module's `report` fixture (pytest takes the attribute's name).
 """
@@ -44,7 +44,7 @@ def report_fixture(suite: str, title: str, cls: type[Report] = Report, guard: bo
 def extension_db(cluster, name: str, *sql: str) -> str:
     """CREATE DATABASE `name` in `cluster` with the extension, then runs `sql` in it; returns the
     name. Never dropped by the suites: DROP DATABASE hangs while the sweep worker idles in it
-    (test_r2_faults.py::test_drop_database_while_worker_idles); the cluster goes at session end."""
+    (test_rpc_faults.py::test_drop_database_while_worker_idles); the cluster goes at session end."""
     with cluster.connect() as c:
         c.execute(f"CREATE DATABASE {name}")
     with cluster.connect(name) as c:

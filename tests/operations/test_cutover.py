@@ -1,4 +1,4 @@
-"""Cutover day, rehearsed (suite table "R14 — cutover day, rehearsed" in docs/reliability.md).
+"""Cutover day, rehearsed (suite table "Cutover day, rehearsed" in docs/reliability.md).
 
 The runbook of docs/operations.md ("Cutover day: the runbook") is executed as written: every fenced
 block marked `runbook:<n>-<name>` is extracted from the file and run in order — SQL blocks with psql
@@ -21,13 +21,13 @@ checks → 6-uninstall, 7-cleanup → the Go services alone once more.
 Instrumentation (the test's own, in schema public): an AFTER trigger on eth_wallet_balances,
 eth_indexer_checkpoints, indexing_checkpoints, user_challenges and (once installed) the extension's
 follow_state and challenge_processor_state records every write with its session's application_name,
-its transaction start and the old/new values in `public.r14_log`.
+its transaction start and the old/new values in `public.cutover_log`.
 
 A second test: a cluster with the library preloaded, the extension created, every worker setting at
 its default and nothing enabled makes 0 RPC requests and 0 writes in 60 s.
 
-Each case of the scenario is recorded (tests/.build/suites/r14_cutover.md) even when an earlier one
-failed; the test fails at the end if any did. R14_KEEP_LOG=<file> keeps the cluster's server log.
+Each case of the scenario is recorded (tests/.build/suites/cutover.md) even when an earlier one
+failed; the test fails at the end if any did. CUTOVER_KEEP_LOG=<file> keeps the cluster's server log.
 """
 from __future__ import annotations
 
@@ -116,9 +116,9 @@ def run_block(cluster: Cluster, block: Block, **psql_vars) -> str:
 # the Audius-shaped database and its instrumentation
 # ------------------------------------------------------------------------------------------------
 N_USERS = 30
-USER_WALLETS = [wallet_address(i, "r14-user") for i in range(N_USERS)]          # user i+1
-ASSOC = [wallet_address(i, "r14-assoc") for i in range(6)]                       # users 1..6; #6 deleted
-UNTRACKED = [wallet_address(i, "r14-out") for i in range(5)] + [ASSOC[5]]
+USER_WALLETS = [wallet_address(i, "cutover-user") for i in range(N_USERS)]          # user i+1
+ASSOC = [wallet_address(i, "cutover-assoc") for i in range(6)]                       # users 1..6; #6 deleted
+UNTRACKED = [wallet_address(i, "cutover-out") for i in range(5)] + [ASSOC[5]]
 STAKERS = USER_WALLETS[22:]                      # tracked, never in a Transfer: stake changes only
 TRANSFERRERS = USER_WALLETS[:22] + ASSOC[:5]     # tracked, in Transfers
 TRACKED = set(USER_WALLETS) | set(ASSOC[:5])
@@ -126,7 +126,7 @@ W_PENDING = TRANSFERRERS[5]                      # the wallet the follower owes 
 VERIFIED = {u for u in range(1, N_USERS + 1) if u % 3 == 0}
 
 LOG_SQL = r"""
-CREATE TABLE public.r14_log (
+CREATE TABLE public.cutover_log (
   seq        bigserial PRIMARY KEY,
   ts         timestamptz NOT NULL DEFAULT clock_timestamp(),
   xact_start timestamptz NOT NULL DEFAULT now(),
@@ -137,46 +137,46 @@ CREATE TABLE public.r14_log (
   new_v      numeric,
   extra      text
 );
-CREATE FUNCTION public.r14_record() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
+CREATE FUNCTION public.cutover_record() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
 BEGIN
   IF TG_TABLE_NAME = 'eth_wallet_balances' THEN
-    INSERT INTO public.r14_log (kind, key, old_v, new_v, extra)
+    INSERT INTO public.cutover_log (kind, key, old_v, new_v, extra)
     VALUES ('balance', NEW.wallet, CASE WHEN TG_OP = 'UPDATE' THEN OLD.blocknumber END, NEW.blocknumber, NEW.balance::text);
   ELSIF TG_TABLE_NAME = 'eth_indexer_checkpoints' THEN
-    INSERT INTO public.r14_log (kind, key, old_v, new_v)
+    INSERT INTO public.cutover_log (kind, key, old_v, new_v)
     VALUES ('cp', NEW.name, CASE WHEN TG_OP = 'UPDATE' THEN OLD.last_block END, NEW.last_block);
   ELSIF TG_TABLE_NAME = 'indexing_checkpoints' THEN
-    INSERT INTO public.r14_log (kind, key, old_v, new_v)
+    INSERT INTO public.cutover_log (kind, key, old_v, new_v)
     VALUES ('ccp', NEW.tablename, CASE WHEN TG_OP = 'UPDATE' THEN OLD.last_checkpoint END, NEW.last_checkpoint);
   ELSIF TG_TABLE_NAME = 'user_challenges' THEN
-    INSERT INTO public.r14_log (kind, key, extra) VALUES ('uc', NEW.challenge_id || '/' || NEW.specifier, TG_OP);
+    INSERT INTO public.cutover_log (kind, key, extra) VALUES ('uc', NEW.challenge_id || '/' || NEW.specifier, TG_OP);
   ELSIF TG_TABLE_NAME = 'follow_state' THEN
     IF NEW.last_step_started IS DISTINCT FROM OLD.last_step_started THEN
-      INSERT INTO public.r14_log (kind) VALUES ('fstart');
+      INSERT INTO public.cutover_log (kind) VALUES ('fstart');
     END IF;
     IF NEW.steps IS DISTINCT FROM OLD.steps THEN
-      INSERT INTO public.r14_log (kind, old_v, new_v) VALUES ('fstep', NEW.last_from_block, NEW.last_to_block);
+      INSERT INTO public.cutover_log (kind, old_v, new_v) VALUES ('fstep', NEW.last_from_block, NEW.last_to_block);
     END IF;
   ELSIF TG_TABLE_NAME = 'challenge_processor_state' THEN
     IF NEW.runs IS DISTINCT FROM OLD.runs THEN
-      INSERT INTO public.r14_log (kind, key, new_v) VALUES ('crun', NEW.challenge_id, NEW.checkpoint_after);
+      INSERT INTO public.cutover_log (kind, key, new_v) VALUES ('crun', NEW.challenge_id, NEW.checkpoint_after);
     END IF;
   END IF;
   RETURN NULL;
 END
 $$;
-CREATE TRIGGER r14_record AFTER INSERT OR UPDATE ON public.eth_wallet_balances FOR EACH ROW EXECUTE FUNCTION public.r14_record();
-CREATE TRIGGER r14_record AFTER INSERT OR UPDATE ON public.eth_indexer_checkpoints FOR EACH ROW EXECUTE FUNCTION public.r14_record();
-CREATE TRIGGER r14_record AFTER INSERT OR UPDATE ON public.indexing_checkpoints FOR EACH ROW EXECUTE FUNCTION public.r14_record();
-CREATE TRIGGER r14_record AFTER INSERT OR UPDATE ON public.user_challenges FOR EACH ROW EXECUTE FUNCTION public.r14_record();
+CREATE TRIGGER cutover_record AFTER INSERT OR UPDATE ON public.eth_wallet_balances FOR EACH ROW EXECUTE FUNCTION public.cutover_record();
+CREATE TRIGGER cutover_record AFTER INSERT OR UPDATE ON public.eth_indexer_checkpoints FOR EACH ROW EXECUTE FUNCTION public.cutover_record();
+CREATE TRIGGER cutover_record AFTER INSERT OR UPDATE ON public.indexing_checkpoints FOR EACH ROW EXECUTE FUNCTION public.cutover_record();
+CREATE TRIGGER cutover_record AFTER INSERT OR UPDATE ON public.user_challenges FOR EACH ROW EXECUTE FUNCTION public.cutover_record();
 """
 LOG_EXTENSION_SQL = """
-CREATE TRIGGER r14_record AFTER UPDATE ON audius_indexer.follow_state FOR EACH ROW EXECUTE FUNCTION public.r14_record();
-CREATE TRIGGER r14_record AFTER UPDATE ON audius_indexer.challenge_processor_state FOR EACH ROW EXECUTE FUNCTION public.r14_record();
+CREATE TRIGGER cutover_record AFTER UPDATE ON audius_indexer.follow_state FOR EACH ROW EXECUTE FUNCTION public.cutover_record();
+CREATE TRIGGER cutover_record AFTER UPDATE ON audius_indexer.challenge_processor_state FOR EACH ROW EXECUTE FUNCTION public.cutover_record();
 """
 UNLOG_EXTENSION_SQL = """
-DROP TRIGGER r14_record ON audius_indexer.follow_state;
-DROP TRIGGER r14_record ON audius_indexer.challenge_processor_state;
+DROP TRIGGER cutover_record ON audius_indexer.follow_state;
+DROP TRIGGER cutover_record ON audius_indexer.challenge_processor_state;
 """
 
 
@@ -245,7 +245,7 @@ class ChainStream(_Stream):
     Transfer) on anvil, one transaction every ~0.1 s."""
 
     def __init__(self, contracts, seed: int = 14):
-        super().__init__(seed, "r14-chain-stream")
+        super().__init__(seed, "cutover-chain-stream")
         self.contracts = contracts
         self.transfers: list[tuple[int, str, str]] = []   # (block, from, to)
         self.stakes: list[tuple[int, str]] = []           # (block, wallet)
@@ -270,7 +270,7 @@ class EventStream(_Stream):
     40 % mobile."""
 
     def __init__(self, conninfo: str, seed: int = 41):
-        super().__init__(seed, "r14-event-stream")
+        super().__init__(seed, "cutover-event-stream")
         self.conninfo = conninfo
         self.block = 1000
         self.next_user = 10_000
@@ -315,7 +315,7 @@ def path_states(conn) -> dict[str, tuple]:
 
 def log_rows(conn, sql_where: str, args=()) -> list[tuple]:
     return conn.execute(f"SELECT seq, extract(epoch FROM ts)::float8, extract(epoch FROM xact_start)::float8, app, kind, "
-                        f"key, old_v, new_v, extra FROM public.r14_log WHERE {sql_where} ORDER BY seq", args).fetchall()
+                        f"key, old_v, new_v, extra FROM public.cutover_log WHERE {sql_where} ORDER BY seq", args).fetchall()
 
 
 EXT_APPS = ("audius_indexer sweep", "audius_indexer follow", "audius_indexer challenges")
@@ -323,13 +323,13 @@ EXT_APPS = ("audius_indexer sweep", "audius_indexer follow", "audius_indexer cha
 
 def ext_writes_between(conn, t0: float, t1: float) -> int:
     """Rows the extension's workers wrote to the Audius tables in (t0, t1)."""
-    return conn.execute("SELECT count(*) FROM public.r14_log WHERE kind IN ('balance', 'cp', 'ccp', 'uc') "
+    return conn.execute("SELECT count(*) FROM public.cutover_log WHERE kind IN ('balance', 'cp', 'ccp', 'uc') "
                         "AND app = ANY(%s) AND ts > to_timestamp(%s) AND ts < to_timestamp(%s)",
                         (list(EXT_APPS), t0, t1)).fetchone()[0]
 
 
 def go_writes_between(conn, t0: float, t1: float) -> int:
-    return conn.execute("SELECT count(*) FROM public.r14_log WHERE kind IN ('balance', 'cp', 'ccp', 'uc') "
+    return conn.execute("SELECT count(*) FROM public.cutover_log WHERE kind IN ('balance', 'cp', 'ccp', 'uc') "
                         "AND app LIKE 'go %%' AND ts > to_timestamp(%s) AND ts < to_timestamp(%s)",
                         (t0, t1)).fetchone()[0]
 
@@ -367,7 +367,7 @@ class Soft:
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def report():
-    r = Report("r14_cutover", "R14 — cutover day, rehearsed")
+    r = Report("cutover", "Cutover day, rehearsed")
     yield r
     r.write()
 
@@ -401,7 +401,7 @@ def test_cutover_day(chain, report):
     allw = sorted(set(USER_WALLETS) | set(ASSOC) | set(UNTRACKED))
     contracts.set_values(allw, [10**24 + rng.randrange(10**20) for _ in allw],
                          [rng.randrange(10**22) for _ in allw], [rng.randrange(10**21) for _ in allw])
-    c = Cluster(preload=["audius_indexer"], name="r14")
+    c = Cluster(preload=["audius_indexer"], name="cutover")
     c.settings.update({
         "audius_indexer.database": f"'{DB}'",
         "audius_indexer.follow_interval": f"'{int(FOLLOW_INTERVAL_S)}s'",
@@ -425,7 +425,7 @@ def test_cutover_day(chain, report):
             shutil.chown(urls_file, "postgres", "postgres")
         urls_file.chmod(0o600)
         conninfo = c.conninfo(DB)
-        conn = c.connect(DB, application_name="r14 test")
+        conn = c.connect(DB, application_name="cutover test")
         go = GoServices(conninfo, anvil, contracts)
         go.eth.sweep_batch = 5   # the Go stale sweep reads 5 of the 35 wallets per tick: 'first' means something
         chain_stream = ChainStream(contracts).start()
@@ -678,12 +678,12 @@ def test_cutover_day(chain, report):
         # -- the checks ----------------------------------------------------------------------------------------
         with soft.case("balances: no older overwrite", "every INSERT/UPDATE of eth_wallet_balances over the run "
                        "(trigger), Go and extension writers", "a row's blocknumber never goes down") as rec:
-            down = conn.execute("SELECT key, old_v, new_v, app FROM public.r14_log WHERE kind = 'balance' "
+            down = conn.execute("SELECT key, old_v, new_v, app FROM public.cutover_log WHERE kind = 'balance' "
                                 "AND old_v > new_v").fetchall()
             reorgs = conn.execute("SELECT reorgs FROM audius_indexer.follow_status").fetchone()[0]
             assert reorgs == 0
             by_app = dict(conn.execute("SELECT CASE app WHEN '' THEN 'the 0204 backfill' ELSE app END, count(*) "
-                                       "FROM public.r14_log WHERE kind = 'balance' GROUP BY 1"))
+                                       "FROM public.cutover_log WHERE kind = 'balance' GROUP BY 1"))
             assert not down, f"{len(down)} writes lowered blocknumber: {down[:5]}"
             rec.observed = f"0 of {sum(by_app.values())} writes lowered it ({', '.join(f'{k}: {v}' for k, v in sorted(by_app.items()))}); 0 reorgs"
 
@@ -691,7 +691,7 @@ def test_cutover_day(chain, report):
                        "Go writer committed and the follower's steps; every Transfer's tracked wallets",
                        "never backwards; ranges cover every block from the first checkpoint + 1 to the last; "
                        "each tracked wallet of each Transfer re-read at or after its block by an event path") as rec:
-            back = conn.execute("SELECT old_v, new_v, app FROM public.r14_log WHERE kind = 'cp' AND old_v > new_v").fetchall()
+            back = conn.execute("SELECT old_v, new_v, app FROM public.cutover_log WHERE kind = 'cp' AND old_v > new_v").fetchall()
             assert not back, f"audio_transfers went backwards: {back[:5]}"
             ranges = [(a, b) for a, b, _ in go.eth.ranges]
             go_n = len(ranges)
@@ -752,7 +752,7 @@ def test_cutover_day(chain, report):
             diff = compare(conn)
             assert not diff, f"{len(diff)} rows differ from the full re-derivation: {diff[:5]}"
             n_uc = conn.execute("SELECT count(*) FROM user_challenges WHERE challenge_id IN ('m','r','rv','rd')").fetchone()[0]
-            back = conn.execute("SELECT key, old_v, new_v, app, extract(epoch FROM ts) FROM public.r14_log WHERE kind = 'ccp' "
+            back = conn.execute("SELECT key, old_v, new_v, app, extract(epoch FROM ts) FROM public.cutover_log WHERE kind = 'ccp' "
                                 "AND old_v > new_v AND NOT (ts BETWEEN to_timestamp(%s) AND to_timestamp(%s))",
                                 (t_det, t_det_end)).fetchall()
             assert not back, f"challenge checkpoints went backwards: {back[:5]}"
@@ -763,10 +763,10 @@ def test_cutover_day(chain, report):
             for i, h in enumerate(handovers):
                 t_from, t_to = h["t"], bounds[i + 1].get("t_stop", bounds[i + 1]["t"])
                 apps = EXT_APPS if h["to"] == "extension" else ("go challenge job",)
-                rows = conn.execute("SELECT key FROM public.r14_log WHERE kind = 'uc' AND app = ANY(%s) "
+                rows = conn.execute("SELECT key FROM public.cutover_log WHERE kind = 'uc' AND app = ANY(%s) "
                                     "AND ts > to_timestamp(%s) AND ts < to_timestamp(%s)",
                                     (list(apps), t_from, t_to)).fetchall()
-                before = {k for (k,) in conn.execute("SELECT key FROM public.r14_log WHERE kind = 'uc' "
+                before = {k for (k,) in conn.execute("SELECT key FROM public.cutover_log WHERE kind = 'uc' "
                                                      "AND ts < to_timestamp(%s)", (t_from,))}
                 for (key,) in rows:
                     p, spec = key.split("/", 1)
@@ -868,7 +868,7 @@ def test_cutover_day(chain, report):
                             f"each worker logged 'extension not installed' once")
 
         conn.close()
-        assert not soft.failures, "R14 cases failed:\n" + "\n".join(soft.failures)
+        assert not soft.failures, "cutover cases failed:\n" + "\n".join(soft.failures)
     finally:
         for s in streams:
             with contextlib.suppress(Exception):
@@ -876,8 +876,8 @@ def test_cutover_day(chain, report):
         if go is not None:
             with contextlib.suppress(Exception):
                 go.stop()
-        if os.environ.get("R14_KEEP_LOG"):
-            shutil.copy(c.logfile, os.environ["R14_KEEP_LOG"])
+        if os.environ.get("CUTOVER_KEEP_LOG"):
+            shutil.copy(c.logfile, os.environ["CUTOVER_KEEP_LOG"])
         try:
             c.assert_log_clean()
         finally:
@@ -900,10 +900,10 @@ def test_nothing_acts_until_enabled(chain, report):
     0 writes. Then enable('follow') as the control: the same watch sees the follower's requests."""
     anvil, contracts = chain.anvil, chain.contracts
     proxy = RpcProxy(anvil.url).start()
-    c = Cluster(preload=["audius_indexer"], name="r14idle")
+    c = Cluster(preload=["audius_indexer"], name="cutoveridle")
     try:
         c.init().start()
-        ws = [wallet_address(i, "r14-idle") for i in range(8)]
+        ws = [wallet_address(i, "cutover-idle") for i in range(8)]
         contracts.set_values(ws, [10**20 + i for i in range(8)], [i for i in range(8)], [0] * 8)
         head = anvil.block_number()
         contracts.transfer(ws[0], ws[1], 5)

@@ -213,7 +213,7 @@ def test_proxy_keepalive(px):
 def test_proxy_in_flight_counts_what_the_client_has_outstanding(px):
     """One request at a time, alternating between kept-alive connections (as a client's pool
     does): the next request leaves the moment the answer is read, so a proxy that stops counting
-    only after its own bookkeeping would now and then see two in flight. The R2 429 case reads
+    only after its own bookkeeping would now and then see two in flight. The RPC-faults 429 case reads
     peak_in_flight and expects exactly 1."""
     conns = [http.client.HTTPConnection(px.host, px.port, timeout=5) for _ in range(4)]
     px.fault("http429", retry_after=0)  # answered by the proxy itself: the shortest round trip

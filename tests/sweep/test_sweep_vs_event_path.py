@@ -1,5 +1,5 @@
 """Concurrency: the sweep and the event path on the same wallets from several sessions for 60 s,
-while anvil mines blocks and the balances change (suite table "R3 — concurrency: sweep vs event
+while anvil mines blocks and the balances change (suite table "Concurrency: sweep vs event
 path, 60 s" in docs/reliability.md).
 
 - 2 sessions loop `refresh_stale(20)` over 40 wallets, 2 sessions loop `refresh_wallets(…, min_blocks)`
@@ -39,30 +39,30 @@ from harness.rpcproxy import RpcProxy
 from harness.reliability import error_text
 from harness.suites import extension_db, report_fixture
 
-SECONDS = float(os.environ.get("R3_SECONDS", "60"))
+SECONDS = float(os.environ.get("RACING_SECONDS", "60"))
 pytestmark = pytest.mark.timeout(SECONDS + 120)
 
-DB = "r3"
+DB = "racing"
 N_WALLETS = 40
 BATCH = 20
 STAKED, DELEGATED = 7 * 10**18, 3 * 10**17
 
 TRIGGER_SQL = """
-CREATE TABLE public.r3_writes (
+CREATE TABLE public.racing_writes (
   id bigserial PRIMARY KEY, op text, wallet text, old_block bigint, new_block bigint,
   old_balance numeric, new_balance numeric, app text, pid int, xid bigint,
   at timestamptz DEFAULT clock_timestamp());
-CREATE FUNCTION public.r3_log() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION public.racing_log() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  INSERT INTO public.r3_writes (op, wallet, old_block, new_block, old_balance, new_balance, app, pid, xid)
+  INSERT INTO public.racing_writes (op, wallet, old_block, new_block, old_balance, new_balance, app, pid, xid)
   VALUES (TG_OP, NEW.wallet,
           CASE WHEN TG_OP = 'UPDATE' THEN OLD.blocknumber END, NEW.blocknumber,
           CASE WHEN TG_OP = 'UPDATE' THEN OLD.balance END, NEW.balance,
           current_setting('application_name'), pg_backend_pid(), txid_current());
   RETURN NULL;
 END $$;
-CREATE TRIGGER r3_log AFTER INSERT OR UPDATE ON public.eth_wallet_balances
-  FOR EACH ROW EXECUTE FUNCTION public.r3_log();
+CREATE TRIGGER racing_log AFTER INSERT OR UPDATE ON public.eth_wallet_balances
+  FOR EACH ROW EXECUTE FUNCTION public.racing_log();
 """
 
 
@@ -156,12 +156,12 @@ def set_tokens(anvil, contracts, ws, vals) -> int:
     return int(rcpt["blockNumber"], 16)
 
 
-report = report_fixture("r3_concurrency", "R3 — concurrency: sweep vs event path, 60 s")
+report = report_fixture("sweep_vs_event_path", "Concurrency: sweep vs event path, 60 s")
 
 
 @pytest.fixture(scope="module")
 def run(cluster, anvil, contracts, proxy) -> Run:
-    ws = [wallet_address(i, "r3") for i in range(N_WALLETS)]
+    ws = [wallet_address(i, "racing") for i in range(N_WALLETS)]
     R = Run()
     extension_db(cluster, DB, TRIGGER_SQL)  # never dropped: see extension_db
     rng = random.Random(3)
@@ -173,7 +173,7 @@ def run(cluster, anvil, contracts, proxy) -> Run:
     with cluster.connect(DB) as c:
         c.execute("INSERT INTO eth_wallet_balances (wallet, balance, blocknumber, updated_at) "
                   "SELECT w, 0, NULL, '1970-01-01' FROM unnest(%s::text[]) w", (ws,))
-        c.execute("TRUNCATE public.r3_writes")
+        c.execute("TRUNCATE public.racing_writes")
     p = CountingProxy(anvil.url).start()
     R.proxy = p
     mark = len(cluster.log_text())
@@ -241,8 +241,8 @@ def run(cluster, anvil, contracts, proxy) -> Run:
         return ("SELECT * FROM audius_indexer.refresh_wallets(%s, %s)", (wl, [b for _, b in pick]))
 
     threads = [threading.Thread(target=mutator, name="mutator", daemon=True),
-               session("r3_stale_1", stale), session("r3_stale_2", stale),
-               session("r3_event_1", event), session("r3_event_2", event)]
+               session("racing_stale_1", stale), session("racing_stale_2", stale),
+               session("racing_event_1", event), session("racing_event_2", event)]
     t_start = time.monotonic()
     try:
         for t in threads:
@@ -257,7 +257,7 @@ def run(cluster, anvil, contracts, proxy) -> Run:
         # quiet chain: one last sweep over everything must converge on the chain's values
         with cluster.connect(DB) as c:
             R.writes = c.execute("SELECT op, wallet, old_block, new_block, old_balance, new_balance, app, xid, at "
-                                 "FROM public.r3_writes ORDER BY id").fetchall()
+                                 "FROM public.racing_writes ORDER BY id").fetchall()
             c.execute("UPDATE eth_wallet_balances SET updated_at = '1970-01-01'")
             final = tuple(c.execute(f"SELECT * FROM audius_indexer.refresh_stale({N_WALLETS})").fetchone())
             head = anvil.block_number()
@@ -280,7 +280,7 @@ def value_at(R: Run, wallet: str, block: int) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------------
-def test_r3_no_errors_no_deadlock(run, report):
+def test_no_errors_no_deadlock(run, report):
     with report.case("no errors, no deadlock", f"4 sessions × {SECONDS:.0f} s + mutator",
                      "0 errors (no 40P01), no 'deadlock detected' in the log") as rec:
         by_app = Counter(a for a, *_ in run.calls)
@@ -288,11 +288,11 @@ def test_r3_no_errors_no_deadlock(run, report):
                         f"{len(run.errors)} errors")
         assert not run.errors, run.errors[:5]
         assert "deadlock detected" not in run.log
-        assert all(by_app[a] > 20 for a in ("r3_stale_1", "r3_stale_2", "r3_event_1", "r3_event_2")), by_app
+        assert all(by_app[a] > 20 for a in ("racing_stale_1", "racing_stale_2", "racing_event_1", "racing_event_2")), by_app
         assert run.mutations > SECONDS * 3
 
 
-def test_r3_block_never_goes_down(run, report):
+def test_block_never_goes_down(run, report):
     with report.case("block never goes down", "every UPDATE of eth_wallet_balances (trigger log)",
                      "new blocknumber ≥ old blocknumber") as rec:
         ups = [w for w in run.writes if w[0] == "UPDATE"]
@@ -302,7 +302,7 @@ def test_r3_block_never_goes_down(run, report):
         assert not bad, bad[:5]
 
 
-def test_r3_every_write_is_the_chain_value_at_its_block(run, report):
+def test_every_write_is_the_chain_value_at_its_block(run, report):
     """A write's balance must be the chain's value at the block it is stamped with. What is known
     exactly is what the node answered: the proxy recorded every aggregate3 answer (block of its
     getBlockNumber() and each holder's total), so every write must be one of those answers, byte
@@ -311,7 +311,7 @@ def test_r3_every_write_is_the_chain_value_at_its_block(run, report):
     new state with block.number still the previous block, so Multicall3's getBlockNumber() in the
     same eth_call lags by one) the value at the next block. No tolerance is left: the writes one
     block behind are exactly the writes of those answers. An older read winning over a newer value
-    would show as a block going down (test_r3_block_never_goes_down) or as a write that no answer
+    would show as a block going down (test_block_never_goes_down) or as a write that no answer
     explains (a value with another read's stamp)."""
     with report.case("no older read over a newer value", "every write: balance vs chain history at its block",
                      "every write = one of the node's answers (total and block of one aggregate3) = the chain's "
@@ -343,14 +343,14 @@ def test_r3_every_write_is_the_chain_value_at_its_block(run, report):
                 bad.append((op, w, ob, nb, int(nbal), value_at(run, w, nb), app,
                             f"matches block{[d for d, v in near.items() if v == int(nbal)]}"))
         late_answers = {a for a, k in answers.items() if k == "late"}
-        guarded = sum(c[3][3] for c in run.calls if c[0].startswith("r3_stale"))
+        guarded = sum(c[3][3] for c in run.calls if c[0].startswith("racing_stale"))
         rec.observed = (f"{len(run.writes)} writes checked, each one of the {len(answers)} distinct node answers; "
                         f"{same_block} at an unchanged block, {len(bad)} wrong; {len(late)} writes of the "
                         f"{len(late_answers)} answers anvil stamped one block late; {guarded} sweep reads not "
                         f"written because the row was newer")
         if bad or unanswered:
             dump = [list(map(str, b)) + [str(run.history[b[1]])] for b in bad + unanswered]
-            (Path(__file__).resolve().parents[1] / ".build" / "suites" / "r3_bad_writes.json").write_text(json.dumps(dump, indent=1))
+            (Path(__file__).resolve().parents[1] / ".build" / "suites" / "racing_bad_writes.json").write_text(json.dumps(dump, indent=1))
         assert not run.proxy.unreadable, run.proxy.unreadable[:3]
         assert not wrong_answers, f"the node answered values of no block at or after the stamp: {wrong_answers[:5]}"
         assert not unanswered, f"writes that are no answer of the node: {unanswered[:5]}"
@@ -360,17 +360,17 @@ def test_r3_every_write_is_the_chain_value_at_its_block(run, report):
         assert guarded > 0, "no sweep read was ever older than its row: the race was not exercised"
 
 
-def test_r3_single_flight(run, report):
+def test_single_flight(run, report):
     with report.case("single flight", "2 sessions looping refresh_stale(20)",
                      "never 2 sweep reads in flight; sweep reads = calls that did work; some calls found "
                      "the sweep busy") as rec:
-        stale = [c for c in run.calls if c[0].startswith("r3_stale")]
+        stale = [c for c in run.calls if c[0].startswith("racing_stale")]
         worked = [c for c in stale if c[3][0] > 0]
         busy = [c for c in stale if c[3] == (0, 0, 0, 0)]
         reads = run.proxy.by_holders[BATCH]
         overl = 0
-        a = sorted((c[1], c[2]) for c in stale if c[0] == "r3_stale_1")
-        b = sorted((c[1], c[2]) for c in stale if c[0] == "r3_stale_2")
+        a = sorted((c[1], c[2]) for c in stale if c[0] == "racing_stale_1")
+        b = sorted((c[1], c[2]) for c in stale if c[0] == "racing_stale_2")
         j = 0
         for s, e in a:
             while j < len(b) and b[j][1] < s:
@@ -390,10 +390,10 @@ def test_r3_single_flight(run, report):
         assert busy and overl > 0, "the two sweeps never overlapped: the run did not exercise single flight"
 
 
-def test_r3_event_path_accounting(run, report):
+def test_event_path_accounting(run, report):
     with report.case("event path accounting", "2 sessions looping refresh_wallets(1–8 wallets, min_blocks)",
                      "one read per call; requested = distinct wallets = updated + skipped; 0 failed") as rec:
-        ev = [c for c in run.calls if c[0].startswith("r3_event")]
+        ev = [c for c in run.calls if c[0].startswith("racing_event")]
         bad = [c for c in ev if c[3][0] != c[4] or c[3][2] != 0 or c[3][1] + c[3][3] != c[3][0]]
         reads = sum(n for h, n in run.proxy.by_holders.items() if 1 <= h <= 8)
         skipped = sum(c[3][3] for c in ev)
@@ -402,7 +402,7 @@ def test_r3_event_path_accounting(run, report):
         assert reads == len(ev)
 
 
-def test_r3_converges(run, report):
+def test_converges(run, report):
     with report.case("converges", "after the run: one refresh_stale(40) on a quiet chain",
                      "all 40 rows = independent eth_calls, stamped with the head") as rec:
         final, head, rows, want = run.final_ok

@@ -1,4 +1,4 @@
-"""Secrets out of reach of monitoring roles (suite table "R9 — secrets out of reach of monitoring
+"""Secrets out of reach of monitoring roles (suite table "Secrets out of reach of monitoring
 roles" in docs/reliability.md).
 
 The RPC URL carries an API key in its path and query (`/secret-key-123?apikey=zzz`). With
@@ -18,7 +18,7 @@ documented risk of rpc_url / rpc_urls.
 The check hooks on rpc_url / rpc_urls / rpc_urls_file refuse bad values at ALTER SYSTEM time with
 22023 and a message naming the setting and the reason, never the value.
 
-Roles: r9_mon (LOGIN, member of pg_monitor and audius_indexer_operator). The superuser `postgres`
+Roles: secret_mon (LOGIN, member of pg_monitor and audius_indexer_operator). The superuser `postgres`
 sets the configuration.
 """
 from __future__ import annotations
@@ -40,13 +40,13 @@ from harness.suites import connections, lit, report_fixture
 
 pytestmark = pytest.mark.timeout(180)
 
-ROLE = "r9_mon"
-W = [wallet_address(i, "r9") for i in range(2)]
+ROLE = "secret_mon"
+W = [wallet_address(i, "secret") for i in range(2)]
 F = "audius_indexer.multicall_total_audio_balances"
 URL_SETTINGS = ("rpc_url", "rpc_urls", "rpc_urls_file")
 
 
-report = report_fixture("r9_secrets", "R9 — secrets out of reach of monitoring roles")  # sets report.log_mark
+report = report_fixture("secrets", "Secrets out of reach of monitoring roles")  # sets report.log_mark
 
 
 def _write_server_file(path: Path, text: str, owner: str = "postgres", mode: int = 0o600) -> Path:
@@ -64,7 +64,7 @@ def urls_file(cluster, proxy):
                               + proxy.url_with(SECRET_PATH) + "\n")
     yield path
     cluster.set_system(rpc_urls_file=None, rpc_url=cluster.baseline["rpc_url"])
-    for p in Path(cluster.root).glob("r9_*"):
+    for p in Path(cluster.root).glob("secret_*"):
         p.unlink(missing_ok=True)
     path.unlink(missing_ok=True)
 
@@ -214,7 +214,7 @@ def test_file_settings(name, via_file, as_mon, report):
 READERS = {
     "pg_read_file": "SELECT pg_read_file({p})",
     "pg_read_binary_file": "SELECT pg_read_binary_file({p})",
-    "COPY FROM file": "COPY r9_t FROM {p}",
+    "COPY FROM file": "COPY secret_t FROM {p}",
     "lo_import": "SELECT lo_import({p})",
 }
 
@@ -226,7 +226,7 @@ def test_read_file_denied(how, via_file, as_mon, report):
                      "ERROR 42501") as rec:
         c = as_mon()
         if how.startswith("COPY"):
-            c.execute("CREATE TEMP TABLE r9_t (x text)")
+            c.execute("CREATE TEMP TABLE secret_t (x text)")
         e, _, _ = expect_error(c, sql, sqlstate="42501")
         rec.observed = short(e, 90)
 
@@ -252,8 +252,8 @@ class FileCase:
 
 
 FILE_CASES = [
-    FileCase("missing", "rpc_urls_file = <root>/r9_missing (does not exist)", "58P01"),
-    FileCase("unreadable", "rpc_urls_file = <root>/r9_unreadable (owner root, 0600, holds the secret URL)", "42501"),
+    FileCase("missing", "rpc_urls_file = <root>/secret_missing (does not exist)", "58P01"),
+    FileCase("unreadable", "rpc_urls_file = <root>/secret_unreadable (owner root, 0600, holds the secret URL)", "42501"),
     FileCase("bad_scheme", "file: '# c', 'ftp://h/secret-key-123?apikey=zzz' (postgres, 0600)", "22023", ("line 2",)),
     FileCase("no_url", "file: only '# comments' and blank lines (postgres, 0600)", "22023", ("no endpoint",)),
 ]
@@ -264,7 +264,7 @@ def test_file_errors(fc: FileCase, cluster, db, mon, as_mon, proxy, report):
     root = Path(cluster.root)
     with report.case(f"file {fc.id}", fc.what, f"ERROR {fc.sqlstate} naming the path, not the content; "
                      "no request") as rec:
-        path = root / f"r9_{fc.id}"
+        path = root / f"secret_{fc.id}"
         if fc.id == "unreadable":
             path.write_text(proxy.url_with(SECRET_PATH) + "\n")
             shutil.chown(path, "root", "root")
@@ -431,7 +431,7 @@ def test_zz_server_log_has_no_secret(cluster, db, via_file, as_mon, proxy, repor
         assert len(c.execute(f"SELECT * FROM {F}(%s)", (W[:1],)).fetchall()) == 1
         proxy.fault("http500", times=1)
         expect_error(c, f"SELECT * FROM {F}(%s)", (W[:1],), "08P01", (f"127.0.0.1:{proxy.port}",))
-        missing = Path(cluster.root) / "r9_zz_missing"
+        missing = Path(cluster.root) / "secret_zz_missing"
         cluster.set_system(rpc_urls_file=str(missing))
         expect_error(as_mon(), f"SELECT * FROM {F}(%s)", (W[:1],), "58P01", (str(missing),))
         cluster.set_system(rpc_urls_file=None, rpc_url=proxy.url_with(SECRET_PATH))

@@ -1,6 +1,6 @@
-"""Hot standby (suite table "R10 — hot standby" in docs/reliability.md).
+"""Hot standby (suite table "Hot standby" in docs/reliability.md).
 
-A primary (audius_indexer preloaded, worker database `r10`, sweep off there) and a
+A primary (audius_indexer preloaded, worker database `standby`, sweep off there) and a
 `pg_basebackup -R` streaming replica of it with the sweep turned on (1 s interval). On the standby:
 - for 30 s the server log shows no ERROR (the worker is not started during recovery) and no worker
   backend exists;
@@ -21,24 +21,24 @@ from harness.suites import report_fixture
 
 pytestmark = pytest.mark.timeout(240)
 
-DB = "r10"
+DB = "standby"
 WATCH_S = 30
 
 
-report = report_fixture("r10_standby", "R10 — hot standby", guard=False)
+report = report_fixture("hot_standby", "Hot standby", guard=False)
 
 
 @pytest.fixture(scope="module")
 def pair(proxy, contracts):
-    primary = worker_cluster("r10p", DB, proxy.url, contracts, settings={"wal_level": "replica"})
+    primary = worker_cluster("standbyp", DB, proxy.url, contracts, settings={"wal_level": "replica"})
     standby = None
     try:
-        ws = [wallet_address(i, "r10") for i in range(30)]
+        ws = [wallet_address(i, "standby") for i in range(30)]
         contracts.set_values(ws, [10 + i for i in range(30)], [1] * 30, [2] * 30)
         with primary.connect(DB) as c:
             c.execute("INSERT INTO eth_wallet_balances (wallet, balance, blocknumber, updated_at) "
                       "SELECT w, 0, 1, '1950-01-01' FROM unnest(%s::text[]) w", (ws,))
-        standby = standby_of(primary, "r10s", settings={"audius_indexer.sweep_enabled": "on"})
+        standby = standby_of(primary, "standbys", settings={"audius_indexer.sweep_enabled": "on"})
         wait_until(lambda: _count(standby, ws) == 30, timeout=30, what="the standby to replay the rows")
         yield primary, standby, ws
         primary.assert_log_clean()

@@ -1,4 +1,4 @@
-"""Privileges and egress (suite table "R5 — privileges and egress" in docs/reliability.md).
+"""Privileges and egress (suite table "Privileges and egress" in docs/reliability.md).
 
 A non-superuser cannot read or change the RPC URL settings, cannot call the functions that reach
 the network or write balances without `audius_indexer_operator` (and can with it), and cannot make
@@ -6,8 +6,8 @@ the extension fetch a URL of its choosing. URLs a superuser configures with anot
 http/https are refused (22023) without any connection. No error message ever shows the URL's path
 or query (`secret-key-123`, `zzz`).
 
-Roles: r5_user (LOGIN, nothing granted), r5_usage (LOGIN + USAGE on the schema only, so that the
-function ACL alone must refuse), r5_op (LOGIN, member of audius_indexer_operator).
+Roles: priv_user (LOGIN, nothing granted), priv_usage (LOGIN + USAGE on the schema only, so that the
+function ACL alone must refuse), priv_op (LOGIN, member of audius_indexer_operator).
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from harness.suites import connections, lit, report_fixture
 
 pytestmark = pytest.mark.timeout(60)
 
-ROLES = ("r5_user", "r5_usage", "r5_op")
-W = [wallet_address(i, "r5") for i in range(3)]
+ROLES = ("priv_user", "priv_usage", "priv_op")
+W = [wallet_address(i, "priv") for i in range(3)]
 F = "audius_indexer.multicall_total_audio_balances"
 
 
-report = report_fixture("r5_privileges", "R5 — privileges and egress")
+report = report_fixture("privileges_and_egress", "Privileges and egress")
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,10 @@ def roles(cluster):
         for r in ROLES:
             c.execute(f"DROP ROLE IF EXISTS {r}")
             c.execute(f"CREATE ROLE {r} LOGIN")
-        c.execute("GRANT USAGE ON SCHEMA audius_indexer TO r5_usage")
-        c.execute("GRANT audius_indexer_operator TO r5_op")
-        c.execute("CREATE SCHEMA r5_scratch AUTHORIZATION r5_user")
-        c.execute("GRANT USAGE, CREATE ON SCHEMA r5_scratch TO r5_op")
+        c.execute("GRANT USAGE ON SCHEMA audius_indexer TO priv_usage")
+        c.execute("GRANT audius_indexer_operator TO priv_op")
+        c.execute("CREATE SCHEMA priv_scratch AUTHORIZATION priv_user")
+        c.execute("GRANT USAGE, CREATE ON SCHEMA priv_scratch TO priv_op")
         assert c.execute("SELECT bool_or(rolsuper) FROM pg_roles WHERE rolname = ANY(%s)",
                          (list(ROLES),)).fetchone() == (False,)
     yield
@@ -70,40 +70,40 @@ class Denied:
     id: str
     sql: str
     sqlstate: str
-    role: str = "r5_user"
+    role: str = "priv_user"
 
 
 DENIED = [
     Denied("show_rpc_url", "SHOW audius_indexer.rpc_url", "42501"),
     Denied("show_rpc_urls", "SHOW audius_indexer.rpc_urls", "42501"),
-    Denied("show_rpc_url_operator", "SHOW audius_indexer.rpc_url", "42501", "r5_op"),
+    Denied("show_rpc_url_operator", "SHOW audius_indexer.rpc_url", "42501", "priv_op"),
     Denied("current_setting", "SELECT current_setting('audius_indexer.rpc_url')", "42501"),
     Denied("current_setting_missing_ok", "SELECT current_setting('audius_indexer.rpc_url', true)", "42501"),
-    Denied("current_setting_urls", "SELECT current_setting('audius_indexer.rpc_urls')", "42501", "r5_op"),
+    Denied("current_setting_urls", "SELECT current_setting('audius_indexer.rpc_urls')", "42501", "priv_op"),
     Denied("pg_file_settings", "SELECT setting FROM pg_file_settings WHERE name LIKE 'audius_indexer.%'", "42501"),
     Denied("pg_show_all_file_settings", "SELECT * FROM pg_show_all_file_settings()", "42501"),
     Denied("read_auto_conf", "SELECT pg_read_file('postgresql.auto.conf')", "42501"),
     Denied("set_rpc_url", f"SET audius_indexer.rpc_url = {lit(EVIL)}", "55P02"),
     Denied("set_local_rpc_urls", f"SET LOCAL audius_indexer.rpc_urls = {lit(EVIL)}", "55P02"),
-    Denied("set_rpc_url_operator", f"SET audius_indexer.rpc_url = {lit(EVIL)}", "55P02", "r5_op"),
+    Denied("set_rpc_url_operator", f"SET audius_indexer.rpc_url = {lit(EVIL)}", "55P02", "priv_op"),
     Denied("set_config_rpc_url", f"SELECT set_config('audius_indexer.rpc_url', {lit(EVIL)}, false)", "55P02"),
     Denied("set_config_rpc_urls_local", f"SELECT set_config('audius_indexer.rpc_urls', {lit(EVIL)}, true)",
-           "55P02", "r5_op"),
+           "55P02", "priv_op"),
     Denied("alter_system_rpc_url", f"ALTER SYSTEM SET audius_indexer.rpc_url = {lit(EVIL)}", "42501"),
-    Denied("alter_system_reset", "ALTER SYSTEM RESET audius_indexer.rpc_url", "42501", "r5_op"),
-    Denied("alter_role_self_rpc_url", f"ALTER ROLE r5_user SET audius_indexer.rpc_url = {lit(EVIL)}", "55P02"),
+    Denied("alter_system_reset", "ALTER SYSTEM RESET audius_indexer.rpc_url", "42501", "priv_op"),
+    Denied("alter_role_self_rpc_url", f"ALTER ROLE priv_user SET audius_indexer.rpc_url = {lit(EVIL)}", "55P02"),
     Denied("alter_database_rpc_url", f"ALTER DATABASE audius SET audius_indexer.rpc_url = {lit(EVIL)}", "42501"),
     Denied("set_token_address", "SET audius_indexer.token_address = '0x" + "11" * 20 + "'", "42501"),
-    Denied("set_token_address_operator", "SET audius_indexer.token_address = '0x" + "11" * 20 + "'", "42501", "r5_op"),
-    Denied("set_multicall_address", "SET audius_indexer.multicall_address = '0x" + "11" * 20 + "'", "42501", "r5_op"),
+    Denied("set_token_address_operator", "SET audius_indexer.token_address = '0x" + "11" * 20 + "'", "42501", "priv_op"),
+    Denied("set_multicall_address", "SET audius_indexer.multicall_address = '0x" + "11" * 20 + "'", "42501", "priv_op"),
     Denied("set_config_staking_address", "SELECT set_config('audius_indexer.staking_address', '0x" + "11" * 20 + "', true)",
-           "42501", "r5_op"),
+           "42501", "priv_op"),
     Denied("set_unknown_in_prefix", "SET audius_indexer.rpc_url2 = 'x'", "42602"),
     Denied("create_function_set_rpc_url",
-           f"CREATE FUNCTION r5_scratch.f() RETURNS int LANGUAGE sql SET audius_indexer.rpc_url = {lit(EVIL)} AS 'SELECT 1'",
+           f"CREATE FUNCTION priv_scratch.f() RETURNS int LANGUAGE sql SET audius_indexer.rpc_url = {lit(EVIL)} AS 'SELECT 1'",
            "55P02"),
     Denied("create_function_set_token",
-           "CREATE FUNCTION r5_scratch.g() RETURNS int LANGUAGE sql SET audius_indexer.token_address = '0x"
+           "CREATE FUNCTION priv_scratch.g() RETURNS int LANGUAGE sql SET audius_indexer.token_address = '0x"
            + "11" * 20 + "' AS 'SELECT 1'", "42501"),
 ]
 
@@ -120,9 +120,9 @@ def test_settings_denied(d: Denied, as_role, report):
 
 
 def test_pg_settings_and_show_all_hide_urls(as_role, report):
-    with report.case("pg_settings / SHOW ALL", "as r5_op: SELECT … FROM pg_settings; SHOW ALL",
+    with report.case("pg_settings / SHOW ALL", "as priv_op: SELECT … FROM pg_settings; SHOW ALL",
                      "no rpc_url / rpc_urls row; no secret anywhere") as rec:
-        c = as_role("r5_op")
+        c = as_role("priv_op")
         rows = c.execute("SELECT name, setting, reset_val, boot_val FROM pg_settings "
                          "WHERE name LIKE 'audius_indexer.%'").fetchall()
         names = {r[0] for r in rows}
@@ -136,10 +136,10 @@ def test_pg_settings_and_show_all_hide_urls(as_role, report):
 
 
 def test_connect_options_cannot_set_url(cluster, roles, db, report):
-    with report.case("connect with -c rpc_url", "as r5_user: options='-c audius_indexer.rpc_url=http://…/evil'",
+    with report.case("connect with -c rpc_url", "as priv_user: options='-c audius_indexer.rpc_url=http://…/evil'",
                      "connection refused (FATAL)") as rec:
         with pytest.raises(psycopg.OperationalError) as ei:
-            cluster.connect("audius", user="r5_user", options=f"-c audius_indexer.rpc_url={EVIL}").close()
+            cluster.connect("audius", user="priv_user", options=f"-c audius_indexer.rpc_url={EVIL}").close()
         text = str(ei.value)
         # a startup packet's -c is a session SET: the sighup parameter cannot be changed now
         assert 'FATAL:  parameter "audius_indexer.rpc_url" cannot be changed now' in text, text
@@ -160,15 +160,15 @@ CALLS = {
 }
 
 
-@pytest.mark.parametrize("role", ["r5_user", "r5_usage"])
+@pytest.mark.parametrize("role", ["priv_user", "priv_usage"])
 @pytest.mark.parametrize("fn", sorted(CALLS))
 def test_execute_denied_without_operator(fn, role, as_role, proxy, report):
-    with report.case(f"{fn} as {role}", f"{role} ({'schema USAGE only' if role == 'r5_usage' else 'no grants'}) "
+    with report.case(f"{fn} as {role}", f"{role} ({'schema USAGE only' if role == 'priv_usage' else 'no grants'}) "
                      f"calls {fn}", "ERROR 42501, no RPC") as rec:
         c = as_role(role)
         proxy.reset()
         e, text, _ = expect_error(c, CALLS[fn], sqlstate="42501")
-        if role == "r5_usage":
+        if role == "priv_usage":
             assert f"function {fn}" in text, f"the function's own ACL must refuse: {text}"
         assert proxy.http_requests == 0
         rec.observed = short(e, 70)
@@ -204,13 +204,13 @@ def test_public_execute_inventory(db, report):
 @pytest.mark.parametrize("fn", ["multicall_total_audio_balances", "refresh_wallets", "refresh_stale",
                                 "upsert_wallet_balances"])
 def test_operator_can_call(fn, as_role, db, contracts, proxy, report):
-    with report.case(f"{fn} as operator", f"r5_op (member of audius_indexer_operator) calls {fn}",
+    with report.case(f"{fn} as operator", f"priv_op (member of audius_indexer_operator) calls {fn}",
                      "works") as rec:
         contracts.set_values(W[:2], [11, 12], [0, 0], [0, 0])
         db.execute("DELETE FROM eth_wallet_balances WHERE wallet = ANY(%s)", (W,))
         db.execute("INSERT INTO eth_wallet_balances (wallet, balance, updated_at) VALUES (%s, 0, '1700-01-01')",
                    (W[1],))
-        c = as_role("r5_op")
+        c = as_role("priv_op")
         try:
             rows = c.execute(CALLS[fn]).fetchall()
         except psycopg.Error as e:
@@ -230,9 +230,9 @@ def test_operator_can_call(fn, as_role, db, contracts, proxy, report):
 
 
 def test_operator_reads_status(as_role, report):
-    with report.case("status as operator", "r5_op: sweep_status, wallet_failures, rpc_endpoint_stats()",
+    with report.case("status as operator", "priv_op: sweep_status, wallet_failures, rpc_endpoint_stats()",
                      "readable; host only, no secret") as rec:
-        c = as_role("r5_op")
+        c = as_role("priv_op")
         a = c.execute("SELECT * FROM audius_indexer.sweep_status").fetchall()
         b = c.execute("SELECT count(*) FROM audius_indexer.wallet_failures").fetchall()
         s = c.execute("SELECT * FROM audius_indexer.rpc_endpoint_stats()").fetchall()
@@ -261,9 +261,9 @@ def test_security_definer_path_ignores_session_attempts(as_role, proxy, report):
     """The operator tries every session-level way to point the SECURITY DEFINER refresh at its own
     server; all fail, and the refresh still goes to the configured endpoint (path included)."""
     with Listener() as evil, report.case(
-            "SECURITY DEFINER path", "r5_op: SET / set_config rpc_url(s) → its listener, then refresh_wallets",
+            "SECURITY DEFINER path", "priv_op: SET / set_config rpc_url(s) → its listener, then refresh_wallets",
             "every SET fails; the request goes to the configured URL; listener gets 0 connections") as rec:
-        c = as_role("r5_op")
+        c = as_role("priv_op")
         url = f"http://127.0.0.1:{evil.port}/evil"
         for sql, sqlstate in ((f"SET audius_indexer.rpc_url = {lit(url)}", "55P02"),
                               (f"SET audius_indexer.rpc_urls = {lit(url)}", "55P02"),

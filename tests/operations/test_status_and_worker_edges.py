@@ -1,4 +1,5 @@
-"""Smaller defects (suite table "R11 — smaller defects" in docs/reliability.md).
+"""Status, doctor and the worker at their edges (suite table "Status, doctor and the worker: edge
+cases" in docs/reliability.md).
 
 - `doctor()` never raises for a member of `audius_indexer_operator`, with the library preloaded
   (session cluster) and without (throwaway cluster): it used to read the superuser-only
@@ -16,8 +17,8 @@
 - `rpc_urls = ','` is refused when set (22023) instead of being accepted and breaking every later
   call ("at least one endpoint"); calls keep working.
 
-Roles: r11_op (LOGIN, member of audius_indexer_operator) in the session cluster and in the
-throwaway cluster without preload. Throwaway clusters: r11nopre (no preload), r11nodb (preloaded,
+Roles: edges_op (LOGIN, member of audius_indexer_operator) in the session cluster and in the
+throwaway cluster without preload. Throwaway clusters: edgesnopre (no preload), edgesnodb (preloaded,
 audius_indexer.database = 'nope').
 """
 from __future__ import annotations
@@ -38,13 +39,13 @@ from harness.triggers import Notices, create_audius_db, require_extension_instal
 
 pytestmark = pytest.mark.timeout(180)
 
-ROLE = "r11_op"
-W = [wallet_address(i, "r11") for i in range(2)]
+ROLE = "edges_op"
+W = [wallet_address(i, "edges") for i in range(2)]
 F = "audius_indexer.multicall_total_audio_balances"
 WORKER = "audius_indexer sweep"
 
 
-report = report_fixture("r11_small_defects", "R11 — smaller defects")
+report = report_fixture("status_and_worker_edges", "Status, doctor and the worker: edge cases")
 
 
 def _create_role(conn) -> None:
@@ -98,7 +99,7 @@ def test_without_preload(report):
                      "SELECT * FROM audius_indexer.sweep_status; then doctor()",
                      "sweep_enabled NULL, worker_pid NULL; doctor rows, 'sweep worker' says 'not preloaded'") as rec:
         require_extension_installed()
-        c = Cluster(name="r11nopre")
+        c = Cluster(name="edgesnopre")
         try:
             c.init().start()
             c.create_database("audius")
@@ -136,13 +137,13 @@ def test_without_preload(report):
 # ------------------------------------------------------------------------------------------------
 def test_worker_pid_per_database(cluster, db, report):
     with report.case("worker_pid per database", "session cluster (worker connected to audius); database "
-                     "r11other with the extension: sweep_status.worker_pid, doctor 'sweep worker'",
-                     "NULL + 'not running in this database' in r11other; the worker's pid in audius") as rec:
+                     "edgesother with the extension: sweep_status.worker_pid, doctor 'sweep worker'",
+                     "NULL + 'not running in this database' in edgesother; the worker's pid in audius") as rec:
         with cluster.connect() as su:
-            su.execute("DROP DATABASE IF EXISTS r11other WITH (FORCE)")
-        cluster.create_database("r11other")
+            su.execute("DROP DATABASE IF EXISTS edgesother WITH (FORCE)")
+        cluster.create_database("edgesother")
         try:
-            with cluster.connect("r11other") as o:
+            with cluster.connect("edgesother") as o:
                 o.execute("CREATE EXTENSION audius_indexer")
                 pid = wait_until(lambda: db.execute(
                     "SELECT pid FROM pg_stat_activity WHERE backend_type = %s AND datname = 'audius'",
@@ -153,11 +154,11 @@ def test_worker_pid_per_database(cluster, db, report):
             d_audius = doctor_rows(db)
             assert d_other["sweep worker"][1].startswith("not running in this database"), d_other["sweep worker"]
             assert d_audius["sweep worker"][1] == f"running, pid {pid}", d_audius["sweep worker"]
-            rec.observed = (f"r11other: worker_pid NULL, '{d_other['sweep worker'][1]}'; "
+            rec.observed = (f"edgesother: worker_pid NULL, '{d_other['sweep worker'][1]}'; "
                             f"audius: worker_pid {pid}, '{d_audius['sweep worker'][1]}'")
         finally:
             with cluster.connect() as su:
-                su.execute("DROP DATABASE IF EXISTS r11other WITH (FORCE)")
+                su.execute("DROP DATABASE IF EXISTS edgesother WITH (FORCE)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,14 +188,14 @@ def test_rpc_urls_comma_refused(cluster, db, contracts, proxy, report):
 # install_triggers(): no search_path warning
 # ------------------------------------------------------------------------------------------------
 def test_install_triggers_no_search_path_warning(cluster, report):
-    with report.case("install_triggers() warning", "database r11trig (fixture schema, reference triggers "
+    with report.case("install_triggers() warning", "database edgestrig (fixture schema, reference triggers "
                      "'any', extension); SELECT * FROM audius_indexer.install_triggers() with the default "
                      "search_path", "3 triggers installed; no WARNING mentioning search_path") as rec:
         with cluster.connect() as su:
-            su.execute("DROP DATABASE IF EXISTS r11trig WITH (FORCE)")
+            su.execute("DROP DATABASE IF EXISTS edgestrig WITH (FORCE)")
         try:
-            create_audius_db(cluster, "r11trig", triggers="any")
-            with cluster.connect("r11trig") as conn:
+            create_audius_db(cluster, "edgestrig", triggers="any")
+            with cluster.connect("edgestrig") as conn:
                 notes = Notices(conn)
                 rows = conn.execute("SELECT * FROM audius_indexer.install_triggers()").fetchall()
                 got = notes.take()
@@ -204,7 +205,7 @@ def test_install_triggers_no_search_path_warning(cluster, report):
             rec.observed = f"{len(rows)} triggers; notices: {[f'{s}: {m[:40]}' for s, m in got] or 'none'}"
         finally:
             with cluster.connect() as su:
-                su.execute("DROP DATABASE IF EXISTS r11trig WITH (FORCE)")
+                su.execute("DROP DATABASE IF EXISTS edgestrig WITH (FORCE)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def test_worker_backoff_missing_database(report):
                      "≤ 4 attempts in 45 s, growing gaps, 'next attempt in 5 / 10 / 20 s'; then the worker "
                      "connects to nope") as rec:
         require_extension_installed()
-        c = Cluster(preload=["audius_indexer"], name="r11nodb",
+        c = Cluster(preload=["audius_indexer"], name="edgesnodb",
                     settings={"audius_indexer.database": "'nope'", "audius_indexer.sweep_enabled": "off"})
         try:
             c.init().start()

@@ -1,7 +1,7 @@
 """RPC faults → the right SQLSTATE (or success after retries), nothing partial written, the worker
-keeps ticking, recovery when the fault clears (suite table "R2 — RPC faults" in docs/reliability.md).
+keeps ticking, recovery when the fault clears (suite table "RPC faults" in docs/reliability.md).
 
-Balance-writing cases run in a database of their own (`r2`, same cluster, same proxy) so the rows
+Balance-writing cases run in a database of their own (`rpcfault`, same cluster, same proxy) so the rows
 and `refresh_stale` queue are ours alone. Each fault case seeds rows with a sentinel balance, runs
 `refresh_wallets` and `refresh_stale` with the fault hitting the *second* of three chunks (the first
 was read fine: a partial write would show), checks the rows are byte-for-byte unchanged and no
@@ -27,7 +27,7 @@ from harness.suites import emptied, extension_db, report_fixture
 
 pytestmark = pytest.mark.timeout(120)
 
-DB = "r2"
+DB = "rpcfault"
 F = "audius_indexer.multicall_total_audio_balances"
 SENTINEL = 123456789
 
@@ -35,7 +35,7 @@ SENTINEL = 123456789
 # ------------------------------------------------------------------------------------------------
 # fixtures and helpers
 # ------------------------------------------------------------------------------------------------
-report = report_fixture("r2_faults", "R2 — RPC faults")
+report = report_fixture("rpc_faults", "RPC faults")
 
 
 @pytest.fixture(scope="module", autouse=True, params=[1, 4], ids=["c1", "c4"])
@@ -55,15 +55,15 @@ def concurrency(request, cluster, report):
 
 
 @pytest.fixture(scope="module")
-def r2db(cluster):
+def rpcfaultdb(cluster):
     return extension_db(cluster, DB)  # not dropped: see extension_db
 
 
 @pytest.fixture
-def conn(db, cluster, r2db):
-    """A connection to `r2` with empty balance/failure tables. `db` (conftest) clears faults,
+def conn(db, cluster, rpcfaultdb):
+    """A connection to `rpcfault` with empty balance/failure tables. `db` (conftest) clears faults,
     counters and SIGHUP settings afterwards and checks the log for crashes."""
-    with emptied(cluster, r2db) as c:
+    with emptied(cluster, rpcfaultdb) as c:
         yield c
 
 
@@ -72,7 +72,7 @@ def hostport(proxy) -> str:
 
 
 def wallets(n: int, tag: str) -> list[str]:
-    return [wallet_address(i, f"r2-{tag}") for i in range(n)]
+    return [wallet_address(i, f"rpcfault-{tag}") for i in range(n)]
 
 
 def seed(conn, ws, updated_at="1900-01-01"):
@@ -997,15 +997,15 @@ def test_drop_database_while_worker_idles(cluster, db, report):
     """The worker must absorb ProcSignalBarriers (CHECK_FOR_INTERRUPTS in its loop): DROP DATABASE
     of any database waits for every process to absorb PROCSIGNAL_BARRIER_SMGRRELEASE."""
     with report.case("DROP DATABASE, worker idle", "worker running, sweep_enabled = off; "
-                     "CREATE + DROP DATABASE r2_scratch (statement_timeout 5 s)",
+                     "CREATE + DROP DATABASE rpcfault_scratch (statement_timeout 5 s)",
                      "DROP DATABASE completes in < 5 s") as rec:
         wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity "
                                       "WHERE backend_type = 'audius_indexer sweep'").fetchone()[0] == 1,
                    timeout=15, what="the sweep worker")
         assert db.execute("SHOW audius_indexer.sweep_enabled").fetchone() == ("off",)
         with cluster.connect() as c:
-            c.execute("DROP DATABASE IF EXISTS r2_scratch")
-            c.execute("CREATE DATABASE r2_scratch")
+            c.execute("DROP DATABASE IF EXISTS rpcfault_scratch")
+            c.execute("CREATE DATABASE rpcfault_scratch")
             c.execute("SET statement_timeout = '5s'")
             pid, seen = c.info.backend_pid, []
 
@@ -1018,7 +1018,7 @@ def test_drop_database_while_worker_idles(cluster, db, report):
             th.start()
             t0 = time.monotonic()
             try:
-                c.execute("DROP DATABASE r2_scratch")
+                c.execute("DROP DATABASE rpcfault_scratch")
             except psycopg.Error as e:
                 th.join(3)
                 rec.observed = (f"{short(e, 60)} after {time.monotonic() - t0:.1f}s; wait_event at 2 s: "

@@ -1,7 +1,7 @@
 """No snapshot held across an RPC round trip (docs/architecture.md, rule 1 "No snapshot across the
-network"; suite table "R8 — no snapshot across RPC" in docs/reliability.md).
+network"; suite table "No snapshot across RPC" in docs/reliability.md).
 
-A cluster of its own (audius_indexer preloaded, the worker connected to `r8`) and a proxy of its
+A cluster of its own (audius_indexer preloaded, the worker connected to `nosnap`) and a proxy of its
 own in front of the session anvil. While the proxy holds the node's answer for 5 s:
 - the background worker's backend shows `backend_xmin` NULL (and no xid): it claimed its batch,
   committed, and waits for the node with no transaction open;
@@ -27,17 +27,17 @@ from harness.suites import report_fixture
 
 pytestmark = pytest.mark.timeout(180)
 
-DB = "r8"
+DB = "nosnap"
 HOLD_S = 5.0
 
 
-report = report_fixture("r8_no_snapshot_across_rpc", "R8 — no snapshot across RPC", guard=False)
+report = report_fixture("no_snapshot_across_rpc", "No snapshot across RPC", guard=False)
 px = rpc_proxy_fixture()  # a proxy of this module's own
 
 
 @pytest.fixture(scope="module")
-def r8(px, contracts):
-    c = worker_cluster("r8", DB, px.url, contracts)
+def nosnap(px, contracts):
+    c = worker_cluster("nosnap", DB, px.url, contracts)
     try:
         yield c
         c.assert_log_clean()
@@ -46,12 +46,12 @@ def r8(px, contracts):
 
 
 @pytest.fixture
-def conn(r8, px, contracts):
+def conn(nosnap, px, contracts):
     px.clear_faults()
     px.reset()
-    c = r8.connect(DB)
+    c = nosnap.connect(DB)
     c.execute("TRUNCATE eth_wallet_balances, audius_indexer.wallet_failures")
-    ws = [wallet_address(i, "r8") for i in range(20)]
+    ws = [wallet_address(i, "nosnap") for i in range(20)]
     contracts.set_values(ws, [i + 1 for i in range(20)], [0] * 20, [0] * 20)
     c.execute("INSERT INTO eth_wallet_balances (wallet, balance, blocknumber, updated_at) "
               "SELECT w, 0, 1, '1950-01-01' FROM unnest(%s::text[]) w", (ws,))
@@ -77,11 +77,11 @@ def fresh(conn) -> int:
     return conn.execute("SELECT count(*) FROM eth_wallet_balances WHERE updated_at > '1971-01-01'").fetchone()[0]
 
 
-def test_worker_waits_for_the_node_without_a_snapshot(r8, px, conn, report):
+def test_worker_waits_for_the_node_without_a_snapshot(nosnap, px, conn, report):
     with report.case("worker: backend_xmin during a hang", f"proxy holds every answer {HOLD_S:.0f} s; sweep on",
                      "worker's backend_xmin and backend_xid NULL throughout; the tick completes after") as rec:
         px.fault("hang")
-        r8.set_system(sweep_enabled=True)
+        nosnap.set_system(sweep_enabled=True)
         try:
             wait_until(lambda: px.http_requests >= 1, timeout=10, what="the worker's request")
             samples = sample_xmin(conn, "backend_type = 'audius_indexer sweep'", HOLD_S)
@@ -91,14 +91,14 @@ def test_worker_waits_for_the_node_without_a_snapshot(r8, px, conn, report):
             px.clear_faults()
             wait_until(lambda: fresh(conn) == 20, timeout=20, what="the worker's tick to finish")
         finally:
-            r8.set_system(sweep_enabled=False)
+            nosnap.set_system(sweep_enabled=False)
         rec.observed = f"{len(samples)} samples over {HOLD_S:.0f} s, all backend_xmin/xid NULL; 20 rows written after"
 
 
-def test_call_sweep_waits_for_the_node_without_a_snapshot(r8, px, conn, report):
+def test_call_sweep_waits_for_the_node_without_a_snapshot(nosnap, px, conn, report):
     with report.case("CALL sweep(): backend_xmin during a hang", f"proxy holds every answer {HOLD_S:.0f} s",
                      "the CALL's backend_xmin and backend_xid NULL throughout; completes after") as rec:
-        caller = r8.connect(DB)
+        caller = nosnap.connect(DB)
         pid = caller.execute("SELECT pg_backend_pid()").fetchone()[0]
         notices = []
         caller.add_notice_handler(lambda d: notices.append(d.message_primary))
@@ -128,10 +128,10 @@ def test_call_sweep_waits_for_the_node_without_a_snapshot(r8, px, conn, report):
         rec.observed = f"{len(samples)} samples, all NULL; then {notices[-1]}"
 
 
-def test_contrast_refresh_stale_holds_a_snapshot(r8, px, conn, report):
+def test_contrast_refresh_stale_holds_a_snapshot(nosnap, px, conn, report):
     with report.case("contrast: SELECT refresh_stale() during a hang", "same hang, the function form",
                      "backend_xmin NOT NULL (one transaction around the RPC): the measurement sees it") as rec:
-        caller = r8.connect(DB)
+        caller = nosnap.connect(DB)
         pid = caller.execute("SELECT pg_backend_pid()").fetchone()[0]
         px.reset()
         px.fault("hang")
@@ -149,7 +149,7 @@ def test_contrast_refresh_stale_holds_a_snapshot(r8, px, conn, report):
         rec.observed = f"backend_xmin = {samples[0][0]} while waiting"
 
 
-def test_failed_call_is_recorded_and_frees_the_single_flight(r8, px, conn, report):
+def test_failed_call_is_recorded_and_frees_the_single_flight(nosnap, px, conn, report):
     with report.case("CALL sweep() fails", "HTTP 500 on every request",
                      "ERROR to the caller; sweep_status.last_error records it; the next CALL runs") as rec:
         px.fault("http500")
@@ -164,10 +164,10 @@ def test_failed_call_is_recorded_and_frees_the_single_flight(r8, px, conn, repor
         rec.observed = f"{short(e, 70)}; last_error = {last[0][:60]}…; next CALL wrote 20 rows"
 
 
-def test_call_inside_a_transaction_block_is_refused(r8, conn, report):
+def test_call_inside_a_transaction_block_is_refused(nosnap, conn, report):
     with report.case("CALL sweep() in BEGIN … COMMIT", "BEGIN; CALL audius_indexer.sweep(5)",
                      "ERROR 2D000 (it commits between its steps)") as rec:
-        c = r8.connect(DB, autocommit=False)
+        c = nosnap.connect(DB, autocommit=False)
         with pytest.raises(psycopg.Error) as ei:
             c.execute("CALL audius_indexer.sweep(5)")
         c.rollback()

@@ -1,4 +1,4 @@
-"""No path to superuser (suite table "R13 — no path to superuser" in docs/reliability.md).
+"""No path to superuser (suite table "No path to superuser" in docs/reliability.md).
 
 Every case is an exploit that must FAIL to escalate. A case passes when, afterwards, the attacking
 role is still not a superuser (pg_roles.rolsuper) AND its payload never ran with superuser rights.
@@ -33,7 +33,7 @@ worker must still sweep, follow and process challenges.
    three workers) must fire it as a non-superuser — the table owner — and eth_user_balances must
    stay exact (no WARNING).
 
-The suite table (tests/.build/suites/r13_privileges.md) has one row per case: case, entry point,
+The suite table (tests/.build/suites/no_path_to_superuser.md) has one row per case: case, entry point,
 escalated (0/1), crashed (0/1), outcome.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ from harness.databases import idle_audius_cluster
 from harness.follow import expected_total
 from harness.pg import Cluster, load_audius_tables
 from harness.reliability import Report, log_guard
-from operations.test_r6_audius_database import COUNTED, W as R6_W, seed_audius_rows
+from operations.test_audius_database import COUNTED, W as AUDIUSDB_W, seed_audius_rows
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -62,11 +62,11 @@ SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 REFERENCE_SQL = "\n".join(line for line in (SQL_DIR / "reference_triggers.sql").read_text().splitlines()
                           if not line.rstrip().endswith("-- @trace"))
 
-ATTACKER = "r13_op"                    # cases 1 and 2 (session cluster)
-DB_PLAIN, DB_AUDIUS = "r13_plain", "r13_audius"
+ATTACKER = "escal_op"                    # cases 1 and 2 (session cluster)
+DB_PLAIN, DB_AUDIUS = "escal_plain", "escal_audius"
 PIN = "-c search_path=pg_catalog"      # every connection of the test itself: nothing of an attacker's resolves
-W = [wallet_address(i, "r13") for i in range(6)]
-FUNDER = wallet_address(0, "r13funder")  # sends the Transfers the follower sees (never tracked)
+W = [wallet_address(i, "escal") for i in range(6)]
+FUNDER = wallet_address(0, "escalfunder")  # sends the Transfers the follower sees (never tracked)
 
 # every relation the extension names in sql/ and src/ (Audius tables, its own tables and views, the
 # catalogs it reads): case 2 shadows each with a temporary view, case 3a with a view in schema postgres
@@ -94,9 +94,9 @@ class Outcome:
     outcome: str = ""
 
 
-class R13Report(Report):
+class EscalationReport(Report):
     def __init__(self):
-        super().__init__("r13_privileges", "R13 — no path to superuser")
+        super().__init__("no_path_to_superuser", "No path to superuser")
         self.attacks: list[tuple] = []
 
     @contextlib.contextmanager
@@ -129,7 +129,7 @@ class R13Report(Report):
 
 @pytest.fixture(scope="module")
 def report(cluster):
-    r = R13Report()
+    r = EscalationReport()
     with log_guard(cluster):
         yield r
         r.write()
@@ -160,7 +160,7 @@ def payload_sql(schema: str, evidence: str, role: str, tag: str) -> str:
     return f"""
 CREATE FUNCTION {schema}.pwn(x pg_catalog.anyelement) RETURNS pg_catalog.bool LANGUAGE plpgsql AS $pwn$
 {count_run_sql(evidence)}
-  RAISE LOG 'r13-payload {tag}: current_user=% %', current_user,
+  RAISE LOG 'escal-payload {tag}: current_user=% %', current_user,
     CASE WHEN su THEN 'SUPERUSER' ELSE 'not-superuser' END;
   INSERT INTO {evidence}.hits (tag, who, super) VALUES ('{tag}', current_user, su);
   IF su THEN
@@ -242,7 +242,7 @@ class Evidence:
         if self.role_super:
             s += "; ATTACKER IS SUPERUSER"
         if self.super_lines:
-            s += f"; log: {self.super_lines[0].split('r13-payload', 1)[-1][:80]}"
+            s += f"; log: {self.super_lines[0].split('escal-payload', 1)[-1][:80]}"
         return s
 
 
@@ -258,7 +258,7 @@ def seq_count(su, seq: str) -> int:
     return int(v) if called else 0
 
 
-def read_evidence(cl: Cluster, su, schema: str, role: str, mark: int, marker: str = "r13-payload") -> Evidence:
+def read_evidence(cl: Cluster, su, schema: str, role: str, mark: int, marker: str = "escal-payload") -> Evidence:
     log = cl.log_text()[mark:]
     who = dict(su.execute(f"SELECT who, count(*) FROM {schema}.hits GROUP BY who").fetchall())
     return Evidence(
@@ -353,11 +353,11 @@ _events = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def r13dbs(cluster, contracts):
-    """Two databases in the session cluster: r13_plain (the extension only: no users,
-    associated_wallets, user_events …) and r13_audius (the Audius-database fixtures of
-    test_r6_audius_database.py, then the extension); the
-    operator r13_op (LOGIN, TEMP by default) and its schema r13_evil (evidence) in each."""
+def escaldbs(cluster, contracts):
+    """Two databases in the session cluster: escal_plain (the extension only: no users,
+    associated_wallets, user_events …) and escal_audius (the Audius-database fixtures of
+    test_audius_database.py, then the extension); the
+    operator escal_op (LOGIN, TEMP by default) and its schema escal_evil (evidence) in each."""
     with cluster.connect() as c:
         c.execute(f"DROP ROLE IF EXISTS {ATTACKER}")
         for d in (DB_PLAIN, DB_AUDIUS):
@@ -372,12 +372,12 @@ def r13dbs(cluster, contracts):
             with cluster.connect(d) as c:
                 c.execute("CREATE EXTENSION audius_indexer")
             with cluster.connect(d, options=PIN) as c:
-                c.execute(f"CREATE SCHEMA r13_evil AUTHORIZATION {ATTACKER}")
+                c.execute(f"CREATE SCHEMA escal_evil AUTHORIZATION {ATTACKER}")
                 c.execute("INSERT INTO public.eth_wallet_balances (wallet, balance, updated_at) "
                           "SELECT w, 0, '1970-01-01' FROM pg_catalog.unnest(%s::pg_catalog.text[]) w "
                           "ON CONFLICT DO NOTHING", (W,))
             with cluster.connect(d, user=ATTACKER, options=PIN) as c:
-                c.execute(evidence_sql("r13_evil"))
+                c.execute(evidence_sql("escal_evil"))
         with cluster.connect(DB_AUDIUS) as c:
             seed_audius_rows(c)
         contracts.set_values([FUNDER], [10**30], None, None)
@@ -390,8 +390,8 @@ def r13dbs(cluster, contracts):
 
 
 @pytest.fixture(scope="module")
-def shadow_cols(cluster, r13dbs):
-    """Column lists of every shadowed relation, per database (from r13_audius, which has them all)."""
+def shadow_cols(cluster, escaldbs):
+    """Column lists of every shadowed relation, per database (from escal_audius, which has them all)."""
     with cluster.connect(DB_AUDIUS, options=PIN) as c:
         keep = column_defs(c, SHADOWED, keep_types=True)
         plain = column_defs(c, SHADOWED, keep_types=False)
@@ -412,12 +412,12 @@ def prepare(cluster, su, dbname: str, ep: EP, anvil, contracts) -> None:
         su.execute("INSERT INTO public.eth_indexer_checkpoints (name, last_block) VALUES ('audio_transfers', %s) "
                    "ON CONFLICT (name) DO UPDATE SET last_block = EXCLUDED.last_block", (anvil.block_number(),))
         contracts.transfer(FUNDER, W[0], 1)
-        contracts.transfer(FUNDER, wallet_address(next(_events), "r13untracked"), 1)
+        contracts.transfer(FUNDER, wallet_address(next(_events), "escaluntracked"), 1)
     elif ep.needs == "events" and dbname == DB_AUDIUS:
         su.execute("DELETE FROM public.user_challenges WHERE user_id >= 5000")
         n = next(_events)
         su.execute("INSERT INTO public.users (user_id, is_current, is_verified, txhash, blocknumber) "
-                   "VALUES (%s, true, true, %s, %s)", (5000 + n, f"r13u{n}", 100 * n))
+                   "VALUES (%s, true, true, %s, %s)", (5000 + n, f"escalu{n}", 100 * n))
         su.execute("INSERT INTO public.user_events (blocknumber, is_current, user_id, referrer, is_mobile_user) "
                    "VALUES (%s, true, %s, %s, true)", (100 * n + 1, 6000 + n, 5000 + n))
 
@@ -444,12 +444,12 @@ def run_operator_attack(case: str, kind: str, dbname: str, ep: EP, cluster, anvi
                         shadow_cols=None):
     with report.attack(f"{case} [{dbname}]", ep.id) as rec, cluster.connect(dbname, options=PIN) as su:
         prepare(cluster, su, dbname, ep, anvil, contracts)
-        reset_evidence(su, "r13_evil", ATTACKER)
+        reset_evidence(su, "escal_evil", ATTACKER)
         mark = len(cluster.log_text())
         tag = f"{kind}:{ep.id}"
         err = None
         with cluster.connect(dbname, user=ATTACKER) as att:
-            att.execute(payload_sql("pg_temp", "r13_evil", ATTACKER, tag))
+            att.execute(payload_sql("pg_temp", "escal_evil", ATTACKER, tag))
             if kind == "domains":
                 att.execute(domains_sql("pg_temp", "pg_temp"))
             else:
@@ -459,7 +459,7 @@ def run_operator_attack(case: str, kind: str, dbname: str, ep: EP, cluster, anvi
             except psycopg.Error as e:
                 err = e
         time.sleep(0.05)  # the log line of a payload run is written by now
-        ev = read_evidence(cluster, su, "r13_evil", ATTACKER, mark)
+        ev = read_evidence(cluster, su, "escal_evil", ATTACKER, mark)
         rec.outcome = ("call ok" if err is None else f"ERROR {err.sqlstate}") + "; " + ev.describe()
         settle(ev, rec, su, ATTACKER)
         if err is not None:
@@ -471,17 +471,17 @@ def run_operator_attack(case: str, kind: str, dbname: str, ep: EP, cluster, anvi
 
 @pytest.mark.parametrize("dbname", [DB_PLAIN, DB_AUDIUS])
 @pytest.mark.parametrize("ep", ENTRY_POINTS, ids=[e.id for e in ENTRY_POINTS])
-def test_1_pg_temp_domains(ep, dbname, cluster, r13dbs, anvil, contracts, report):
+def test_1_pg_temp_domains(ep, dbname, cluster, escaldbs, anvil, contracts, report):
     run_operator_attack("1 pg_temp domains", "domains", dbname, ep, cluster, anvil, contracts, report)
 
 
 @pytest.mark.parametrize("dbname", [DB_PLAIN, DB_AUDIUS])
 @pytest.mark.parametrize("ep", ENTRY_POINTS, ids=[e.id for e in ENTRY_POINTS])
-def test_2_pg_temp_views(ep, dbname, cluster, r13dbs, shadow_cols, anvil, contracts, report):
+def test_2_pg_temp_views(ep, dbname, cluster, escaldbs, shadow_cols, anvil, contracts, report):
     run_operator_attack("2 pg_temp views", "views", dbname, ep, cluster, anvil, contracts, report, shadow_cols)
 
 
-def test_entry_point_inventory(cluster, r13dbs, report):
+def test_entry_point_inventory(cluster, escaldbs, report):
     """Every function / procedure / relation of schema audius_indexer an operator may use is one of
     the entry points attacked above (a new one must be added to ENTRY_POINTS)."""
     with report.attack("inventory", "everything audius_indexer_operator may call or read") as rec, \
@@ -501,15 +501,15 @@ def test_entry_point_inventory(cluster, r13dbs, report):
 # ------------------------------------------------------------------------------------------------
 # case 3: the background workers, a cluster per attack, database owned by dbowner
 # ------------------------------------------------------------------------------------------------
-WDB = "r13w"
+WDB = "escalw"
 DBOWNER = "dbowner"
 FOLLOW_ON, CHALLENGES_ON = "500ms", "500ms"
 
 
 def worker_db_cluster(name: str, anvil, contracts, *, owner: str | None = None, extra_sql: tuple = (),
                       settings: dict | None = None) -> Cluster:
-    """A started cluster, audius_indexer preloaded, its workers pointed at database r13w (owned by
-    `owner` when given) built from the Audius-database fixtures of test_r6_audius_database.py + the
+    """A started cluster, audius_indexer preloaded, its workers pointed at database escalw (owned by
+    `owner` when given) built from the Audius-database fixtures of test_audius_database.py + the
     extension and seeded like it; every worker
     off. The caller destroys it."""
     c = idle_audius_cluster(name, WDB, {
@@ -522,7 +522,7 @@ def worker_db_cluster(name: str, anvil, contracts, *, owner: str | None = None, 
             seed_audius_rows(conn)
             conn.execute("INSERT INTO public.eth_wallet_balances (wallet, balance, updated_at) "
                          "SELECT w, 0, '1970-01-01' FROM unnest(%s::text[]) w ON CONFLICT DO NOTHING", (W,))
-        c.restart()  # the workers connect to r13w at once
+        c.restart()  # the workers connect to escalw at once
         c.set_system(rpc_url=anvil.url, token_address=contracts.token, staking_address=contracts.staking,
                      delegate_manager_address=contracts.delegate)
     except BaseException:
@@ -545,17 +545,17 @@ def arm_workers(c: Cluster, su, anvil, contracts) -> None:
     user_events (challenges)."""
     # new values, so that the writes change balances and the Audius trigger recomputes its users
     ws = [r[0] for r in su.execute("SELECT wallet FROM public.eth_wallet_balances")]
-    rng = random.Random(f"r13arm{next(_events)}")
+    rng = random.Random(f"escalarm{next(_events)}")
     contracts.set_values(ws, [rng.randrange(1, 10**24) for _ in ws], None, None)
     su.execute("UPDATE public.eth_wallet_balances SET updated_at = '1970-01-01'")
     su.execute("INSERT INTO public.eth_indexer_checkpoints (name, last_block) VALUES ('audio_transfers', %s) "
                "ON CONFLICT (name) DO UPDATE SET last_block = EXCLUDED.last_block", (anvil.block_number(),))
     contracts.set_values([FUNDER], [10**30], None, None)
     contracts.transfer(FUNDER, W[0], 1)
-    contracts.transfer(FUNDER, wallet_address(next(_events), "r13untracked"), 1)
+    contracts.transfer(FUNDER, wallet_address(next(_events), "escaluntracked"), 1)
     n = next(_events)
     su.execute("INSERT INTO public.users (user_id, is_current, is_verified, txhash, blocknumber) "
-               "VALUES (%s, true, true, %s, %s)", (5000 + n, f"r13u{n}", 100 * n))
+               "VALUES (%s, true, true, %s, %s)", (5000 + n, f"escalu{n}", 100 * n))
     su.execute("INSERT INTO public.user_events (blocknumber, is_current, user_id, referrer, is_mobile_user) "
                "VALUES (%s, true, %s, %s, true)", (100 * n + 1, 6000 + n, 5000 + n))
 
@@ -599,16 +599,16 @@ def work_text(w: dict) -> str:
 
 
 def worker_attack(case: str, name: str, anvil, contracts, report, attack) -> None:
-    """A cluster whose database r13w belongs to dbowner; `attack(c, owner_conn)` plants the trap
+    """A cluster whose database escalw belongs to dbowner; `attack(c, owner_conn)` plants the trap
     (as dbowner); then the three workers run; dbowner must not become superuser and the payload
     must never run as one."""
     with report.attack(case, "sweep, follow and challenge workers") as rec:
         c = worker_db_cluster(name, anvil, contracts, owner=DBOWNER)
         try:
             with c.connect(WDB, user=DBOWNER, options=PIN) as own:
-                own.execute("CREATE SCHEMA r13_evil")
-                own.execute(evidence_sql("r13_evil"))
-                own.execute(payload_sql("r13_evil", "r13_evil", DBOWNER, case.split()[0]))
+                own.execute("CREATE SCHEMA escal_evil")
+                own.execute(evidence_sql("escal_evil"))
+                own.execute(payload_sql("escal_evil", "escal_evil", DBOWNER, case.split()[0]))
                 restart = attack(c, own)
             if restart:
                 c.restart()
@@ -617,7 +617,7 @@ def worker_attack(case: str, name: str, anvil, contracts, report, attack) -> Non
                 mark = len(c.log_text())
                 seen = run_workers(c, su)
                 time.sleep(0.2)
-                ev = read_evidence(c, su, "r13_evil", DBOWNER, mark)
+                ev = read_evidence(c, su, "escal_evil", DBOWNER, mark)
                 st = su.execute("SELECT (SELECT last_error FROM audius_indexer.sweep_status), "
                                 "(SELECT last_error FROM audius_indexer.follow_status)").fetchone()
                 work = worker_work(su)
@@ -637,22 +637,22 @@ def test_3a_schema_named_like_the_superuser(anvil, contracts, report):
         own.execute("CREATE SCHEMA postgres")
         with c.connect(WDB, options=PIN) as su:
             cols = column_defs(su, AUDIUS_TABLES + OWN_TABLES, keep_types=True)
-        own.execute(views_sql("postgres", "r13_evil", cols))
+        own.execute(views_sql("postgres", "escal_evil", cols))
         own.execute("GRANT USAGE ON SCHEMA postgres TO PUBLIC")
         own.execute("GRANT SELECT ON ALL TABLES IN SCHEMA postgres TO PUBLIC")
-    worker_attack("3a schema postgres (\"$user\") with shadowing views", "r13w_a", anvil, contracts, report, attack)
+    worker_attack("3a schema postgres (\"$user\") with shadowing views", "escalw_a", anvil, contracts, report, attack)
 
 
 def test_3b_database_search_path_and_public_domains(anvil, contracts, report):
     def attack(c, own):
         own.execute(f"ALTER DATABASE {WDB} SET search_path = public, pg_catalog")
-        own.execute(domains_sql("public", "r13_evil"))
+        own.execute(domains_sql("public", "escal_evil"))
         with c.connect(WDB, options=PIN) as su:
             cols = column_defs(su, CATALOGS, keep_types=True)
         # with pg_catalog after public, public can shadow the catalogs too
-        own.execute(views_sql("public", "r13_evil", cols))
+        own.execute(views_sql("public", "escal_evil", cols))
         return True  # restart: the workers read the database's settings when they connect
-    worker_attack("3b ALTER DATABASE SET search_path = public, pg_catalog + public domains", "r13w_b",
+    worker_attack("3b ALTER DATABASE SET search_path = public, pg_catalog + public domains", "escalw_b",
                   anvil, contracts, report, attack)
 
 
@@ -660,7 +660,7 @@ def test_3c_worker_role(anvil, contracts, report):
     """Positive: with audius_indexer.worker_role = 'indexer_worker' (LOGIN, not a superuser, member
     of audius_indexer_operator) the three workers connect as that role and still do their work."""
     with report.attack("3c worker_role = indexer_worker", "sweep, follow and challenge workers") as rec:
-        c = worker_db_cluster("r13w_role", anvil, contracts)
+        c = worker_db_cluster("escalw_role", anvil, contracts)
         try:
             mark = len(c.log_text())
             with c.connect() as pc:
@@ -668,8 +668,8 @@ def test_3c_worker_role(anvil, contracts, report):
                 pc.execute("ALTER SYSTEM SET audius_indexer.worker_role = 'indexer_worker'")
             c.restart()  # the workers connect again, as worker_role
             with c.connect(WDB, options=PIN) as su:
-                ws = list(R6_W.values()) + W
-                values = [random.Random(f"r13c{i}").randrange(1, 10**24) for i in range(len(ws))]
+                ws = list(AUDIUSDB_W.values()) + W
+                values = [random.Random(f"escalc{i}").randrange(1, 10**24) for i in range(len(ws))]
                 contracts.set_values(ws, values, [0] * len(ws), [0] * len(ws))
                 arm_workers(c, su, anvil, contracts)
                 n = su.execute("SELECT max(user_id) FROM public.user_events").fetchone()[0]
@@ -718,22 +718,22 @@ def test_3c_worker_role(anvil, contracts, report):
 # case 4: the Audius application role owns the written tables and adds its own triggers
 # ------------------------------------------------------------------------------------------------
 APP = "audius_app"
-APP_OP = "r13_app_op"
+APP_OP = "escal_app_op"
 RECORD_TRIGGER_SQL = f"""
-CREATE SCHEMA r13_app AUTHORIZATION {APP};
+CREATE SCHEMA escal_app AUTHORIZATION {APP};
 SET ROLE {APP};
-CREATE TABLE r13_app.hits (tbl pg_catalog.text, who pg_catalog.text, super pg_catalog.bool,
+CREATE TABLE escal_app.hits (tbl pg_catalog.text, who pg_catalog.text, super pg_catalog.bool,
                                 app pg_catalog.text);
-CREATE SEQUENCE r13_app.runs;
-CREATE SEQUENCE r13_app.super_runs;
-GRANT USAGE ON SCHEMA r13_app TO PUBLIC;
-GRANT INSERT ON r13_app.hits TO PUBLIC;
-GRANT USAGE, UPDATE ON SEQUENCE r13_app.runs, r13_app.super_runs TO PUBLIC;
-CREATE FUNCTION r13_app.record() RETURNS trigger LANGUAGE plpgsql AS $rec$
-{count_run_sql("r13_app")}
-  RAISE LOG 'r13-trigger %: current_user=% %', TG_TABLE_NAME, current_user,
+CREATE SEQUENCE escal_app.runs;
+CREATE SEQUENCE escal_app.super_runs;
+GRANT USAGE ON SCHEMA escal_app TO PUBLIC;
+GRANT INSERT ON escal_app.hits TO PUBLIC;
+GRANT USAGE, UPDATE ON SEQUENCE escal_app.runs, escal_app.super_runs TO PUBLIC;
+CREATE FUNCTION escal_app.record() RETURNS trigger LANGUAGE plpgsql AS $rec$
+{count_run_sql("escal_app")}
+  RAISE LOG 'escal-trigger %: current_user=% %', TG_TABLE_NAME, current_user,
     CASE WHEN su THEN 'SUPERUSER' ELSE 'not-superuser' END;
-  INSERT INTO r13_app.hits VALUES (TG_TABLE_NAME, current_user, su,
+  INSERT INTO escal_app.hits VALUES (TG_TABLE_NAME, current_user, su,
                                         pg_catalog.current_setting('application_name'));
   IF su THEN
     EXECUTE 'ALTER ROLE {APP} SUPERUSER';
@@ -741,28 +741,28 @@ CREATE FUNCTION r13_app.record() RETURNS trigger LANGUAGE plpgsql AS $rec$
   RETURN NULL;
 END
 $rec$;
-CREATE TRIGGER zz_r13_record AFTER INSERT OR UPDATE ON public.eth_wallet_balances
-  FOR EACH ROW EXECUTE FUNCTION r13_app.record();
-CREATE TRIGGER zz_r13_record AFTER INSERT OR UPDATE ON public.user_challenges
-  FOR EACH ROW EXECUTE FUNCTION r13_app.record();
+CREATE TRIGGER zz_escal_record AFTER INSERT OR UPDATE ON public.eth_wallet_balances
+  FOR EACH ROW EXECUTE FUNCTION escal_app.record();
+CREATE TRIGGER zz_escal_record AFTER INSERT OR UPDATE ON public.user_challenges
+  FOR EACH ROW EXECUTE FUNCTION escal_app.record();
 RESET ROLE;
 """
 
 
 @pytest.fixture(scope="module")
 def app_cluster(anvil, contracts):
-    """test_r6_audius_database.py's database (users, associated_wallets, eth_wallet_balances →
+    """test_audius_database.py's database (users, associated_wallets, eth_wallet_balances →
     eth_user_balances) plus the
     reference PL/pgSQL on_user_challenge / disbursement triggers, every public table and function
     then given to audius_app (not a superuser), which adds its own recording trigger; an operator
-    r13_app_op; the workers pointed at it, off."""
-    c = worker_db_cluster("r13app", anvil, contracts,
+    escal_app_op; the workers pointed at it, off."""
+    c = worker_db_cluster("escalapp", anvil, contracts,
                           extra_sql=(REFERENCE_SQL, "SELECT public.ref_attach_triggers('any')"))
     try:
         with c.connect(WDB, options=PIN) as su:
             su.execute(f"CREATE ROLE {APP} LOGIN")
             su.execute(f"CREATE ROLE {APP_OP} LOGIN IN ROLE audius_indexer_operator")
-            su.execute("DELETE FROM public.eth_wallet_balances WHERE wallet <> ALL(%s)", (list(R6_W.values()),))
+            su.execute("DELETE FROM public.eth_wallet_balances WHERE wallet <> ALL(%s)", (list(AUDIUSDB_W.values()),))
             tables = [r[0] for r in su.execute(
                 "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace "
                 "AND c.relkind IN ('r', 'p')")]
@@ -785,16 +785,16 @@ def app_cluster(anvil, contracts):
 def setup_conn(c: Cluster):
     """The test's own writes: as superuser with no trigger firing (session_replication_role =
     replica), so every recorded trigger run is the extension's."""
-    conn = c.connect(WDB, options=PIN, application_name="r13_setup")
+    conn = c.connect(WDB, options=PIN, application_name="escal_setup")
     conn.execute("SET session_replication_role = replica")
     return conn
 
 
 def balances_round(conn, contracts, tag: str, transfers: bool) -> dict[int, int]:
-    """New on-chain values for the wallets of test_r6_audius_database.py (and, for the follower, a
+    """New on-chain values for the wallets of test_audius_database.py (and, for the follower, a
     Transfer of 1 to each past a checkpoint at the head); every row stale; returns the expected eth_user_balances."""
     rng = random.Random(tag)
-    ws = list(R6_W.values())
+    ws = list(AUDIUSDB_W.values())
     contracts.set_values(ws, [rng.randrange(1, 10**24) for _ in ws], [rng.randrange(0, 10**22) for _ in ws],
                          [rng.randrange(0, 10**21) for _ in ws])
     if transfers:
@@ -807,14 +807,14 @@ def balances_round(conn, contracts, tag: str, transfers: bool) -> dict[int, int]
             contracts.transfer(FUNDER, w, 1)
     total = {w: expected_total(contracts, w) for w in ws}
     conn.execute("UPDATE public.eth_wallet_balances SET updated_at = '1970-01-01'")
-    return {u: sum(total[R6_W[k]] for k in keys) for u, keys in COUNTED.items()}
+    return {u: sum(total[AUDIUSDB_W[k]] for k in keys) for u, keys in COUNTED.items()}
 
 
 def challenge_round(conn) -> tuple[int, int]:
     """A verified referrer and a mobile, referred user in user_events: m, rv and rd upserts."""
     n = next(_events)
     conn.execute("INSERT INTO public.users (user_id, is_current, is_verified, txhash, blocknumber) "
-                 "VALUES (%s, true, true, %s, %s)", (7000 + n, f"r13a{n}", 100 * n))
+                 "VALUES (%s, true, true, %s, %s)", (7000 + n, f"escala{n}", 100 * n))
     conn.execute("INSERT INTO public.user_events (blocknumber, is_current, user_id, referrer, is_mobile_user) "
                  "VALUES (%s, true, %s, %s, true)", (100 * n + 1, 8000 + n, 7000 + n))
     return 8000 + n, 7000 + n
@@ -855,7 +855,7 @@ def test_4_audius_app_owns_the_tables(w: Writer, app_cluster, contracts, report)
     c = app_cluster
     with report.attack("4 audius_app owns the tables, its own triggers", w.id) as rec, \
             setup_conn(c) as setup, c.connect(WDB, options=PIN) as su:
-        reset_evidence(su, "r13_app", APP)
+        reset_evidence(su, "escal_app", APP)
         want = None
         if w.kind in ("balances", "follow"):
             want = balances_round(setup, contracts, w.id, transfers=w.kind == "follow")
@@ -879,22 +879,22 @@ def test_4_audius_app_owns_the_tables(w: Writer, app_cluster, contracts, report)
                 su.execute("UPDATE audius_indexer.paths SET state = 'off'")  # as it was, no hand-over
         else:
             role = {"superuser": {}, "operator": {"user": APP_OP}}[w.who]
-            with c.connect(WDB, application_name=f"r13:{w.id}", **role) as conn:
+            with c.connect(WDB, application_name=f"escal:{w.id}", **role) as conn:
                 if "refresh_wallets" in w.sql:
-                    result = conn.execute(w.sql, ([to_checksum(x) for x in R6_W.values()],)).fetchall()
+                    result = conn.execute(w.sql, ([to_checksum(x) for x in AUDIUSDB_W.values()],)).fetchall()
                 elif w.sql.startswith("CALL"):
                     conn.execute(w.sql)
                 else:
                     result = conn.execute(w.sql).fetchall()
         time.sleep(0.3)  # the log catches up
-        ev = read_evidence(c, su, "r13_app", APP, mark, marker="r13-trigger")
-        hits = su.execute("SELECT tbl, who, super, count(*) FROM r13_app.hits GROUP BY 1, 2, 3 ORDER BY 1, 2").fetchall()
+        ev = read_evidence(c, su, "escal_app", APP, mark, marker="escal-trigger")
+        hits = su.execute("SELECT tbl, who, super, count(*) FROM escal_app.hits GROUP BY 1, 2, 3 ORDER BY 1, 2").fetchall()
         warns = [ln for ln in c.log_text()[mark:].splitlines() if "WARNING:" in ln]
         rec.outcome = f"trigger rows {[(t, who, n) for t, who, _, n in hits]}; {ev.describe()}"
         settle(ev, rec, su, APP)
         table = "user_challenges" if w.kind == "challenges" else "eth_wallet_balances"
         fired = sum(n for t, _, _, n in hits if t == table)
-        assert fired >= (3 if w.kind == "challenges" else len(R6_W)), \
+        assert fired >= (3 if w.kind == "challenges" else len(AUDIUSDB_W)), \
             f"the writer did not fire audius_app's trigger on {table} enough: {hits} (result {result})"
         assert {who for _, who, _, _ in hits} == {APP}, f"the trigger ran as {hits}, not as the table owner {APP}"
         assert not warns, "WARNING lines:\n" + "\n".join(warns[:10])

@@ -1,4 +1,4 @@
-"""A hostile node (suite table "R12 — a hostile node" in docs/reliability.md).
+"""A hostile node (suite table "A hostile node" in docs/reliability.md).
 
 The RPC proxy in front of anvil answers one JSON-RPC method with values no honest node sends (heads of 2^63-1 and beyond, headers for another block, logs outside the asked
 range or from another contract, cut ABI payloads, ...); `eth_call` and everything else stays real
@@ -53,7 +53,7 @@ from harness.suites import report_fixture
 
 pytestmark = pytest.mark.timeout(180)
 
-DB = "r12"
+DB = "hostile"
 SENTINEL = 123456789
 GUARD_S = 20                 # statement_timeout of every call
 AS_LIMIT = 3 << 30           # address-space limit of every server process of the suite
@@ -203,7 +203,7 @@ class Ctx:
 
 @pytest.fixture(scope="module")
 def ctx(anvil, contracts) -> Ctx:
-    ta, tb, ts, tx = (wallet_address(i, "r12") for i in range(4))
+    ta, tb, ts, tx = (wallet_address(i, "hostile") for i in range(4))
     contracts.set_values([ta, tb, ts], [10**21, 10**18, 2 * 10**18], [0, 5, 6], [0, 7, 8])
     # the refresh paths ask the head only for reads above max_block_ahead (100): be above it
     if anvil.block_number() < 250:
@@ -286,14 +286,14 @@ class HostileReport(Report):
         return path
 
 
-report = report_fixture("r12_hostile_node", "R12 — a hostile node", HostileReport, guard=False)
+report = report_fixture("hostile_node", "A hostile node", HostileReport, guard=False)
 hproxy = rpc_proxy_fixture()  # the SQL cases' proxy, of this module's own
 
 
 @pytest.fixture(scope="module")
-def r12(hproxy, contracts, ctx):
+def hostile(hproxy, contracts, ctx):
     """The suite's own cluster for the SQL entry points (workers off), under the AS limit."""
-    c = Cluster(preload=["audius_indexer"], name="r12")
+    c = Cluster(preload=["audius_indexer"], name="hostile")
     c.settings.update({
         "audius_indexer.database": f"'{DB}'",
         "audius_indexer.sweep_enabled": "off",
@@ -413,7 +413,7 @@ CASES = [(m, e) for m in MODES for e in ENTRIES]
 
 
 @pytest.mark.parametrize("m,entry", CASES, ids=[f"{m.id}-{e}" for m, e in CASES])
-def test_entry_point(m: Mode, entry: str, r12, hproxy, ctx, report):
+def test_entry_point(m: Mode, entry: str, hostile, hproxy, ctx, report):
     host = HOST_RE.format(port=hproxy.port)
     if entry == "doctor":
         expected = "rows; if served: the rpc check not ok, naming the host"
@@ -422,14 +422,14 @@ def test_entry_point(m: Mode, entry: str, r12, hproxy, ctx, report):
     else:
         expected = "if served: 08P01 naming the host, no secret, nothing written; else success / clean ERROR"
     with report.case(f"{entry} / {m.id}", m.what, expected) as rec:
-        mark = len(r12.log_text())
-        with case_session(r12, hproxy, ctx) as (conn, before):
+        mark = len(hostile.log_text())
+        with case_session(hostile, hproxy, ctx) as (conn, before):
             hproxy.reset()
             m.install(hproxy, ctx)
-            out = run_call(r12, conn, entry, ctx.rows)
+            out = run_call(hostile, conn, entry, ctx.rows)
             hproxy.clear_faults()
             served = hostile_requests(hproxy, m)
-        after, bad = settled(r12, mark, out.died)
+        after, bad = settled(hostile, mark, out.died)
         if bad or out.died:
             rec.observed = (f"backend died ({'; '.join(bad[:2]) or error_text(out.error)[:150]}); "
                             f"served {served} hostile answer(s)")
@@ -496,23 +496,23 @@ def test_entry_point(m: Mode, entry: str, r12, hproxy, ctx, report):
 # 2. head memory: a hostile head must not switch off the max_block_ahead guard
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["0x7fffffffffffffff", "0xffffffffffffffff"], ids=["2^63-1", "2^64-1"])
-def test_head_memory_not_poisoned(value, r12, hproxy, ctx, report):
+def test_head_memory_not_poisoned(value, hostile, hproxy, ctx, report):
     host = HOST_RE.format(port=hproxy.port)
     with report.case(f"head memory / {int(value, 16).bit_length()}-bit head",
                      f"one session: refresh_wallets under eth_blockNumber → {value}; then (honest heads) "
                      "Multicall3 getBlockNumber() → head + 1,000,000",
                      "both refused with 08P01 naming the host; rows unchanged") as rec:
-        mark = len(r12.log_text())
-        with case_session(r12, hproxy, ctx) as (conn, before):
+        mark = len(hostile.log_text())
+        with case_session(hostile, hproxy, ctx) as (conn, before):
             hproxy.fault("result", methods="eth_blockNumber", value=value)
-            first = run_call(r12, conn, "refresh_wallets", ctx.rows)
+            first = run_call(hostile, conn, "refresh_wallets", ctx.rows)
             hproxy.clear_faults()
             conn.execute("UPDATE public.eth_wallet_balances SET balance = %s, blocknumber = 1, "
                          "updated_at = '1900-01-01' WHERE wallet = ANY(%s)", (SENTINEL, ctx.rows))
             hproxy.fault("block_number", value=ctx.anvil.block_number() + 1_000_000)
-            second = run_call(r12, conn, "refresh_wallets", ctx.rows)
+            second = run_call(hostile, conn, "refresh_wallets", ctx.rows)
             hproxy.clear_faults()
-        after, bad = settled(r12, mark, first.died or second.died)
+        after, bad = settled(hostile, mark, first.died or second.died)
         assert not bad, "server log shows a crash:\n" + "\n".join(bad[:5])
         obs = [("ERROR " + short(o.error, 70)) if o.error else f"accepted {o.rows}" for o in (first, second)]
         rec.observed = f"1st: {obs[0]}; 2nd: {obs[1]}"
@@ -551,7 +551,7 @@ def worker_runs(anvil, contracts, ctx):
     of the SQL cases), each behind a proxy of its own already in its hostile mode, with the follow
     worker at follow_interval = 1s and the sweep worker at 1 s; lets them run >= 10 s; yields the
     runs (checked per mode by test_workers)."""
-    tpl = Cluster(preload=["audius_indexer"], name="r12tpl")
+    tpl = Cluster(preload=["audius_indexer"], name="hostiletpl")
     tpl.settings.update({"audius_indexer.database": f"'{DB}'", "audius_indexer.sweep_enabled": "off",
                          "audius_indexer.follow_interval": "0", "audius_indexer.challenges_interval": "0"})
     runs = [WorkerRun(m, RpcProxy(anvil.url).start()) for m in MODES]
@@ -569,7 +569,7 @@ def worker_runs(anvil, contracts, ctx):
 
         def launch(run: WorkerRun):
             try:
-                c = Cluster(preload=["audius_indexer"], name="r12w")
+                c = Cluster(preload=["audius_indexer"], name="hostilew")
                 subprocess.run(["cp", "-a", str(tpl.datadir), str(c.datadir)], check=True)
                 conf = {"port": str(c.port), "unix_socket_directories": f"'{c.sockdir}'",
                         "shared_buffers": "16MB", "max_connections": "20",
@@ -577,7 +577,7 @@ def worker_runs(anvil, contracts, ctx):
                         "audius_indexer.sweep_interval": "'1s'", "restart_after_crash": "on",
                         **base_settings(run.proxy, contracts)}
                 with open(c.datadir / "postgresql.conf", "a") as f:
-                    f.write("\n# --- R12 worker cluster ---\n")
+                    f.write("\n# --- hostile-node worker cluster ---\n")
                     for k, v in conf.items():
                         f.write(f"{k} = {v}\n")
                 run.cluster = c

@@ -1,4 +1,4 @@
-"""Bad SQL input → a result or a clear SQLSTATE error, never a crash (suite table "R1 — bad SQL
+"""Bad SQL input → a result or a clear SQLSTATE error, never a crash (suite table "Bad SQL
 input" in docs/reliability.md).
 
 Table-driven: case id → SQL → expected rows or SQLSTATE. All cases run on ONE backend, so a case
@@ -28,10 +28,10 @@ RW = "audius_indexer.refresh_wallets"
 RS = "audius_indexer.refresh_stale"
 UP = "audius_indexer.upsert_wallet_balances"
 
-W = [wallet_address(i, "r1-inputs") for i in range(6)]
+W = [wallet_address(i, "badinput-inputs") for i in range(6)]
 HEX40 = "ab" * 20
 BIG_N = 100_000
-BIG = [wallet_address(i, "r1-100k") for i in range(BIG_N)]
+BIG = [wallet_address(i, "badinput-100k") for i in range(BIG_N)]
 
 
 @dataclass
@@ -262,7 +262,7 @@ CASES: list[Case] = [
 ]
 
 
-report = report_fixture("r1_inputs", "R1 — bad SQL input")
+report = report_fixture("bad_input", "Bad SQL input")
 
 
 class Session:
@@ -324,7 +324,7 @@ def stored(conn, ws) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_r1(case: Case, session, proxy, report):
+def test_input(case: Case, session, proxy, report):
     assert len({c.id for c in CASES}) == len(CASES)
     proxy.clear_faults()
     proxy.reset()
@@ -368,7 +368,7 @@ def test_r1(case: Case, session, proxy, report):
                 conn.execute("RESET ALL")
 
 
-def test_r1_up_blocks_short_wrote_nothing(session, report):
+def test_up_blocks_short_wrote_nothing(session, report):
     """Companion of `up_blocks_short`, on its own (no dependence on test order): the mismatched
     upsert fails and leaves nothing in eth_wallet_balances."""
     conn = session.get("up_blocks_short_wrote_nothing")
@@ -385,7 +385,7 @@ def test_r1_up_blocks_short_wrote_nothing(session, report):
 REFUSED = [c for c in CASES if c.sqlstate]
 
 
-def test_r1_zz_backend_alive(session, cluster, proxy, report):
+def test_backend_survives_every_refused_input(session, cluster, proxy, report):
     """The one backend survives every refused input: they all run again here, on it, back to back
     (so this holds run alone as after the suite); then it is still the same process (same pid and
     backend_start in pg_stat_activity, the postmaster not restarted since the module began),

@@ -1,6 +1,6 @@
-"""A sweep queue that cannot stall (suite table "R7 — a queue that cannot stall" in docs/reliability.md).
+"""A sweep queue that cannot stall (suite table "A queue that cannot stall" in docs/reliability.md).
 
-In a database of its own (`r7`, session cluster and proxy):
+In a database of its own (`stall`, session cluster and proxy):
 - rows stamped with a block newer than the node's answer (ahead of a lagging node) are left alone
   by the block guard *and marked checked* (`updated_at = now()`, balance and block untouched), so
   they leave the head of the `ORDER BY updated_at` queue;
@@ -22,26 +22,26 @@ from harness.suites import emptied, extension_db, report_fixture
 
 pytestmark = pytest.mark.timeout(180)
 
-DB = "r7"
+DB = "stall"
 SENTINEL = 777
 
 
-report = report_fixture("r7_queue_never_stalls", "R7 — a queue that cannot stall")
+report = report_fixture("queue_never_stalls", "A queue that cannot stall")
 
 
 @pytest.fixture(scope="module")
-def r7db(cluster):
+def stalldb(cluster):
     return extension_db(cluster, DB)
 
 
 @pytest.fixture
-def conn(db, cluster, r7db):
-    with emptied(cluster, r7db) as c:
+def conn(db, cluster, stalldb):
+    with emptied(cluster, stalldb) as c:
         yield c
 
 
 def wallets(n: int, tag: str) -> list[str]:
-    return [wallet_address(i, f"r7-{tag}") for i in range(n)]
+    return [wallet_address(i, f"stall-{tag}") for i in range(n)]
 
 
 def seed(conn, ws, balance=SENTINEL, block=1, updated_at="1950-01-01"):

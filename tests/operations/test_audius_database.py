@@ -1,4 +1,4 @@
-"""Correct inside a real Audius database (suite table "R6 — inside a real Audius database" in
+"""Correct inside a real Audius database (suite table "Inside a real Audius database" in
 docs/reliability.md).
 
 A cluster of its own (audius_indexer + pg_cron preloaded, the worker pointed at `audius6`) whose
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(240)
 DB = "audius6"
 
 # wallets (lowercase); W_OLD belongs to a non-current users row, W_DEL to a deleted association
-W = {k: wallet_address(i, "r6") for i, k in enumerate(
+W = {k: wallet_address(i, "audiusdb") for i, k in enumerate(
     ["u1", "u2", "u2a", "u3", "shared", "u4", "u5", "u5del", "u6a", "u1old"])}
 # user -> wallets whose balances count (as Audius defines them)
 COUNTED = {
@@ -47,15 +47,15 @@ COUNTED = {
     5: ["u5"],                 # its associated wallet is deleted
     6: ["u6a"],                # no primary wallet, one associated wallet
 }
-ROLE = "r6_op"
+ROLE = "audiusdb_op"
 
 
-report = report_fixture("r6_audius_database", "R6 — inside a real Audius database", guard=False)
+report = report_fixture("audius_database", "Inside a real Audius database", guard=False)
 
 
 @pytest.fixture(scope="module")
-def r6(anvil, contracts, proxy):
-    c = cron_cluster("r6", {"audius_indexer.database": f"'{DB}'", "audius_indexer.sweep_enabled": "off",
+def audiusdb(anvil, contracts, proxy):
+    c = cron_cluster("audiusdb", {"audius_indexer.database": f"'{DB}'", "audius_indexer.sweep_enabled": "off",
                             "audius_indexer.sweep_interval": "'1s'", "audius_indexer.sweep_batch_size": "1000"})
     try:
         c.init().start()
@@ -67,7 +67,7 @@ def r6(anvil, contracts, proxy):
             seed_audius_rows(conn)
             conn.execute(f"DROP ROLE IF EXISTS {ROLE}")
             conn.execute(f"CREATE ROLE {ROLE} LOGIN IN ROLE audius_indexer_operator")
-            conn.execute(f"CREATE SCHEMA r6_evil AUTHORIZATION {ROLE}")
+            conn.execute(f"CREATE SCHEMA audiusdb_evil AUTHORIZATION {ROLE}")
         with c.connect() as conn:
             conn.execute("CREATE EXTENSION pg_cron")
         c.restart()  # the worker finds its database at once
@@ -131,7 +131,7 @@ def warnings_since(cluster: Cluster, mark: int, conn) -> list[str]:
     """WARNING lines of the server log from `mark` up to now. "Now" is a marker line this session
     writes (RAISE LOG) after the writes under test committed: anything they logged (in any
     backend, the workers' included) is in the file before it. Polls for the marker, 10 s at most."""
-    marker = f"r6 log marker {uuid.uuid4().hex}"
+    marker = f"audiusdb log marker {uuid.uuid4().hex}"
     conn.execute(f"DO $$ BEGIN RAISE LOG '{marker}'; END $$")
 
     def through_marker():
@@ -145,23 +145,23 @@ def all_fresh(conn) -> bool:
     return conn.execute("SELECT bool_and(updated_at > '1971-01-01') FROM eth_wallet_balances").fetchone()[0]
 
 
-def run_path(path: str, r6: Cluster, conn):
+def run_path(path: str, audiusdb: Cluster, conn):
     if path == "refresh_wallets (superuser)":
         mixed = [to_checksum(w) for w in W.values()]
         return conn.execute("SELECT * FROM audius_indexer.refresh_wallets(%s)", (mixed,)).fetchone()
     if path == "refresh_stale (superuser)":
         return conn.execute("SELECT * FROM audius_indexer.refresh_stale(100)").fetchone()
     if path == "refresh_stale (operator)":
-        with r6.connect(DB, user=ROLE) as op:
+        with audiusdb.connect(DB, user=ROLE) as op:
             return op.execute("SELECT * FROM audius_indexer.refresh_stale(100)").fetchone()
     if path == "CALL sweep() (operator)":
-        with r6.connect(DB, user=ROLE) as op:
+        with audiusdb.connect(DB, user=ROLE) as op:
             op.execute("CALL audius_indexer.sweep(100)")
         return conn.execute("SELECT last_requested, last_updated, last_failed, last_skipped "
                             "FROM audius_indexer.sweep_status").fetchone()
     if path == "pg_cron: CALL sweep()":
-        with r6.connect() as pc:
-            job = pc.execute("SELECT cron.schedule_in_database('r6_sweep', '* * * * *', "
+        with audiusdb.connect() as pc:
+            job = pc.execute("SELECT cron.schedule_in_database('audiusdb_sweep', '* * * * *', "
                              "'CALL audius_indexer.sweep(100)', %s)", (DB,)).fetchone()[0]
             try:
                 wait_until(lambda: all_fresh(conn), timeout=80, interval=0.5, what="the pg_cron sweep")
@@ -176,11 +176,11 @@ def run_path(path: str, r6: Cluster, conn):
         return conn.execute("SELECT last_requested, last_updated, last_failed, last_skipped "
                             "FROM audius_indexer.sweep_status").fetchone()
     if path == "background worker":
-        r6.set_system(sweep_enabled=True)
+        audiusdb.set_system(sweep_enabled=True)
         try:
             wait_until(lambda: all_fresh(conn), timeout=20, interval=0.2, what="the worker's sweep")
         finally:
-            r6.set_system(sweep_enabled=False)
+            audiusdb.set_system(sweep_enabled=False)
         return conn.execute("SELECT last_requested, last_updated, last_failed, last_skipped "
                             "FROM audius_indexer.sweep_status").fetchone()
     raise ValueError(path)
@@ -191,25 +191,25 @@ PATHS = ["refresh_wallets (superuser)", "refresh_stale (superuser)", "refresh_st
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_write_path_keeps_eth_user_balances_exact(path, r6, contracts, report):
-    with r6.connect(DB) as conn, report.case(
+def test_write_path_keeps_eth_user_balances_exact(path, audiusdb, contracts, report):
+    with audiusdb.connect(DB) as conn, report.case(
             f"write path: {path}", "6 users: mixed-case primary, associated, shared, deleted, non-current",
             "eth_user_balances = Σ on-chain values per user; 0 WARNING lines") as rec:
         want = new_round(conn, contracts, path)
-        mark = len(r6.log_text())
-        counts = run_path(path, r6, conn)
+        mark = len(audiusdb.log_text())
+        counts = run_path(path, audiusdb, conn)
         assert all_fresh(conn), "every row was refreshed"
         got = user_balances(conn)
         assert got == want, f"eth_user_balances {got} != on-chain sums {want}"
-        warns = warnings_since(r6, mark, conn)
+        warns = warnings_since(audiusdb, mark, conn)
         assert not warns, "WARNING lines:\n" + "\n".join(warns[:10])
         rec.observed = f"counts {tuple(counts)}; 6/6 users exact; 0 WARNING lines"
 
 
-def test_contrast_pinned_search_path_reproduces_the_warning(r6, report):
+def test_contrast_pinned_search_path_reproduces_the_warning(audiusdb, report):
     """The fixture really is what production has: a writer whose search_path lacks public gets the
     Audius trigger's WARNING and a stale eth_user_balances (the bug the extension had)."""
-    with r6.connect(DB) as conn, report.case(
+    with audiusdb.connect(DB) as conn, report.case(
             "contrast: writer with search_path = pg_catalog, pg_temp",
             "UPDATE eth_wallet_balances SET balance = balance + 1 for user 5's wallet",
             "WARNING relation \"users\" does not exist; eth_user_balances stale") as rec:
@@ -226,33 +226,33 @@ def test_contrast_pinned_search_path_reproduces_the_warning(r6, report):
         rec.observed = f"WARNING: {notices[0][:80]}; user 5 stale as expected"
 
 
-def test_operator_shadowing_objects_are_never_used(r6, contracts, report):
-    with r6.connect(DB) as conn, r6.connect(DB, user=ROLE) as op, report.case(
+def test_operator_shadowing_objects_are_never_used(audiusdb, contracts, report):
+    with audiusdb.connect(DB) as conn, audiusdb.connect(DB, user=ROLE) as op, report.case(
             "search_path safety: shadowing objects",
-            "r6_op: r6_evil.users (empty) + r6_evil.update_eth_user_balance(int) logging calls, "
-            "search_path = r6_evil, public, a TEMP users table; then refresh_wallets",
+            "audiusdb_op: audiusdb_evil.users (empty) + audiusdb_evil.update_eth_user_balance(int) logging calls, "
+            "search_path = audiusdb_evil, public, a TEMP users table; then refresh_wallets",
             "balances exact; the shadow function never called; 0 WARNING lines") as rec:
-        op.execute("DROP TABLE IF EXISTS r6_evil.users, r6_evil.hits")
-        op.execute("CREATE TABLE r6_evil.users (user_id int, wallet varchar, is_current boolean, txhash varchar)")
-        op.execute("CREATE TABLE r6_evil.hits (user_id int, who text)")
-        op.execute("GRANT INSERT ON r6_evil.hits TO PUBLIC")
-        op.execute("CREATE OR REPLACE FUNCTION r6_evil.update_eth_user_balance(p_user_id integer) RETURNS void "
-                   "LANGUAGE sql AS $$ INSERT INTO r6_evil.hits VALUES (p_user_id, current_user) $$")
-        op.execute("CREATE OR REPLACE FUNCTION r6_evil.lower(text) RETURNS text LANGUAGE sql "
+        op.execute("DROP TABLE IF EXISTS audiusdb_evil.users, audiusdb_evil.hits")
+        op.execute("CREATE TABLE audiusdb_evil.users (user_id int, wallet varchar, is_current boolean, txhash varchar)")
+        op.execute("CREATE TABLE audiusdb_evil.hits (user_id int, who text)")
+        op.execute("GRANT INSERT ON audiusdb_evil.hits TO PUBLIC")
+        op.execute("CREATE OR REPLACE FUNCTION audiusdb_evil.update_eth_user_balance(p_user_id integer) RETURNS void "
+                   "LANGUAGE sql AS $$ INSERT INTO audiusdb_evil.hits VALUES (p_user_id, current_user) $$")
+        op.execute("CREATE OR REPLACE FUNCTION audiusdb_evil.lower(text) RETURNS text LANGUAGE sql "
                    "AS $$ SELECT 'shadowed' $$")
-        op.execute("SET search_path = r6_evil, public")
+        op.execute("SET search_path = audiusdb_evil, public")
         op.execute("CREATE TEMP TABLE users (user_id int, wallet varchar, is_current boolean, txhash varchar)")
         want = new_round(conn, contracts, "shadow")
-        mark = len(r6.log_text())
+        mark = len(audiusdb.log_text())
         counts = op.execute("SELECT * FROM audius_indexer.refresh_wallets(%s)", (list(W.values()),)).fetchone()
         assert user_balances(conn) == want
-        assert conn.execute("SELECT count(*) FROM r6_evil.hits").fetchone() == (0,), "the shadow function ran"
-        assert not warnings_since(r6, mark, conn)
-        rec.observed = f"counts {tuple(counts)}; 6/6 users exact; r6_evil.hits empty; 0 WARNING lines"
+        assert conn.execute("SELECT count(*) FROM audiusdb_evil.hits").fetchone() == (0,), "the shadow function ran"
+        assert not warnings_since(audiusdb, mark, conn)
+        rec.observed = f"counts {tuple(counts)}; 6/6 users exact; audiusdb_evil.hits empty; 0 WARNING lines"
 
 
-def test_doctor_flags_roles_that_may_create_in_public(r6, report):
-    with r6.connect(DB) as conn, report.case(
+def test_doctor_flags_roles_that_may_create_in_public(audiusdb, report):
+    with audiusdb.connect(DB) as conn, report.case(
             "doctor: CREATE on public", f"GRANT CREATE ON SCHEMA public TO {ROLE}; doctor(); REVOKE",
             "'search_path safety' not ok, names the role; ok again after REVOKE") as rec:
         def row():
@@ -269,8 +269,8 @@ def test_doctor_flags_roles_that_may_create_in_public(r6, report):
         rec.observed = f"flagged: {detail[:90]}…; ok after REVOKE"
 
 
-def test_bootstrap_used_the_audius_tables(r6, report):
-    with r6.connect(DB) as conn, report.case(
+def test_bootstrap_used_the_audius_tables(audiusdb, report):
+    with audiusdb.connect(DB) as conn, report.case(
             "existing tables kept", "CREATE EXTENSION in a database that has the Audius tables",
             "eth_wallet_balances not a member of the extension; its Audius trigger kept") as rec:
         member = conn.execute(
