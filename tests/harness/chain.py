@@ -217,6 +217,10 @@ class Anvil:
         self.logfile = self.logdir / "anvil.log"
         self._account: str | None = None
         self._tls = threading.local()
+        # anvil picks the nonce of an eth_sendTransaction itself, and two sent at once from the one
+        # account can get the same one ("nonce too low", "transaction already imported"): the
+        # harness sends one at a time (the receipt waits stay concurrent)
+        self._send_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -361,7 +365,8 @@ class Anvil:
             tx["to"] = to
         if gas is not None:
             tx["gas"] = hex(gas)
-        txh = self.rpc("eth_sendTransaction", [tx])
+        with self._send_lock:
+            txh = self.rpc("eth_sendTransaction", [tx])
         deadline = time.time() + 60
         while True:
             rcpt = self.rpc("eth_getTransactionReceipt", [txh])

@@ -139,6 +139,30 @@ def test_reverts_and_modes(anvil, contracts):
     assert contracts.independent_total(w[0]) == (1, 2, 3)
 
 
+def test_concurrent_transactions_from_one_account(anvil, contracts):
+    """Threads that send transactions at once from the one unlocked account (the cutover rehearsal's
+    chain stream beside its main thread) all get their transaction mined: none is refused with
+    "nonce too low"."""
+    errors: list[BaseException] = []
+    a, b = wallet_address(0, "harness-nonce"), wallet_address(1, "harness-nonce")
+    contracts.set_values([a], token=[10**24])
+
+    def send():
+        try:
+            for _ in range(40):
+                contracts.transfer(a, b, 1)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert anvil.call(contracts.token, bytes.fromhex(SEL_BALANCE_OF) + enc_address(b)) == "0x" + f"{160:064x}"
+
+
 def test_anvil_kill_and_restart():
     a = Anvil()
     try:
