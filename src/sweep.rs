@@ -12,8 +12,9 @@
 //! wait for chunks k+1…. Rows are written in wallet order across the whole tick, so a tick's
 //! upserts lock in the same order as every other writer's. In the worker and `CALL sweep()` each
 //! write commits on its own and no transaction or snapshot is open while the backend waits for an
-//! answer (docs/reliability.md, "No snapshot across RPC"), so a slow node never holds back vacuum. The functions
-//! (`refresh_wallets`, `refresh_stale`) run all phases in the caller's transaction.
+//! answer (docs/reliability.md, "No snapshot across RPC"), so a slow node never holds back
+//! vacuum. The functions (`refresh_wallets`, `refresh_stale`) run all phases in the caller's
+//! transaction.
 
 use crate::config::Config;
 use crate::errors::spi_error;
